@@ -1,0 +1,84 @@
+#include "core/cpu_features.h"
+
+#include <cstdlib>
+
+#include "core/errors.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+namespace llmos {
+
+namespace {
+
+#if defined(__x86_64__)
+uint64_t xgetbv0() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+#endif
+
+Isa detect() {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return Isa::Scalar;
+  const bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29);
+  if (!osxsave) return Isa::Scalar;
+  const uint64_t xcr0 = xgetbv0();
+  const bool ymm_os = (xcr0 & 0x6) == 0x6;             // SSE + AVX state
+  const bool zmm_os = (xcr0 & 0xe6) == 0xe6;           // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return Isa::Scalar;
+  const bool avx2 = b & (1u << 5);
+  const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30),
+             avx512vl = b & (1u << 31), avx512vnni = c & (1u << 11);
+  unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+  __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+  const bool avx512bf16 = a1 & (1u << 5);
+  if (zmm_os && avx512f && avx512dq && avx512bw && avx512vl && avx512vnni && avx512bf16 && avx2 && fma && f16c)
+    return Isa::Avx512;
+  if (ymm_os && avx2 && fma && f16c) return Isa::Avx2;
+#endif
+  return Isa::Scalar;
+}
+
+Isa pick() {
+  Isa best = detect();
+  const char* env = std::getenv("LLMOS_CPU_ISA");
+  if (!env || !*env) return best;
+  Isa asked;
+  if (!isa_from_name(env, &asked))
+    throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
+                std::string("expected one of scalar, avx2, avx512; got '") + env + "'");
+  return asked < best ? asked : best;
+}
+
+}  // namespace
+
+Isa cpu_best_isa() {
+  static const Isa isa = detect();
+  return isa;
+}
+
+Isa cpu_active_isa() {
+  static const Isa isa = pick();
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+bool isa_from_name(const std::string& name, Isa* out) {
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (name == isa_name(i)) { *out = i; return true; }
+  return false;
+}
+
+}  // namespace llmos

@@ -1,0 +1,100 @@
+#include "core/thread_pool.h"
+
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LLMOS_PAUSE() _mm_pause()
+#else
+#define LLMOS_PAUSE() std::this_thread::yield()
+#endif
+
+namespace llmos {
+
+namespace {
+// How long an idle worker polls for the next job before it sleeps. Decode issues a job
+// every few microseconds, so a short spin saves a futex wake-up per op.
+constexpr auto kSpin = std::chrono::microseconds(200);
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::drain(const std::function<void(int64_t)>* task, int64_t n) {
+  int64_t finished = 0;
+  for (;;) {
+    int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= n) break;
+    (*task)(i);
+    ++finished;
+  }
+  if (finished) done_.fetch_add(finished, std::memory_order_acq_rel);
+}
+
+void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& task) {
+  if (n_tasks <= 0) return;
+  if (n_threads_ == 1 || n_tasks == 1) {
+    for (int64_t i = 0; i < n_tasks; ++i) task(i);
+    return;
+  }
+  {
+    // A worker that woke late for the previous job may still hold its copy of the job;
+    // it leaves at once (every task is taken), but must leave before the counters reset.
+    std::unique_lock<std::mutex> lock(mu_);
+    while (active_.load(std::memory_order_acquire) != 0) {
+      lock.unlock();
+      LLMOS_PAUSE();
+      lock.lock();
+    }
+    task_ = &task;
+    n_tasks_ = n_tasks;
+    next_.store(0, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  wake_.notify_all();
+  drain(&task, n_tasks);
+  // Wait for the tasks other threads took, and for every worker to leave drain() so the
+  // next job cannot be mixed up with a straggler from this one.
+  while (done_.load(std::memory_order_acquire) < n_tasks || active_.load(std::memory_order_acquire) != 0)
+    LLMOS_PAUSE();
+}
+
+void ThreadPool::worker_loop() {
+  uint64_t seen = 0;
+  for (;;) {
+    auto spin_until = std::chrono::steady_clock::now() + kSpin;
+    int polls = 0;
+    while (generation_.load(std::memory_order_acquire) == seen) {
+      LLMOS_PAUSE();
+      if (++polls % 64 == 0 && std::chrono::steady_clock::now() > spin_until) {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        break;
+      }
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stop_) return;
+    seen = generation_.load(std::memory_order_acquire);
+    // Copy the job under the lock: run() only changes it while no worker is active.
+    active_.fetch_add(1, std::memory_order_acq_rel);
+    const std::function<void(int64_t)>* task = task_;
+    const int64_t n = n_tasks_;
+    lock.unlock();
+    drain(task, n);
+    active_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace llmos

@@ -1,0 +1,44 @@
+// The kernel table: the few primitives whose speed decides the forward pass, one
+// implementation per ISA. The scalar versions in kernels_scalar.cc are the reference
+// every fast path is tested against (tests/test_kernels.py).
+//
+// The *_avx2.cc / *_avx512.cc files are compiled with wider -m flags, so they must not
+// define inline functions or templates with external linkage (the linker could pick
+// their copy for baseline code): this header only declares plain functions and structs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/cpu_features.h"
+#include "core/dtype.h"
+
+namespace llmos {
+
+// y[t * ldy + (r - row0)] = dot(x[t * k .. +k], W[r * k .. +k]) for t < n, row0 <= r < row1.
+// W is row-major [rows, k] with element type given by the function slot; x is float32.
+using MatmulRowsFn = void (*)(const float* x, int64_t n, int64_t k, const void* w, int64_t row0,
+                              int64_t row1, float* y, int64_t ldy);
+
+struct KernelTable {
+  Isa isa;
+  MatmulRowsFn matmul_f32;   // W float32
+  MatmulRowsFn matmul_bf16;  // W bfloat16 (raw uint16 bits)
+  MatmulRowsFn matmul_f16;   // W IEEE half
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float* y, float a, const float* x, int64_t n);  // y += a * x
+};
+
+// The table for the process (cpu_active_isa()), and the one for a given ISA when the CPU
+// supports it (tests compare them); kernels_for() throws InvalidInput otherwise.
+const KernelTable& kernels();
+const KernelTable& kernels_for(Isa isa);
+
+void fill_kernels_scalar(KernelTable* t);
+void fill_kernels_avx2(KernelTable* t);
+void fill_kernels_avx512(KernelTable* t);
+
+// The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
+MatmulRowsFn matmul_for(const KernelTable& t, DType dt);
+
+}  // namespace llmos

@@ -1,0 +1,83 @@
+// Scalar reference kernels and the run-time choice of kernel table.
+#include <cstring>
+
+#include "core/errors.h"
+#include "kernels/kernels.h"
+
+namespace llmos {
+
+namespace {
+
+inline float load_f32(const void* w, int64_t i) { return static_cast<const float*>(w)[i]; }
+inline float load_bf16(const void* w, int64_t i) { return bf16_to_f32(static_cast<const uint16_t*>(w)[i]); }
+inline float load_f16(const void* w, int64_t i) { return f16_to_f32(static_cast<const uint16_t*>(w)[i]); }
+
+template <float (*Load)(const void*, int64_t)>
+void matmul_ref(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int64_t row1,
+                float* y, int64_t ldy) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = row0; r < row1; ++r) {
+      float acc = 0.f;
+      const int64_t base = r * k;
+      for (int64_t i = 0; i < k; ++i) acc += x[t * k + i] * Load(w, base + i);
+      y[t * ldy + (r - row0)] = acc;
+    }
+}
+
+float dot_ref(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpy_ref(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+KernelTable make(Isa isa) {
+  KernelTable t{};
+  fill_kernels_scalar(&t);
+#if defined(__x86_64__)
+  if (isa >= Isa::Avx2) fill_kernels_avx2(&t);
+  if (isa >= Isa::Avx512) fill_kernels_avx512(&t);
+#endif
+  t.isa = isa;
+  return t;
+}
+
+}  // namespace
+
+void fill_kernels_scalar(KernelTable* t) {
+  t->isa = Isa::Scalar;
+  t->matmul_f32 = matmul_ref<load_f32>;
+  t->matmul_bf16 = matmul_ref<load_bf16>;
+  t->matmul_f16 = matmul_ref<load_f16>;
+  t->dot = dot_ref;
+  t->axpy = axpy_ref;
+}
+
+const KernelTable& kernels_for(Isa isa) {
+  static const KernelTable tables[3] = {make(Isa::Scalar), make(Isa::Avx2), make(Isa::Avx512)};
+  if (isa > cpu_best_isa())
+    throw Error(Error::Kind::InvalidInput, "", "isa",
+                std::string("this CPU does not support ") + isa_name(isa) + " (best: " +
+                    isa_name(cpu_best_isa()) + ")");
+  return tables[int(isa)];
+}
+
+const KernelTable& kernels() {
+  static const KernelTable& t = kernels_for(cpu_active_isa());
+  return t;
+}
+
+MatmulRowsFn matmul_for(const KernelTable& t, DType dt) {
+  switch (dt) {
+    case DType::F32: return t.matmul_f32;
+    case DType::BF16: return t.matmul_bf16;
+    case DType::F16: return t.matmul_f16;
+    default:
+      throw Error(Error::Kind::Tensor, "", "", std::string("no matmul kernel for dtype ") + dtype_name(dt));
+  }
+}
+
+}  // namespace llmos

@@ -1,0 +1,72 @@
+"""Finding a checkpoint's files and which .safetensors file holds each tensor."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from . import _core
+from .config import read_json
+from .errors import ModelFileError, SafetensorsError, TensorError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def tensor_locations(model_dir: str) -> dict[str, str]:
+    """Maps every tensor name of the checkpoint to the path of the file that holds it."""
+    index_path = os.path.join(model_dir, INDEX_FILE)
+    single_path = os.path.join(model_dir, SINGLE_FILE)
+    if os.path.exists(index_path):
+        index = read_json(index_path)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise SafetensorsError(
+                f"{index_path}: field 'weight_map': expected an object of tensor name -> file name",
+                file=index_path, field="weight_map")
+        out = {}
+        for name, fname in weight_map.items():
+            if os.path.basename(fname) != fname or not fname.endswith(".safetensors"):
+                raise SafetensorsError(
+                    f"{index_path}: field 'weight_map': '{fname}' (for '{name}') is not a .safetensors "
+                    "file name in the checkpoint folder", file=index_path, field="weight_map")
+            path = os.path.join(model_dir, fname)
+            if not os.path.exists(path):
+                raise ModelFileError(f"{path}: shard listed in {INDEX_FILE} (for '{name}') is missing", file=path)
+            out[name] = path
+        return out
+    files = [single_path] if os.path.exists(single_path) else sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        found = sorted(os.listdir(model_dir))
+        hint = ""
+        if any(f.endswith((".bin", ".pt", ".pth")) for f in found):
+            hint = " (PyTorch pickle weights are not loaded, for safety: save the model with safetensors)"
+        raise ModelFileError(
+            f"{model_dir}: no {SINGLE_FILE}, {INDEX_FILE} or other .safetensors file{hint}; found: {', '.join(found) or 'nothing'}",
+            file=single_path)
+    out = {}
+    for path in files:
+        tensors, _ = _core.safetensors_read_header(path)
+        for t in tensors:
+            out.setdefault(t["name"], path)
+    return out
+
+
+def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> tuple[str, str]:
+    """(file, tensor) for a canonical tensor name, tolerating a missing or extra top-level
+    prefix ("model.", "transformer."): base-model checkpoints are saved without it."""
+    candidates = [name]
+    for prefix in ("model.", "transformer."):
+        if name.startswith(prefix):
+            candidates.append(name[len(prefix):])
+        else:
+            candidates.append(prefix + name)
+    for c in candidates:
+        if c in locations:
+            return locations[c], c
+    files = sorted({os.path.basename(p) for p in locations.values()})
+    raise TensorError(
+        f"{model_dir}: tensor '{name}' (needed for {what}) is not in {', '.join(files) or 'the checkpoint'}",
+        file=os.path.join(model_dir, files[0]) if len(files) == 1 else model_dir, field=name)

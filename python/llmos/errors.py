@@ -1,0 +1,57 @@
+"""Exceptions raised by llmos.
+
+Every error names what is wrong: ``file`` (the offending file, or None), ``field`` (the
+config field, header field, tensor or argument, or None) and a message saying what was
+expected. Errors raised in the C++ core arrive as these same classes.
+"""
+
+from __future__ import annotations
+
+
+class LlmosError(Exception):
+    """Base class of every llmos error."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.file = file
+        self.field = field
+
+
+class ModelFileError(LlmosError, OSError):
+    """A model file is missing or cannot be read."""
+
+
+class ModelFormatError(LlmosError):
+    """A model file is present but malformed."""
+
+
+class ConfigError(ModelFormatError):
+    """config.json (or another JSON side file) is invalid or lacks a required field."""
+
+
+class SafetensorsError(ModelFormatError):
+    """A .safetensors file (or its index) breaks the format."""
+
+
+class TensorError(ModelFormatError):
+    """A tensor the architecture needs is missing, misshapen or of an unusable dtype."""
+
+
+class UnsupportedModelError(LlmosError):
+    """The checkpoint's model_type (or a feature of it) is not supported."""
+
+
+class TokenizerError(ModelFormatError):
+    """tokenizer.json / tokenizer_config.json cannot be loaded."""
+
+
+class ChatTemplateError(LlmosError):
+    """The chat template is missing, invalid, or raised an error while rendering."""
+
+
+class InvalidInputError(LlmosError, ValueError):
+    """A caller-supplied argument is out of range (token id, option value...)."""
+
+
+class ContextLengthError(InvalidInputError):
+    """The prompt (plus the tokens to generate) does not fit the model's context."""
