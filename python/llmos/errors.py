@@ -45,6 +45,10 @@ class TokenizerError(ModelFormatError):
     """tokenizer.json / tokenizer_config.json cannot be loaded."""
 
 
+class TokenizerFileMissingError(TokenizerError, ModelFileError):
+    """tokenizer.json (or the tokenizer folder) is missing: both a tokenizer and a file error."""
+
+
 class ChatTemplateError(LlmosError):
     """The chat template is missing, invalid, or raised an error while rendering."""
 
@@ -55,3 +59,31 @@ class InvalidInputError(LlmosError, ValueError):
 
 class ContextLengthError(InvalidInputError):
     """The prompt (plus the tokens to generate) does not fit the model's context."""
+
+
+class ModelNotFoundError(LlmosError, KeyError):
+    """No registry entry has this name (``suggestions`` holds the closest names)."""
+
+    def __init__(self, message: str, *, suggestions: list[str] | None = None, **kw):
+        super().__init__(message, **kw)
+        self.suggestions = list(suggestions or [])
+
+    # KeyError would print the message as a quoted repr.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DownloadError(LlmosError):
+    """A download from the Hugging Face Hub failed (repository, revision, network or server)."""
+
+
+class IntegrityError(ModelFormatError):
+    """A file's content does not match its recorded checksum or size."""
+
+
+class DiskFullError(LlmosError, OSError):
+    """The disk filled up while writing; whatever was half-written has been removed."""
+
+
+class NotAvailableError(LlmosError):
+    """The operation needs a part of llmos that this build does not have yet."""
