@@ -11,6 +11,9 @@
 #include "kernels/kernels.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "sampling/options.h"
+#include "sampling/processors.h"
+#include "sampling/sampler.h"
 
 namespace py = pybind11;
 using namespace llmos;
@@ -36,7 +39,11 @@ void raise_python(const Error& e) {
   py::dict kw;
   kw["file"] = e.file().empty() ? py::object(py::none()) : py::object(py::str(e.file()));
   kw["field"] = e.field().empty() ? py::object(py::none()) : py::object(py::str(e.field()));
-  py::object exc = cls(py::str(e.what()), **kw);
+  // Messages quote file contents; never let a stray byte turn into a UnicodeDecodeError.
+  const std::string what = e.what();
+  py::object msg = py::reinterpret_steal<py::object>(
+      PyUnicode_DecodeUTF8(what.data(), Py_ssize_t(what.size()), "backslashreplace"));
+  py::object exc = cls(msg, **kw);
   PyErr_SetObject(cls.ptr(), exc.ptr());
 }
 
@@ -182,6 +189,86 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("sliding_window", &ArchSpec::sliding_window)
       .def("validate", &ArchSpec::validate);
 
+  py::class_<DecodeOptions>(m, "DecodeOptions", "Every option of token choice (cpp/sampling/options.h)")
+      .def(py::init<>())
+      .def_readwrite("max_new_tokens", &DecodeOptions::max_new_tokens)
+      .def_readwrite("min_new_tokens", &DecodeOptions::min_new_tokens)
+      .def_readwrite("min_length", &DecodeOptions::min_length)
+      .def_readwrite("eos_token_ids", &DecodeOptions::eos_token_ids)
+      .def_readwrite("logit_bias", &DecodeOptions::logit_bias)
+      .def_readwrite("repetition_penalty", &DecodeOptions::repetition_penalty)
+      .def_readwrite("presence_penalty", &DecodeOptions::presence_penalty)
+      .def_readwrite("frequency_penalty", &DecodeOptions::frequency_penalty)
+      .def_readwrite("no_repeat_ngram_size", &DecodeOptions::no_repeat_ngram_size)
+      .def_readwrite("bad_words_ids", &DecodeOptions::bad_words_ids)
+      .def_readwrite("do_sample", &DecodeOptions::do_sample)
+      .def_readwrite("temperature", &DecodeOptions::temperature)
+      .def_readwrite("top_k", &DecodeOptions::top_k)
+      .def_readwrite("top_p", &DecodeOptions::top_p)
+      .def_readwrite("min_p", &DecodeOptions::min_p)
+      .def_readwrite("typical_p", &DecodeOptions::typical_p)
+      .def_readwrite("seed", &DecodeOptions::seed)
+      .def_readwrite("num_beams", &DecodeOptions::num_beams)
+      .def_readwrite("length_penalty", &DecodeOptions::length_penalty)
+      .def_readwrite("early_stopping", &DecodeOptions::early_stopping)
+      .def_readwrite("num_return_sequences", &DecodeOptions::num_return_sequences)
+      .def_readwrite("logprobs", &DecodeOptions::logprobs)
+      .def_readwrite("top_logprobs", &DecodeOptions::top_logprobs)
+      .def("validate", &DecodeOptions::validate, py::arg("vocab_size"));
+
+  m.def(
+      "process_logits",
+      [](const DecodeOptions& o, std::vector<int32_t> sequence, int64_t prompt_len,
+         py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+        // For tests: one row of logits through the processors (and the warpers when
+        // sampling), as the decode loop applies them at this point of the sequence.
+        const int64_t V = int64_t(logits.size());
+        o.validate(V);
+        if (prompt_len < 0 || prompt_len > int64_t(sequence.size()))
+          throw Error(Error::Kind::InvalidInput, "", "prompt_len", "must be within the sequence");
+        for (int32_t t : sequence)
+          if (t < 0 || t >= V) throw Error(Error::Kind::InvalidInput, "", "sequence", "token id out of range");
+        TokenHistory h(std::vector<int32_t>(sequence.begin(), sequence.begin() + prompt_len), V);
+        for (size_t i = size_t(prompt_len); i < sequence.size(); ++i) h.push(sequence[i]);
+        py::array_t<float> out(V);
+        std::copy(logits.data(), logits.data() + V, out.mutable_data());
+        apply_processors(o, h, out.mutable_data(), V);
+        if (o.do_sample) apply_warpers(o, out.mutable_data(), V, 1);
+        return out;
+      },
+      py::arg("options"), py::arg("sequence"), py::arg("prompt_len"), py::arg("logits"));
+
+  // For decode loops that run outside the core (ONNX): the same processors, warpers and
+  // sampler as generate(), one token at a time.
+  struct PySampler {
+    DecodeOptions options;
+    TokenHistory history;
+    Sampler sampler;
+    PySampler(const DecodeOptions& o, const std::vector<int32_t>& prompt, int64_t vocab)
+        : options(o), history(prompt, vocab), sampler(options, o.seed) {}
+  };
+  py::class_<PySampler>(m, "Sampler")
+      .def(py::init([](const DecodeOptions& o, std::vector<int32_t> prompt, int64_t vocab_size) {
+             o.validate(vocab_size);
+             for (int32_t t : prompt)
+               if (t < 0 || t >= vocab_size) throw Error(Error::Kind::InvalidInput, "", "prompt", "token id out of range");
+             return std::make_unique<PySampler>(o, prompt, vocab_size);
+           }),
+           py::arg("options"), py::arg("prompt"), py::arg("vocab_size"))
+      .def(
+          "next",
+          [](PySampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+            const int64_t V = int64_t(logits.size());
+            if (logits.ndim() != 1 || V != int64_t(s.history.tokens().empty() ? V : V))
+              throw Error(Error::Kind::InvalidInput, "", "logits", "expected a 1-d array of vocab_size scores");
+            std::vector<float> row(logits.data(), logits.data() + V);
+            TokenLogprobs lp;
+            const int32_t tok = s.sampler.next(row.data(), V, s.history, s.options.logprobs ? &lp : nullptr);
+            s.history.push(tok);
+            return py::make_tuple(tok, lp.logprob, lp.top);
+          },
+          py::arg("logits"), "Processes one row of logits and picks the next token: (token, logprob, top_logprobs)");
+
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("spec"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
            "Loads the weights named by `sources` [(role, layer, [(path, tensor, transpose)])].")
@@ -204,32 +291,34 @@ PYBIND11_MODULE(_core, m) {
           py::arg("token_ids"), "[n, vocab] float32 logits of every position, in a fresh context")
       .def(
           "generate",
-          [](Model& m, py::array_t<int64_t, py::array::c_style | py::array::forcecast> prompt, int64_t max_new_tokens,
-             std::vector<int32_t> eos, bool do_sample, float temperature, int64_t top_k, float top_p, uint64_t seed,
-             py::object on_token) {
-            GenerateParams p;
-            p.max_new_tokens = max_new_tokens;
-            p.eos_token_ids = std::move(eos);
-            p.sampling = SamplingParams{do_sample, temperature, top_k, top_p, seed};
-            std::vector<int32_t> toks = to_ids(prompt);
-            std::function<bool(int32_t)> cb;
+          [](Model& m, std::vector<std::vector<int32_t>> prompts, const DecodeOptions& o, py::object on_token) {
+            TokenCallback cb;
             if (!on_token.is_none())
-              cb = [&on_token](int32_t t) {
+              cb = [&on_token](int64_t seq, int32_t t) {
                 py::gil_scoped_acquire gil;
-                return on_token(t).cast<bool>();
+                return on_token(seq, t).cast<bool>();
               };
-            GenerateResult r;
+            std::vector<SequenceResult> rs;
             {
               py::gil_scoped_release nogil;
-              Session s(m);
-              r = generate(m, s, toks, p, cb);
+              rs = generate(m, prompts, o, cb);
             }
-            return py::make_tuple(r.tokens, finish_name(r.finish));
+            py::list out;
+            for (const SequenceResult& r : rs) {
+              py::dict d;
+              d["prompt_index"] = r.prompt_index;
+              d["tokens"] = r.tokens;
+              d["finish_reason"] = finish_name(r.finish);
+              d["logprobs"] = r.logprobs;
+              d["top_logprobs"] = r.top_logprobs;
+              d["score"] = r.score;
+              out.append(d);
+            }
+            return out;
           },
-          py::arg("prompt"), py::arg("max_new_tokens"), py::arg("eos_token_ids"), py::arg("do_sample"),
-          py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("seed"), py::arg("on_token"),
-          "Runs the decode loop; on_token(id) -> bool (stop) is called per token when given. "
-          "Returns (new token ids, finish reason).");
+          py::arg("prompts"), py::arg("options"), py::arg("on_token") = py::none(),
+          "Decodes every prompt together (one forward per step), or by beam search. "
+          "on_token(sequence, id) -> bool (stop that sequence) is called per token when given.");
 
   bind_io(m);
 }

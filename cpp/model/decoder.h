@@ -1,9 +1,14 @@
 // The generic decoder-only transformer: one forward pass for every supported family,
-// driven by ArchSpec. A Session holds one sequence's KV cache and scratch space; the Model
-// holds the weights and the thread pool and is shared by sessions.
+// driven by ArchSpec. A Session holds one sequence's KV cache; the Model holds the weights,
+// the thread pool and the scratch space, and is shared by sessions.
+//
+// One forward call may carry several sequences (a batch): their tokens are stacked so each
+// weight matrix is read once for all of them, while attention reads each sequence's own
+// cache. A row's result does not depend on the other rows in the batch.
 //
 // Thread-safety: a Model may be used from several threads; forward() serializes on the
-// model's mutex (the pool runs one job at a time). A Session belongs to one caller.
+// model's mutex (the pool and the scratch run one job at a time). A Session belongs to
+// one caller at a time.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +31,8 @@ class Session {
   explicit Session(const Model& model);
   int64_t n_past() const { return n_past_; }
   void reset() { n_past_ = 0; history_.clear(); }
+  // Makes this session's sequence and cache a copy of `other`'s (beam search).
+  void copy_from(const Session& other);
 
  private:
   friend class Model;
@@ -34,10 +41,15 @@ class Session {
   const ArchSpec* spec_;
   int64_t n_past_ = 0;
   int64_t capacity_ = 0;           // positions the cache holds now; grows by doubling
-  std::vector<int32_t> history_;   // every token in the cache, for a longrope re-prefill
+  std::vector<int32_t> history_;   // every token in the cache (longrope re-prefill)
   std::vector<Buffer> k_, v_;      // per layer: [n_kv_heads, capacity, head_dim] float32
-  // Scratch reused across calls; grows to the largest batch seen.
-  Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
+};
+
+// A run of new tokens for one sequence.
+struct SeqChunk {
+  Session* session;
+  const int32_t* tokens;
+  int64_t n;
 };
 
 class Model {
@@ -47,24 +59,33 @@ class Model {
   const ArchSpec& spec() const { return spec_; }
   int n_threads() const { return pool_.size(); }
   const KernelTable& kernels() const { return *kernels_; }
+  ThreadPool& pool() { return pool_; }
 
-  // Appends tokens[0..n) to the session's sequence and runs them through the model.
-  // logits receives [n, vocab] when all_logits, else [1, vocab] for the last token.
-  // Throws InvalidInput for a token id out of range, Context when the sequence would
-  // exceed spec.max_positions.
-  void forward(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits);
+  // Appends each chunk's tokens to its session and runs them through the model.
+  // logits receives, per chunk in order, [n, vocab] rows when all_logits, else one row
+  // for the chunk's last token. Throws InvalidInput for a token id out of range and
+  // Context when a sequence would exceed spec.max_positions; nothing is changed then.
+  void forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
+  void forward(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
+    forward({SeqChunk{&s, tokens, n}}, logits, all_logits);
+  }
 
  private:
-  void forward_locked(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits);
+  void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
   void matmul(const float* x, int64_t n, const Matrix& w, const float* bias, float* y);
-  void rope_tables(Session& s, int64_t n);
-  void attention(Session& s, int64_t layer, const float* qkv, int64_t n, float* out);
+  void rope_tables(const std::vector<SeqChunk>& chunks, int64_t n);
+  void attention(int64_t layer, const float* qkv, int64_t n, float* out);
 
   ArchSpec spec_;
   ModelWeights w_;
   ThreadPool pool_;
   const KernelTable* kernels_;
   std::mutex mu_;
+  // Per-forward state, valid while mu_ is held. tok_session_/tok_pos_: [n] the session
+  // and position of each stacked token.
+  std::vector<Session*> tok_session_;
+  std::vector<int64_t> tok_pos_;
+  Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
 };
 
 }  // namespace llmos

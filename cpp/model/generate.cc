@@ -1,40 +1,112 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "core/errors.h"
+#include "sampling/processors.h"
+#include "sampling/sampler.h"
 
 namespace llmos {
 
-GenerateResult generate(Model& model, Session& session, const std::vector<int32_t>& prompt,
-                        const GenerateParams& params, const std::function<bool(int32_t)>& on_token) {
-  const ArchSpec& spec = model.spec();
-  if (prompt.empty()) throw Error(Error::Kind::InvalidInput, "", "prompt", "needs at least one token");
-  if (params.max_new_tokens < 0) throw Error(Error::Kind::InvalidInput, "", "max_new_tokens", "must be >= 0");
-  const int64_t total = session.n_past() + int64_t(prompt.size()) + params.max_new_tokens;
-  if (total > spec.max_positions)
-    throw Error(Error::Kind::Context, "", "max_new_tokens",
-                "prompt of " + std::to_string(prompt.size()) + " tokens plus " + std::to_string(params.max_new_tokens) +
-                    " new tokens exceeds the context of " + std::to_string(spec.max_positions));
+namespace {
 
-  GenerateResult res;
-  if (params.max_new_tokens == 0) return res;
-  Sampler sampler(params.sampling);
-  std::vector<float> logits(size_t(spec.vocab_size));
-  model.forward(session, prompt.data(), int64_t(prompt.size()), logits.data(), false);
-  res.tokens.reserve(size_t(params.max_new_tokens));
-  for (;;) {
-    const int32_t tok = sampler.sample(logits.data(), spec.vocab_size);
-    res.tokens.push_back(tok);
-    if (std::find(params.eos_token_ids.begin(), params.eos_token_ids.end(), tok) != params.eos_token_ids.end()) {
-      if (on_token) on_token(tok);
-      res.finish = FinishReason::Eos;
-      return res;
-    }
-    if (on_token && on_token(tok)) { res.finish = FinishReason::Stop; return res; }
-    if (int64_t(res.tokens.size()) >= params.max_new_tokens) { res.finish = FinishReason::Length; return res; }
-    model.forward(session, &tok, 1, logits.data(), false);
+void check_prompts(const Model& model, const std::vector<std::vector<int32_t>>& prompts, const DecodeOptions& o) {
+  const ArchSpec& spec = model.spec();
+  if (prompts.empty()) throw Error(Error::Kind::InvalidInput, "", "prompt", "no prompts given");
+  for (const auto& p : prompts) {
+    if (p.empty()) throw Error(Error::Kind::InvalidInput, "", "prompt", "needs at least one token");
+    if (int64_t(p.size()) + o.max_new_tokens > spec.max_positions)
+      throw Error(Error::Kind::Context, "", "max_new_tokens",
+                  "prompt of " + std::to_string(p.size()) + " tokens plus " + std::to_string(o.max_new_tokens) +
+                      " new tokens exceeds the context of " + std::to_string(spec.max_positions));
+    for (int32_t t : p)
+      if (t < 0 || t >= spec.vocab_size)
+        throw Error(Error::Kind::InvalidInput, "", "prompt",
+                    "token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(spec.vocab_size) + ")");
   }
+}
+
+bool is_eos(const DecodeOptions& o, int32_t t) {
+  return std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), t) != o.eos_token_ids.end();
+}
+
+}  // namespace
+
+std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
+                                     const DecodeOptions& o, const TokenCallback& on_token) {
+  o.validate(model.spec().vocab_size);
+  check_prompts(model, prompts, o);
+  if (o.num_beams > 1) {
+    std::vector<SequenceResult> all;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      for (SequenceResult& r : beam_search(model, prompts[i], o)) {
+        r.prompt_index = int64_t(i);
+        all.push_back(std::move(r));
+      }
+    return all;
+  }
+
+  // One sequence per (prompt, return index); each has its own RNG so a prompt gives the
+  // same tokens alone or in a batch.
+  const int64_t V = model.spec().vocab_size;
+  const int64_t n_seq = int64_t(prompts.size()) * o.num_return_sequences;
+  std::vector<SequenceResult> res(static_cast<size_t>(n_seq));
+  std::vector<std::unique_ptr<Session>> sessions;
+  std::vector<std::unique_ptr<TokenHistory>> hist;
+  std::vector<std::unique_ptr<Sampler>> samplers;
+  for (int64_t i = 0; i < n_seq; ++i) {
+    const auto& p = prompts[size_t(i / o.num_return_sequences)];
+    res[size_t(i)].prompt_index = i / o.num_return_sequences;
+    sessions.push_back(std::make_unique<Session>(model));
+    hist.push_back(std::make_unique<TokenHistory>(p, V));
+    samplers.push_back(std::make_unique<Sampler>(o, o.seed + uint64_t(i % o.num_return_sequences)));
+  }
+  if (o.max_new_tokens == 0) return res;
+
+  std::vector<int64_t> live(static_cast<size_t>(n_seq));
+  for (int64_t i = 0; i < n_seq; ++i) live[size_t(i)] = i;
+  std::vector<int32_t> next_tok(static_cast<size_t>(n_seq));
+  std::vector<float> logits;
+  bool prefill = true;
+  while (!live.empty()) {
+    std::vector<SeqChunk> chunks;
+    for (int64_t i : live) {
+      if (prefill) {
+        const auto& p = prompts[size_t(i / o.num_return_sequences)];
+        chunks.push_back({sessions[size_t(i)].get(), p.data(), int64_t(p.size())});
+      } else {
+        chunks.push_back({sessions[size_t(i)].get(), &next_tok[size_t(i)], 1});
+      }
+    }
+    prefill = false;
+    logits.resize(chunks.size() * size_t(V));
+    model.forward(chunks, logits.data(), false);
+
+    std::vector<int64_t> still;
+    for (size_t c = 0; c < live.size(); ++c) {
+      const int64_t i = live[c];
+      SequenceResult& r = res[size_t(i)];
+      TokenLogprobs lp;
+      const int32_t tok = samplers[size_t(i)]->next(logits.data() + c * size_t(V), V, *hist[size_t(i)],
+                                                    o.logprobs ? &lp : nullptr);
+      hist[size_t(i)]->push(tok);
+      r.tokens.push_back(tok);
+      if (o.logprobs) {
+        r.logprobs.push_back(lp.logprob);
+        r.top_logprobs.push_back(std::move(lp.top));
+      }
+      next_tok[size_t(i)] = tok;
+      const bool stop = on_token && on_token(i, tok);
+      if (is_eos(o, tok)) r.finish = FinishReason::Eos;
+      else if (stop) r.finish = FinishReason::Stop;
+      else if (int64_t(r.tokens.size()) >= o.max_new_tokens) r.finish = FinishReason::Length;
+      else { still.push_back(i); continue; }
+      sessions[size_t(i)].reset();  // free the cache of a finished sequence now
+    }
+    live.swap(still);
+  }
+  return res;
 }
 
 }  // namespace llmos

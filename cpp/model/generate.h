@@ -1,32 +1,39 @@
-// The decode loop: prefill the prompt, then one forward per new token, all in C++.
-// An optional callback sees each token (for streaming and stop strings) and may end the
-// loop; without one, no Python runs until generation is over.
+// The decode loops, all in C++: sampling/greedy over a batch of sequences (one forward per
+// step for every live sequence), and beam search with transformers' semantics.
+// An optional callback sees each token (for streaming and stop strings) and may end that
+// sequence; without one, no Python runs until generation is over.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "model/decoder.h"
-#include "sampling/sampler.h"
+#include "sampling/options.h"
 
 namespace llmos {
 
-struct GenerateParams {
-  int64_t max_new_tokens = 16;
-  std::vector<int32_t> eos_token_ids;
-  SamplingParams sampling;
-};
-
 enum class FinishReason { Length = 0, Eos = 1, Stop = 2 };
 
-struct GenerateResult {
-  std::vector<int32_t> tokens;  // new tokens only (an EOS token that ended the loop is included)
+struct SequenceResult {
+  int64_t prompt_index = 0;          // which prompt this continues
+  std::vector<int32_t> tokens;       // new tokens only (an EOS that ended it is included)
   FinishReason finish = FinishReason::Length;
+  std::vector<float> logprobs;       // per new token, when options.logprobs
+  std::vector<std::vector<std::pair<int32_t, float>>> top_logprobs;  // per new token
+  float score = 0.f;                 // beam search: the length-penalized sequence score
 };
 
-// on_token(token) returns true to stop after that token (FinishReason::Stop).
-GenerateResult generate(Model& model, Session& session, const std::vector<int32_t>& prompt,
-                        const GenerateParams& params, const std::function<bool(int32_t)>& on_token);
+// on_token(sequence index, token) returns true to end that sequence (FinishReason::Stop).
+// Sequence i continues prompt i / num_return_sequences (prompt-major order).
+using TokenCallback = std::function<bool(int64_t, int32_t)>;
+
+// Runs greedy/sampled decoding, or beam search when options.num_beams > 1.
+// Returns num_return_sequences results per prompt, in prompt order.
+std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
+                                     const DecodeOptions& options, const TokenCallback& on_token);
+
+std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& options);
 
 }  // namespace llmos

@@ -1,35 +1,40 @@
-// Picks the next token from a row of logits. The chain follows transformers' order for
-// sampling (temperature -> top-k -> top-p) so the tokens it may pick are the ones
-// transformers' warpers keep; greedy is argmax over the raw logits.
+// Chooses the next token of one sequence: processors (always), warpers (when sampling),
+// then argmax or a seeded draw. Optionally reports log-probabilities, computed as
+// log_softmax of the processed scores (what transformers' output_scores holds).
 #pragma once
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
+
+#include "sampling/options.h"
+#include "sampling/processors.h"
 
 namespace llmos {
 
-struct SamplingParams {
-  bool do_sample = false;
-  float temperature = 1.0f;  // > 0
-  int64_t top_k = 0;         // 0 = off
-  float top_p = 1.0f;        // (0, 1]; 1 = off
-  uint64_t seed = 0;
+struct TokenLogprobs {
+  float logprob = 0.f;                          // of the chosen token
+  std::vector<std::pair<int32_t, float>> top;   // the top_logprobs best, best first
 };
 
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& p);
-  // May reorder or overwrite `logits` (vocab values).
-  int32_t sample(float* logits, int64_t vocab);
+  Sampler(const DecodeOptions& o, uint64_t seed) : o_(o), rng_(seed) {}
+  // Processes `scores` in place and returns the chosen token; fills *lp when non-null.
+  int32_t next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp);
 
  private:
-  SamplingParams p_;
+  const DecodeOptions& o_;
   std::mt19937_64 rng_;
-  std::vector<int32_t> order_;  // scratch: candidate token ids
-  std::vector<float> probs_;
 };
 
 int32_t argmax(const float* x, int64_t n);  // first index of the largest value
+
+// Draws an index with probability softmax(scores) (entries of -inf never drawn).
+int32_t sample_softmax(const float* scores, int64_t n, std::mt19937_64& rng);
+
+// The `k` best (index, score - lse) pairs of a row, best first.
+std::vector<std::pair<int32_t, float>> top_logprobs(const float* scores, int64_t n, int64_t k, float lse);
 
 }  // namespace llmos

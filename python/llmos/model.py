@@ -14,12 +14,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import _core
-from .chat_template import ChatTemplate
 from .checkpoint import resolve, tensor_locations
 from .config import ConfigReader, read_json
 from .errors import ChatTemplateError, ContextLengthError, InvalidInputError, ModelFileError
 from .families import Architecture, family_for
-from .generation import Generation, SamplingOptions, normalize_options
+from .generation import Generation, GenerationConfig, to_core_options
 from .text_stream import IncrementalDecoder, StopMatcher
 from .tokenizer import Tokenizer
 
@@ -82,7 +81,7 @@ class Model:
 
         # The tokenizer is checked before the (slower) weight load so a bad folder fails fast.
         self.tokenizer = Tokenizer.from_dir(path)
-        self.generation_defaults = self._generation_defaults(path, cfg)
+        self.generation_config = self._generation_defaults(path, cfg)
 
         locations = tensor_locations(path)
         sources = []
@@ -94,16 +93,16 @@ class Model:
                 resolved.append((file, tensor, transpose))
             sources.append((role, layer, resolved))
         self._core = _core.Model(self.config.to_core(_core), sources, dtype, threads)
-        self._template: ChatTemplate | None = None
 
     @staticmethod
-    def _generation_defaults(path: str, cfg: ConfigReader) -> dict:
-        """Decoding defaults from generation_config.json (as transformers applies them)."""
-        gen = read_json(os.path.join(path, "generation_config.json"), required=False) or {}
-        out = {k: gen[k] for k in ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens") if gen.get(k) is not None}
-        eos = gen.get("eos_token_id", cfg.raw("eos_token_id"))
-        if eos is not None:
-            out["eos_token_id"] = eos
+    def _generation_defaults(path: str, cfg: ConfigReader) -> GenerationConfig:
+        """Decoding defaults from generation_config.json (as transformers applies them);
+        EOS falls back to config.json's."""
+        gen_path = os.path.join(path, "generation_config.json")
+        gen = read_json(gen_path, required=False) or {}
+        out = GenerationConfig.from_dict(gen, strict=False, source=gen_path)
+        if out.eos_token_id is None and cfg.raw("eos_token_id") is not None:
+            out.eos_token_id = cfg.raw("eos_token_id")
         return out
 
     # ---- properties -------------------------------------------------------------------
@@ -148,17 +147,16 @@ class Model:
                                      field=field)
         return ids
 
-    def _options(self, ids: list[int], kwargs: dict) -> SamplingOptions:
-        explicit_max = kwargs.get("max_new_tokens") is not None
-        opts = normalize_options(self.generation_defaults, kwargs, self.config.vocab_size)
-        room = self.config.max_position_embeddings - len(ids)
-        if opts.max_new_tokens > room:
-            if explicit_max:
-                raise ContextLengthError(
-                    f"max_new_tokens: prompt of {len(ids)} tokens plus {opts.max_new_tokens} new tokens exceeds "
-                    f"the model's context of {self.config.max_position_embeddings} tokens", field="max_new_tokens")
-            opts.max_new_tokens = room  # a default limit shrinks to what fits
-        return opts
+    def _config(self, generation_config, options: dict) -> tuple[GenerationConfig, bool]:
+        """The effective options and whether the caller set a length limit explicitly."""
+        user = GenerationConfig.from_dict(options) if options else GenerationConfig()
+        if generation_config is not None:
+            if not isinstance(generation_config, GenerationConfig):
+                raise InvalidInputError("generation_config: expected an llmos.GenerationConfig, got "
+                                        f"{type(generation_config).__name__}", field="generation_config")
+            user = generation_config.merged(user)
+        explicit = user.max_new_tokens is not None or user.max_length is not None
+        return self.generation_config.merged(user), explicit
 
     # ---- API --------------------------------------------------------------------------
 
@@ -167,33 +165,40 @@ class Model:
         ids = self._ids(token_ids, field="token_ids")
         return self._core.logits(np.asarray(ids, dtype=np.int64))
 
-    def generate(self, prompt, **options) -> Generation | list[Generation]:
-        """Continues `prompt` (a string or token ids; a list of them gives a list of results).
+    def generate(self, prompt, generation_config: GenerationConfig | None = None, **options):
+        """Continues `prompt`: a string or a list of token ids.
 
-        Options: max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop (string or
-        list), eos_token_id (id or list; [] disables EOS; default: the checkpoint's).
-        Unset options take the checkpoint's generation_config.json values.
+        Options (see llmos.GenerationConfig): max_new_tokens, max_length, min_new_tokens,
+        do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+        no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
+        num_return_sequences, bad_words_ids, eos_token_id ([] disables EOS), seed,
+        presence_penalty, frequency_penalty, logit_bias, stop, logprobs, top_logprobs.
+        Unset options take the checkpoint's generation_config.json, then transformers'
+        defaults.
+
+        Returns a Generation; a list of prompts gives a list, decoded together (one forward
+        per step for all of them); num_return_sequences > 1 gives a list per prompt.
         """
-        if _is_batch(prompt):
-            return [self.generate(p, **options) for p in prompt]
-        ids = self._ids(prompt)
-        opts = self._options(ids, options)
-        if not opts.stop:
-            tokens, finish = self._run(ids, opts, None)
-            return self._result(ids, tokens, finish, self.tokenizer.decode(_drop_eos(tokens, opts, finish)))
-        pieces: list[str] = []
-        tokens, finish = self._run(ids, opts, self._text_callback(ids, opts, pieces.append, lambda: False))
-        return self._result(ids, tokens, finish, "".join(pieces))
+        batch = _is_batch(prompt)
+        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
+        cfg, explicit = self._config(generation_config, options)
+        per_prompt = self._decode(prompts, cfg, explicit)
+        out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
+        return out if batch else out[0]
 
-    def stream(self, prompt, **options) -> Iterator[str]:
+    def stream(self, prompt, generation_config: GenerationConfig | None = None, **options) -> Iterator[str]:
         """Yields the new text piece by piece as tokens are produced. Every piece is valid
         UTF-8, nothing yielded is later cut by a stop string, and the pieces join into the
         `.text` that generate() returns for the same options and seed."""
         if _is_batch(prompt):
             raise InvalidInputError("stream: takes one prompt, not a list", field="prompt")
         ids = self._ids(prompt)
-        opts = self._options(ids, options)
-        return self._stream(ids, opts)
+        cfg, explicit = self._config(generation_config, options)
+        if cfg.get("num_beams") > 1 or cfg.get("num_return_sequences") > 1:
+            raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
+        core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
+                                          self.config.max_position_embeddings, explicit_limit=explicit)
+        return self._stream(ids, core_opts, stop)
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False, **options):
         """Renders `messages` with the checkpoint's chat template and generates the reply."""
@@ -202,33 +207,90 @@ class Model:
 
     def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = False, **extra):
         """The prompt text (or ids with tokenize=True) for `messages`, as transformers renders it."""
-        if self._template is None:
-            source = self.tokenizer.chat_template
-            if not source:
-                raise ChatTemplateError(f"{self.path}: the checkpoint has no chat template "
-                                        "(tokenizer_config.json 'chat_template' or chat_template.jinja)",
-                                        file=self.path, field="chat_template")
-            self._template = ChatTemplate(source, bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token,
-                                          origin=self.tokenizer.chat_template_origin)
-        text = self._template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
+        if not self.tokenizer.chat_template:
+            raise ChatTemplateError(f"{self.path}: the checkpoint has no chat template "
+                                    "(tokenizer_config.json 'chat_template' or chat_template.jinja)",
+                                    file=self.path, field="chat_template")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
         return self.tokenizer.encode(text, add_special_tokens=False) if tokenize else text
 
     # ---- internals --------------------------------------------------------------------
 
-    def _run(self, ids, opts: SamplingOptions, on_token):
-        return self._core.generate(np.asarray(ids, dtype=np.int64), opts.max_new_tokens, opts.eos_token_ids,
-                                   opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed, on_token)
+    def _decode(self, prompts: list[list[int]], cfg: GenerationConfig, explicit: bool) -> list[list[Generation]]:
+        """Runs the core's decode loop; prompts that need the same options go together."""
+        groups: dict[int, list[int]] = {}
+        opts_by_len = {}
+        for i, ids in enumerate(prompts):
+            # max_length counts the prompt, so the token budget can differ per prompt.
+            key = len(ids) if cfg.max_new_tokens is None and cfg.max_length is not None else -1
+            if key not in opts_by_len:
+                opts_by_len[key] = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
+                                                   self.config.max_position_embeddings, explicit_limit=explicit)
+            groups.setdefault(key, []).append(i)
+        # Context check per prompt (the shared option set was built for one prompt length).
+        for key, members in groups.items():
+            o = opts_by_len[key][0]
+            for i in members:
+                if len(prompts[i]) + o.max_new_tokens > self.config.max_position_embeddings:
+                    if explicit:
+                        raise ContextLengthError(
+                            f"max_new_tokens: prompt {i} of {len(prompts[i])} tokens plus {o.max_new_tokens} new "
+                            f"tokens exceeds the model's context of {self.config.max_position_embeddings} tokens",
+                            field="max_new_tokens")
+                    o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for key, members in groups.items():
+            core_opts, stop = opts_by_len[key]
+            group_prompts = [prompts[i] for i in members]
+            nrs = core_opts.num_return_sequences if core_opts.num_beams == 1 else core_opts.num_return_sequences
+            texts: dict[int, list[str]] = {}
+            callback = None
+            if stop:
+                callbacks = {}
 
-    def _result(self, ids, tokens, finish, text) -> Generation:
-        return Generation(text=text, token_ids=list(tokens), finish_reason=finish, prompt_token_ids=list(ids))
+                def callback(seq, token, _cbs=callbacks, _texts=texts, _o=core_opts, _stop=stop, _gp=group_prompts):
+                    if seq not in _cbs:
+                        _texts[seq] = []
+                        _cbs[seq] = self._text_callback(_gp[seq // nrs], _o, _stop, _texts[seq].append,
+                                                        lambda: False)
+                    return _cbs[seq](token)
 
-    def _text_callback(self, ids, opts: SamplingOptions, emit, cancelled):
+            raw = self._core.generate(group_prompts, core_opts, callback)
+            for seq, r in enumerate(raw):
+                tokens = r["tokens"]
+                if stop:
+                    text = "".join(texts.get(seq, []))
+                else:
+                    text = self._new_text(group_prompts[r["prompt_index"]],
+                                          tokens[:-1] if r["finish_reason"] == "eos" else tokens)
+                g = Generation(
+                    text=text, token_ids=list(tokens), finish_reason=r["finish_reason"],
+                    logprobs=list(r["logprobs"]) if core_opts.logprobs else None,
+                    top_logprobs=[[(int(t), float(v)) for t, v in row] for row in r["top_logprobs"]]
+                    if core_opts.top_logprobs > 0 else None,
+                    score=float(r["score"]) if core_opts.num_beams > 1 else None,
+                    prompt_token_ids=list(group_prompts[r["prompt_index"]]),
+                )
+                results[members[r["prompt_index"]]].append(g)
+        return results
+
+    def _new_text(self, prompt: list[int], new: list[int]) -> str:
+        """The text the new tokens add after the prompt. Decoding them alone would lose
+        what depends on context (a sentencepiece tokenizer's leading space), and streaming
+        decodes with the prompt as prefix, so both paths agree."""
+        if not new:
+            return ""
+        before = self.tokenizer.decode(prompt)
+        both = self.tokenizer.decode(list(prompt) + list(new))
+        return both[len(before):] if both.startswith(before) else self.tokenizer.decode(new)
+
+    def _text_callback(self, ids, core_opts, stop: list[str], emit, cancelled):
         """A per-token callback for the core: detokenizes incrementally, finds stop strings
         across token boundaries, and emits only text that is final."""
         decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True, prefix_ids=ids)
-        matcher = StopMatcher(opts.stop) if opts.stop else None
-        eos = set(opts.eos_token_ids)
-        remaining = [opts.max_new_tokens]
+        matcher = StopMatcher(stop) if stop else None
+        eos = set(core_opts.eos_token_ids)
+        remaining = [core_opts.max_new_tokens]
 
         def on_token(token: int) -> bool:
             remaining[0] -= 1
@@ -247,16 +309,17 @@ class Model:
 
         return on_token
 
-    def _stream(self, ids, opts: SamplingOptions) -> Iterator[str]:
+    def _stream(self, ids, core_opts, stop: list[str]) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. Closing the iterator early stops the loop at the next token.
         q: queue.Queue = queue.Queue()
         cancel = threading.Event()
         done = object()
+        on_token = self._text_callback(ids, core_opts, stop, q.put, cancel.is_set)
 
         def work():
             try:
-                self._run(ids, opts, self._text_callback(ids, opts, q.put, cancel.is_set))
+                self._core.generate([ids], core_opts, lambda seq, tok: on_token(tok))
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)
@@ -279,10 +342,6 @@ class Model:
 def _is_batch(prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
         isinstance(p, str) or (isinstance(p, (list, tuple, np.ndarray)) and not isinstance(p, str)) for p in prompt)
-
-
-def _drop_eos(tokens, opts: SamplingOptions, finish: str):
-    return tokens[:-1] if finish == "eos" else tokens
 
 
 def load(path: str, dtype: str | None = None, threads: int | None = None) -> Model:
