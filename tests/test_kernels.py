@@ -1,0 +1,103 @@
+"""Every fast kernel against the scalar reference, and the scalar reference against float64.
+
+Metric: normalized mean squared error, NMSE = sum((y - ref)^2) / sum(ref^2). float32 dot
+products of a few hundred terms summed in a different order differ by ~1e-7 relative, so
+NMSE ~1e-14; the thresholds below leave room for that and nothing more.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llmos import _core
+from llmos.errors import InvalidInputError
+
+ISAS = [i for i in ("scalar", "avx2", "avx512") if ("scalar", "avx2", "avx512").index(i) <= ("scalar", "avx2", "avx512").index(_core.cpu_best_isa())]
+NMSE_FAST_VS_SCALAR = 1e-11
+NMSE_SCALAR_VS_F64 = 1e-11
+
+
+def nmse(y, ref):
+    ref = np.asarray(ref, np.float64)
+    return float(((np.asarray(y, np.float64) - ref) ** 2).sum() / max((ref**2).sum(), 1e-30))
+
+
+def weights(rows, k, dtype, rng):
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    if dtype == "float32":
+        return w, w
+    if dtype == "float16":
+        h = w.astype(np.float16)
+        return h.view(np.uint16), h.astype(np.float32)
+    bits = w.view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    return rounded, (rounded.astype(np.uint32) << 16).view(np.float32)
+
+
+SHAPES = [(1, 1, 1), (1, 7, 3), (2, 15, 5), (3, 16, 4), (4, 17, 9), (5, 31, 13), (9, 64, 8), (1, 100, 33), (7, 257, 6)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("n,k,rows", SHAPES)
+def test_scalar_matmul_matches_float64(n, k, rows, dtype):
+    rng = np.random.default_rng(n * 1000 + k * 10 + rows)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w, w_f32 = weights(rows, k, dtype, rng)
+    y = _core.kernel_matmul("scalar", x, w, dtype)
+    assert y.shape == (n, rows)
+    assert nmse(y, x.astype(np.float64) @ w_f32.astype(np.float64).T) < NMSE_SCALAR_VS_F64
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("n,k,rows", SHAPES)
+def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
+    rng = np.random.default_rng(n * 1000 + k * 10 + rows + 7)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w, _ = weights(rows, k, dtype, rng)
+    ref = _core.kernel_matmul("scalar", x, w, dtype)
+    assert nmse(_core.kernel_matmul(isa, x, w, dtype), ref) < NMSE_FAST_VS_SCALAR
+
+
+def test_unsupported_isa_is_refused():
+    x = np.zeros((1, 4), np.float32)
+    with pytest.raises(InvalidInputError, match="unknown ISA"):
+        _core.kernel_matmul("neon", x, x, "float32")
+
+
+_LOGITS_SCRIPT = """
+import json, sys, numpy as np, llmos
+m = llmos.load(sys.argv[1])
+ids = list(range(3, 60))
+print(json.dumps({"isa": m.isa, "logits": m.logits(ids)[::7].tolist()}))
+"""
+
+
+def _logits_under(isa, path):
+    env = {**os.environ, "LLMOS_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", _LOGITS_SCRIPT, str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_whole_model_agrees_under_every_isa(checkpoint):
+    """LLMOS_CPU_ISA forces each kernel set in a fresh process; logits agree with the default."""
+    path = checkpoint("llama_gqa")
+    results = {isa: _logits_under(isa, path) for isa in ISAS}
+    ref = np.asarray(results["scalar"]["logits"])
+    for isa, r in results.items():
+        assert r["isa"] == isa
+        assert np.abs(np.asarray(r["logits"]) - ref).max() < 1e-4, isa
+
+
+def test_bad_isa_name_is_a_clear_error(checkpoint):
+    env = {**os.environ, "LLMOS_CPU_ISA": "sse9"}
+    out = subprocess.run([sys.executable, "-c", _LOGITS_SCRIPT, str(checkpoint("llama"))], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "LLMOS_CPU_ISA" in out.stderr and "sse9" in out.stderr
