@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="continue a prompt, streaming the text to the terminal")
     g.add_argument("prompt")
-    g.add_argument("--model", required=True, help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    g.add_argument("--model", required=True,
+                   help="registry name or checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy; > 0 samples")
     g.add_argument("--top-k", type=int, default=None)
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(run=_generate)
+
+    from .registry_cli import add_registry_commands
+
+    add_registry_commands(sub)
     return p
 
 
