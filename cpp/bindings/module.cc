@@ -10,6 +10,8 @@
 #include "core/errors.h"
 #include "kernels/kernels.h"
 #include "model/decoder.h"
+#include "quant/qformat.h"
+#include <cstring>
 #include "model/generate.h"
 #include "sampling/options.h"
 #include "sampling/processors.h"
@@ -64,20 +66,29 @@ const char* finish_name(FinishReason r) {
 }
 
 using PartTuple = std::tuple<std::string, std::string, bool>;
-using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>>;
+// (role, layer, parts) or (role, layer, parts, prequant type, group)
+using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, int, int64_t>;
+
+QuantType quant_arg(int t) {
+  if (t < 0 || t > 3) throw Error(Error::Kind::InvalidInput, "", "quant", "unknown quantization type");
+  return QuantType(t);
+}
 
 std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<SourceTuple>& sources,
-                                  const std::string& dtype, int n_threads) {
+                                  const std::string& dtype, int n_threads, int quant, int64_t group, int head_quant) {
   std::vector<WeightSource> ws;
-  for (const auto& [role, layer, parts] : sources) {
-    WeightSource w{role, layer, {}};
+  for (const auto& [role, layer, parts, prequant, pgroup] : sources) {
+    WeightSource w{role, layer, {}, quant_arg(prequant), pgroup};
     for (const auto& [path, tensor, transpose] : parts) w.parts.push_back({path, tensor, transpose});
     ws.push_back(std::move(w));
   }
   const DType dt = dtype_arg(dtype);
   spec.validate();
+  QuantSpec qs{quant_arg(quant), group, quant_arg(head_quant)};
+  if (group < 32 || group % 32)
+    throw Error(Error::Kind::InvalidInput, "", "group", "must be a multiple of 32, got " + std::to_string(group));
   py::gil_scoped_release nogil;
-  ModelWeights weights = load_weights(spec, ws, dt);
+  ModelWeights weights = load_weights(spec, ws, dt, qs);
   return std::make_unique<Model>(spec, std::move(weights), n_threads);
 }
 
@@ -136,6 +147,53 @@ PYBIND11_MODULE(_core, m) {
         return y;
       },
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("w_dtype"));
+
+  m.def(
+      "kernel_qmatmul",
+      [](const std::string& isa, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+         py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group) {
+        // For tests: quantize W (rows, k) and x, then y = x @ W^T with one ISA's kernel.
+        Isa i;
+        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
+        const KernelTable& kt = kernels_for(i);
+        if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1) || w.shape(1) % 64 || w.shape(1) % group)
+          throw Error(Error::Kind::InvalidInput, "", "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
+        const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
+        Matrix mat;
+        mat.rows = rows;
+        mat.cols = k;
+        mat.data.resize(size_t(rows * k) * 4);
+        std::memcpy(mat.data.data(), w.data(), size_t(rows * k) * 4);
+        quantize_matrix(mat, quant_arg(quant), group);
+        const int64_t nb = k / kActBlock, ng = k / group;
+        std::vector<int8_t> q(size_t(n * k));
+        std::vector<float> d(size_t(n * nb)), sd(size_t(n * nb)), sdg(size_t(n * ng), 0.f);
+        quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data());
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t b = 0; b < nb; ++b) sdg[size_t(t * ng + b * kActBlock / group)] += sd[size_t(t * nb + b)];
+        py::array_t<float> y({n, rows});
+        kt.qmatmul(ActView{q.data(), d.data(), sd.data(), n, k}, sdg.data(), mat.qview(), 0, rows, y.mutable_data(), rows);
+        return y;
+      },
+      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"));
+
+  m.def(
+      "quantize_dequantize",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group) {
+        // For tests: W after a round trip through the quantized format.
+        if (w.ndim() != 2 || w.shape(1) % 64 || w.shape(1) % group)
+          throw Error(Error::Kind::InvalidInput, "", "w", "expected [rows, k], k a multiple of 64 and group");
+        Matrix mat;
+        mat.rows = w.shape(0);
+        mat.cols = w.shape(1);
+        mat.data.resize(size_t(mat.rows * mat.cols) * 4);
+        std::memcpy(mat.data.data(), w.data(), mat.data.size());
+        quantize_matrix(mat, quant_arg(quant), group);
+        py::array_t<float> out({mat.rows, mat.cols});
+        for (int64_t r = 0; r < mat.rows; ++r) mat.row(r, out.mutable_data() + r * mat.cols);
+        return out;
+      },
+      py::arg("w"), py::arg("quant"), py::arg("group"));
 
   py::enum_<NormKind>(m, "NormKind").value("LayerNorm", NormKind::LayerNorm).value("RMSNorm", NormKind::RMSNorm);
   py::enum_<Activation>(m, "Activation")
@@ -271,8 +329,32 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("spec"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
+           py::arg("quant") = 0, py::arg("group") = 32, py::arg("head_quant") = 0,
            "Loads the weights named by `sources` [(role, layer, [(path, tensor, transpose)])].")
       .def_property_readonly("n_threads", &Model::n_threads)
+      .def(
+          "quantized_matrices",
+          [](const Model& m) {
+            // [(role, layer, type, group, codes u8 [rows, row_bytes], scale u16 [rows, ng], min or None)]
+            py::list out;
+            for_each_matrix(m.spec(), m.weights(), [&](const std::string& role, int64_t layer, const Matrix& w) {
+              if (!w.quantized()) return;
+              const int64_t rb = quant_row_bytes(w.qtype, w.cols), ng = w.cols / w.group;
+              py::array_t<uint8_t> codes({w.rows, rb});
+              std::memcpy(codes.mutable_data(), w.data.data(), size_t(w.rows * rb));
+              py::array_t<uint16_t> scale({w.rows, ng});
+              std::memcpy(scale.mutable_data(), w.scale.data(), size_t(w.rows * ng) * 2);
+              py::object mn = py::none();
+              if (w.qtype == QuantType::Q4Asym) {
+                py::array_t<uint16_t> a({w.rows, ng});
+                std::memcpy(a.mutable_data(), w.min.data(), size_t(w.rows * ng) * 2);
+                mn = a;
+              }
+              out.append(py::make_tuple(role, layer, int(w.qtype), w.group, codes, scale, mn));
+            });
+            return out;
+          },
+          "The quantized matrices, for llmos.quantize to save")
       .def_property_readonly("isa", [](const Model& m) { return std::string(isa_name(m.kernels().isa)); })
       .def(
           "logits",

@@ -12,6 +12,7 @@
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
+#include "quant/qformat.h"
 
 namespace llmos {
 
@@ -20,11 +21,18 @@ namespace llmos {
 using MatmulRowsFn = void (*)(const float* x, int64_t n, int64_t k, const void* w, int64_t row0,
                               int64_t row1, float* y, int64_t ldy);
 
+// The same for a block-quantized W and int8 activations (quant/qformat.h): y[t, r - row0] =
+// sum over groups g of d_w * sum_blocks(d_x * dot(u, q_x)) + m_w * sum_blocks(d_x * sum(q_x)).
+// sdg: [x.n, cols / group] = per token and weight group, the sum of the blocks' d * sum(q).
+using QMatmulRowsFn = void (*)(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1,
+                               float* y, int64_t ldy);
+
 struct KernelTable {
   Isa isa;
   MatmulRowsFn matmul_f32;   // W float32
   MatmulRowsFn matmul_bf16;  // W bfloat16 (raw uint16 bits)
   MatmulRowsFn matmul_f16;   // W IEEE half
+  QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float a, const float* x, int64_t n);  // y += a * x
 };
@@ -37,6 +45,8 @@ const KernelTable& kernels_for(Isa isa);
 void fill_kernels_scalar(KernelTable* t);
 void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
+void fill_qkernels_avx2(KernelTable* t);
+void fill_qkernels_avx512(KernelTable* t);
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt);

@@ -24,6 +24,39 @@ void matmul_ref(const float* x, int64_t n, int64_t k, const void* w, int64_t row
     }
 }
 
+// The reference for every quantized kernel: integer dot products per activation block,
+// scaled per block, plus the zero-point / min term per weight group.
+void qmatmul_ref(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
+                 int64_t ldy) {
+  const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock, per_group = w.group / kActBlock;
+  const int zp = quant_zero_point(w.type);
+  const int64_t row_bytes = quant_row_bytes(w.type, k);
+  for (int64_t t = 0; t < x.n; ++t)
+    for (int64_t r = row0; r < row1; ++r) {
+      const uint8_t* codes = w.codes + r * row_bytes;
+      float acc = 0.f, mterm = 0.f;
+      for (int64_t g = 0; g < ng; ++g) {
+        const float dw = f16_to_f32(w.scale[r * ng + g]);
+        const float mw = w.type == QuantType::Q4Asym ? f16_to_f32(w.min[r * ng + g]) : -float(zp) * dw;
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+          int32_t dot = 0;
+          for (int64_t i = b * kActBlock; i < (b + 1) * kActBlock; ++i) {
+            int u;
+            if (w.type == QuantType::Q8) u = codes[i];
+            else {
+              const uint8_t byte = codes[(i / kQ4Chunk) * 32 + (i % 32)];
+              u = (i % kQ4Chunk) < 32 ? (byte & 0x0F) : (byte >> 4);
+            }
+            dot += u * int32_t(x.q[t * k + i]);
+          }
+          acc += dw * x.d[t * nb + b] * float(dot);
+        }
+        mterm += mw * sdg[t * ng + g];
+      }
+      y[t * ldy + (r - row0)] = acc + mterm;
+    }
+}
+
 float dot_ref(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -38,8 +71,8 @@ KernelTable make(Isa isa) {
   KernelTable t{};
   fill_kernels_scalar(&t);
 #if defined(__x86_64__)
-  if (isa >= Isa::Avx2) fill_kernels_avx2(&t);
-  if (isa >= Isa::Avx512) fill_kernels_avx512(&t);
+  if (isa >= Isa::Avx2) { fill_kernels_avx2(&t); fill_qkernels_avx2(&t); }
+  if (isa >= Isa::Avx512) { fill_kernels_avx512(&t); fill_qkernels_avx512(&t); }
 #endif
   t.isa = isa;
   return t;
@@ -52,6 +85,7 @@ void fill_kernels_scalar(KernelTable* t) {
   t->matmul_f32 = matmul_ref<load_f32>;
   t->matmul_bf16 = matmul_ref<load_bf16>;
   t->matmul_f16 = matmul_ref<load_f16>;
+  t->qmatmul = qmatmul_ref;
   t->dot = dot_ref;
   t->axpy = axpy_ref;
 }

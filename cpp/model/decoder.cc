@@ -59,18 +59,54 @@ Model::Model(ArchSpec spec, ModelWeights weights, int n_threads)
 void Model::matmul(const float* x, int64_t n, const Matrix& w, const float* bias, float* y) {
   // y: [n, rows]. Threads split the output rows; each walks the tokens in blocks so a
   // block of x stays in cache while the thread's rows pass over it.
-  const MatmulRowsFn fn = matmul_for(*kernels_, w.dtype);
   const int64_t rows = w.rows, k = w.cols;
   const int64_t grain = std::max<int64_t>(16, ((rows / (pool_.size() * 8)) + 3) & ~int64_t(3));
   constexpr int64_t kTokenBlock = 64;
-  const void* wd = w.data.data();
+  auto add_bias = [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
+    if (bias)
+      for (int64_t i = t0; i < t1; ++i)
+        for (int64_t r = r0; r < r1; ++r) y[i * rows + r] += bias[r];
+  };
+  if (!w.quantized()) {
+    const MatmulRowsFn fn = matmul_for(*kernels_, w.dtype);
+    const void* wd = w.data.data();
+    pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t t = 0; t < n; t += kTokenBlock) {
+        const int64_t nt = std::min(kTokenBlock, n - t);
+        fn(x + t * k, nt, k, wd, r0, r1, y + t * rows + r0, rows);
+        add_bias(t, t + nt, r0, r1);
+      }
+    });
+    return;
+  }
+  // Quantize the activations once for all rows: int8 codes, block scales, and per weight
+  // group the sum of d * sum(codes) that the zero-point term needs.
+  const int64_t nb = k / kActBlock, ng = k / w.group, per_group = w.group / kActBlock;
+  xq_.resize(size_t(n * k));
+  xd_.resize(size_t(n * nb) * 4);
+  xsd_.resize(size_t(n * nb) * 4);
+  xsdg_.resize(size_t(n * ng) * 4);
+  int8_t* q = reinterpret_cast<int8_t*>(xq_.data());
+  float* d = xd_.as<float>();
+  float* sd = xsd_.as<float>();
+  float* sdg = xsdg_.as<float>();
+  pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
+    quantize_activations(x + t0 * k, t1 - t0, k, q + t0 * k, d + t0 * nb, sd + t0 * nb);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t g = 0; g < ng; ++g) {
+        float s = 0.f;
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) s += sd[t * nb + b];
+        sdg[t * ng + g] = s;
+      }
+  });
+  const QView wv = w.qview();
+  const QMatmulRowsFn fn = kernels_->qmatmul;
   pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t t = 0; t < n; t += kTokenBlock) {
       const int64_t nt = std::min(kTokenBlock, n - t);
-      fn(x + t * k, nt, k, wd, r0, r1, y + t * rows + r0, rows);
-      if (bias)
-        for (int64_t i = t; i < t + nt; ++i)
-          for (int64_t r = r0; r < r1; ++r) y[i * rows + r] += bias[r];
+      const ActView xv{q + t * k, d + t * nb, sd + t * nb, nt, k};
+      fn(xv, sdg + t * ng, wv, r0, r1, y + t * rows + r0, rows);
+      add_bias(t, t + nt, r0, r1);
     }
   });
 }
@@ -242,20 +278,16 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
 
   // Embedding (+ learned positions) (* scale).
   const Matrix& emb = w_.embed;
-  auto read = [](const Matrix& m, int64_t i) {
-    return m.dtype == DType::F32 ? m.data.as<float>()[i]
-           : m.dtype == DType::BF16 ? bf16_to_f32(m.data.as<uint16_t>()[i])
-                                    : f16_to_f32(m.data.as<uint16_t>()[i]);
-  };
   pool_.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> pos_row;
     for (int64_t t = b; t < e; ++t) {
       float* row = x + t * H;
-      const int64_t tok = tokens[size_t(t)];
-      if (emb.dtype == DType::F32) std::memcpy(row, emb.data.as<float>() + tok * H, size_t(H) * 4);
-      else
-        for (int64_t i = 0; i < H; ++i) row[i] = read(emb, tok * H + i);
-      if (spec_.learned_positions)
-        for (int64_t i = 0; i < H; ++i) row[i] += read(w_.pos_embed, tok_pos_[size_t(t)] * H + i);
+      emb.row(tokens[size_t(t)], row);
+      if (spec_.learned_positions) {
+        pos_row.resize(size_t(H));
+        w_.pos_embed.row(tok_pos_[size_t(t)], pos_row.data());
+        for (int64_t i = 0; i < H; ++i) row[i] += pos_row[size_t(i)];
+      }
       if (spec_.embed_scale != 1.0f)
         for (int64_t i = 0; i < H; ++i) row[i] *= spec_.embed_scale;
     }

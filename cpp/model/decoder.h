@@ -60,6 +60,7 @@ class Model {
   int n_threads() const { return pool_.size(); }
   const KernelTable& kernels() const { return *kernels_; }
   ThreadPool& pool() { return pool_; }
+  const ModelWeights& weights() const { return w_; }
 
   // Appends each chunk's tokens to its session and runs them through the model.
   // logits receives, per chunk in order, [n, vocab] rows when all_logits, else one row
@@ -86,6 +87,7 @@ class Model {
   std::vector<Session*> tok_session_;
   std::vector<int64_t> tok_pos_;
   Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
+  Buffer xq_, xd_, xsd_, xsdg_;  // int8 activations for quantized matmuls (quant/qformat.h)
 };
 
 }  // namespace llmos

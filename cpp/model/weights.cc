@@ -126,9 +126,82 @@ void copy_part(const uint8_t* src, DType st, int64_t rows, int64_t cols, bool tr
   }
 }
 
+bool quantizable(const Matrix& m, QuantType t, int64_t group) {
+  return t != QuantType::None && group % kActBlock == 0 && m.cols % group == 0 && m.cols % kQ4Chunk == 0;
+}
+
 }  // namespace
 
-ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype) {
+void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
+                     const std::function<void(const std::string&, int64_t, const Matrix&)>& fn) {
+  ModelWeights& mw = const_cast<ModelWeights&>(w);  // target() only locates; nothing is written
+  for (const RoleDef& role : kRoles) {
+    if (!role.needed(spec)) continue;
+    for (int64_t l = role.per_layer ? 0 : -1; l < (role.per_layer ? spec.n_layers : 0); ++l) {
+      Target t = role.target(spec, mw, l >= 0 ? &mw.layers[size_t(l)] : nullptr);
+      if (t.m) fn(role.name, l, *t.m);
+    }
+  }
+}
+
+namespace {
+
+// Copies a matrix saved by llmos.quantize, checking every shape and dtype.
+void load_prequantized(const WeightSource& src, const SafetensorsFile& f, const WeightPart& part, Target& t) {
+  const QuantType qt = src.prequant;
+  const int64_t g = src.group;
+  if (g < kActBlock || g % kActBlock || t.cols % g || t.cols % kQ4Chunk)
+    throw Error(Error::Kind::Tensor, part.path, part.tensor, "group size " + std::to_string(g) + " does not fit");
+  const int64_t ng = t.cols / g;
+  struct Want { const char* suffix; DType dt; int64_t cols; Buffer* dst; };
+  Matrix& m = *t.m;
+  std::vector<Want> wants = {{".codes", DType::U8, quant_row_bytes(qt, t.cols), &m.data},
+                             {".scale", DType::F16, ng, &m.scale}};
+  if (qt == QuantType::Q4Asym) wants.push_back({".min", DType::F16, ng, &m.min});
+  for (const Want& want : wants) {
+    const std::string name = part.tensor + want.suffix;
+    const TensorInfo* info = f.find(name);
+    if (!info) throw Error(Error::Kind::Tensor, part.path, name, "tensor not found (quantized " + src.role + ")");
+    if (info->dtype != want.dt || info->shape.size() != 2 || info->shape[0] != t.rows || info->shape[1] != want.cols)
+      throw Error(Error::Kind::Tensor, part.path, name,
+                  std::string("expected ") + dtype_name(want.dt) + " [" + std::to_string(t.rows) + ", " +
+                      std::to_string(want.cols) + "]");
+    want.dst->resize(size_t(info->end - info->begin));
+    std::memcpy(want.dst->data(), f.data(*info), want.dst->size());
+  }
+  m.rows = t.rows;
+  m.cols = t.cols;
+  m.qtype = qt;
+  m.group = g;
+  m.dtype = DType::U8;
+}
+
+}  // namespace
+
+void Matrix::row(int64_t r, float* dst) const {
+  if (quantized()) { dequantize_row(qview(), r, dst); return; }
+  for (int64_t i = 0; i < cols; ++i) dst[i] = read_float(data.data(), dtype, r * cols + i);
+}
+
+void quantize_matrix(Matrix& m, QuantType type, int64_t group) {
+  if (m.dtype != DType::F32 || m.quantized())
+    throw Error(Error::Kind::InvalidInput, "", "quant", "only float32 matrices are quantized");
+  const int64_t ng = m.cols / group, rb = quant_row_bytes(type, m.cols);
+  Buffer codes(size_t(m.rows * rb)), scale(size_t(m.rows * ng) * 2), min;
+  if (type == QuantType::Q4Asym) min.resize(size_t(m.rows * ng) * 2);
+  std::memset(codes.data(), 0, codes.size());
+  for (int64_t r = 0; r < m.rows; ++r)
+    quantize_row(type, group, m.data.as<float>() + r * m.cols, m.cols, codes.data() + r * rb,
+                 scale.as<uint16_t>() + r * ng, type == QuantType::Q4Asym ? min.as<uint16_t>() + r * ng : nullptr);
+  m.data = std::move(codes);
+  m.scale = std::move(scale);
+  m.min = std::move(min);
+  m.qtype = type;
+  m.group = group;
+}
+
+ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
+                          const QuantSpec& quant) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw Error(Error::Kind::InvalidInput, "", "dtype", "weights can be float32, bfloat16 or float16");
   ModelWeights w;
@@ -148,15 +221,30 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
     if (src.parts.empty()) throw Error(Error::Kind::InvalidInput, "", where, "no source tensors");
 
     Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr);
+    const bool head = src.role == "embed" || src.role == "lm_head";
+    const QuantType qt = head ? quant.head_type : quant.type;
+    Matrix probe;
+    probe.cols = t.cols;
+    const bool quantize = t.m && quantizable(probe, qt, quant.group);
+    const DType load_type = quantize ? DType::F32 : dtype;
     if (t.m) {
-      t.m->dtype = dtype;
+      t.m->dtype = load_type;
       t.m->rows = t.rows;
       t.m->cols = t.cols;
-      t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(dtype));
+      t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(load_type));
     } else {
       t.v->assign(size_t(t.rows), 0.f);
     }
 
+    if (src.prequant != QuantType::None) {
+      if (!t.m || src.parts.size() != 1)
+        throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
+      const WeightPart& part = src.parts[0];
+      auto it = files.find(part.path);
+      if (it == files.end()) it = files.emplace(part.path, SafetensorsFile::open(part.path)).first;
+      load_prequantized(src, *it->second, part, t);
+      continue;
+    }
     int64_t row = 0;
     for (const WeightPart& part : src.parts) {
       auto it = files.find(part.path);
@@ -190,7 +278,7 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
                     "shape " + shape_str(sh) + " does not fit " + where + " of " + spec.family + ": expected " +
                         expected + " with " + std::to_string(t.rows) + " rows in all");
       }
-      copy_part(f.data(*info), info->dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, dtype,
+      copy_part(f.data(*info), info->dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
                 t.norm ? spec.norm_weight_offset : 0.f);
       row += prow;
     }
@@ -200,6 +288,7 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
       throw Error(Error::Kind::Tensor, src.parts[0].path, names,
                   "gives " + std::to_string(row) + " rows for " + where + ", expected " + std::to_string(t.rows));
     }
+    if (quantize) quantize_matrix(*t.m, qt, quant.group);
   }
 
   for (const RoleDef& role : kRoles) {

@@ -5,21 +5,47 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "core/buffer.h"
 #include "core/dtype.h"
 #include "model/arch.h"
+#include "quant/qformat.h"
 
 namespace llmos {
 
+// A weight matrix [rows, cols]: float (dtype, values in data) or block-quantized
+// (qtype != None: codes in data, float16 scales and mins; see quant/qformat.h).
 struct Matrix {
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
   Buffer data;
+  QuantType qtype = QuantType::None;
+  int64_t group = 0;
+  Buffer scale, min;
   bool empty() const { return rows == 0; }
+  bool quantized() const { return qtype != QuantType::None; }
+  QView qview() const {
+    return QView{qtype, rows, cols, group, data.data(), scale.as<uint16_t>(),
+                 qtype == QuantType::Q4Asym ? min.as<uint16_t>() : nullptr};
+  }
+  // Row r as float32 (any storage).
+  void row(int64_t r, float* dst) const;
 };
+
+// How to store the matrices: quantized layers use `type` with `group`; the embedding and
+// LM head use `head_type` (int8 when the layers are int4, as llama.cpp keeps its output
+// matrix at higher precision). A matrix whose width does not fit the blocks stays float.
+struct QuantSpec {
+  QuantType type = QuantType::None;
+  int64_t group = 32;
+  QuantType head_type = QuantType::None;
+};
+
+// Quantizes a float32 matrix in place of its float data.
+void quantize_matrix(Matrix& m, QuantType type, int64_t group);
 
 using Vector = std::vector<float>;
 
@@ -60,11 +86,20 @@ struct WeightSource {
   std::string role;     // "embed", "qkv.weight", ... (see weights.cc for the full list)
   int64_t layer = -1;   // -1 for model-wide roles
   std::vector<WeightPart> parts;
+  // Already quantized by llmos.quantize: one part naming tensors <tensor>.codes (U8),
+  // <tensor>.scale (F16) and, for Q4Asym, <tensor>.min (F16), copied as they are.
+  QuantType prequant = QuantType::None;
+  int64_t group = 0;
 };
 
 // Reads every role the spec needs from the listed tensors, converting to `dtype` (F32,
 // BF16 or F16) for matrices. Throws Error(Tensor) naming file and tensor for a missing,
 // misshapen or non-float tensor, and for a required role that has no source.
-ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype);
+// Calls fn(role, layer, matrix) for every matrix the spec uses (for saving a quantized model).
+void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
+                     const std::function<void(const std::string&, int64_t, const Matrix&)>& fn);
+
+ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
+                          const QuantSpec& quant = QuantSpec());
 
 }  // namespace llmos

@@ -6,6 +6,7 @@ once per call and turns token ids into text.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -20,6 +21,7 @@ from .errors import ChatTemplateError, ContextLengthError, InvalidInputError, Mo
 from .families import Architecture, family_for
 from .generation import Generation, GenerationConfig, to_core_options
 from .text_stream import IncrementalDecoder, StopMatcher
+from .quant import parse_quant
 from .tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -60,7 +62,7 @@ class Model:
     time per model.
     """
 
-    def __init__(self, path: str, dtype: str | None = None, threads: int | None = None):
+    def __init__(self, path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None):
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise ModelFileError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)", file=path)
@@ -84,15 +86,31 @@ class Model:
         self.generation_config = self._generation_defaults(path, cfg)
 
         locations = tensor_locations(path)
+        self._family = family
+        prequant = _prequantized_roles(locations)
+        self.prequantized = bool(prequant)
         sources = []
         for role, layer, parts in family.tensors(self.config):
             what = role if layer < 0 else f"{role} of layer {layer}"
+            if (role, layer) in prequant:
+                file, base, qtype, group = prequant[(role, layer)]
+                sources.append((role, layer, [(file, base, False)], qtype, group))
+                continue
             resolved = []
             for name, transpose in parts:
                 file, tensor = resolve(locations, name, path, what)
                 resolved.append((file, tensor, transpose))
-            sources.append((role, layer, resolved))
-        self._core = _core.Model(self.config.to_core(_core), sources, dtype, threads)
+            sources.append((role, layer, resolved, 0, 0))
+        self.quant = parse_quant(quant)
+        if self.prequantized:
+            saved = parse_quant(prequant["__quant__"])
+            if self.quant is not None and self.quant != saved:
+                raise InvalidInputError(f"quant: {path} is already quantized as {saved.name}, not {quant}",
+                                        field="quant")
+            self.quant, quant = saved, None
+        q = parse_quant(quant)
+        self._core = _core.Model(self.config.to_core(_core), sources, dtype, threads,
+                                 q.type if q else 0, q.group if q else 32, q.head_type if q else 0)
 
     @staticmethod
     def _generation_defaults(path: str, cfg: ConfigReader) -> GenerationConfig:
@@ -119,7 +137,7 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         return (f"<llmos.Model {c.family} layers={c.num_layers} hidden={c.hidden_size} vocab={c.vocab_size} "
-                f"dtype={self.dtype} threads={self.threads} isa={self.isa} path={self.path!r}>")
+                f"dtype={self.dtype} quant={self.quant.name if self.quant else None} threads={self.threads} isa={self.isa} path={self.path!r}>")
 
     # ---- inputs -----------------------------------------------------------------------
 
@@ -339,15 +357,54 @@ class Model:
             worker.join()
 
 
+def _prequantized_roles(locations: dict[str, str]) -> dict:
+    """For a checkpoint written by llmos.quantize: {(role, layer): (file, base name, type,
+    group)} and "__quant__"; {} for any other checkpoint."""
+    from .errors import SafetensorsError
+
+    out: dict = {}
+    for file in sorted(set(locations.values())):
+        _, meta = _core.safetensors_read_header(file)
+        if "llmos_format" not in meta:
+            continue
+        if meta["llmos_format"] != "1":
+            raise SafetensorsError(f"{file}: llmos_format {meta['llmos_format']!r} is newer than this llmos reads (1)",
+                                   file=file, field="llmos_format")
+        try:
+            entries = json.loads(meta["llmos_quantized"])
+            for role, layer, qtype, group in entries:
+                base = f"llmos.{role}" + (f".{layer}" if layer >= 0 else "")
+                out[(role, int(layer))] = (file, base, int(qtype), int(group))
+            out["__quant__"] = meta["llmos_quant"]
+        except (KeyError, ValueError, TypeError) as e:
+            raise SafetensorsError(f"{file}: metadata field llmos_quantized is malformed ({e})",
+                                   file=file, field="llmos_quantized") from None
+    return out
+
+
 def _is_batch(prompt) -> bool:
     return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
         isinstance(p, str) or (isinstance(p, (list, tuple, np.ndarray)) and not isinstance(p, str)) for p in prompt)
 
 
-def load(path: str, dtype: str | None = None, threads: int | None = None) -> Model:
+def load(path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None) -> Model:
     """Loads a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
 
     dtype: "float32", "bfloat16" or "float16" for the weights (default: the checkpoint's).
     threads: compute threads (default: the number of physical cores).
+    quant: quantize the matrices at load: "int8", "int4", "int4-asym", optionally with a
+    group size suffix ("int4-g64"; 32 by default).
+
+    A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
+    and no safetensors runs through onnxruntime instead: see llmos.onnx.OnnxModel.
+    `path` may also name a model in the local registry (`llmos ls`).
     """
-    return Model(path, dtype=dtype, threads=threads)
+    from . import registry
+    from .onnx.layout import is_onnx_model
+
+    path = registry.resolve(path)
+    if is_onnx_model(path):
+        from .onnx.runtime import OnnxModel
+
+        return OnnxModel(path, dtype=dtype, threads=threads)
+    return Model(path, dtype=dtype, threads=threads, quant=quant)

@@ -1,0 +1,119 @@
+// AVX-512 VNNI kernel for block-quantized weights (quant/qformat.h). One step covers 64
+// input values: vpdpbusd multiplies 64 unsigned weight codes by 64 signed activation codes
+// into 16 int32 lanes (lanes 0-7: the first activation block, 8-15: the second), which are
+// scaled per block and accumulated in float. A tile of R rows x T tokens shares each load.
+#include <immintrin.h>
+
+#include "kernels/kernels.h"
+
+namespace llmos {
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// 64 codes of row `codes` at chunk c, as bytes in input order.
+template <QuantType Q>
+inline __m512i load_codes(const uint8_t* codes, int64_t c) {
+  if (Q == QuantType::Q8) return _mm512_loadu_si512(codes + c * 64);
+  const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 32));
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(packed, mask);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// Two scales, one per 256-bit half.
+inline __m512 halves(float a, float b) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+}
+
+// sum over groups of m_w(g) * sdg(g) for one row and one token.
+template <QuantType Q>
+inline float min_term(const QView& w, int64_t r, const float* sdg_t) {
+  const int64_t ng = w.cols / w.group;
+  const uint16_t* src = Q == QuantType::Q4Asym ? w.min + r * ng : w.scale + r * ng;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; g += 16) {
+    const __mmask16 m = (ng - g >= 16) ? __mmask16(0xffff) : __mmask16((1u << (ng - g)) - 1);
+    const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + g));
+    acc = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, sdg_t + g), acc);
+  }
+  const float s = _mm512_reduce_add_ps(acc);
+  return Q == QuantType::Q4Asym ? s : -float(Q == QuantType::Q8 ? 128 : 8) * s;
+}
+
+template <QuantType Q, int R, int T>
+void tile(const ActView& x, const float* sdg, const QView& w, int64_t r0, int64_t t0, float* y, int64_t ldy,
+          int64_t row_out0) {
+  const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock;
+  const int64_t row_bytes = quant_row_bytes(Q, k);
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t c = 0; c < k / 64; ++c) {
+    const int64_t ga = (c * 64) / w.group, gb = (c * 64 + 32) / w.group;
+    __m512i wv[R];
+    __m512 sw[R];
+    for (int r = 0; r < R; ++r) {
+      wv[r] = load_codes<Q>(w.codes + (r0 + r) * row_bytes, c);
+      const uint16_t* sc = w.scale + (r0 + r) * ng;
+      sw[r] = halves(h2f(sc[ga]), h2f(sc[gb]));
+    }
+    for (int t = 0; t < T; ++t) {
+      const int64_t tt = t0 + t;
+      const __m512i xv = _mm512_loadu_si512(x.q + tt * k + c * 64);
+      const __m512 sx = halves(x.d[tt * nb + 2 * c], x.d[tt * nb + 2 * c + 1]);
+      for (int r = 0; r < R; ++r) {
+        const __m512 dots = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv[r], xv));
+        acc[r][t] = _mm512_fmadd_ps(dots, _mm512_mul_ps(sw[r], sx), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t)
+      y[(t0 + t) * ldy + row_out0 + r] =
+          _mm512_reduce_add_ps(acc[r][t]) + min_term<Q>(w, r0 + r, sdg + (t0 + t) * ng);
+}
+
+template <QuantType Q, int R>
+void rows_block(const ActView& x, const float* sdg, const QView& w, int64_t r0, float* y, int64_t ldy,
+                int64_t row_out0) {
+  int64_t t = 0;
+  for (; t + 4 <= x.n; t += 4) tile<Q, R, 4>(x, sdg, w, r0, t, y, ldy, row_out0);
+  switch (x.n - t) {
+    case 3: tile<Q, R, 3>(x, sdg, w, r0, t, y, ldy, row_out0); break;
+    case 2: tile<Q, R, 2>(x, sdg, w, r0, t, y, ldy, row_out0); break;
+    case 1: tile<Q, R, 1>(x, sdg, w, r0, t, y, ldy, row_out0); break;
+    default: break;
+  }
+}
+
+template <QuantType Q>
+void qmatmul_q(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
+               int64_t ldy) {
+  int64_t r = row0;
+  for (; r + 4 <= row1; r += 4) rows_block<Q, 4>(x, sdg, w, r, y, ldy, r - row0);
+  switch (row1 - r) {
+    case 3: rows_block<Q, 3>(x, sdg, w, r, y, ldy, r - row0); break;
+    case 2: rows_block<Q, 2>(x, sdg, w, r, y, ldy, r - row0); break;
+    case 1: rows_block<Q, 1>(x, sdg, w, r, y, ldy, r - row0); break;
+    default: break;
+  }
+}
+
+void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
+             int64_t ldy) {
+  switch (w.type) {
+    case QuantType::Q8: qmatmul_q<QuantType::Q8>(x, sdg, w, row0, row1, y, ldy); break;
+    case QuantType::Q4: qmatmul_q<QuantType::Q4>(x, sdg, w, row0, row1, y, ldy); break;
+    case QuantType::Q4Asym: qmatmul_q<QuantType::Q4Asym>(x, sdg, w, row0, row1, y, ldy); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void fill_qkernels_avx512(KernelTable* t) { t->qmatmul = qmatmul; }
+
+}  // namespace llmos

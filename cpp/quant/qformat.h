@@ -1,0 +1,61 @@
+// Block-quantized weight formats and int8 activations.
+//
+// A weight row of `cols` values is cut into groups of `group` (32, 64 or 128) along the
+// input dimension. Each stored code u dequantizes as  w = d * u + m  with one scale d per
+// group (float16) and, for the asymmetric format, one offset m per group (float16); the
+// symmetric formats use m = -zero_point * d.
+//   Q8:      u = q + 128 (uint8), q in [-127, 127], zero point 128
+//   Q4:      u in [0, 15] (4 bits), q = u - 8, zero point 8 (as llama.cpp's Q4_0)
+//   Q4_ASYM: u in [0, 15], w = d * u + min (AWQ / GPTQ style)
+// Codes are unsigned so the integer dot product can use u8 x s8 instructions (VNNI
+// vpdpbusd, AVX2 vpmaddubsw); the zero point comes back through m and sum(x).
+//
+// Q4 packs 64 values in 32 bytes: byte j holds u[j] in its low nibble and u[j + 32] in
+// its high nibble, so one 32-byte load unpacks to 64 values in order.
+//
+// Activations are quantized per token in blocks of 32 (kActBlock): int8 codes, a float
+// scale per block, and d * sum(codes) per block, which the zero-point term needs.
+#pragma once
+
+#include <cstdint>
+
+namespace llmos {
+
+enum class QuantType : int32_t { None = 0, Q8 = 1, Q4 = 2, Q4Asym = 3 };
+
+constexpr int64_t kActBlock = 32;
+constexpr int64_t kQ4Chunk = 64;  // values per packed Q4 chunk (32 bytes)
+
+const char* quant_name(QuantType t);
+int quant_zero_point(QuantType t);            // 128, 8, or 0 (asymmetric)
+int64_t quant_row_bytes(QuantType t, int64_t cols);
+
+// A read-only view of a quantized matrix [rows, cols] (plain data: kernels take it by value).
+struct QView {
+  QuantType type;
+  int64_t rows, cols, group;
+  const uint8_t* codes;   // [rows, quant_row_bytes]
+  const uint16_t* scale;  // [rows, cols / group] float16
+  const uint16_t* min;    // [rows, cols / group] float16, Q4Asym only (else null)
+};
+
+// Quantized activations for n tokens of k values (k a multiple of kActBlock).
+struct ActView {
+  const int8_t* q;     // [n, k]
+  const float* d;      // [n, k / 32]
+  const float* sd;     // [n, k / 32] = d * sum(q) of the block
+  int64_t n, k;
+};
+
+// Round-to-nearest quantization of one row (src float32, cols a multiple of group and,
+// for Q4 formats, of 64). Writes quant_row_bytes codes and cols / group scales (and mins).
+void quantize_row(QuantType t, int64_t group, const float* src, int64_t cols, uint8_t* codes,
+                  uint16_t* scale, uint16_t* min);
+
+// The float32 values of one row of a quantized matrix.
+void dequantize_row(const QView& w, int64_t row, float* dst);
+
+// Quantizes x [n, k] into q / d / sd (the ActView arrays).
+void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd);
+
+}  // namespace llmos
