@@ -9,7 +9,8 @@ from . import errors
 from .generation import Generation, GenerationConfig
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "Generation", "GenerationConfig", "errors", "__version__"]
+__all__ = ["load", "quantize", "Model", "Generation", "GenerationConfig", "errors", "export_onnx", "convert_onnx",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -17,4 +18,12 @@ def __getattr__(name):
         from . import model
 
         return getattr(model, name)
+    if name == "quantize":
+        from .quantize_checkpoint import quantize
+
+        return quantize
+    if name in ("export_onnx", "convert_onnx"):  # onnx is imported only when used
+        from . import onnx
+
+        return getattr(onnx, name)
     raise AttributeError(f"module 'llmos' has no attribute {name!r}")
