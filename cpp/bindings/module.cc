@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "core/bandwidth.h"
 #include "core/cpu_features.h"
 #include "core/errors.h"
 #include "kernels/kernels.h"
@@ -117,6 +118,13 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  m.def(
+      "memory_bandwidth",
+      [](int threads, int64_t mbytes, int reps) {
+        py::gil_scoped_release nogil;
+        return measure_read_bandwidth(threads, size_t(mbytes) << 20, reps);
+      },
+      py::arg("threads"), py::arg("mbytes") = 512, py::arg("reps") = 5, "Memory read bandwidth in GB/s (benchmarks)");
   m.def("cpu_isa", [] { return std::string(isa_name(cpu_active_isa())); }, "ISA the kernels use");
   m.def("cpu_best_isa", [] { return std::string(isa_name(cpu_best_isa())); }, "widest ISA this CPU supports");
 

@@ -9,8 +9,6 @@
 namespace llmos {
 namespace {
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
 // 64 codes of row `codes` at chunk c, as bytes in input order.
 template <QuantType Q>
 inline __m512i load_codes(const uint8_t* codes, int64_t c) {
@@ -20,11 +18,6 @@ inline __m512i load_codes(const uint8_t* codes, int64_t c) {
   const __m256i lo = _mm256_and_si256(packed, mask);
   const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-// Two scales, one per 256-bit half.
-inline __m512 halves(float a, float b) {
-  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
 }
 
 // sum over groups of m_w(g) * sdg(g) for one row and one token.
@@ -42,31 +35,54 @@ inline float min_term(const QView& w, int64_t r, const float* sdg_t) {
   return Q == QuantType::Q4Asym ? s : -float(Q == QuantType::Q8 ? 128 : 8) * s;
 }
 
+// Scales are gathered 8 chunks (512 values) at a time: one load of up to 16 float16 weight
+// scales and one of 16 activation scales per row / token, then a vpermps per chunk spreads
+// the chunk's two block scales over the two halves of a vector.
+struct ScaleIndex {
+  __m512i w[8];  // chunk j: lanes -> index of the weight group among the 16 loaded
+  __m512i x[8];  // chunk j: lanes -> index of the activation block among the 16 loaded
+  explicit ScaleIndex(int64_t group) {
+    for (int j = 0; j < 8; ++j) {
+      const int wa = int((j * 64) / group), wb = int((j * 64 + 32) / group);
+      w[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(wa)), _mm256_set1_epi32(wb), 1);
+      x[j] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(2 * j)), _mm256_set1_epi32(2 * j + 1), 1);
+    }
+  }
+};
+
+inline __mmask16 first_n(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
 template <QuantType Q, int R, int T>
-void tile(const ActView& x, const float* sdg, const QView& w, int64_t r0, int64_t t0, float* y, int64_t ldy,
-          int64_t row_out0) {
-  const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock;
+void tile(const ActView& x, const float* sdg, const QView& w, const ScaleIndex& ix, int64_t r0, int64_t t0, float* y,
+          int64_t ldy, int64_t row_out0) {
+  const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock, n_chunks = k / 64;
   const int64_t row_bytes = quant_row_bytes(Q, k);
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i zero = _mm512_setzero_si512();
-  for (int64_t c = 0; c < k / 64; ++c) {
-    const int64_t ga = (c * 64) / w.group, gb = (c * 64 + 32) / w.group;
-    __m512i wv[R];
-    __m512 sw[R];
-    for (int r = 0; r < R; ++r) {
-      wv[r] = load_codes<Q>(w.codes + (r0 + r) * row_bytes, c);
-      const uint16_t* sc = w.scale + (r0 + r) * ng;
-      sw[r] = halves(h2f(sc[ga]), h2f(sc[gb]));
-    }
-    for (int t = 0; t < T; ++t) {
-      const int64_t tt = t0 + t;
-      const __m512i xv = _mm512_loadu_si512(x.q + tt * k + c * 64);
-      const __m512 sx = halves(x.d[tt * nb + 2 * c], x.d[tt * nb + 2 * c + 1]);
+  for (int64_t c0 = 0; c0 < n_chunks; c0 += 8) {
+    const int64_t g0 = (c0 * 64) / w.group;
+    __m512 sw16[R], sx16[T];
+    for (int r = 0; r < R; ++r)
+      sw16[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_n(ng - g0), w.scale + (r0 + r) * ng + g0));
+    for (int t = 0; t < T; ++t) sx16[t] = _mm512_maskz_loadu_ps(first_n(nb - 2 * c0), x.d + (t0 + t) * nb + 2 * c0);
+    const int64_t c1 = c0 + 8 < n_chunks ? c0 + 8 : n_chunks;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int j = int(c - c0);
+      __m512i wv[R];
+      __m512 sw[R];
       for (int r = 0; r < R; ++r) {
-        const __m512 dots = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv[r], xv));
-        acc[r][t] = _mm512_fmadd_ps(dots, _mm512_mul_ps(sw[r], sx), acc[r][t]);
+        wv[r] = load_codes<Q>(w.codes + (r0 + r) * row_bytes, c);
+        sw[r] = _mm512_permutexvar_ps(ix.w[j], sw16[r]);
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512i xv = _mm512_loadu_si512(x.q + (t0 + t) * k + c * 64);
+        const __m512 sx = _mm512_permutexvar_ps(ix.x[j], sx16[t]);
+        for (int r = 0; r < R; ++r) {
+          const __m512 dots = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv[r], xv));
+          acc[r][t] = _mm512_fmadd_ps(dots, _mm512_mul_ps(sw[r], sx), acc[r][t]);
+        }
       }
     }
   }
@@ -77,14 +93,14 @@ void tile(const ActView& x, const float* sdg, const QView& w, int64_t r0, int64_
 }
 
 template <QuantType Q, int R>
-void rows_block(const ActView& x, const float* sdg, const QView& w, int64_t r0, float* y, int64_t ldy,
-                int64_t row_out0) {
+void rows_block(const ActView& x, const float* sdg, const QView& w, const ScaleIndex& ix, int64_t r0, float* y,
+                int64_t ldy, int64_t row_out0) {
   int64_t t = 0;
-  for (; t + 4 <= x.n; t += 4) tile<Q, R, 4>(x, sdg, w, r0, t, y, ldy, row_out0);
+  for (; t + 4 <= x.n; t += 4) tile<Q, R, 4>(x, sdg, w, ix, r0, t, y, ldy, row_out0);
   switch (x.n - t) {
-    case 3: tile<Q, R, 3>(x, sdg, w, r0, t, y, ldy, row_out0); break;
-    case 2: tile<Q, R, 2>(x, sdg, w, r0, t, y, ldy, row_out0); break;
-    case 1: tile<Q, R, 1>(x, sdg, w, r0, t, y, ldy, row_out0); break;
+    case 3: tile<Q, R, 3>(x, sdg, w, ix, r0, t, y, ldy, row_out0); break;
+    case 2: tile<Q, R, 2>(x, sdg, w, ix, r0, t, y, ldy, row_out0); break;
+    case 1: tile<Q, R, 1>(x, sdg, w, ix, r0, t, y, ldy, row_out0); break;
     default: break;
   }
 }
@@ -92,12 +108,13 @@ void rows_block(const ActView& x, const float* sdg, const QView& w, int64_t r0, 
 template <QuantType Q>
 void qmatmul_q(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
                int64_t ldy) {
+  const ScaleIndex ix(w.group);
   int64_t r = row0;
-  for (; r + 4 <= row1; r += 4) rows_block<Q, 4>(x, sdg, w, r, y, ldy, r - row0);
+  for (; r + 4 <= row1; r += 4) rows_block<Q, 4>(x, sdg, w, ix, r, y, ldy, r - row0);
   switch (row1 - r) {
-    case 3: rows_block<Q, 3>(x, sdg, w, r, y, ldy, r - row0); break;
-    case 2: rows_block<Q, 2>(x, sdg, w, r, y, ldy, r - row0); break;
-    case 1: rows_block<Q, 1>(x, sdg, w, r, y, ldy, r - row0); break;
+    case 3: rows_block<Q, 3>(x, sdg, w, ix, r, y, ldy, r - row0); break;
+    case 2: rows_block<Q, 2>(x, sdg, w, ix, r, y, ldy, r - row0); break;
+    case 1: rows_block<Q, 1>(x, sdg, w, ix, r, y, ldy, r - row0); break;
     default: break;
   }
 }

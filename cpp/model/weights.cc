@@ -222,7 +222,8 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
 
     Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr);
     const bool head = src.role == "embed" || src.role == "lm_head";
-    const QuantType qt = head ? quant.head_type : quant.type;
+    // The position table is a lookup, read one row per token: quantizing it saves no time.
+    const QuantType qt = src.role == "pos_embed" ? QuantType::None : head ? quant.head_type : quant.type;
     Matrix probe;
     probe.cols = t.cols;
     const bool quantize = t.m && quantizable(probe, qt, quant.group);

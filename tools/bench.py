@@ -1,0 +1,306 @@
+#!/usr/bin/env python
+"""CPU speed of llmos against transformers, CTranslate2 and llama.cpp, measured side by side.
+
+    python tools/bench.py [--shapes gpt2,smollm,qwen05] [--threads 1,2] [--rounds 2]
+                          [--engines all|llmos-int4,llama.cpp-Q4_0,...] [--json out.json]
+
+For each shape a random-weight checkpoint with transformers' default init is built
+(tests/checkpoints.py, cached in /tmp/llmos-bench) and handed to every engine:
+  llmos-fp32 / -bf16 / -int8 / -int4   this package (int4 = group 32, symmetric)
+  transformers-fp32                     AutoModelForCausalLM, torch threads = --threads
+  ctranslate2-int8                      converted with ct2's TransformersConverter
+  llama.cpp-F32 / -Q8_0 / -Q4_0         llama-cpp-python; GGUF made by llama.cpp's own
+                                        convert_hf_to_gguf.py, quantized by llama_model_quantize
+Prefill = one forward of a 512-token prompt (last-token logits), decode = 128 greedy tokens
+from a 1-token prompt (llama-bench's pp512 / tg128). Each measurement runs in a fresh process
+(peak RSS is that process's), rounds interleave the engines, and the best round counts.
+It also measures the memory read bandwidth and prints decode as a fraction of the limit
+(weight bytes read per token / bandwidth).
+
+Anchors need: `pip install ctranslate2 llama-cpp-python gguf` (llama-cpp-python compiles
+llama.cpp) and LLAMA_CPP_SRC pointing at a llama.cpp source tree (for convert_hf_to_gguf.py;
+the llama-cpp-python sdist has one under vendor/llama.cpp). Engines that are missing are
+skipped with a note. Nothing from the anchors is part of this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("LLMOS_BENCH_CACHE", "/tmp/llmos-bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+SHAPES = {
+    "gpt2": ("gpt2", {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}),
+    "smollm": ("llama", {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                         "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                         "max_position_embeddings": 2048, "tie_word_embeddings": True}),
+    "qwen05": ("qwen2", {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
+                         "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
+                         "max_position_embeddings": 4096, "tie_word_embeddings": True}),
+}
+ENGINES = ["llmos-fp32", "llmos-bf16", "llmos-int8", "llmos-int4", "transformers-fp32", "ctranslate2-int8",
+           "llama.cpp-F32", "llama.cpp-Q8_0", "llama.cpp-Q4_0"]
+PREFILL, DECODE = 512, 128
+
+
+# ---- artifacts --------------------------------------------------------------------------
+
+def checkpoint(shape: str) -> Path:
+    import checkpoints
+
+    out = CACHE / shape / "hf"
+    if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
+        kind, overrides = SHAPES[shape]
+        # weight_scale: back to transformers' initializer_range (0.02), a realistic scale
+        checkpoints.build_checkpoint(kind, out, weight_scale=0.1, damp_eos=False, **overrides)
+    return out
+
+
+def gguf(shape: str, qtype: str) -> Path:
+    """GGUF of the checkpoint: converted to F32 by llama.cpp's converter, then quantized."""
+    src = os.environ.get("LLAMA_CPP_SRC")
+    if not src:
+        raise RuntimeError("set LLAMA_CPP_SRC to a llama.cpp source tree (convert_hf_to_gguf.py)")
+    f32 = CACHE / shape / "model-F32.gguf"
+    if not f32.exists():
+        # The test tokenizers are not among the converter's known pre-tokenizers; tell it to
+        # treat them as GPT-2's (they are byte-level BPE like it).
+        code = (
+            "import sys, runpy; sys.path[:0] = [{src!r}, {src!r} + '/gguf-py'];"
+            "import conversion.base as b; b.TextModel.get_vocab_base_pre = lambda self, t: 'gpt-2';"
+            "sys.argv = ['convert', {hf!r}, '--outfile', {out!r}, '--outtype', 'f32'];"
+            "runpy.run_path({src!r} + '/convert_hf_to_gguf.py', run_name='__main__')"
+        ).format(src=src, hf=str(checkpoint(shape)), out=str(f32))
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    if qtype == "F32":
+        return f32
+    out = CACHE / shape / f"model-{qtype}.gguf"
+    if not out.exists():
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}[qtype]
+        rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), params)
+        if rc != 0:
+            raise RuntimeError(f"llama_model_quantize failed ({rc})")
+    return out
+
+
+def ct2_dir(shape: str) -> Path:
+    out = CACHE / shape / "ct2-int8"
+    if not (out / "model.bin").exists():
+        import ctranslate2
+
+        ctranslate2.converters.TransformersConverter(str(checkpoint(shape))).convert(
+            str(out), quantization="int8", force=True)
+    return out
+
+
+# ---- one measurement (runs in a child process) --------------------------------------------
+
+def measure(engine: str, shape: str, threads: int) -> dict:
+    import numpy as np
+
+    hf = checkpoint(shape)
+    cfg = json.loads((hf / "config.json").read_text())
+    vocab = cfg["vocab_size"]
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(10, vocab - 10, PREFILL).tolist()
+    first = prompt[:1]
+
+    if engine.startswith("llmos-"):
+        import llmos
+
+        kind = engine.split("-", 1)[1]
+        m = llmos.load(hf, threads=threads, dtype={"bf16": "bfloat16"}.get(kind, "float32"),
+                       quant={"int8": "int8", "int4": "int4"}.get(kind))
+        m.generate(first, max_new_tokens=4, eos_token_id=[])  # warm up
+        t = time.perf_counter()
+        m.generate(prompt, max_new_tokens=1, eos_token_id=[])
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        m.generate(first, max_new_tokens=1, eos_token_id=[])
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        m.generate(first, max_new_tokens=DECODE + 1, eos_token_id=[])
+        decode = time.perf_counter() - t - one
+    elif engine == "transformers-fp32":
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        m = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+        with torch.no_grad():
+            m(torch.tensor([first]))
+            t = time.perf_counter()
+            m(torch.tensor([prompt]), logits_to_keep=1)
+            prefill = time.perf_counter() - t
+            kw = dict(do_sample=False, pad_token_id=0)
+            t = time.perf_counter()
+            m.generate(torch.tensor([first]), max_new_tokens=1, min_new_tokens=1, **kw)
+            one = time.perf_counter() - t
+            t = time.perf_counter()
+            m.generate(torch.tensor([first]), max_new_tokens=DECODE + 1, min_new_tokens=DECODE + 1, **kw)
+            decode = time.perf_counter() - t - one
+    elif engine == "ctranslate2-int8":
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        d = ct2_dir(shape)
+        tok = AutoTokenizer.from_pretrained(hf)
+        words = tok.convert_ids_to_tokens(prompt)
+        g = ctranslate2.Generator(str(d), device="cpu", compute_type="int8", intra_threads=threads)
+        g.generate_batch([words[:1]], max_length=2, include_prompt_in_result=False)
+        t = time.perf_counter()
+        g.generate_batch([words], max_length=1, include_prompt_in_result=False)
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        g.generate_batch([words[:1]], max_length=1, include_prompt_in_result=False)
+        one = time.perf_counter() - t
+        t = time.perf_counter()
+        g.generate_batch([words[:1]], max_length=DECODE + 1, min_length=DECODE + 1, sampling_topk=1,
+                         include_prompt_in_result=False, end_token=[])
+        decode = time.perf_counter() - t - one
+    elif engine.startswith("llama.cpp-"):
+        import llama_cpp
+
+        path = gguf(shape, engine.split("-", 1)[1])
+        m = llama_cpp.Llama(str(path), n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
+                            n_threads_batch=threads, verbose=False)
+        m.eval(first)
+        m.reset()
+        t = time.perf_counter()
+        m.eval(prompt)
+        prefill = time.perf_counter() - t
+        m.reset()
+        t = time.perf_counter()
+        m.eval(first)
+        tok = int(np.argmax(m.scores[m.n_tokens - 1]))
+        for _ in range(DECODE):
+            m.eval([tok])
+            tok = int(np.argmax(m.scores[m.n_tokens - 1]))
+        decode = time.perf_counter() - t
+        t = time.perf_counter()
+        m.reset()
+        m.eval(first)
+        decode -= time.perf_counter() - t
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"prefill_tps": PREFILL / prefill, "decode_tps": DECODE / decode, "rss_mb": rss_mb}
+
+
+def run_child(engine, shape, threads, timeout=1800):
+    out = subprocess.run([sys.executable, __file__, "--child", engine, shape, str(threads)], capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+def weight_bytes_per_token(engine, shape):
+    """Bytes of weights one decode step reads (the bandwidth model)."""
+    hf = checkpoint(shape)
+    cfg = json.loads((hf / "config.json").read_text())
+    import safetensors
+
+    n = 0
+    with safetensors.safe_open(str(hf / "model.safetensors"), "np") as f:
+        for k in f.keys():
+            shp = f.get_slice(k).get_shape()
+            cnt = 1
+            for s in shp:
+                cnt *= s
+            if "wpe" in k or "embed_tokens" in k or "wte" in k:
+                if not cfg.get("tie_word_embeddings", True):
+                    continue  # only the looked-up row is read
+            n += cnt
+    bits = {"llmos-fp32": 32, "llmos-bf16": 16, "llmos-int8": 8.5, "llmos-int4": 4.5 + 0.0,
+            "llama.cpp-F32": 32, "llama.cpp-Q8_0": 8.5, "llama.cpp-Q4_0": 4.5, "ctranslate2-int8": 8,
+            "transformers-fp32": 32}[engine]
+    return n * bits / 8
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="gpt2,smollm,qwen05")
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--engines", default="all")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    shapes = args.shapes.split(",")
+    threads = [int(t) for t in args.threads.split(",")]
+    engines = ENGINES if args.engines == "all" else args.engines.split(",")
+
+    from llmos import _core
+
+    bw = {t: _core.memory_bandwidth(t) for t in threads}
+    print(f"memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads), flush=True)
+    results: dict = {}
+    for shape in shapes:
+        checkpoint(shape)
+    for rnd in range(args.rounds):
+        for shape in shapes:
+            for t in threads:
+                for e in engines:
+                    r = run_child(e, shape, t)
+                    key = (shape, t, e)
+                    best = results.get(key)
+                    if "error" in r:
+                        results.setdefault(key, r)
+                        continue
+                    if best is None or "error" in best:
+                        results[key] = r
+                    else:
+                        best["prefill_tps"] = max(best["prefill_tps"], r["prefill_tps"])
+                        best["decode_tps"] = max(best["decode_tps"], r["decode_tps"])
+                        best["rss_mb"] = min(best["rss_mb"], r["rss_mb"])
+                    print(f"round {rnd} {shape} t={t} {e}: {r}", file=sys.stderr, flush=True)
+
+    for shape in shapes:
+        for t in threads:
+            print(f"\n### {shape}, {t} thread(s)\n")
+            print("| engine | prefill tok/s | decode tok/s | peak RSS MB | decode / bandwidth limit |")
+            print("|---|---|---|---|---|")
+            for e in engines:
+                r = results.get((shape, t, e), {"error": "not run"})
+                if "error" in r:
+                    print(f"| {e} | - | - | - | skipped: {r['error']} |")
+                    continue
+                limit = bw[t] * 1e9 / weight_bytes_per_token(e, shape)
+                print(f"| {e} | {r['prefill_tps']:.0f} | {r['decode_tps']:.1f} | {r['rss_mb']:.0f} | "
+                      f"{r['decode_tps'] / limit:.0%} |")
+            ratios = []
+            pairs = [("llmos-int4", "llama.cpp-Q4_0"), ("llmos-int8", "llama.cpp-Q8_0"), ("llmos-fp32", "llama.cpp-F32"),
+                     ("llmos-int8", "ctranslate2-int8"), ("llmos-fp32", "transformers-fp32")]
+            for a, b in pairs:
+                ra, rb = results.get((shape, t, a)), results.get((shape, t, b))
+                if ra and rb and "error" not in ra and "error" not in rb:
+                    ratios.append(f"{a} / {b}: prefill {ra['prefill_tps'] / rb['prefill_tps']:.2f}x, "
+                                  f"decode {ra['decode_tps'] / rb['decode_tps']:.2f}x, "
+                                  f"RSS {ra['rss_mb'] / rb['rss_mb']:.2f}x")
+            if ratios:
+                print("\n" + "\n".join(f"- {r}" for r in ratios))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bandwidth_gbs": bw, "results": [
+            {"shape": s, "threads": t, "engine": e, **r} for (s, t, e), r in results.items()]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
