@@ -55,10 +55,10 @@ PREFILL, DECODE = 512, 128
 # ---- artifacts --------------------------------------------------------------------------
 
 def checkpoint(shape: str) -> Path:
-    import checkpoints
-
     out = CACHE / shape / "hf"
     if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
+        import checkpoints  # torch: only when building, so a child's peak RSS is its engine's
+
         kind, overrides = SHAPES[shape]
         # weight_scale: back to transformers' initializer_range (0.02), a realistic scale
         checkpoints.build_checkpoint(kind, out, weight_scale=0.1, damp_eos=False, **overrides)

@@ -4,7 +4,7 @@
     python tools/bench_generate.py [--shape smollm|gpt2|qwen05] [--threads 2] [--new 32]
 
 Builds a random-weight checkpoint of the chosen shape (tests/checkpoints.py, cached under
-/tmp/llmos-bench), then reports:
+/tmp/llmos-bench, shared with tools/bench.py), then reports:
   * decode tokens/s (all sequences together) at batch 1, 4 and 16, greedy;
   * the time of one decode step, greedy vs sampling (temperature, top-k, top-p, min-p,
     repetition penalty) vs beam search with 4 beams per token, so the sampler's share of a
@@ -22,27 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHAPES = {
-    "gpt2": ("gpt2", {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}),
-    "smollm": ("llama", {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
-                         "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
-                         "max_position_embeddings": 2048, "tie_word_embeddings": True}),
-    "qwen05": ("qwen2", {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-                         "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
-                         "max_position_embeddings": 4096, "tie_word_embeddings": True}),
-}
-
-
-def checkpoint(shape: str) -> Path:
-    import checkpoints
-
-    out = Path("/tmp/llmos-bench") / shape
-    if not (out / "config.json").exists():
-        kind, overrides = SHAPES[shape]
-        checkpoints.build_checkpoint(kind, out, **overrides)
-    return out
+from bench import SHAPES, checkpoint  # noqa: E402  (tools/bench.py: shapes and the cached checkpoints)
 
 
 def timed(fn, repeat=3):

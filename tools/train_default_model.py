@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Reproduces llmos's bundled default model (python/llmos/default_model/) end to end.
+
+1. Data: Jane Austen's six novels (public domain), as shipped by Debian's ``r-cran-janeaustenr``
+   package (MIT-licensed packaging). The .deb is fetched with ``apt-get download`` and unpacked
+   with ``dpkg-deb -x`` (its R dependency is not needed: the texts are read straight from the R
+   lazy-load database here), so nothing comes from a model or data hub.
+2. Cleaning: lines are joined into paragraphs; title, chapter and volume headings and the
+   ``_emphasis_`` underscores are dropped. The last 2% of each novel's paragraphs is held out.
+3. Training: ``llmos train --from-scratch --config small.json --tokenizer-from train.txt``
+   (run as ``python -m llmos.train_cli``, the same parser) at low CPU priority, one thread.
+4. Card: held-out perplexity from the C++ core (llmos.evaluate.perplexity), the word-list score
+   of tests/test_default_model.py, sizes and timings go into MODEL_CARD.md.
+
+Usage: python tools/train_default_model.py [--work DIR] [--out DIR] [--epochs N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEB = "r-cran-janeaustenr"
+RDATA = "usr/lib/R/site-library/janeaustenr/data/Rdata"
+BOOKS = {"sensesensibility": "Sense and Sensibility", "prideprejudice": "Pride and Prejudice",
+         "mansfieldpark": "Mansfield Park", "emma": "Emma", "northangerabbey": "Northanger Abbey",
+         "persuasion": "Persuasion"}
+
+CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 4096,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+    # Decoding defaults for `llmos run`: mild sampling keeps the text varied without
+    # wandering off into rare word pieces.
+    "generation": {"do_sample": True, "temperature": 0.7, "top_k": 40, "top_p": 0.9,
+                   "repetition_penalty": 1.15, "max_new_tokens": 80},
+}
+
+
+# ---- reading the R data ----------------------------------------------------------------------
+
+
+class _RReader:
+    """Just enough of R's XDR serialization (format 2/3) for the package's data: vectors,
+    pairlists, symbols and attributes."""
+
+    def __init__(self, raw: bytes):
+        if raw[:2] != b"X\n":
+            raise ValueError("not an XDR-serialized R object")
+        self.b, self.i, self.refs = raw, 2, []
+        version = self.int()
+        self.int(), self.int()  # writer and minimal reader versions
+        if version == 3:
+            n = self.int()
+            self.i += n  # native encoding name
+
+    def int(self) -> int:
+        (v,) = struct.unpack_from(">i", self.b, self.i)
+        self.i += 4
+        return v
+
+    def read(self):
+        flags = self.int()
+        kind, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+        if kind == 254:  # NULL
+            return None
+        if kind == 255:  # reference to an earlier symbol
+            return self.refs[(flags >> 8) - 1]
+        if kind == 1:  # symbol
+            name = self.read()
+            self.refs.append(name)
+            return name
+        if kind == 2:  # pairlist -> dict
+            out = {}
+            while kind == 2:
+                if has_attr:
+                    self.read()  # attributes of a pairlist cell: not needed here
+                tag = self.read() if has_tag else None
+                out[tag] = self.read()
+                flags = self.int()
+                kind, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+            return out  # the terminating NULL was consumed above
+        if kind == 9:  # string
+            n = self.int()
+            if n < 0:
+                return None
+            s = self.b[self.i:self.i + n].decode("utf-8", "replace")
+            self.i += n
+            return s
+        n = self.int()
+        if kind in (10, 13):  # logical, integer
+            value = list(struct.unpack_from(f">{n}i", self.b, self.i))
+            self.i += 4 * n
+        elif kind == 14:  # double
+            value = list(struct.unpack_from(f">{n}d", self.b, self.i))
+            self.i += 8 * n
+        elif kind in (16, 19):  # character vector, list
+            value = [self.read() for _ in range(n)]
+        else:
+            raise ValueError(f"unsupported R object type {kind}")
+        if has_attr:
+            attrs = self.read()
+            names = attrs.get("names") if isinstance(attrs, dict) else None
+            if names is not None and kind == 19:
+                return dict(zip(names, value))
+        return value
+
+
+def _rdx_index(path: str) -> dict[str, tuple[int, int]]:
+    """The lazy-load index: variable name -> (offset, length) of its record in the .rdb file."""
+    import gzip
+
+    index = _RReader(gzip.decompress(Path(path).read_bytes())).read()
+    return {name: tuple(pair) for name, pair in index["variables"].items()}
+
+
+def read_books(root: Path) -> dict[str, list[str]]:
+    base = root / RDATA
+    index = _rdx_index(str(base) + ".rdx")
+    rdb = (Path(str(base) + ".rdb")).read_bytes()
+    books = {}
+    for name, (offset, length) in index.items():
+        blob = rdb[offset:offset + length]
+        books[name] = _RReader(zlib.decompress(blob[4:])).read()  # 4-byte length, then zlib
+    return books
+
+
+def fetch_package(work: Path) -> Path:
+    """The unpacked .deb (system copy if the package is installed)."""
+    system = Path("/")
+    if (system / (RDATA + ".rdb")).is_file():
+        return system
+    unpacked = work / "deb"
+    if (unpacked / (RDATA + ".rdb")).is_file():
+        return unpacked
+    work.mkdir(parents=True, exist_ok=True)
+    debs = glob.glob(str(work / f"{DEB}_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", DEB], cwd=work, check=True)
+        debs = glob.glob(str(work / f"{DEB}_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", debs[0], str(unpacked)], check=True)
+    return unpacked
+
+
+# ---- cleaning -------------------------------------------------------------------------------------
+
+_FRONT = re.compile(r"^\(?\d{4}\)?$|^by\b|^Jane Austen\b", re.IGNORECASE)
+_HEADING = re.compile(r"^(CHAPTER|Chapter|VOLUME|Volume|THE END|FINIS)\b.*$|^[IVXLC]+\.?$|^\d+$")
+
+
+def paragraphs(lines: list[str]) -> list[str]:
+    out, cur = [], []
+    for line in lines + [""]:
+        line = line.strip()
+        if not line:
+            if cur:
+                out.append(" ".join(cur))
+                cur = []
+            continue
+        if _HEADING.match(line):
+            continue
+        cur.append(line.replace("_", ""))
+    # Title pages: upper-case titles, "by Jane Austen", "(1811)".
+    return [p for p in out if not p.isupper() and not _FRONT.match(p)]
+
+
+def build_corpus(work: Path) -> tuple[Path, Path, dict]:
+    books = read_books(fetch_package(work))
+    train, held = [], []
+    stats = {}
+    for name, lines in books.items():
+        paras = paragraphs(lines)
+        cut = int(len(paras) * 0.98)
+        train += paras[:cut]
+        held += paras[cut:]
+        stats[BOOKS[name]] = len(paras)
+    train_path, held_path = work / "train.txt", work / "heldout.txt"
+    train_path.write_text("\n\n".join(train) + "\n", encoding="utf-8")
+    held_path.write_text("\n\n".join(held) + "\n", encoding="utf-8")
+    return train_path, held_path, stats
+
+
+# ---- checks ----------------------------------------------------------------------------------------
+
+
+def held_out_perplexity(model_dir: Path, held: Path) -> dict:
+    import llmos
+    from llmos.evaluate import perplexity
+
+    m = llmos.load(str(model_dir), threads=1)
+    paras = [p for p in held.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    return perplexity(m, paras)
+
+
+def word_score(model_dir: Path) -> dict:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_default_model as t  # the test's own prompts, word list and counting
+
+    return t.word_list_score(str(model_dir))
+
+
+def write_card(out: Path, info: dict) -> None:
+    n = info["parameters"]
+    cpu = f", {info['cpu_minutes']:.1f} minutes of CPU time for the whole run" if info.get("cpu_minutes") else ""
+    text = f"""# llmos default model
+
+A small English language model that ships inside the llmos package, so that `llmos run "Once upon
+a time"` streams text on a fresh install with no download. It continues prose in the style of
+early-19th-century English novels; it knows nothing else, follows no instructions and states no
+facts reliably. Use it to try the runtime, in tests and in app templates, not for real work.
+
+## Model
+
+- Architecture: Llama (decoder-only transformer, RoPE, RMSNorm, SwiGLU, tied embeddings):
+  {CONFIG['num_hidden_layers']} layers, hidden size {CONFIG['hidden_size']}, {CONFIG['num_attention_heads']} heads,
+  MLP {CONFIG['intermediate_size']}, context {CONFIG['max_position_embeddings']} tokens.
+- Parameters: {n:,} ({n / 1e6:.2f}M); weights stored in {info['dtype']} ({info['weights_mb']:.1f} MB).
+- Tokenizer: byte-level BPE, {info['vocab']} tokens, trained on the same text; ChatML chat template.
+- Decoding defaults (generation_config.json): {json.dumps(CONFIG['generation'])}.
+
+## Data
+
+- Jane Austen's six completed novels: {", ".join(f"{k} ({v} paragraphs)" for k, v in info['books'].items())}.
+- The texts are in the public domain (published 1811-1817; Project Gutenberg transcriptions).
+  They were taken from Debian's `{DEB}` package ({info['deb_version']}), whose packaging and
+  R code are MIT-licensed (Copyright 2016-2017 Julia Silge).
+- Cleaning: lines joined into paragraphs, headings and `_emphasis_` marks removed.
+- Split: the last 2% of each novel's paragraphs held out ({info['heldout_tokens']:,} tokens);
+  the rest ({info['train_tokens']:,} tokens) trained on.
+
+## Training
+
+- `llmos train --from-scratch --config small.json --tokenizer-from train.txt --data train.txt`
+  ({info['epochs']} epochs, {info['steps']} steps, batch {info['batch']} x {info['seq']} tokens, lr {info['lr']}),
+  reproduced by `python tools/train_default_model.py`.
+- Hardware: {info['hardware']}.
+- Training time: {info['train_minutes']:.1f} minutes of wall time for the training loop{cpu}.
+- Final training loss {info['train_loss']:.3f}.
+
+## Evaluation
+
+- Held-out perplexity (C++ core, llmos.evaluate.perplexity, per token): **{info['ppl']:.2f}**
+  over {info['ppl_tokens']:,} tokens.
+- Word-list check (tests/test_default_model.py, 20 prompts, default decoding, seed 0):
+  {info['words_in_list']:.1%} of {info['words_total']} generated words are in the American English word list
+  (Debian `wamerican`).
+
+## Licence
+
+The model weights are released with llmos under the Apache License 2.0. The training text is in
+the public domain.
+
+Generated {info['date']}.
+"""
+    (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default=str(ROOT / "build" / "default_model"), help="scratch folder")
+    p.add_argument("--out", default=str(ROOT / "python" / "llmos" / "default_model"))
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--skip-train", action="store_true", help="only redo the card of an existing model")
+    args = p.parse_args(argv)
+
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    train_txt, held_txt, books = build_corpus(work)
+    cfg_path = work / "small.json"
+    cfg_path.write_text(json.dumps(CONFIG, indent=2) + "\n")
+    meta_path = work / "train_meta.json"
+    if not args.skip_train:
+        cmd = [sys.executable, "-m", "llmos.train_cli", "train", "--from-scratch", "--config", str(cfg_path),
+               "--tokenizer-from", str(train_txt), "--data", str(train_txt), "--eval", str(held_txt),
+               "--out", str(out), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+               "--max-seq-len", str(args.max_seq_len), "--lr", str(args.lr), "--threads", str(args.threads),
+               "--save-dtype", args.dtype, "--checkpoint-dir", str(work / "checkpoint"), "--json"]
+        if args.max_steps:
+            cmd += ["--max-steps", str(args.max_steps)]
+        import resource
+
+        t0 = time.time()
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res = subprocess.run(["nice", "-n", "15"] + cmd, check=True, stdout=subprocess.PIPE, text=True)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        meta = json.loads(res.stdout.strip().splitlines()[-1])
+        meta["wall_minutes"] = (time.time() - t0) / 60
+        meta["cpu_minutes"] = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / 60
+        meta_path.write_text(json.dumps(meta, indent=2))
+    meta = json.loads(meta_path.read_text())
+    (out / "README.md").unlink(missing_ok=True)  # the card below replaces the trainer's
+
+    from llmos.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(out)
+    ppl = held_out_perplexity(out, held_txt)
+    words = word_score(out)
+    weights = out / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "np" if args.dtype == "float32" else "pt") as f:
+        n_params = sum(int(__import__("math").prod(f.get_slice(k).get_shape())) for k in f.keys())
+    deb_version = subprocess.run(["dpkg-deb", "-f", glob.glob(str(work / f"{DEB}_*.deb"))[0], "Version"],
+                                 capture_output=True, text=True).stdout.strip() if glob.glob(
+        str(work / f"{DEB}_*.deb")) else "installed copy"
+    info = dict(parameters=n_params, dtype=args.dtype, weights_mb=weights.stat().st_size / 1e6, vocab=len(tok),
+                books=books, deb_version=f"version {deb_version}",
+                heldout_tokens=ppl["tokens"], train_tokens=len(tok.encode(train_txt.read_text(encoding="utf-8"))),
+                epochs=args.epochs, steps=meta["steps"], batch=args.batch_size, seq=args.max_seq_len, lr=args.lr,
+                hardware=f"CPU ({_cpu_name()}), {args.threads} torch thread(s), on a shared {os.cpu_count()}-core "
+                         "machine at nice 15",
+                train_minutes=meta["seconds"] / 60, cpu_minutes=meta.get("cpu_minutes"),
+                train_loss=meta["train_loss"], ppl=ppl["perplexity"],
+                ppl_tokens=ppl["tokens"], words_in_list=words["fraction"], words_total=words["words"],
+                date=dt.date.today().isoformat())
+    write_card(out, info)
+    print(json.dumps({k: v for k, v in info.items() if k != "books"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
