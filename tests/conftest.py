@@ -33,6 +33,11 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
+# The compiled core is imported at collection, outside any test's output capture: an import
+# error then stops the run at once, and an editable install's rebuild hook (which spawns
+# cmake with the real stdout) never runs under capsys.
+import llmos._core  # noqa: E402,F401
+
 LLMOS_TEST_THREADS = int(os.environ.get("LLMOS_TEST_THREADS", "1"))
 
 try:  # torch / transformers are test-only dependencies; keep them quiet and single-threaded

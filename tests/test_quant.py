@@ -139,3 +139,17 @@ def test_quantized_checkpoint_with_broken_metadata_is_refused(checkpoint, llmos,
     save_file(tensors, str(f), metadata=meta)
     with pytest.raises(llmos.errors.TensorError, match="qkv.weight.0.scale"):
         llmos.load(out)
+
+
+def test_registry_quantize_writes_a_new_entry_that_loads(checkpoint, llmos, tmp_path, monkeypatch):
+    from llmos import registry
+
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
+    src = checkpoint("llama", weight_scale=0.1)
+    registry.import_model(str(src), name="tiny")
+    entry = registry.quantize("tiny", to="int4", group=64)
+    m = llmos.load(entry.ref)
+    assert m.prequantized and m.quant.name == "int4-g64"
+    ids = [5, 6, 7, 8, 9]
+    np.testing.assert_array_equal(m.logits(ids), llmos.load(src, quant="int4-g64").logits(ids))
+    assert registry.verify("tiny").ok and registry.verify(entry.ref).ok

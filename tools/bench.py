@@ -39,7 +39,8 @@ CACHE = Path(os.environ.get("LLMOS_BENCH_CACHE", "/tmp/llmos-bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 SHAPES = {
-    "gpt2": ("gpt2", {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}),
+    "gpt2": ("gpt2", {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": 3072, "vocab_size": 50257,
+                      "n_positions": 1024}),
     "smollm": ("llama", {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
                          "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
                          "max_position_embeddings": 2048, "tie_word_embeddings": True}),
@@ -62,6 +63,10 @@ def checkpoint(shape: str) -> Path:
         kind, overrides = SHAPES[shape]
         # weight_scale: back to transformers' initializer_range (0.02), a realistic scale
         checkpoints.build_checkpoint(kind, out, weight_scale=0.1, damp_eos=False, **overrides)
+        if kind == "gpt2":  # llama.cpp's GPT-2 converter reads the old config key n_ctx
+            cfg = json.loads((out / "config.json").read_text())
+            cfg["n_ctx"] = cfg["n_positions"]
+            (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
 
@@ -102,6 +107,14 @@ def ct2_dir(shape: str) -> Path:
 
         ctranslate2.converters.TransformersConverter(str(checkpoint(shape))).convert(
             str(out), quantization="int8", force=True)
+        # The test tokenizers have no unk token, which CTranslate2 requires as a string.
+        cfg_path = out / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        vocab = json.loads((out / "vocabulary.json").read_text())
+        cfg["unk_token"] = cfg.get("unk_token") or vocab[0]
+        if cfg.get("layer_norm_epsilon") is None:
+            cfg.pop("layer_norm_epsilon", None)
+        cfg_path.write_text(json.dumps(cfg))
     return out
 
 

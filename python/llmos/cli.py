@@ -46,9 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(run=_generate)
 
+    from .onnx.cli import add_onnx_commands
     from .registry_cli import add_registry_commands
 
     add_registry_commands(sub)
+    add_onnx_commands(sub)
     return p
 
 

@@ -1,5 +1,5 @@
 """The registry verbs of the `llmos` command line: import, pull, ls, show, rm, verify,
-quantize, export-onnx. Each calls its twin in `llmos.registry` and only formats the result."""
+quantize (export-onnx lives in llmos/onnx/cli.py and takes names too). Each calls its twin in `llmos.registry` and only formats the result."""
 
 from __future__ import annotations
 
@@ -174,14 +174,6 @@ def _quantize(args) -> int:
     return 0
 
 
-def _export_onnx(args) -> int:
-    from . import registry
-
-    options = {"precision": args.precision} if args.precision else {}
-    registry.export_onnx(args.model, args.out, **options)
-    print(f"exported {args.model} to {args.out}")
-    return 0
-
 
 def add_registry_commands(subparsers) -> None:
     """Adds the registry verbs to the `llmos` parser's subparsers."""
@@ -226,8 +218,3 @@ def add_registry_commands(subparsers) -> None:
     p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format)")
     p.set_defaults(run=_quantize)
 
-    p = subparsers.add_parser("export-onnx", help="export a model as an ONNX decoder folder")
-    p.add_argument("model", metavar="NAME", help=model_help)
-    p.add_argument("out", metavar="OUT")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int4"], default=None)
-    p.set_defaults(run=_export_onnx)

@@ -1,0 +1,354 @@
+"""The decoder as an ONNX graph: the same computation as cpp/model/decoder.cc, one node at a time.
+
+Every switch comes from the `Architecture` (norm kind, rope tables, GQA, biases, q/k norm,
+sliding windows, soft-capping, Gemma scaling), so one builder covers every family.
+
+Precision is a property of the weights only: norms, softmax, rope and the residual stream
+stay float32 in every precision, so fp16 and int4 exports lose accuracy only in the matrix
+products (and Gemma's scaled activations cannot overflow fp16). fp16 keeps its KV cache in
+fp16 as well: that is where a long context spends its memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..families import ACTIVATIONS, Architecture
+from . import layout
+from .graph import MS_DOMAIN, GraphBuilder
+from .quant import quantize_int4
+
+FLOAT, FLOAT16, INT64, BOOL = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.BOOL
+# Masked scores: the lowest float32, not -inf, so a row with every key masked (a padding
+# query) gives a uniform softmax instead of NaN.
+MASKED = float(np.finfo(np.float32).min)
+PRECISIONS = ("fp32", "fp16", "int4")
+# MatMulNBits accuracy_level 4: activations are quantized to int8 inside the kernel, the
+# fast CPU path (what the onnxruntime-genai builder also picks for CPU).
+INT4_ACCURACY_LEVEL = 4
+
+
+class _Linear:
+    """y = x W^T + b in the export precision. W arrives as [out, in], as the core stores it."""
+
+    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int):
+        self.g, self.precision, self.block_size, self.accuracy_level = g, precision, block_size, accuracy_level
+
+    def __call__(self, x: str, name: str, w: np.ndarray, b: np.ndarray | None = None, tag: str = "MatMul") -> str:
+        g = self.g
+        if self.precision == "int4":
+            codes, scales = quantize_int4(w, self.block_size)
+            y = g.op("MatMulNBits", [x, g.weight(name + ".q4", codes), g.weight(name + ".scales", scales)],
+                     domain=MS_DOMAIN, tag=tag, K=w.shape[1], N=w.shape[0], bits=4, block_size=self.block_size,
+                     accuracy_level=self.accuracy_level)
+        elif self.precision == "fp16":
+            wt = g.weight(name, np.ascontiguousarray(w.T).astype(np.float16))
+            y = g.cast(g.op("MatMul", [g.cast(x, FLOAT16), wt], tag=tag), FLOAT)
+        else:
+            y = g.op("MatMul", [x, g.weight(name, np.ascontiguousarray(w.T))], tag=tag)
+        if b is not None:
+            y = g.op("Add", [y, g.weight(name.replace(".weight", ".bias"), b)])
+        return y
+
+    def tied(self, x: str, embed_name: str, embed: np.ndarray) -> str:
+        """The LM head that reuses the input embedding [vocab, hidden]: stored once."""
+        g = self.g
+        if self.precision == "int4":
+            return self(x, "lm_head", embed, tag="MatMul")
+        wt = g.op("Transpose", [embed_name], perm=[1, 0])
+        if self.precision == "fp16":
+            return g.cast(g.op("MatMul", [g.cast(x, FLOAT16), wt]), FLOAT)
+        return g.op("MatMul", [x, wt])
+
+
+def _norm(g: GraphBuilder, arch: Architecture, x: str, w: np.ndarray, b: np.ndarray | None, name: str,
+          kind: str | None = None) -> str:
+    kind = kind or arch.norm
+    eps = arch.norm_eps
+    if kind == "layernorm":
+        bias = g.weight(name.replace(".weight", ".bias"), b) if b is not None else g.const(np.zeros_like(w))
+        return g.op("LayerNormalization", [x, g.weight(name, w), bias], axis=-1, epsilon=eps)
+    # x / sqrt(mean(x^2) + eps) * w: the pattern onnxruntime fuses into SimplifiedLayerNormalization.
+    ms = g.reduce_mean(g.op("Pow", [x, g.const(2.0)]), -1)
+    y = g.op("Div", [x, g.op("Sqrt", [g.op("Add", [ms, g.const(eps)])])])
+    y = g.op("Mul", [y, g.weight(name, w)])
+    if b is not None:
+        y = g.op("Add", [y, g.weight(name.replace(".weight", ".bias"), b)])
+    return y
+
+
+def _activation(g: GraphBuilder, name: str, x: str) -> str:
+    kind = ACTIVATIONS[name]
+    if kind == "Silu":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if kind == "Relu":
+        return g.op("Relu", [x])
+    if kind == "GeluErf":
+        if g.opset >= 20:
+            return g.op("Gelu", [x])
+        erf = g.op("Erf", [g.op("Div", [x, g.const(np.sqrt(2.0))])])
+        return g.op("Mul", [g.op("Mul", [x, g.op("Add", [erf, g.const(1.0)])]), g.const(0.5)])
+    if g.opset >= 20:
+        return g.op("Gelu", [x], approximate="tanh")
+    cube = g.op("Mul", [g.op("Pow", [x, g.const(3.0)]), g.const(0.044715)])
+    inner = g.op("Mul", [g.op("Add", [x, cube]), g.const(np.sqrt(2.0 / np.pi))])
+    t = g.op("Add", [g.op("Tanh", [inner]), g.const(1.0)])
+    return g.op("Mul", [g.op("Mul", [x, t]), g.const(0.5)])
+
+
+def rope_tables(arch: Architecture) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [positions, rotary_dim / 2] float32, as cpp/model/decoder.cc computes them
+    (float32 angle pos * inv_freq, times the rope's attention scaling). Longrope stacks the
+    long-factor table after the short one."""
+    rope = arch.rope
+    positions = np.arange(arch.max_position_embeddings, dtype=np.float32)[:, None]
+    freqs = [rope.inv_freq] + ([rope.inv_freq_long] if rope.inv_freq_long is not None else [])
+    angles = np.concatenate([(positions * f.astype(np.float32)[None, :]).astype(np.float32) for f in freqs])
+    scale = np.float32(rope.attention_scaling)
+    return (np.cos(angles) * scale).astype(np.float32), (np.sin(angles) * scale).astype(np.float32)
+
+
+def _rope(g: GraphBuilder, x: str, cos: str, sin: str, rotary_dim: int, head_dim: int) -> str:
+    """Rotate-half rope on x [B, S, heads, D]; cos/sin are [B, S, 1, rotary_dim / 2]."""
+    half = rotary_dim // 2
+    x1, x2 = g.slice(x, 0, half, -1), g.slice(x, half, rotary_dim, -1)
+    r1 = g.op("Sub", [g.op("Mul", [x1, cos]), g.op("Mul", [x2, sin])])
+    r2 = g.op("Add", [g.op("Mul", [x2, cos]), g.op("Mul", [x1, sin])])
+    parts = [r1, r2] + ([g.slice(x, rotary_dim, head_dim, -1)] if rotary_dim < head_dim else [])
+    return g.op("Concat", parts, axis=-1)
+
+
+def _attention(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, past: tuple[str, str],
+               present: tuple[str, str], cos, sin, mask: str, scale: float, kv_type: int) -> str:
+    """Attention in standard ops: [B, S, QKV] -> [B, S, Nq * D]; writes present.{i}.key/value."""
+    D, Nq, Nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
+    G = Nq // Nkv
+    rotary_dim = arch.rope.rotary_dim if arch.rope is not None else 0
+    q, k, v = g.split(qkv, [Nq * D, Nkv * D, Nkv * D], -1)
+    q, k, v = (g.reshape(t, [0, 0, n, D]) for t, n in ((q, Nq), (k, Nkv), (v, Nkv)))  # [B, S, n, D]
+    if arch.qk_norm:
+        q = _norm(g, arch, q, w[p + "q_norm.weight"], None, p + "q_norm.weight", kind="rmsnorm")
+        k = _norm(g, arch, k, w[p + "k_norm.weight"], None, p + "k_norm.weight", kind="rmsnorm")
+    if rotary_dim:
+        q = _rope(g, q, cos, sin, rotary_dim, D)
+        k = _rope(g, k, cos, sin, rotary_dim, D)
+    q = g.op("Mul", [q, g.const(scale)])
+    k = g.op("Transpose", [k], perm=[0, 2, 1, 3])  # [B, Nkv, S, D]
+    v = g.op("Transpose", [v], perm=[0, 2, 1, 3])
+    if kv_type == FLOAT16:
+        q, k, v = g.cast(q, FLOAT16), g.cast(k, FLOAT16), g.cast(v, FLOAT16)
+    present_k = g.op("Concat", [past[0], k], axis=2, names=[present[0]])  # [B, Nkv, T, D]
+    present_v = g.op("Concat", [past[1], v], axis=2, names=[present[1]])
+    # Grouped heads without copying K/V: queries [B, Nkv, G, S, D] against keys
+    # [B, Nkv, 1, D, T] broadcast over the group axis.
+    q5 = g.reshape(g.op("Transpose", [q], perm=[0, 2, 1, 3]), [0, Nkv, G, -1, D])
+    kt = g.unsqueeze(g.op("Transpose", [present_k], perm=[0, 1, 3, 2]), [2])
+    scores = g.op("MatMul", [q5, kt])  # [B, Nkv, G, S, T]
+    if kv_type == FLOAT16:
+        scores = g.cast(scores, FLOAT)
+    if arch.attn_softcap > 0:
+        c = g.const(arch.attn_softcap)
+        scores = g.op("Mul", [g.op("Tanh", [g.op("Div", [scores, c])]), c])
+    scores = g.op("Where", [mask, scores, g.const(MASKED)])
+    probs = g.op("Softmax", [scores], axis=-1)
+    if kv_type == FLOAT16:
+        probs = g.cast(probs, FLOAT16)
+    ctx = g.op("MatMul", [probs, g.unsqueeze(present_v, [2])])  # [B, Nkv, G, S, D]
+    if kv_type == FLOAT16:
+        ctx = g.cast(ctx, FLOAT)
+    ctx = g.op("Transpose", [g.reshape(ctx, [0, Nq, -1, D])], perm=[0, 2, 1, 3])
+    return g.reshape(ctx, [0, 0, Nq * D])
+
+
+def _fused_inputs(g: GraphBuilder, arch: Architecture, mask: str, cos_name: str | None, sin_name: str | None) -> dict:
+    """What GroupQueryAttention needs once per forward: int32 sequence lengths from the
+    attention mask and the rope tables (the long ones once longrope switches)."""
+    seqlens = g.cast(g.op("Sub", [g.op("ReduceSum", [mask, g.const([1], np.int64)], keepdims=0),
+                                  g.const(1, np.int64)]), TensorProto.INT32)
+    total = g.cast(g.dim(mask, 1), TensorProto.INT32)
+    out = {"seqlens": seqlens, "total": total, "cos": "", "sin": ""}
+    if cos_name is not None:
+        P = arch.max_position_embeddings
+        if arch.rope.inv_freq_long is not None:
+            longer = g.cast(g.op("Greater", [g.dim(mask, 1), g.const(arch.rope.long_after, np.int64)]), INT64)
+            start = g.unsqueeze(g.op("Mul", [longer, g.const(P, np.int64)]), [0])
+            end = g.op("Add", [start, g.const([P], np.int64)])
+            cos_name = g.op("Slice", [cos_name, start, end, g.const([0], np.int64)])
+            sin_name = g.op("Slice", [sin_name, start, end, g.const([0], np.int64)])
+        out["cos"], out["sin"] = cos_name, sin_name
+    return out
+
+
+def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, past: tuple[str, str],
+                     present: tuple[str, str], fused: dict, scale: float) -> str:
+    """Attention as onnxruntime's GroupQueryAttention (com.microsoft), for the int4 graph:
+    one kernel for rope, the cache append, GQA and the causal softmax instead of ~30 nodes.
+    Positions come from the attention mask (right padding), as in onnxruntime-genai."""
+    D, Nq, Nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
+    rotary = bool(fused["cos"])
+    if arch.qk_norm:
+        q, k, v = g.split(qkv, [Nq * D, Nkv * D, Nkv * D], -1)
+        q = g.reshape(_norm(g, arch, g.reshape(q, [0, 0, Nq, D]), w[p + "q_norm.weight"], None,
+                            p + "q_norm.weight", kind="rmsnorm"), [0, 0, Nq * D])
+        k = g.reshape(_norm(g, arch, g.reshape(k, [0, 0, Nkv, D]), w[p + "k_norm.weight"], None,
+                            p + "k_norm.weight", kind="rmsnorm"), [0, 0, Nkv * D])
+        query = [q, k, v]
+    else:
+        query = [qkv, "", ""]  # packed
+    attrs = dict(num_heads=Nq, kv_num_heads=Nkv, scale=float(scale), do_rotary=int(rotary), rotary_interleaved=0,
+                 local_window_size=-1)
+    if arch.attn_softcap > 0:
+        attrs["softcap"] = float(arch.attn_softcap)
+    outs = g.op("GroupQueryAttention", query + [past[0], past[1], fused["seqlens"], fused["total"],
+                                                fused["cos"], fused["sin"]],
+                domain=MS_DOMAIN, outputs=3, names=[f"{present[0]}/attn_output", present[0], present[1]], **attrs)
+    return outs[0]
+
+
+def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
+                  block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
+    """The decoder with KV cache in the optimum layout (see layout.py)."""
+    g = GraphBuilder(opset)
+    linear = _Linear(g, precision, block_size, accuracy_level)
+    D, Nkv = arch.head_dim, arch.num_kv_heads
+    F, L, V = arch.intermediate_size, arch.num_layers, arch.vocab_size
+    kv_type = FLOAT16 if precision == "fp16" else FLOAT
+    w = weights
+
+    ids = g.input(layout.INPUT_IDS, INT64, ["batch_size", "sequence_length"])
+    mask = g.input(layout.ATTENTION_MASK, INT64, ["batch_size", "total_sequence_length"])
+    pos = g.input(layout.POSITION_IDS, INT64, ["batch_size", "sequence_length"])
+    past = []
+    for i in range(L):
+        shape = ["batch_size", Nkv, "past_sequence_length", D]
+        past.append((g.input(layout.past_key(i), kv_type, shape), g.input(layout.past_value(i), kv_type, shape)))
+
+    # Embedding (+ learned positions) (* scale).
+    with g.scope("model/embed_tokens"):
+        embed = w["embed"].astype(np.float16) if precision == "fp16" else w["embed"]
+        embed_name = g.weight("embed", embed)
+        x = g.op("Gather", [embed_name, ids], axis=0)
+        if precision == "fp16":
+            x = g.cast(x, FLOAT)
+        if arch.learned_positions:
+            x = g.op("Add", [x, g.op("Gather", [g.weight("pos_embed", w["pos_embed"]), pos], axis=0)])
+        if arch.embed_scale != 1.0:
+            x = g.op("Mul", [x, g.const(arch.embed_scale)])
+
+    # Shared by every layer: rope tables, rope rows for these positions, attention masks.
+    rotary_dim = arch.rope.rotary_dim if arch.rope is not None else 0
+    cos_t = sin_t = None
+    if rotary_dim:
+        cos_t, sin_t = rope_tables(arch)
+    # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
+    # fused kernel too; layers it cannot express (sliding windows, partial rope) keep the
+    # standard-op attention.
+    fused_ok = precision == "int4" and rotary_dim in (0, D)
+    standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
+    cos = sin = masks = fused = None
+    with g.scope("model/rotary_emb"):
+        cos_name = g.weight("rope.cos", cos_t) if rotary_dim else None
+        sin_name = g.weight("rope.sin", sin_t) if rotary_dim else None
+        if rotary_dim and standard:
+            index = pos
+            if arch.rope.inv_freq_long is not None:
+                # Longrope: past the original context every position reads the long table, as
+                # the core does once the sequence outgrows long_after.
+                longer = g.cast(g.op("Greater", [g.dim(mask, 1), g.const(arch.rope.long_after, np.int64)]), INT64)
+                index = g.op("Add", [pos, g.op("Mul", [longer, g.const(arch.max_position_embeddings, np.int64)])])
+            cos = g.unsqueeze(g.op("Gather", [cos_name, index], axis=0), [2])
+            sin = g.unsqueeze(g.op("Gather", [sin_name, index], axis=0), [2])
+    if standard:
+        with g.scope("model/attn_mask"):
+            seq = g.dim(ids, 1)
+            total = g.dim(mask, 1)
+            past_len = g.op("Sub", [total, seq])
+            q_idx = g.unsqueeze(g.op("Range", [past_len, total, g.const(1, np.int64)]), [1])  # [S, 1]
+            k_idx = g.unsqueeze(g.op("Range", [g.const(0, np.int64), total, g.const(1, np.int64)]), [0])  # [1, T]
+            causal = g.op("LessOrEqual", [k_idx, q_idx])
+            padding = g.unsqueeze(g.cast(mask, BOOL), [1, 2, 3])  # [B, 1, 1, 1, T]
+            allowed = g.op("And", [causal, padding])  # [B, 1, 1, S, T]
+            masks = {0: allowed}
+            for window in sorted({arch.sliding_window[i] for i in standard} - {0}):
+                near = g.op("Less", [g.op("Sub", [q_idx, k_idx]), g.const(window, np.int64)])
+                masks[window] = g.op("And", [allowed, near])
+    if len(standard) < L:
+        with g.scope("model/attn_lengths"):
+            fused = _fused_inputs(g, arch, mask, cos_name, sin_name)
+
+    scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
+    fuse_norms = precision == "int4" and arch.norm == "rmsnorm" and not arch.norm_bias
+
+    def add_norm(x, residual, key):
+        """(norm(x + residual), x + residual); one SkipSimplifiedLayerNormalization in int4."""
+        wt = w[key]
+        if residual is None:
+            return _norm(g, arch, x, wt, w.get(key.replace(".weight", ".bias")), key), x
+        if fuse_norms:
+            base = g.node_name("SkipLayerNorm/output")
+            outs = g.op("SkipSimplifiedLayerNormalization", [x, residual, g.weight(key, wt)], domain=MS_DOMAIN,
+                        tag="SkipLayerNorm", names=[base + "_0", "", "", base + "_3"], epsilon=arch.norm_eps)
+            return outs[0], outs[3]
+        x = g.op("Add", [x, residual], tag="residual")
+        return _norm(g, arch, x, wt, w.get(key.replace(".weight", ".bias")), key), x
+
+    pending = None  # the block output not yet added to the residual stream
+    for i in range(L):
+        p = f"layers.{i}."
+        with g.scope(f"model/layers.{i}"):
+            with g.scope("input_layernorm"):
+                h, x = add_norm(x, pending, p + "attn_norm.weight")
+            with g.scope("attn"):
+                qkv = linear(h, p + "qkv.weight", w[p + "qkv.weight"], w.get(p + "qkv.bias"), tag="qkv_proj/MatMul")
+                present = (layout.present_key(i), layout.present_value(i))
+                if i not in standard:
+                    ctx = _attention_fused(g, arch, w, p, qkv, past[i], present, fused, scale)
+                else:
+                    ctx = _attention(g, arch, w, p, qkv, past[i], present, cos, sin,
+                                     masks[arch.sliding_window[i]], scale, kv_type)
+                o = linear(ctx, p + "o.weight", w[p + "o.weight"], w.get(p + "o.bias"), tag="o_proj/MatMul")
+            for name in present:
+                g.outputs.append(helper.make_tensor_value_info(name, kv_type, ["batch_size", Nkv,
+                                                                              "total_sequence_length", D]))
+            if arch.post_attn_norm:
+                with g.scope("post_attention_layernorm"):
+                    o = _norm(g, arch, o, w[p + "attn_post_norm.weight"], None, p + "attn_post_norm.weight")
+            with g.scope("post_attention_layernorm" if not arch.post_attn_norm else "pre_feedforward_layernorm"):
+                h, x = add_norm(x, o, p + "ffn_norm.weight")
+            with g.scope("mlp"):
+                wu, bu = w[p + "up.weight"], w.get(p + "up.bias")
+                if arch.gated_mlp and precision == "int4":
+                    # Two MatMulNBits beat one of twice the width plus a Split (the copy costs more
+                    # than the second kernel launch).
+                    gate = linear(h, p + "up.weight.gate", wu[:F], None if bu is None else bu[:F],
+                                  tag="gate_proj/MatMul")
+                    up = linear(h, p + "up.weight.up", wu[F:], None if bu is None else bu[F:], tag="up_proj/MatMul")
+                    a = g.op("Mul", [_activation(g, arch.activation, gate), up])
+                elif arch.gated_mlp:
+                    gate, up = g.split(linear(h, p + "up.weight", wu, bu, tag="gate_up_proj/MatMul"), [F, F], -1)
+                    a = g.op("Mul", [_activation(g, arch.activation, gate), up])
+                else:
+                    a = _activation(g, arch.activation, linear(h, p + "up.weight", wu, bu, tag="up_proj/MatMul"))
+                d = linear(a, p + "down.weight", w[p + "down.weight"], w.get(p + "down.bias"), tag="down_proj/MatMul")
+            if arch.post_ffn_norm:
+                with g.scope("post_feedforward_layernorm"):
+                    d = _norm(g, arch, d, w[p + "ffn_post_norm.weight"], None, p + "ffn_post_norm.weight")
+            pending = d
+
+    with g.scope("model/norm"):
+        x, _ = add_norm(x, pending, "final_norm.weight")
+    with g.scope("lm_head"):
+        if arch.tie_word_embeddings:
+            logits = linear.tied(x, embed_name, w["embed"])
+        else:
+            logits = linear(x, "lm_head", w["lm_head"])
+        if arch.final_softcap > 0:
+            c = g.const(arch.final_softcap)
+            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
+    g.output(logits, layout.LOGITS, FLOAT, ["batch_size", "sequence_length", V])
+    g.outputs.insert(0, g.outputs.pop())  # logits first, then present.*, as optimum orders them
+    # With GroupQueryAttention in every layer a runtime may hand the graph a preallocated
+    # cache that present.* is written into (onnxruntime-genai's past_present_share_buffer).
+    g.metadata["past_present_share_buffer"] = not standard
+    return g

@@ -1,0 +1,142 @@
+"""`export_onnx`: a checkpoint folder (or loaded model) -> an ONNX decoder folder.
+
+The folder holds model.onnx (+ model.onnx.data past 2 GB), the checkpoint's config.json,
+generation_config.json and tokenizer files, and llmos_onnx.json describing the export.
+It is what optimum's `text-generation-with-past` export looks like, so tools that read
+those read ours, and `llmos.load` runs it through onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import onnx
+
+from ..errors import InvalidInputError, ModelFormatError
+from . import layout
+from .decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
+from .graph import MIN_OPSET
+from .quant import DEFAULT_BLOCK_SIZE, check_block_size
+from .roles import read_checkpoint
+
+DEFAULT_OPSET = 17
+# protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+DATA_FILE = "model.onnx.data"
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+              "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def _source_path(model_or_path) -> str:
+    path = getattr(model_or_path, "path", model_or_path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InvalidInputError(f"model_or_path: expected a checkpoint folder or an llmos.Model, got "
+                                f"{type(model_or_path).__name__}", field="model_or_path") from None
+    if layout.is_onnx_model(path):
+        raise InvalidInputError(f"{path}: is already an ONNX model; export_onnx reads a safetensors checkpoint "
+                                "(convert_onnx turns an ONNX decoder into one)", field="model_or_path")
+    return path
+
+
+def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                block_size: int | None = None, *, accuracy_level: int = INT4_ACCURACY_LEVEL,
+                external_data: bool | None = None, check: bool = True) -> str:
+    """Writes `model_or_path` (a checkpoint folder or an `llmos.Model`) as an ONNX decoder
+    with KV cache into `out_dir`; returns the path of model.onnx.
+
+    precision: "fp32" / "fp16" (standard ONNX ops; fp16 weights and KV cache, float32 norms,
+    softmax and logits) or "int4" (onnxruntime's MatMulNBits, symmetric 4-bit blocks of
+    `block_size` along the input dimension; embeddings stay float32). block_size defaults
+    to the group size of an int4-quantized llmos.Model passed in (llmos.load(..., quant=
+    "int4-g64")), else 32, the llmos int4 default.
+    accuracy_level: MatMulNBits compute type for int4: 4 (default) quantizes activations to
+    int8 inside the kernel, the fast CPU path; 0 computes in float32 from the 4-bit weights.
+    opset: ONNX opset of the standard ops (17 or later).
+    external_data: store weights in model.onnx.data (default: only past 2 GB, where
+    protobuf cannot hold them).
+    check: run onnx.checker (full_check) on the written file.
+    """
+    src = _source_path(model_or_path)
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}",
+                                field="precision")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise InvalidInputError(f"opset: expected an integer in [{MIN_OPSET}, {newest}], got {opset!r}", field="opset")
+    if block_size is None:
+        quant = getattr(model_or_path, "quant", None)
+        block_size = getattr(quant, "group", None) if getattr(quant, "base", "").startswith("int4") else None
+        block_size = block_size or DEFAULT_BLOCK_SIZE
+    check_block_size(block_size)
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise InvalidInputError(f"accuracy_level: expected 0..4, got {accuracy_level!r}", field="accuracy_level")
+
+    arch, _, config, weights = read_checkpoint(src)
+    from .. import __version__
+
+    g = build_decoder(arch, weights, precision, opset, block_size, accuracy_level)
+    model = g.model(f"llmos-{arch.family}-{precision}", "llmos", __version__)
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    graph_meta = g.metadata
+    del weights, g  # the ModelProto holds its own copy of every initializer
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    onnx_path = os.path.join(out_dir, "model.onnx")
+    data_path = os.path.join(out_dir, DATA_FILE)
+    if os.path.exists(data_path):
+        os.remove(data_path)  # onnx appends to an existing data file
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
+    if external:
+        onnx.save_model(model, onnx_path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(model, onnx_path)
+    del model
+    if check:
+        try:
+            onnx.checker.check_model(onnx_path, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise ModelFormatError(f"{onnx_path}: the exported graph fails onnx.checker: {e}", file=onnx_path) from None
+
+    for name in SIDE_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(out_dir, name))
+    meta = {
+        "format": "llmos-onnx-decoder",
+        "version": 1,
+        "family": arch.family,
+        "precision": precision,
+        "opset": opset,
+        "int4": {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size, "symmetric": True,
+                 "accuracy_level": accuracy_level} if precision == "int4" else None,
+        "kv_cache_dtype": "float16" if precision == "fp16" else "float32",
+        # True when present.* may alias a preallocated past buffer (every layer is
+        # GroupQueryAttention); the optimum past -> present concatenation always works.
+        "past_present_share_buffer": graph_meta.get("past_present_share_buffer", False),
+        "num_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "hidden_size": arch.hidden_size,
+        "vocab_size": arch.vocab_size,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "sliding_window": list(arch.sliding_window),
+        "rope_long_after": arch.rope.long_after if arch.rope is not None and arch.rope.inv_freq_long is not None
+        else None,
+        "external_data": DATA_FILE if external else None,
+        "inputs": [layout.INPUT_IDS, layout.ATTENTION_MASK, layout.POSITION_IDS, "past_key_values.{i}.key",
+                   "past_key_values.{i}.value"],
+        "outputs": [layout.LOGITS, "present.{i}.key", "present.{i}.value"],
+        "source_model_type": config.get("model_type"),
+    }
+    with open(os.path.join(out_dir, layout.METADATA_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    return onnx_path
+
+
