@@ -100,6 +100,29 @@ def gguf(shape: str, qtype: str) -> Path:
     return out
 
 
+def llmos_quantized(shape: str, quant: str) -> Path:
+    """The checkpoint written by llmos.quantize, as a user deploys it (load copies the blocks)."""
+    out = CACHE / shape / f"llmos-{quant}"
+    if not (out / "model.safetensors").exists():
+        import llmos
+
+        llmos.quantize(str(checkpoint(shape)), str(out), quant)
+    return out
+
+
+def prepare(engine: str, shape: str) -> None:
+    """Builds what an engine loads, in the parent, so a child's peak RSS is only its run."""
+    try:
+        if engine in ("llmos-int8", "llmos-int4"):
+            llmos_quantized(shape, engine.split("-")[1])
+        elif engine.startswith("llama.cpp-"):
+            gguf(shape, engine.split("-", 1)[1])
+        elif engine == "ctranslate2-int8":
+            ct2_dir(shape)
+    except Exception as e:  # reported by the child's own attempt
+        print(f"prepare {engine} {shape}: {e}", file=sys.stderr)
+
+
 def ct2_dir(shape: str) -> Path:
     out = CACHE / shape / "ct2-int8"
     if not (out / "model.bin").exists():
@@ -134,8 +157,10 @@ def measure(engine: str, shape: str, threads: int) -> dict:
         import llmos
 
         kind = engine.split("-", 1)[1]
-        m = llmos.load(hf, threads=threads, dtype={"bf16": "bfloat16"}.get(kind, "float32"),
-                       quant={"int8": "int8", "int4": "int4"}.get(kind))
+        if kind in ("int8", "int4"):
+            m = llmos.load(llmos_quantized(shape, kind), threads=threads)
+        else:
+            m = llmos.load(hf, threads=threads, dtype={"bf16": "bfloat16"}.get(kind, "float32"))
         m.generate(first, max_new_tokens=4, eos_token_id=[])  # warm up
         t = time.perf_counter()
         m.generate(prompt, max_new_tokens=1, eos_token_id=[])
@@ -267,6 +292,8 @@ def main() -> int:
     results: dict = {}
     for shape in shapes:
         checkpoint(shape)
+        for e in engines:
+            prepare(e, shape)
     for rnd in range(args.rounds):
         for shape in shapes:
             for t in threads:

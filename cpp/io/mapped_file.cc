@@ -84,3 +84,16 @@ void MappedFile::release() noexcept {
 }
 
 }  // namespace llmos
+
+namespace llmos {
+
+void MappedFile::evict(const uint8_t* p, size_t n) const noexcept {
+  if (!data_ || n == 0 || p < data_ || p + n > data_ + size_) return;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  // Only whole pages inside the range: a neighbour sharing a page may still be needed.
+  const uintptr_t begin = (uintptr_t(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (uintptr_t(p) + n) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace llmos

@@ -26,6 +26,9 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the resident pages of [p, p + n) from this process (they stay in the page cache
+  // and read back on access): a loader that copied a tensor out no longer pays for it in RSS.
+  void evict(const uint8_t* p, size_t n) const noexcept;
 
  private:
   void release() noexcept;

@@ -62,6 +62,8 @@ class SafetensorsFile {
   // Pointer into the mapping, valid while this object lives. It may be unaligned, and for an
   // empty tensor it may point one past the end of the mapping.
   const uint8_t* data(const TensorInfo& t) const;
+  // Drops the tensor's pages from RSS once its data was copied out (see MappedFile::evict).
+  void evict(const TensorInfo& t) const { file_.evict(data(t), size_t(t.end - t.begin)); }
 
  private:
   SafetensorsFile() = default;

@@ -168,6 +168,7 @@ void load_prequantized(const WeightSource& src, const SafetensorsFile& f, const 
                       std::to_string(want.cols) + "]");
     want.dst->resize(size_t(info->end - info->begin));
     std::memcpy(want.dst->data(), f.data(*info), want.dst->size());
+    f.evict(*info);
   }
   m.rows = t.rows;
   m.cols = t.cols;
@@ -281,6 +282,7 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
       }
       copy_part(f.data(*info), info->dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
                 t.norm ? spec.norm_weight_offset : 0.f);
+      f.evict(*info);
       row += prow;
     }
     if (row != t.rows) {
