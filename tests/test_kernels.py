@@ -101,3 +101,44 @@ def test_bad_isa_name_is_a_clear_error(checkpoint):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "LLMOS_CPU_ISA" in out.stderr and "sse9" in out.stderr
+
+
+# ---- activations and softmax ---------------------------------------------------------------
+# The fast paths compute exp by a degree-7 polynomial and 2^n scaling: a few ulp from libm.
+# Metric: max relative error, with an absolute floor for results near 0.
+
+ACTS = {"silu": 0, "gelu_erf": 1, "gelu_tanh": 2, "relu": 3}
+
+
+def _max_rel(y, ref, floor=1e-30):
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    return float((np.abs(y - ref) / np.maximum(np.abs(ref), floor)).max())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", list(ACTS))
+def test_activations_match_the_scalar_reference(isa, act):
+    rng = np.random.default_rng(ACTS[act])
+    x = np.concatenate([rng.standard_normal(1000) * 4, np.linspace(-90, 90, 181), [0.0, -0.0, 1e-30, -1e-30],
+                        rng.standard_normal(37) * 1e-4]).astype(np.float32)
+    up = rng.standard_normal(x.size).astype(np.float32)
+    ref = _core.kernel_activate("scalar", ACTS[act], x)
+    out = _core.kernel_activate(isa, ACTS[act], x)
+    # where the result is far from 0 the error is relative; near 0 (the activations' negative
+    # tails) it is bounded absolutely by a few ulp of the input's scale
+    assert np.all(np.abs(out - ref) <= 2e-6 * np.abs(ref) + 1e-12 * np.abs(x) + 1e-38)
+    gated = _core.kernel_activate(isa, ACTS[act], x, up)
+    assert np.all(np.abs(gated - ref * up) <= 2e-6 * np.abs(ref * up) + 1e-12 * np.abs(x * up) + 1e-38)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
+def test_softmax_matches_the_scalar_reference(isa, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 10).astype(np.float32)
+    x[0] = -np.inf if n > 1 else x[0]  # masked entries stay exactly 0
+    ref = _core.kernel_activate("scalar", -1, x)
+    out = _core.kernel_activate(isa, -1, x)
+    assert abs(out.sum() - 1) < 1e-5
+    assert _max_rel(out[ref > 1e-30], ref[ref > 1e-30]) < 2e-6
+    assert np.all(out[ref == 0] == 0)

@@ -203,6 +203,29 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("w"), py::arg("quant"), py::arg("group"));
 
+  m.def(
+      "kernel_activate",
+      [](const std::string& isa, int act, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+         py::object up) {
+        // For tests: act(x), or act(x) * up when up is given, or softmax(x) for act == -1.
+        Isa i;
+        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
+        const KernelTable& kt = kernels_for(i);
+        if (act < -1 || act > 3) throw Error(Error::Kind::InvalidInput, "", "act", "unknown activation");
+        const int64_t n = int64_t(x.size());
+        py::array_t<float> out(n);
+        std::copy(x.data(), x.data() + n, out.mutable_data());
+        if (act == -1) kt.softmax(out.mutable_data(), n);
+        else if (up.is_none()) kt.activate(act, out.mutable_data(), n);
+        else {
+          auto u = up.cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
+          if (u.size() != n) throw Error(Error::Kind::InvalidInput, "", "up", "size differs from x");
+          kt.activate_gated(act, x.data(), u.data(), out.mutable_data(), n);
+        }
+        return out;
+      },
+      py::arg("isa"), py::arg("act"), py::arg("x"), py::arg("up") = py::none());
+
   py::enum_<NormKind>(m, "NormKind").value("LayerNorm", NormKind::LayerNorm).value("RMSNorm", NormKind::RMSNorm);
   py::enum_<Activation>(m, "Activation")
       .value("Silu", Activation::Silu)

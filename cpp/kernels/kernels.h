@@ -35,6 +35,11 @@ struct KernelTable {
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float a, const float* x, int64_t n);  // y += a * x
+  // Activations (Activation from model/arch.h, passed as int) and softmax: the fast paths
+  // vectorize exp (SiLU and tanh-GELU are x * sigmoid(...)); others use the scalar code.
+  void (*activate)(int act, float* x, int64_t n);
+  void (*activate_gated)(int act, const float* gate, const float* up, float* out, int64_t n);
+  void (*softmax)(float* x, int64_t n);
 };
 
 // The table for the process (cpu_active_isa()), and the one for a given ISA when the CPU
@@ -47,6 +52,7 @@ void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
 void fill_qkernels_avx2(KernelTable* t);
 void fill_qkernels_avx512(KernelTable* t);
+void fill_vmath_avx512(KernelTable* t);
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt);

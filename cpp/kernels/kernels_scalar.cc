@@ -3,6 +3,7 @@
 
 #include "core/errors.h"
 #include "kernels/kernels.h"
+#include "kernels/ops.h"
 
 namespace llmos {
 
@@ -67,12 +68,17 @@ void axpy_ref(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void activate_ref(int act, float* x, int64_t n) { activate(Activation(act), x, n); }
+void activate_gated_ref(int act, const float* gate, const float* up, float* out, int64_t n) {
+  activate_gated(Activation(act), gate, up, out, n);
+}
+
 KernelTable make(Isa isa) {
   KernelTable t{};
   fill_kernels_scalar(&t);
 #if defined(__x86_64__)
   if (isa >= Isa::Avx2) { fill_kernels_avx2(&t); fill_qkernels_avx2(&t); }
-  if (isa >= Isa::Avx512) { fill_kernels_avx512(&t); fill_qkernels_avx512(&t); }
+  if (isa >= Isa::Avx512) { fill_kernels_avx512(&t); fill_qkernels_avx512(&t); fill_vmath_avx512(&t); }
 #endif
   t.isa = isa;
   return t;
@@ -88,6 +94,9 @@ void fill_kernels_scalar(KernelTable* t) {
   t->qmatmul = qmatmul_ref;
   t->dot = dot_ref;
   t->axpy = axpy_ref;
+  t->activate = activate_ref;
+  t->activate_gated = activate_gated_ref;
+  t->softmax = softmax;
 }
 
 const KernelTable& kernels_for(Isa isa) {

@@ -39,8 +39,10 @@ inline float act1(Activation a, float v) {
     case Activation::Silu: return v / (1.0f + std::exp(-v));
     case Activation::GeluErf: return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f));
     case Activation::GeluTanh: {
+      // 0.5 * v * (1 + tanh(u)) written as v * sigmoid(2u): the same value without the
+      // cancellation of 1 + tanh(u) for negative v.
       const float k = 0.79788456080286536f;  // sqrt(2 / pi)
-      return 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+      return v / (1.0f + std::exp(-2.0f * k * (v + 0.044715f * v * v * v)));
     }
     case Activation::Relu: return v > 0.f ? v : 0.f;
   }

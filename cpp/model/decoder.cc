@@ -171,7 +171,7 @@ void Model::attention(int64_t layer, const float* qkv, int64_t n, float* out) {
         if (cap_soft > 0) sc = std::tanh(sc / cap_soft) * cap_soft;
         scores[size_t(j)] = sc;
       }
-      softmax(scores.data(), len);
+      kt.softmax(scores.data(), len);
       float* o = out + t * Nq * D + h * D;
       std::fill(o, o + D, 0.f);
       for (int64_t j = 0; j < len; ++j) kt.axpy(o, scores[size_t(j)], vh + (start + j) * D, D);
@@ -346,10 +346,10 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
     matmul(h, n, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
     pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        if (spec_.gated_mlp) activate_gated(spec_.act, up + t * U, up + t * U + F, act + t * F, F);
+        if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.act), up + t * U, up + t * U + F, act + t * F, F);
         else {
           std::memcpy(act + t * F, up + t * U, size_t(F) * 4);
-          activate(spec_.act, act + t * F, F);
+          kernels_->activate(int(spec_.act), act + t * F, F);
         }
       }
     });
