@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import glob
 import json
+import math
 import os
 import re
 import struct
@@ -211,6 +212,21 @@ def held_out_perplexity(model_dir: Path, held: Path) -> dict:
     return perplexity(m, paras)
 
 
+def stored_eval_loss(model_dir: Path, held: Path, seq: int) -> float:
+    """The trainer's held-out loss, recomputed from the weights as stored (after rounding)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmos.tokenizer import Tokenizer
+    from llmos.train import evaluate_loss
+    from llmos.train_data import load_dataset
+
+    torch.set_num_threads(1)
+    tok = Tokenizer.from_dir(model_dir)
+    net = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return evaluate_loss(net, load_dataset([str(held)], tok, seq), pad_id=tok.pad_token_id or 0)
+
+
 def word_score(model_dir: Path) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import test_default_model as t  # the test's own prompts, word list and counting
@@ -220,7 +236,7 @@ def word_score(model_dir: Path) -> dict:
 
 def write_card(out: Path, info: dict) -> None:
     n = info["parameters"]
-    cpu = f", {info['cpu_minutes']:.1f} minutes of CPU time for the whole run" if info.get("cpu_minutes") else ""
+    cpu = f", {info['cpu_minutes']:.1f} minutes of CPU time" if info.get("cpu_minutes") else ""
     text = f"""# llmos default model
 
 A small English language model that ships inside the llmos package, so that `llmos run "Once upon
@@ -259,8 +275,13 @@ facts reliably. Use it to try the runtime, in tests and in app templates, not fo
 ## Evaluation
 
 - Held-out perplexity (C++ core, llmos.evaluate.perplexity, per token): **{info['ppl']:.2f}**
-  over {info['ppl_tokens']:,} tokens.
-- Word-list check (tests/test_default_model.py, 20 prompts, default decoding, seed 0):
+  over {info['ppl_tokens']:,} tokens, each held-out paragraph scored on its own from its first token
+  (paragraphs longer than the 256-token context in strided windows).
+- Held-out loss reported by the trainer (torch, the held-out text in 256-token blocks, so with
+  the preceding paragraphs as context): {info['eval_loss']:.3f}, perplexity {math.exp(info['eval_loss']):.2f}.
+  The stored {info['dtype']} weights give {info['stored_eval_loss']:.4f} on the same blocks.
+- Word-list check (tests/test_default_model.py: {info['prompts']} prompts,
+  {info['max_new_tokens']} new tokens each, the default decoding above, seeds 0-19):
   {info['words_in_list']:.1%} of {info['words_total']} generated words are in the American English word list
   (Debian `wamerican`).
 
@@ -272,6 +293,8 @@ the public domain.
 Generated {info['date']}.
 """
     (out / "MODEL_CARD.md").write_text(text, encoding="utf-8")
+    # The card is the only file this step adds; keep the package's files world-readable.
+    os.chmod(out / "MODEL_CARD.md", 0o644)
 
 
 def _cpu_name() -> str:
@@ -334,7 +357,7 @@ def main(argv=None) -> int:
     from safetensors import safe_open
 
     with safe_open(str(weights), "np" if args.dtype == "float32" else "pt") as f:
-        n_params = sum(int(__import__("math").prod(f.get_slice(k).get_shape())) for k in f.keys())
+        n_params = sum(int(math.prod(f.get_slice(k).get_shape())) for k in f.keys())
     deb_version = subprocess.run(["dpkg-deb", "-f", glob.glob(str(work / f"{DEB}_*.deb"))[0], "Version"],
                                  capture_output=True, text=True).stdout.strip() if glob.glob(
         str(work / f"{DEB}_*.deb")) else "installed copy"
@@ -345,8 +368,10 @@ def main(argv=None) -> int:
                 hardware=f"CPU ({_cpu_name()}), {args.threads} torch thread(s), on a shared {os.cpu_count()}-core "
                          "machine at nice 15",
                 train_minutes=meta["seconds"] / 60, cpu_minutes=meta.get("cpu_minutes"),
-                train_loss=meta["train_loss"], ppl=ppl["perplexity"],
+                train_loss=meta["train_loss"], eval_loss=meta["eval_loss"], ppl=ppl["perplexity"],
+                stored_eval_loss=stored_eval_loss(out, held_txt, args.max_seq_len),
                 ppl_tokens=ppl["tokens"], words_in_list=words["fraction"], words_total=words["words"],
+                prompts=words["prompts"], max_new_tokens=words["max_new_tokens"],
                 date=dt.date.today().isoformat())
     write_card(out, info)
     print(json.dumps({k: v for k, v in info.items() if k != "books"}, indent=2))

@@ -49,8 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     from .onnx.cli import add_onnx_commands
     from .registry_cli import add_registry_commands
 
+    from .train_cli import add_train_commands
+
     add_registry_commands(sub)
     add_onnx_commands(sub)
+    add_train_commands(sub)
     return p
 
 

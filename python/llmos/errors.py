@@ -87,3 +87,15 @@ class DiskFullError(LlmosError, OSError):
 
 class NotAvailableError(LlmosError):
     """The operation needs a part of llmos that this build does not have yet."""
+
+
+class DatasetError(InvalidInputError):
+    """A training or evaluation dataset is malformed; ``file`` and ``line`` say where."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
+        super().__init__(message, file=file, field=field)
+        self.line = line
+
+
+class AdapterError(ModelFormatError):
+    """A LoRA adapter is malformed or was trained for a different base model."""

@@ -387,13 +387,16 @@ def _is_batch(prompt) -> bool:
         isinstance(p, str) or (isinstance(p, (list, tuple, np.ndarray)) and not isinstance(p, str)) for p in prompt)
 
 
-def load(path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None) -> Model:
+def load(path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None,
+         adapter: str | None = None) -> Model:
     """Loads a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
 
     dtype: "float32", "bfloat16" or "float16" for the weights (default: the checkpoint's).
     threads: compute threads (default: the number of physical cores).
     quant: quantize the matrices at load: "int8", "int4", "int4-asym", optionally with a
     group size suffix ("int4-g64"; 32 by default).
+    adapter: a LoRA adapter folder (llmos train --lora) merged into the weights first
+    (cached under $LLMOS_HOME/cache/merged); an adapter for another base model is refused.
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead: see llmos.onnx.OnnxModel.
@@ -403,6 +406,10 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     from .onnx.layout import is_onnx_model
 
     path = registry.resolve(path)
+    if adapter is not None:
+        from .lora import merged
+
+        path = merged(path, os.fspath(adapter))
     if is_onnx_model(path):
         from .onnx.runtime import OnnxModel
 
