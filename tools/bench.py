@@ -233,8 +233,17 @@ def measure(engine: str, shape: str, threads: int) -> dict:
         decode -= time.perf_counter() - t
     else:
         raise SystemExit(f"unknown engine {engine}")
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"prefill_tps": PREFILL / prefill, "decode_tps": DECODE / decode, "rss_mb": rss_mb}
+    return {"prefill_tps": PREFILL / prefill, "decode_tps": DECODE / decode, "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss, which survives fork + exec and so
+    would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def run_child(engine, shape, threads, timeout=1800):

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 namespace llmos {
@@ -106,22 +107,43 @@ void apply_warpers(const DecodeOptions& o, float* scores, int64_t vocab, int64_t
 
   if (o.top_p < 1.0f) {
     // transformers drops a token when the probability mass strictly above it (in
-    // descending order) is >= top_p. Order only as many candidates as needed.
+    // descending order) is >= top_p. The kept set is found without sorting: bisect over
+    // the float bit patterns for v*, the largest probability with mass(p >= v*) >= top_p.
+    // Every token above v* is kept, every token below is dropped, and tokens equal to v*
+    // are kept in tie order while the mass above them stays < top_p.
     softmax_into(scores, vocab, probs);
-    int64_t want = std::min<int64_t>(vocab, 256);
-    for (;;) {
-      top_ids(probs.data(), vocab, want, ids, /*high_first=*/true);
-      double above = 0;
-      int64_t keep = -1;
-      for (int64_t r = 0; r < want; ++r) {
-        if (above >= double(o.top_p) && r >= min_keep) { keep = r; break; }
-        above += probs[size_t(ids[size_t(r)])];
-      }
-      if (keep < 0 && want < vocab) { want = std::min(vocab, want * 8); continue; }
-      if (keep >= 0)
-        for (int64_t r = keep; r < vocab; ++r) scores[ids[size_t(r)]] = kNegInf;
-      break;
+    const double target = double(o.top_p);
+    auto mass_ge = [&](float v) {
+      double m = 0;
+      for (int64_t i = 0; i < vocab; ++i) m += probs[size_t(i)] >= v ? double(probs[size_t(i)]) : 0.0;
+      return m;
+    };
+    auto bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
+    auto from_bits = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+    const float pmax = *std::max_element(probs.begin(), probs.end());
+    uint32_t lo = 0, hi = bits(pmax) + 1;  // mass_ge(lo) >= target > mass_ge(hi)
+    while (hi - lo > 1) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      if (mass_ge(from_bits(mid)) >= target) lo = mid; else hi = mid;
     }
+    const float vstar = from_bits(lo);
+    // The min_keep best tokens always stay (transformers' min_tokens_to_keep).
+    std::vector<uint8_t> keep(size_t(vocab), 0);
+    if (min_keep > 1) {
+      top_ids(probs.data(), vocab, min_keep, ids, /*high_first=*/true);
+      for (int64_t r = 0; r < std::min(min_keep, vocab); ++r) keep[size_t(ids[size_t(r)])] = 1;
+    }
+    double above = 0;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (probs[size_t(i)] > vstar) above += probs[size_t(i)];
+    // Ties at v*: a stable ascending sort read from its end lists them highest id first.
+    for (int64_t i = vocab - 1; i >= 0; --i) {
+      if (probs[size_t(i)] != vstar) continue;
+      if (above < target) above += probs[size_t(i)];  // the first tie always stays: above < target
+      else if (!keep[size_t(i)]) scores[i] = kNegInf;
+    }
+    for (int64_t i = 0; i < vocab; ++i)
+      if (probs[size_t(i)] < vstar && !keep[size_t(i)]) scores[i] = kNegInf;
   }
 
   if (o.min_p > 0.0f) {

@@ -320,13 +320,7 @@ class OnnxModel(Model):
         return _minimal_architecture(str(d.get("type") or c.get("model_type") or "onnx"), vocab, layers,
                                      heads or (kv_heads or 1), kv_heads or 1, head_dim or 1, hidden or 0, context)
 
-    @property
-    def threads(self) -> int:
-        return self._core.n_threads
-
-    @property
-    def isa(self) -> str:
-        return self._core.isa
+    # threads and isa come from Model, through the backend's n_threads / isa.
 
     def __repr__(self) -> str:
         c = self.config
