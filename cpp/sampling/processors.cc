@@ -107,43 +107,40 @@ void apply_warpers(const DecodeOptions& o, float* scores, int64_t vocab, int64_t
 
   if (o.top_p < 1.0f) {
     // transformers drops a token when the probability mass strictly above it (in
-    // descending order) is >= top_p. The kept set is found without sorting: bisect over
-    // the float bit patterns for v*, the largest probability with mass(p >= v*) >= top_p.
-    // Every token above v* is kept, every token below is dropped, and tokens equal to v*
-    // are kept in tie order while the mass above them stays < top_p.
+    // descending order) is >= top_p. The kept set is found without sorting the vocabulary:
+    // one pass sums the mass per bucket of float bit patterns (monotone for p >= 0), the
+    // bucket where the running mass reaches top_p is the only one that needs ordering.
     softmax_into(scores, vocab, probs);
+    constexpr int kShift = 19;  // 2^13 buckets: sign, exponent and 4 mantissa bits
+    thread_local std::vector<double> bucket_mass;
+    bucket_mass.assign(size_t(1) << (32 - kShift), 0.0);
+    auto bucket_of = [](float p) { uint32_t u; std::memcpy(&u, &p, 4); return u >> kShift; };
+    for (int64_t i = 0; i < vocab; ++i) bucket_mass[bucket_of(probs[size_t(i)])] += probs[size_t(i)];
     const double target = double(o.top_p);
-    auto mass_ge = [&](float v) {
-      double m = 0;
-      for (int64_t i = 0; i < vocab; ++i) m += probs[size_t(i)] >= v ? double(probs[size_t(i)]) : 0.0;
-      return m;
-    };
-    auto bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
-    auto from_bits = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
-    const float pmax = *std::max_element(probs.begin(), probs.end());
-    uint32_t lo = 0, hi = bits(pmax) + 1;  // mass_ge(lo) >= target > mass_ge(hi)
-    while (hi - lo > 1) {
-      const uint32_t mid = lo + (hi - lo) / 2;
-      if (mass_ge(from_bits(mid)) >= target) lo = mid; else hi = mid;
-    }
-    const float vstar = from_bits(lo);
-    // The min_keep best tokens always stay (transformers' min_tokens_to_keep).
-    std::vector<uint8_t> keep(size_t(vocab), 0);
-    if (min_keep > 1) {
-      top_ids(probs.data(), vocab, min_keep, ids, /*high_first=*/true);
-      for (int64_t r = 0; r < std::min(min_keep, vocab); ++r) keep[size_t(ids[size_t(r)])] = 1;
-    }
     double above = 0;
-    for (int64_t i = 0; i < vocab; ++i)
-      if (probs[size_t(i)] > vstar) above += probs[size_t(i)];
-    // Ties at v*: a stable ascending sort read from its end lists them highest id first.
-    for (int64_t i = vocab - 1; i >= 0; --i) {
-      if (probs[size_t(i)] != vstar) continue;
-      if (above < target) above += probs[size_t(i)];  // the first tie always stays: above < target
-      else if (!keep[size_t(i)]) scores[i] = kNegInf;
+    uint32_t edge = 0;
+    for (uint32_t b = uint32_t(bucket_mass.size()); b-- > 0;) {
+      if (above + bucket_mass[b] >= target) { edge = b; break; }
+      above += bucket_mass[b];
     }
+    // Order the edge bucket as a stable ascending sort read from its end would: by
+    // probability, ties highest id first; keep while the mass above stays < top_p.
+    ids.clear();
     for (int64_t i = 0; i < vocab; ++i)
-      if (probs[size_t(i)] < vstar && !keep[size_t(i)]) scores[i] = kNegInf;
+      if (bucket_of(probs[size_t(i)]) == edge) ids.push_back(int32_t(i));
+    std::sort(ids.begin(), ids.end(), [&](int32_t x, int32_t y) {
+      return probs[size_t(x)] > probs[size_t(y)] || (probs[size_t(x)] == probs[size_t(y)] && x > y);
+    });
+    std::vector<uint8_t> keep_edge(ids.size(), 0);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < vocab; ++i) kept += bucket_of(probs[size_t(i)]) > edge;
+    for (size_t r = 0; r < ids.size(); ++r) {
+      if (above < target || kept < min_keep) { keep_edge[r] = 1; above += probs[size_t(ids[r])]; ++kept; }
+    }
+    for (size_t r = 0; r < ids.size(); ++r)
+      if (!keep_edge[r]) scores[ids[r]] = kNegInf;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (bucket_of(probs[size_t(i)]) < edge) scores[i] = kNegInf;
   }
 
   if (o.min_p > 0.0f) {

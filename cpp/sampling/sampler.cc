@@ -14,17 +14,22 @@ int32_t argmax(const float* x, int64_t n) {
 }
 
 int32_t sample_softmax(const float* scores, int64_t n, std::mt19937_64& rng) {
+  // One exp per token (kept for the draw), then an inverse-CDF walk.
+  thread_local std::vector<float> w;
+  w.resize(size_t(n));
   float m = -INFINITY;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, scores[i]);
   double total = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (scores[i] != -INFINITY) total += std::exp(double(scores[i] - m));
+  for (int64_t i = 0; i < n; ++i) {
+    w[size_t(i)] = scores[i] == -INFINITY ? 0.f : std::exp(scores[i] - m);
+    total += w[size_t(i)];
+  }
   const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * total;
   double c = 0;
   int64_t last = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (scores[i] == -INFINITY) continue;
-    c += std::exp(double(scores[i] - m));
+    if (w[size_t(i)] == 0.f) continue;
+    c += w[size_t(i)];
     last = i;
     if (u < c) return int32_t(i);
   }
