@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmos: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if getattr(args, "command", None) == "train":
+            print("\nllmos: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -260,19 +260,8 @@ class Model:
         for key, members in groups.items():
             core_opts, stop = opts_by_len[key]
             group_prompts = [prompts[i] for i in members]
-            nrs = core_opts.num_return_sequences if core_opts.num_beams == 1 else core_opts.num_return_sequences
             texts: dict[int, list[str]] = {}
-            callback = None
-            if stop:
-                callbacks = {}
-
-                def callback(seq, token, _cbs=callbacks, _texts=texts, _o=core_opts, _stop=stop, _gp=group_prompts):
-                    if seq not in _cbs:
-                        _texts[seq] = []
-                        _cbs[seq] = self._text_callback(_gp[seq // nrs], _o, _stop, _texts[seq].append,
-                                                        lambda: False)
-                    return _cbs[seq](token)
-
+            callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
             raw = self._core.generate(group_prompts, core_opts, callback)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
@@ -291,6 +280,20 @@ class Model:
                 )
                 results[members[r["prompt_index"]]].append(g)
         return results
+
+    def _batch_stop_callback(self, prompts, core_opts, stop: list[str], texts: dict[int, list[str]]):
+        """The core's callback for a batch with stop strings: sequence i continues prompt
+        i // num_return_sequences; its final text pieces collect in texts[i]."""
+        per_seq = {}
+
+        def on_token(seq: int, token: int) -> bool:
+            if seq not in per_seq:
+                texts[seq] = []
+                prompt = prompts[seq // core_opts.num_return_sequences]
+                per_seq[seq] = self._text_callback(prompt, core_opts, stop, texts[seq].append, lambda: False)
+            return per_seq[seq](token)
+
+        return on_token
 
     def _new_text(self, prompt: list[int], new: list[int]) -> str:
         """The text the new tokens add after the prompt. Decoding them alone would lose

@@ -6,12 +6,11 @@ runs them on their own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from .errors import InvalidInputError, LlmosError
+from .errors import InvalidInputError
 
 METRICS = ("perplexity", "bleu", "chrf", "rouge", "exact")
 
@@ -186,18 +185,10 @@ def add_train_commands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmos")
-    add_train_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except LlmosError as e:
-        print(f"llmos: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if getattr(args, "command", None) == "train":
-            print("\nllmos: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    """`python -m llmos.train_cli ...` is the `llmos` command (the same parser and errors)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
