@@ -176,11 +176,12 @@ PYBIND11_MODULE(_core, m) {
         const int64_t nb = k / kActBlock, ng = k / group;
         std::vector<int8_t> q(size_t(n * k));
         std::vector<float> d(size_t(n * nb)), sd(size_t(n * nb)), sdg(size_t(n * ng), 0.f);
-        quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data());
+        std::vector<int32_t> qsum(size_t(n * nb));
+        quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data(), qsum.data());
         for (int64_t t = 0; t < n; ++t)
           for (int64_t b = 0; b < nb; ++b) sdg[size_t(t * ng + b * kActBlock / group)] += sd[size_t(t * nb + b)];
         py::array_t<float> y({n, rows});
-        kt.qmatmul(ActView{q.data(), d.data(), sd.data(), n, k}, sdg.data(), mat.qview(), 0, rows, y.mutable_data(), rows);
+        kt.qmatmul(ActView{q.data(), d.data(), sd.data(), qsum.data(), n, k}, sdg.data(), mat.qview(), 0, rows, y.mutable_data(), rows);
         return y;
       },
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"));

@@ -57,6 +57,7 @@ void tile(const ActView& x, const float* sdg, const QView& w, const ScaleIndex& 
           int64_t ldy, int64_t row_out0) {
   const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock, n_chunks = k / 64;
   const int64_t row_bytes = quant_row_bytes(Q, k);
+  constexpr int32_t kZp = Q == QuantType::Q8 ? 128 : Q == QuantType::Q4 ? 8 : 0;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -79,8 +80,15 @@ void tile(const ActView& x, const float* sdg, const QView& w, const ScaleIndex& 
       for (int t = 0; t < T; ++t) {
         const __m512i xv = _mm512_loadu_si512(x.q + (t0 + t) * k + c * 64);
         const __m512 sx = _mm512_permutexvar_ps(ix.x[j], sx16[t]);
+        // Symmetric codes carry a zero point: dot(u, q) - zp * sum(q) per block, exact in
+        // int32. The correction starts the accumulator (lane 0 of each block's half).
+        __m512i start = zero;
+        if (Q != QuantType::Q4Asym) {
+          const int32_t* qs = x.qsum + (t0 + t) * nb + 2 * c;
+          start = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -kZp * qs[0]), 0x0100, -kZp * qs[1]);
+        }
         for (int r = 0; r < R; ++r) {
-          const __m512 dots = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, wv[r], xv));
+          const __m512 dots = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wv[r], xv));
           acc[r][t] = _mm512_fmadd_ps(dots, _mm512_mul_ps(sw[r], sx), acc[r][t]);
         }
       }
@@ -89,7 +97,7 @@ void tile(const ActView& x, const float* sdg, const QView& w, const ScaleIndex& 
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t)
       y[(t0 + t) * ldy + row_out0 + r] =
-          _mm512_reduce_add_ps(acc[r][t]) + min_term<Q>(w, r0 + r, sdg + (t0 + t) * ng);
+          _mm512_reduce_add_ps(acc[r][t]) + (Q == QuantType::Q4Asym ? min_term<Q>(w, r0 + r, sdg + (t0 + t) * ng) : 0.f);
 }
 
 template <QuantType Q, int R>

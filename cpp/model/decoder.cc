@@ -86,12 +86,14 @@ void Model::matmul(const float* x, int64_t n, const Matrix& w, const float* bias
   xd_.resize(size_t(n * nb) * 4);
   xsd_.resize(size_t(n * nb) * 4);
   xsdg_.resize(size_t(n * ng) * 4);
+  xqsum_.resize(size_t(n * nb) * 4);
   int8_t* q = reinterpret_cast<int8_t*>(xq_.data());
+  int32_t* qsum = xqsum_.as<int32_t>();
   float* d = xd_.as<float>();
   float* sd = xsd_.as<float>();
   float* sdg = xsdg_.as<float>();
   pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
-    quantize_activations(x + t0 * k, t1 - t0, k, q + t0 * k, d + t0 * nb, sd + t0 * nb);
+    quantize_activations(x + t0 * k, t1 - t0, k, q + t0 * k, d + t0 * nb, sd + t0 * nb, qsum + t0 * nb);
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t g = 0; g < ng; ++g) {
         float s = 0.f;
@@ -104,7 +106,7 @@ void Model::matmul(const float* x, int64_t n, const Matrix& w, const float* bias
   pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t t = 0; t < n; t += kTokenBlock) {
       const int64_t nt = std::min(kTokenBlock, n - t);
-      const ActView xv{q + t * k, d + t * nb, sd + t * nb, nt, k};
+      const ActView xv{q + t * k, d + t * nb, sd + t * nb, qsum + t * nb, nt, k};
       fn(xv, sdg + t * ng, wv, r0, r1, y + t * rows + r0, rows);
       add_bias(t, t + nt, r0, r1);
     }

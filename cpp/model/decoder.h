@@ -87,7 +87,7 @@ class Model {
   std::vector<Session*> tok_session_;
   std::vector<int64_t> tok_pos_;
   Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
-  Buffer xq_, xd_, xsd_, xsdg_;  // int8 activations for quantized matmuls (quant/qformat.h)
+  Buffer xq_, xd_, xsd_, xsdg_, xqsum_;  // int8 activations for quantized matmuls (quant/qformat.h)
 };
 
 }  // namespace llmos

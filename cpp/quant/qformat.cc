@@ -96,7 +96,7 @@ void dequantize_row(const QView& w, int64_t row, float* dst) {
   }
 }
 
-void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd) {
+void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum) {
   const int64_t nb = k / kActBlock;
   for (int64_t t = 0; t < n; ++t)
     for (int64_t b = 0; b < nb; ++b) {
@@ -114,6 +114,7 @@ void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float
       }
       d[t * nb + b] = s;
       sd[t * nb + b] = s * float(sum);
+      qsum[t * nb + b] = sum;
     }
 }
 

@@ -44,6 +44,7 @@ struct ActView {
   const int8_t* q;     // [n, k]
   const float* d;      // [n, k / 32]
   const float* sd;     // [n, k / 32] = d * sum(q) of the block
+  const int32_t* qsum; // [n, k / 32] = sum(q) of the block (exact)
   int64_t n, k;
 };
 
@@ -55,7 +56,7 @@ void quantize_row(QuantType t, int64_t group, const float* src, int64_t cols, ui
 // The float32 values of one row of a quantized matrix.
 void dequantize_row(const QView& w, int64_t row, float* dst);
 
-// Quantizes x [n, k] into q / d / sd (the ActView arrays).
-void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd);
+// Quantizes x [n, k] into q / d / sd / qsum (the ActView arrays).
+void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum);
 
 }  // namespace llmos
