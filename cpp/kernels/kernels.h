@@ -52,6 +52,7 @@ void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
 void fill_qkernels_avx2(KernelTable* t);
 void fill_qkernels_avx512(KernelTable* t);
+void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
