@@ -36,7 +36,7 @@ if str(_TESTS) not in sys.path:
 # The compiled core is imported at collection, outside any test's output capture: an import
 # error then stops the run at once, and an editable install's rebuild hook (which spawns
 # cmake with the real stdout) never runs under capsys.
-import llmos._core  # noqa: E402,F401
+import llmos._core as _core_at_collection  # noqa: E402,F401
 
 LLMOS_TEST_THREADS = int(os.environ.get("LLMOS_TEST_THREADS", "1"))
 

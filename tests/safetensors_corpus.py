@@ -106,8 +106,6 @@ def bad_cases() -> list[Case]:
         cases.append(Case(name, data))
 
     base = valid_image()
-    header_len = struct.unpack("<Q", base[:8])[0]
-    data_start = 8 + header_len
 
     # --- file and header length ---
     for k in range(8):

@@ -297,7 +297,7 @@ def main() -> int:
     from llmos import _core
 
     bw = {t: _core.memory_bandwidth(t) for t in threads}
-    print(f"memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads), flush=True)
+    print("memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads), flush=True)
     results: dict = {}
     for shape in shapes:
         checkpoint(shape)
