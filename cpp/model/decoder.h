@@ -86,6 +86,7 @@ class Model {
   // and position of each stacked token.
   std::vector<Session*> tok_session_;
   std::vector<int64_t> tok_pos_;
+  std::vector<std::pair<int64_t, int64_t>> qblocks_;  // (first token, count): consecutive queries of one sequence
   Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
   Buffer xq_, xd_, xsd_, xsdg_, xqsum_;  // int8 activations for quantized matmuls (quant/qformat.h)
 };
