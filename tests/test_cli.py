@@ -24,3 +24,31 @@ def test_bad_model_path_is_a_clear_error(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "Hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llmos: error:") and "nope" in err and "Traceback" not in err
+
+
+_WITHOUT_EXTRAS = """
+import sys
+BLOCKED = {"onnx", "onnxruntime", "onnxruntime_genai", "onnx_ir", "torch", "transformers", "sacrebleu",
+           "rouge_score"}
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: not part of a plain `pip install .`")
+        return None
+
+sys.meta_path.insert(0, Block())
+from llmos.cli import main
+sys.exit(main(["run", "Once upon a time", "--max-new-tokens", "8", "--seed", "1"]))
+"""
+
+
+def test_the_readme_main_job_needs_no_optional_extra():
+    """`pip install . && llmos run ...` must work without torch, transformers, onnx or the
+    evaluation packages: the CLI builds every verb's parser without importing them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(out.stdout.strip()) > 10

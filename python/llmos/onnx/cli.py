@@ -28,8 +28,8 @@ def _convert(args) -> int:
 
 
 def add_onnx_commands(subparsers: argparse._SubParsersAction) -> None:
-    from .decoder import PRECISIONS
-    from .export import DEFAULT_OPSET
+    # Only onnx-free modules here: `llmos` must start without the onnx extra installed.
+    from .layout import DEFAULT_OPSET, PRECISIONS
     from .quant import DEFAULT_BLOCK_SIZE
 
     e = subparsers.add_parser(

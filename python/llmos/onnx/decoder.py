@@ -23,7 +23,7 @@ FLOAT, FLOAT16, INT64, BOOL = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProt
 # Masked scores: the lowest float32, not -inf, so a row with every key masked (a padding
 # query) gives a uniform softmax instead of NaN.
 MASKED = float(np.finfo(np.float32).min)
-PRECISIONS = ("fp32", "fp16", "int4")
+from .layout import PRECISIONS  # noqa: E402  (re-exported)
 # MatMulNBits accuracy_level 4: activations are quantized to int8 inside the kernel, the
 # fast CPU path (what the onnxruntime-genai builder also picks for CPU).
 INT4_ACCURACY_LEVEL = 4

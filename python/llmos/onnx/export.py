@@ -21,7 +21,7 @@ from .graph import MIN_OPSET
 from .quant import DEFAULT_BLOCK_SIZE, check_block_size
 from .roles import read_checkpoint
 
-DEFAULT_OPSET = 17
+from .layout import DEFAULT_OPSET  # noqa: E402  (re-exported)
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 DATA_FILE = "model.onnx.data"

@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 
 from ..errors import ModelFileError, ModelFormatError
 
+# Export choices, here (not in export.py / decoder.py) so the CLI can offer them without
+# importing onnx.
+PRECISIONS = ("fp32", "fp16", "int4")
+DEFAULT_OPSET = 17
+
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
