@@ -40,23 +40,21 @@ import llmos._core as _core_at_collection  # noqa: E402,F401
 
 LLMOS_TEST_THREADS = int(os.environ.get("LLMOS_TEST_THREADS", "1"))
 
-try:  # torch / transformers are test-only dependencies; keep them quiet and single-threaded
-    import torch
+# The test extra's packages are imported here, at collection, so a missing install step fails
+# the run at once instead of skipping the tests that need them. torch stays single-threaded.
+import onnx  # noqa: E402,F401
+import onnxruntime  # noqa: E402,F401
+import torch  # noqa: E402
 
-    torch.set_num_threads(int(os.environ.get("LLMOS_TEST_TORCH_THREADS", "1")))
-except ImportError:  # pragma: no cover
-    torch = None
+torch.set_num_threads(int(os.environ.get("LLMOS_TEST_TORCH_THREADS", "1")))
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-try:
-    import transformers
+import transformers  # noqa: E402
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-except ImportError:  # pragma: no cover
-    transformers = None
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
 
 
 def reference_model_uncached(path, dtype=None):

@@ -8,16 +8,11 @@ import pytest
 
 import tokenizer_factory as tf
 
-try:
-    from llmos.chat_template import ChatTemplate, _compile
-    from llmos.errors import ChatTemplateError, InvalidInputError
-    from llmos.tokenizer import Tokenizer
-except ModuleNotFoundError as e:  # pragma: no cover - the package is not installed yet
-    if e.name != "llmos":
-        raise
-    pytest.skip("llmos is not installed", allow_module_level=True)
+from llmos.chat_template import ChatTemplate, _compile
+from llmos.errors import ChatTemplateError, InvalidInputError
+from llmos.tokenizer import Tokenizer
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 TOOLS = [
     {

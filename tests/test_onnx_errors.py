@@ -12,8 +12,7 @@ import pytest
 
 from llmos.errors import InvalidInputError, LlmosError, ModelFileError, ModelFormatError, UnsupportedModelError
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+import onnx
 TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 

@@ -46,8 +46,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
 
 import checkpoints  # noqa: E402  (tests/ is on sys.path via conftest)
 from checkpoints import KINDS, SWA_KINDS  # noqa: E402

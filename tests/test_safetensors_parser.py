@@ -19,12 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-try:
-    import llmos._core as core
-except ModuleNotFoundError as exc:  # skip only while the package itself is not installed
-    if exc.name != "llmos":
-        raise
-    pytest.skip("llmos is not installed", allow_module_level=True)
+import llmos._core as core
 from llmos.errors import ModelFileError, SafetensorsError, TensorError
 
 try:  # tests/ may or may not be a package

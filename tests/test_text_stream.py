@@ -10,14 +10,9 @@ from hypothesis import strategies as st
 
 import tokenizer_factory as tf
 
-try:
-    from llmos.errors import InvalidInputError
-    from llmos.text_stream import IncrementalDecoder, StopMatcher, _CleanupStream
-    from llmos.tokenizer import Tokenizer, clean_up_tokenization
-except ModuleNotFoundError as e:  # pragma: no cover - the package is not installed yet
-    if e.name != "llmos":
-        raise
-    pytest.skip("llmos is not installed", allow_module_level=True)
+from llmos.errors import InvalidInputError
+from llmos.text_stream import IncrementalDecoder, StopMatcher, _CleanupStream
+from llmos.tokenizer import Tokenizer, clean_up_tokenization
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

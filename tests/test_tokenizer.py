@@ -11,15 +11,10 @@ import pytest
 
 import tokenizer_factory as tf
 
-try:
-    from llmos.errors import ChatTemplateError, ConfigError, InvalidInputError, TokenizerError
-    from llmos.tokenizer import Tokenizer, clean_up_tokenization
-except ModuleNotFoundError as e:  # pragma: no cover - the package is not installed yet
-    if e.name != "llmos":
-        raise
-    pytest.skip("llmos is not installed", allow_module_level=True)
+from llmos.errors import ChatTemplateError, ConfigError, InvalidInputError, TokenizerError
+from llmos.tokenizer import Tokenizer, clean_up_tokenization
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 TEXTS = [
     "",
