@@ -16,7 +16,8 @@ import pytest
 from llmos import _core
 from llmos.errors import InvalidInputError
 
-ISAS = [i for i in ("scalar", "avx2", "avx512") if ("scalar", "avx2", "avx512").index(i) <= ("scalar", "avx2", "avx512").index(_core.cpu_best_isa())]
+ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
+ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
 NMSE_FAST_VS_SCALAR = 1e-11
 NMSE_SCALAR_VS_F64 = 1e-11
 

@@ -10,6 +10,7 @@
 #include "core/cpu_features.h"
 #include "core/errors.h"
 #include "kernels/kernels.h"
+#include "kernels/quantized_matmul.h"
 #include "model/decoder.h"
 #include "quant/qformat.h"
 #include <cstring>
@@ -173,15 +174,11 @@ PYBIND11_MODULE(_core, m) {
         mat.data.resize(size_t(rows * k) * 4);
         std::memcpy(mat.data.data(), w.data(), size_t(rows * k) * 4);
         quantize_matrix(mat, quant_arg(quant), group);
-        const int64_t nb = k / kActBlock, ng = k / group;
-        std::vector<int8_t> q(size_t(n * k));
-        std::vector<float> d(size_t(n * nb)), sd(size_t(n * nb)), sdg(size_t(n * ng), 0.f);
-        std::vector<int32_t> qsum(size_t(n * nb));
-        quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data(), qsum.data());
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t b = 0; b < nb; ++b) sdg[size_t(t * ng + b * kActBlock / group)] += sd[size_t(t * nb + b)];
+        // The forward pass's own dispatch, on one thread; AMX tiles for any n under "amx".
         py::array_t<float> y({n, rows});
-        kt.qmatmul(ActView{q.data(), d.data(), sd.data(), qsum.data(), n, k}, sdg.data(), mat.qview(), 0, rows, y.mutable_data(), rows);
+        ThreadPool pool(1);
+        QuantScratch scratch;
+        quantized_matmul(kt, pool, scratch, x.data(), n, mat.qview(), nullptr, y.mutable_data(), true);
         return y;
       },
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"));

@@ -7,6 +7,10 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace llmos {
 
@@ -17,6 +21,17 @@ uint64_t xgetbv0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (uint64_t(hi) << 32) | lo;
+}
+
+// Linux hands out the 8 KB AMX tile state only on request (arch_prctl), once per process;
+// without it the first tile instruction raises SIGILL.
+bool request_amx_permission() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 #endif
 
@@ -36,8 +51,12 @@ Isa detect() {
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
   __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
   const bool avx512bf16 = a1 & (1u << 5);
-  if (zmm_os && avx512f && avx512dq && avx512bw && avx512vl && avx512vnni && avx512bf16 && avx2 && fma && f16c)
+  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
+  const bool tile_os = (xcr0 & 0x60000) == 0x60000;    // XTILECFG + XTILEDATA
+  if (zmm_os && avx512f && avx512dq && avx512bw && avx512vl && avx512vnni && avx512bf16 && avx2 && fma && f16c) {
+    if (amx_tile && amx_int8 && tile_os && request_amx_permission()) return Isa::Amx;
     return Isa::Avx512;
+  }
   if (ymm_os && avx2 && fma && f16c) return Isa::Avx2;
 #endif
   return Isa::Scalar;
@@ -50,7 +69,7 @@ Isa pick() {
   Isa asked;
   if (!isa_from_name(env, &asked))
     throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
-                std::string("expected one of scalar, avx2, avx512; got '") + env + "'");
+                std::string("expected one of scalar, avx2, avx512, amx; got '") + env + "'");
   return asked < best ? asked : best;
 }
 
@@ -71,12 +90,13 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Amx: return "amx";
   }
   return "?";
 }
 
 bool isa_from_name(const std::string& name, Isa* out) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx})
     if (name == isa_name(i)) { *out = i; return true; }
   return false;
 }

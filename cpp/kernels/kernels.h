@@ -27,12 +27,28 @@ using MatmulRowsFn = void (*)(const float* x, int64_t n, int64_t k, const void* 
 using QMatmulRowsFn = void (*)(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1,
                                float* y, int64_t ldy);
 
+// Multi-token products on AMX tiles (Isa::Amx, null elsewhere; qmatmul_amx.cc). The float
+// activations are first packed as bfloat16 TDPBF16PS B tiles: per tile of 16 tokens and per
+// 32 input values, [16 value pairs][16 tokens x 2] (1 KB); tokens past n are zero.
+// amx_acts_bytes(n, k) is the size of the packed activations.
+int64_t amx_acts_bytes(int64_t n, int64_t k);
+// Packs token tiles [tile0, tile1) of x [n, k] (k a multiple of 32) into out (64-byte aligned).
+using PackTileActsFn = void (*)(const float* x, int64_t n, int64_t k, int64_t tile0, int64_t tile1, uint8_t* out);
+// y[t, r - row0] = x[t] . W[r] for all n tokens of packed activations; row1 - row0 a
+// multiple of 16. W is dequantized to bfloat16 on the fly (see qmatmul_amx.cc for why).
+using QMatmulTilesFn = void (*)(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1,
+                                float* y, int64_t ldy);
+
 struct KernelTable {
   Isa isa;
   MatmulRowsFn matmul_f32;   // W float32
   MatmulRowsFn matmul_bf16;  // W bfloat16 (raw uint16 bits)
   MatmulRowsFn matmul_f16;   // W IEEE half
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
+  PackTileActsFn pack_tile_acts = nullptr;  // AMX only
+  QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
+  // quant/qformat.h's quantize_activations, vectorized where the ISA allows.
+  void (*quantize_acts)(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float a, const float* x, int64_t n);  // y += a * x
   // Activations (Activation from model/arch.h, passed as int) and softmax: the fast paths
@@ -52,6 +68,7 @@ void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
 void fill_qkernels_avx2(KernelTable* t);
 void fill_qkernels_avx512(KernelTable* t);
+void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
 

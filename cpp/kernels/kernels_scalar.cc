@@ -79,6 +79,7 @@ KernelTable make(Isa isa) {
 #if defined(__x86_64__)
   if (isa >= Isa::Avx2) { fill_kernels_avx2(&t); fill_qkernels_avx2(&t); fill_vmath_avx2(&t); }
   if (isa >= Isa::Avx512) { fill_kernels_avx512(&t); fill_qkernels_avx512(&t); fill_vmath_avx512(&t); }
+  if (isa >= Isa::Amx) fill_qkernels_amx(&t);
 #endif
   t.isa = isa;
   return t;
@@ -92,6 +93,7 @@ void fill_kernels_scalar(KernelTable* t) {
   t->matmul_bf16 = matmul_ref<load_bf16>;
   t->matmul_f16 = matmul_ref<load_f16>;
   t->qmatmul = qmatmul_ref;
+  t->quantize_acts = quantize_activations;
   t->dot = dot_ref;
   t->axpy = axpy_ref;
   t->activate = activate_ref;
@@ -100,7 +102,7 @@ void fill_kernels_scalar(KernelTable* t) {
 }
 
 const KernelTable& kernels_for(Isa isa) {
-  static const KernelTable tables[3] = {make(Isa::Scalar), make(Isa::Avx2), make(Isa::Avx512)};
+  static const KernelTable tables[4] = {make(Isa::Scalar), make(Isa::Avx2), make(Isa::Avx512), make(Isa::Amx)};
   if (isa > cpu_best_isa())
     throw Error(Error::Kind::InvalidInput, "", "isa",
                 std::string("this CPU does not support ") + isa_name(isa) + " (best: " +
@@ -112,6 +114,8 @@ const KernelTable& kernels() {
   static const KernelTable& t = kernels_for(cpu_active_isa());
   return t;
 }
+
+int64_t amx_acts_bytes(int64_t n, int64_t k) { return ((n + 15) / 16) * (k / 32) * 1024; }
 
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt) {
   switch (dt) {

@@ -7,6 +7,7 @@
 
 #include "core/errors.h"
 #include "kernels/ops.h"
+#include "kernels/quantized_matmul.h"
 
 namespace llmos {
 
@@ -56,59 +57,32 @@ Model::Model(ArchSpec spec, ModelWeights weights, int n_threads)
   spec_.validate();
 }
 
-void Model::matmul(const float* x, int64_t n, const Matrix& w, const float* bias, float* y) {
-  // y: [n, rows]. Threads split the output rows; each walks the tokens in blocks so a
-  // block of x stays in cache while the thread's rows pass over it.
+void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y) {
+  // y: [n, rows] for the n tokens of the runs.
   const int64_t rows = w.rows, k = w.cols;
-  const int64_t grain = std::max<int64_t>(16, ((rows / (pool_.size() * 8)) + 3) & ~int64_t(3));
-  constexpr int64_t kTokenBlock = 64;
-  auto add_bias = [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
-    if (bias)
-      for (int64_t i = t0; i < t1; ++i)
-        for (int64_t r = r0; r < r1; ++r) y[i * rows + r] += bias[r];
-  };
-  if (!w.quantized()) {
-    const MatmulRowsFn fn = matmul_for(*kernels_, w.dtype);
-    const void* wd = w.data.data();
-    pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t t = 0; t < n; t += kTokenBlock) {
-        const int64_t nt = std::min(kTokenBlock, n - t);
-        fn(x + t * k, nt, k, wd, r0, r1, y + t * rows + r0, rows);
-        add_bias(t, t + nt, r0, r1);
-      }
-    });
+  if (w.quantized()) {
+    int64_t t = 0;
+    for (const TokenRun& r : runs) {
+      quantized_matmul(*kernels_, pool_, qscratch_, x + t * k, r.n, w.qview(), bias, y + t * rows, r.tiles);
+      t += r.n;
+    }
     return;
   }
-  // Quantize the activations once for all rows: int8 codes, block scales, and per weight
-  // group the sum of d * sum(codes) that the zero-point term needs.
-  const int64_t nb = k / kActBlock, ng = k / w.group, per_group = w.group / kActBlock;
-  xq_.resize(size_t(n * k));
-  xd_.resize(size_t(n * nb) * 4);
-  xsd_.resize(size_t(n * nb) * 4);
-  xsdg_.resize(size_t(n * ng) * 4);
-  xqsum_.resize(size_t(n * nb) * 4);
-  int8_t* q = reinterpret_cast<int8_t*>(xq_.data());
-  int32_t* qsum = xqsum_.as<int32_t>();
-  float* d = xd_.as<float>();
-  float* sd = xsd_.as<float>();
-  float* sdg = xsdg_.as<float>();
-  pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
-    quantize_activations(x + t0 * k, t1 - t0, k, q + t0 * k, d + t0 * nb, sd + t0 * nb, qsum + t0 * nb);
-    for (int64_t t = t0; t < t1; ++t)
-      for (int64_t g = 0; g < ng; ++g) {
-        float s = 0.f;
-        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) s += sd[t * nb + b];
-        sdg[t * ng + g] = s;
-      }
-  });
-  const QView wv = w.qview();
-  const QMatmulRowsFn fn = kernels_->qmatmul;
+  int64_t n = 0;
+  for (const TokenRun& r : runs) n += r.n;
+  // Threads split the output rows; each walks the tokens in blocks so a block of x stays
+  // in cache while the thread's rows pass over it.
+  const int64_t grain = std::max<int64_t>(16, ((rows / (pool_.size() * 8)) + 3) & ~int64_t(3));
+  constexpr int64_t kTokenBlock = 64;
+  const MatmulRowsFn fn = matmul_for(*kernels_, w.dtype);
+  const void* wd = w.data.data();
   pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t t = 0; t < n; t += kTokenBlock) {
       const int64_t nt = std::min(kTokenBlock, n - t);
-      const ActView xv{q + t * k, d + t * nb, sd + t * nb, qsum + t * nb, nt, k};
-      fn(xv, sdg + t * ng, wv, r0, r1, y + t * rows + r0, rows);
-      add_bias(t, t + nt, r0, r1);
+      fn(x + t * k, nt, k, wd, r0, r1, y + t * rows + r0, rows);
+      if (bias)
+        for (int64_t i = t; i < t + nt; ++i)
+          for (int64_t r = r0; r < r1; ++r) y[i * rows + r] += bias[r];
     }
   });
 }
@@ -285,6 +259,16 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
     }
   }
 
+  // Runs of sequences that take the same quantized kernel; the LM head without all_logits
+  // sees one token per sequence.
+  runs_.clear();
+  for (const SeqChunk& ch : chunks) {
+    const bool tiles = ch.n >= kMinTileTokens;
+    if (!runs_.empty() && runs_.back().tiles == tiles) runs_.back().n += ch.n;
+    else runs_.push_back({ch.n, tiles});
+  }
+  head_runs_.assign(1, TokenRun{int64_t(chunks.size()), false});
+
   // Attention works on blocks of consecutive queries of one sequence.
   constexpr int64_t kQueryBlock = 16;
   qblocks_.clear();
@@ -348,7 +332,7 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
     const LayerWeights& L = w_.layers[size_t(l)];
     // Attention block.
     norm_rows(x, L.attn_norm_w, L.attn_norm_b, h);
-    matmul(h, n, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
+    matmul(h, runs_, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
     pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         float* q = qkv + t * QKV;
@@ -371,13 +355,13 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
       }
     });
     attention(l, qkv, n, attn);
-    matmul(attn, n, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
+    matmul(attn, runs_, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
     if (spec_.post_attn_norm) norm_rows(tmp, L.attn_post_norm_w, kNone, tmp);
     add_rows(x, tmp);
 
     // MLP block.
     norm_rows(x, L.ffn_norm_w, L.ffn_norm_b, h);
-    matmul(h, n, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
+    matmul(h, runs_, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
     pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.act), up + t * U, up + t * U + F, act + t * F, F);
@@ -387,7 +371,7 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
         }
       }
     });
-    matmul(act, n, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
+    matmul(act, runs_, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
     if (spec_.post_ffn_norm) norm_rows(tmp, L.ffn_post_norm_w, kNone, tmp);
     add_rows(x, tmp);
   }
@@ -410,7 +394,7 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
       }
     }
   }
-  matmul(h, rows, w_.output_matrix(), nullptr, logits);
+  matmul(h, all_logits ? runs_ : head_runs_, w_.output_matrix(), nullptr, logits);
   if (spec_.final_softcap > 0) {
     const float c = spec_.final_softcap;
     for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] = std::tanh(logits[i] / c) * c;

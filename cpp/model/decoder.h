@@ -19,6 +19,7 @@
 #include "core/buffer.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/quantized_matmul.h"
 #include "model/arch.h"
 #include "model/weights.h"
 
@@ -73,7 +74,14 @@ class Model {
 
  private:
   void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
-  void matmul(const float* x, int64_t n, const Matrix& w, const float* bias, float* y);
+  // A run of stacked tokens whose quantized products take the same kernel (tiles for
+  // sequences with at least kMinTileTokens new tokens), so a token's result never depends
+  // on what else is in the batch.
+  struct TokenRun {
+    int64_t n;
+    bool tiles;
+  };
+  void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
   void rope_tables(const std::vector<SeqChunk>& chunks, int64_t n);
   void attention(int64_t layer, const float* qkv, int64_t n, float* out);
 
@@ -87,8 +95,9 @@ class Model {
   std::vector<Session*> tok_session_;
   std::vector<int64_t> tok_pos_;
   std::vector<std::pair<int64_t, int64_t>> qblocks_;  // (first token, count): consecutive queries of one sequence
+  std::vector<TokenRun> runs_, head_runs_;            // the stacked tokens, and the LM head's rows
   Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
-  Buffer xq_, xd_, xsd_, xsdg_, xqsum_;  // int8 activations for quantized matmuls (quant/qformat.h)
+  QuantScratch qscratch_;  // int8 activations for quantized matmuls
 };
 
 }  // namespace llmos

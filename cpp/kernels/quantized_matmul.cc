@@ -1,0 +1,81 @@
+#include "kernels/quantized_matmul.h"
+
+#include <algorithm>
+
+namespace llmos {
+
+namespace {
+
+void add_bias(const float* bias, int64_t t0, int64_t t1, int64_t r0, int64_t r1, float* y, int64_t rows) {
+  if (!bias) return;
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t r = r0; r < r1; ++r) y[t * rows + r] += bias[r];
+}
+
+// Rows [row0, row1) with the row kernel: int8 activations (codes and scales per 32-value
+// block, and per weight group the sum of d * sum(codes) that the zero-point term needs).
+void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, const QView& w,
+                int64_t row0, int64_t row1, const float* bias, float* y) {
+  const int64_t rows = w.rows, k = w.cols;
+  const int64_t nb = k / kActBlock, ng = k / w.group, per_group = w.group / kActBlock;
+  s.q.resize(size_t(n * k));
+  s.d.resize(size_t(n * nb) * 4);
+  s.sd.resize(size_t(n * nb) * 4);
+  s.sdg.resize(size_t(n * ng) * 4);
+  s.qsum.resize(size_t(n * nb) * 4);
+  int8_t* q = reinterpret_cast<int8_t*>(s.q.data());
+  int32_t* qsum = s.qsum.as<int32_t>();
+  float* d = s.d.as<float>();
+  float* sd = s.sd.as<float>();
+  float* sdg = s.sdg.as<float>();
+  pool.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
+    kt.quantize_acts(x + t0 * k, t1 - t0, k, q + t0 * k, d + t0 * nb, sd + t0 * nb, qsum + t0 * nb);
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t g = 0; g < ng; ++g) {
+        float acc = 0.f;
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) acc += sd[t * nb + b];
+        sdg[t * ng + g] = acc;
+      }
+  });
+  // Threads split the output rows; each walks the tokens in blocks so a block of x stays
+  // in cache while the thread's rows pass over it.
+  constexpr int64_t kTokenBlock = 64;
+  const int64_t grain = std::max<int64_t>(16, (((row1 - row0) / (pool.size() * 8)) + 3) & ~int64_t(3));
+  pool.parallel_for(row1 - row0, grain, [&](int64_t b, int64_t e) {
+    const int64_t r0 = row0 + b, r1 = row0 + e;
+    for (int64_t t = 0; t < n; t += kTokenBlock) {
+      const int64_t nt = std::min(kTokenBlock, n - t);
+      const ActView xv{q + t * k, d + t * nb, sd + t * nb, qsum + t * nb, nt, k};
+      kt.qmatmul(xv, sdg + t * ng, w, r0, r1, y + t * rows + r0, rows);
+      add_bias(bias, t, t + nt, r0, r1, y, rows);
+    }
+  });
+}
+
+}  // namespace
+
+void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
+                      const QView& w, const float* bias, float* y, bool tiles) {
+  const int64_t rows = w.rows, k = w.cols;
+  if (!kt.qmatmul_tiles || !tiles || rows < 16) {
+    row_kernel(kt, pool, s, x, n, w, 0, rows, bias, y);
+    return;
+  }
+  // bf16 activations in tile layout, shared by the threads; whole 16-row slices on tiles,
+  // the last rows % 16 with the row kernel.
+  s.tiles.resize(size_t(amx_acts_bytes(n, k)));
+  uint8_t* packed = s.tiles.data();
+  pool.parallel_for((n + 15) / 16, 1, [&](int64_t t0, int64_t t1) { kt.pack_tile_acts(x, n, k, t0, t1, packed); });
+  const int64_t slices = rows / 16;
+  const int64_t n_tasks = std::min<int64_t>(slices, int64_t(pool.size()) * 2);
+  const int64_t per = (slices + n_tasks - 1) / n_tasks;
+  pool.run(n_tasks, [&](int64_t task) {
+    const int64_t r0 = std::min(slices, task * per) * 16, r1 = std::min(slices, (task + 1) * per) * 16;
+    if (r0 >= r1) return;
+    kt.qmatmul_tiles(packed, n, w, r0, r1, y + r0, rows);
+    add_bias(bias, 0, n, r0, r1, y, rows);
+  });
+  if (rows % 16) row_kernel(kt, pool, s, x, n, w, slices * 16, rows, bias, y);
+}
+
+}  // namespace llmos
