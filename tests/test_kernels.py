@@ -64,6 +64,48 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
     assert nmse(_core.kernel_matmul(isa, x, w, dtype), ref) < NMSE_FAST_VS_SCALAR
 
 
+def attention_reference(q, k, v, start, p0, window, scale, softcap):
+    s = (q.astype(np.float64) @ k.astype(np.float64).T) * scale
+    if softcap > 0:
+        s = np.tanh(s / softcap) * softcap
+    pos = p0 + np.arange(q.shape[0])[:, None]
+    key = start + np.arange(k.shape[0])[None, :]
+    seen = (key <= pos) & ((key >= pos - window + 1) if window > 0 else True)
+    s = np.where(seen, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+
+
+# (queries, head dim, keys before the block, window, softcap): full and partial query
+# blocks, key counts that are not a multiple of the 8-key step, head dims past 16 and not a
+# multiple of 16, a sliding window that cuts the block, and Gemma 2's softcap.
+ATTN_CASES = [(1, 64, 0, 0, 0.0), (16, 64, 0, 0, 0.0), (16, 64, 37, 0, 0.0), (5, 128, 100, 0, 0.0),
+              (16, 80, 19, 0, 0.0), (3, 8, 0, 0, 0.0), (16, 64, 40, 24, 0.0), (9, 32, 3, 4, 0.0),
+              (16, 256, 21, 0, 50.0)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("nq,D,before,window,softcap", ATTN_CASES)
+def test_attention_matches_float64(isa, nq, D, before, window, softcap):
+    rng = np.random.default_rng(nq * 1000 + D + before)
+    p0 = before + 7  # the block's first query
+    start = max(0, p0 - window + 1) if window > 0 else 0
+    length = p0 + nq - start
+    q = rng.standard_normal((nq, D)).astype(np.float32)
+    k = rng.standard_normal((length, D)).astype(np.float32)
+    v = rng.standard_normal((length, D)).astype(np.float32)
+    scale = 1 / np.sqrt(D) if softcap == 0 else 2.0
+    ref = attention_reference(q, k, v, start, p0, window, scale, softcap)
+    out = _core.kernel_attention(isa, q, k, v, start, p0, window, float(scale), softcap)
+    assert nmse(out, ref) < 1e-11
+
+
+def test_attention_block_shape_is_checked():
+    q = np.zeros((17, 8), np.float32)
+    with pytest.raises(InvalidInputError, match="expected q"):
+        _core.kernel_attention("scalar", q, q, q, 0, 0, 0, 1.0)
+
+
 def test_unsupported_isa_is_refused():
     x = np.zeros((1, 4), np.float32)
     with pytest.raises(InvalidInputError, match="unknown ISA"):

@@ -184,6 +184,35 @@ PYBIND11_MODULE(_core, m) {
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"));
 
   m.def(
+      "kernel_attention",
+      [](const std::string& isa, py::array_t<float, py::array::c_style | py::array::forcecast> q,
+         py::array_t<float, py::array::c_style | py::array::forcecast> k,
+         py::array_t<float, py::array::c_style | py::array::forcecast> v, int64_t start, int64_t p0, int64_t window,
+         float scale, float softcap) {
+        // For tests: one AttnBlock (kernels.h) with one ISA's attention kernel.
+        Isa i;
+        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
+        const KernelTable& kt = kernels_for(i);
+        if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || q.shape(1) != k.shape(1) || k.shape(0) != v.shape(0) ||
+            k.shape(1) != v.shape(1) || q.shape(0) < 1 || q.shape(0) > 16 || start < 0 ||
+            p0 + q.shape(0) != start + k.shape(0) || p0 < start)
+          throw Error(Error::Kind::InvalidInput, "", "q",
+                      "expected q [1..16, D], k and v [len, D], keys ending at the last query");
+        const int64_t nq = q.shape(0), len = k.shape(0), D = q.shape(1);
+        py::array_t<float> out({nq, D});
+        AttnBlock blk;
+        blk.q = q.data(), blk.ldq = D, blk.k = k.data(), blk.v = v.data();
+        blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = p0, blk.window = window;
+        blk.scale = scale, blk.softcap = softcap, blk.out = out.mutable_data(), blk.ldo = D;
+        std::vector<float> scratch(size_t(attend_scratch_floats(len, D)));
+        if (kt.attend) kt.attend(blk, scratch.data());
+        else attend_generic(kt, blk, scratch.data());
+        return out;
+      },
+      py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("start"), py::arg("p0"), py::arg("window"),
+      py::arg("scale"), py::arg("softcap") = 0.0f);
+
+  m.def(
       "quantize_dequantize",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group) {
         // For tests: W after a round trip through the quantized format.

@@ -39,6 +39,25 @@ using PackTileActsFn = void (*)(const float* x, int64_t n, int64_t k, int64_t ti
 using QMatmulTilesFn = void (*)(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1,
                                 float* y, int64_t ldy);
 
+// Causal (optionally sliding-window) attention of a block of up to 16 consecutive queries
+// of one head against its keys and values: out = softmax(scale * q K^T (softcapped), masked) V.
+// Key j sits at position start + j, query i at p0 + i; query i sees keys at positions in
+// [p0 + i - window + 1 (when window > 0), p0 + i].
+struct AttnBlock {
+  const float* q;  // [nq, D], row stride ldq
+  int64_t ldq;
+  const float* k;  // [len, D] keys, row stride D
+  const float* v;  // [len, D] values, row stride D
+  int64_t nq, len, D, start, p0, window;
+  float scale, softcap;  // softcap > 0: s = softcap * tanh(s / softcap)
+  float* out;            // [nq, D], row stride ldo
+  int64_t ldo;
+};
+// Floats of scratch an attend call needs (either implementation).
+int64_t attend_scratch_floats(int64_t len, int64_t D);
+// The portable attention: Q K^T and P V through the table's matmul_f32, V transposed.
+void attend_generic(const struct KernelTable& kt, const AttnBlock& a, float* scratch);
+
 struct KernelTable {
   Isa isa;
   MatmulRowsFn matmul_f32;   // W float32
@@ -56,6 +75,8 @@ struct KernelTable {
   void (*activate)(int act, float* x, int64_t n);
   void (*activate_gated)(int act, const float* gate, const float* up, float* out, int64_t n);
   void (*softmax)(float* x, int64_t n);
+  // Optional (AVX-512): one AttnBlock, queries in vector lanes; null means attend_generic.
+  void (*attend)(const AttnBlock& a, float* scratch) = nullptr;
 };
 
 // The table for the process (cpu_active_isa()), and the one for a given ISA when the CPU
@@ -71,6 +92,7 @@ void fill_qkernels_avx512(KernelTable* t);
 void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
+void fill_attention_avx512(KernelTable* t);
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt);

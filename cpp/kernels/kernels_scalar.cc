@@ -78,7 +78,12 @@ KernelTable make(Isa isa) {
   fill_kernels_scalar(&t);
 #if defined(__x86_64__)
   if (isa >= Isa::Avx2) { fill_kernels_avx2(&t); fill_qkernels_avx2(&t); fill_vmath_avx2(&t); }
-  if (isa >= Isa::Avx512) { fill_kernels_avx512(&t); fill_qkernels_avx512(&t); fill_vmath_avx512(&t); }
+  if (isa >= Isa::Avx512) {
+    fill_kernels_avx512(&t);
+    fill_qkernels_avx512(&t);
+    fill_vmath_avx512(&t);
+    fill_attention_avx512(&t);
+  }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
 #endif
   t.isa = isa;

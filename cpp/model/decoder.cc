@@ -123,10 +123,8 @@ void Model::rope_tables(const std::vector<SeqChunk>& chunks, int64_t n) {
 }
 
 void Model::attention(int64_t layer, const float* qkv, int64_t n, float* out) {
-  // Per (query block, head): scores = Q K^T and out = P V as two calls of the matmul kernel,
-  // so the keys are read once per block of up to kQueryBlock queries instead of once per
-  // query, and no per-key call is made. Keys outside a query's causal / sliding window get
-  // probability 0 (exactly, so they add nothing to the sums).
+  // Per (query block, head), one call of the attention kernel (kernels.h AttnBlock), so the
+  // keys are read once per block of up to kQueryBlock queries instead of once per query.
   const int64_t D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D, group = Nq / Nkv;
   const int64_t window = spec_.sliding_window[size_t(layer)];
@@ -136,43 +134,26 @@ void Model::attention(int64_t layer, const float* qkv, int64_t n, float* out) {
   const int64_t n_tasks = int64_t(qblocks_.size()) * Nq;
   (void)n;
   pool_.parallel_for(n_tasks, 1, [&](int64_t b, int64_t e) {
-    // Per-thread scratch, grown once: queries [nq, D], scores [nq, len], V^T [D, len], out [nq, D].
-    thread_local std::vector<float> qb, sc, vt, ob;
+    thread_local std::vector<float> scratch;
     for (int64_t task = b; task < e; ++task) {
       const auto [t0, nq] = qblocks_[size_t(task / Nq)];
       const int64_t h = task % Nq, kvh = h / group;
       const Session& s = *tok_session_[size_t(t0)];
       const int64_t p0 = tok_pos_[size_t(t0)], cap = s.capacity_;
       const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0;
-      const int64_t end = p0 + nq;  // keys [start, end)
-      const int64_t len = end - start;
-      qb.resize(size_t(nq * D));
-      sc.resize(size_t(nq * len));
-      vt.resize(size_t(D * len));
-      ob.resize(size_t(nq * D));
-      for (int64_t i = 0; i < nq; ++i)
-        std::memcpy(qb.data() + i * D, qkv + (t0 + i) * QKV + h * D, size_t(D) * 4);
-      const float* kh = s.k_[size_t(layer)].as<float>() + kvh * cap * D;  // [cap, D]
-      const float* vh = s.v_[size_t(layer)].as<float>() + kvh * cap * D;
-      kt.matmul_f32(qb.data(), nq, D, kh, start, end, sc.data(), len);
-      for (int64_t i = 0; i < nq; ++i) {
-        const int64_t pos = p0 + i;
-        const int64_t lo = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-        float* row = sc.data() + i * len;
-        for (int64_t j = 0; j < len; ++j) {
-          const int64_t key = start + j;
-          if (key < lo || key > pos) { row[j] = -INFINITY; continue; }
-          float v = row[j] * scale;
-          if (cap_soft > 0) v = std::tanh(v / cap_soft) * cap_soft;
-          row[j] = v;
-        }
-        kt.softmax(row, len);
-      }
-      for (int64_t j = 0; j < len; ++j)
-        for (int64_t d = 0; d < D; ++d) vt[size_t(d * len + j)] = vh[(start + j) * D + d];
-      kt.matmul_f32(sc.data(), nq, len, vt.data(), 0, D, ob.data(), D);
-      for (int64_t i = 0; i < nq; ++i)
-        std::memcpy(out + (t0 + i) * Nq * D + h * D, ob.data() + i * D, size_t(D) * 4);
+      const int64_t len = p0 + nq - start;  // keys [start, p0 + nq)
+      AttnBlock blk;
+      blk.q = qkv + t0 * QKV + h * D;
+      blk.ldq = QKV;
+      blk.k = s.k_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+      blk.v = s.v_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+      blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = p0, blk.window = window;
+      blk.scale = scale, blk.softcap = cap_soft;
+      blk.out = out + t0 * Nq * D + h * D;
+      blk.ldo = Nq * D;
+      scratch.resize(size_t(attend_scratch_floats(len, D)));
+      if (kt.attend) kt.attend(blk, scratch.data());
+      else attend_generic(kt, blk, scratch.data());
     }
   });
 }
