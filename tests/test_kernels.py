@@ -64,6 +64,23 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
     assert nmse(_core.kernel_matmul(isa, x, w, dtype), ref) < NMSE_FAST_VS_SCALAR
 
 
+# The many-token kernel: token counts around its 14-token micro-kernel, row counts around
+# its 32-row panels (one or two halves of 16, partial), k not a multiple of 16.
+PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("n,k,rows", PREFILL_SHAPES)
+def test_prefill_matmul_matches_scalar(isa, n, k, rows, dtype):
+    rng = np.random.default_rng(n * 1000 + k * 10 + rows + 11)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w, wf = weights(rows, k, dtype, rng)
+    ref = _core.kernel_matmul("scalar", x, w, dtype)
+    assert nmse(_core.kernel_matmul(isa, x, w, dtype, prefill=True), ref) < NMSE_FAST_VS_SCALAR
+    assert nmse(ref, x.astype(np.float64) @ wf.astype(np.float64).T) < NMSE_SCALAR_VS_F64
+
+
 def attention_reference(q, k, v, start, p0, window, scale, softcap):
     s = (q.astype(np.float64) @ k.astype(np.float64).T) * scale
     if softcap > 0:

@@ -132,9 +132,9 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "kernel_matmul",
       [](const std::string& isa, py::array_t<float, py::array::c_style | py::array::forcecast> x, py::array w,
-         const std::string& wdtype) {
-        // For tests: y = x @ W^T with one ISA's kernel. W is float32, or uint16 holding
-        // bfloat16 / float16 bits.
+         const std::string& wdtype, bool prefill) {
+        // For tests: y = x @ W^T with one ISA's kernel (the many-token one with prefill).
+        // W is float32, or uint16 holding bfloat16 / float16 bits.
         Isa i;
         if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
         const KernelTable& kt = kernels_for(i);
@@ -151,11 +151,11 @@ PYBIND11_MODULE(_core, m) {
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          matmul_for(kt, dt)(xp, n, k, wp, 0, rows, yp, rows);
+          (prefill ? gemm_for(kt, dt) : matmul_for(kt, dt))(xp, n, k, wp, 0, rows, yp, rows);
         }
         return y;
       },
-      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("w_dtype"));
+      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("w_dtype"), py::arg("prefill") = false);
 
   m.def(
       "kernel_qmatmul",

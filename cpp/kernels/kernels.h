@@ -63,6 +63,9 @@ struct KernelTable {
   MatmulRowsFn matmul_f32;   // W float32
   MatmulRowsFn matmul_bf16;  // W bfloat16 (raw uint16 bits)
   MatmulRowsFn matmul_f16;   // W IEEE half
+  // The same products for many tokens (prefill): W packed per call into k-major panels.
+  // Null where the ISA has none (the matmul_* slots serve then); see gemm_for().
+  MatmulRowsFn gemm_f32 = nullptr, gemm_bf16 = nullptr, gemm_f16 = nullptr;
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
@@ -94,7 +97,9 @@ void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
 void fill_attention_avx512(KernelTable* t);
 
-// The slot of `t` that reads weights of type `dt` (F32, BF16 or F16).
+// The slot of `t` that reads weights of type `dt` (F32, BF16 or F16); gemm_for prefers the
+// many-token kernel and falls back to matmul_for's.
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt);
+MatmulRowsFn gemm_for(const KernelTable& t, DType dt);
 
 }  // namespace llmos

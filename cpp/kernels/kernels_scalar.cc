@@ -132,4 +132,9 @@ MatmulRowsFn matmul_for(const KernelTable& t, DType dt) {
   }
 }
 
+MatmulRowsFn gemm_for(const KernelTable& t, DType dt) {
+  MatmulRowsFn f = dt == DType::F32 ? t.gemm_f32 : dt == DType::BF16 ? t.gemm_bf16 : dt == DType::F16 ? t.gemm_f16 : nullptr;
+  return f ? f : matmul_for(t, dt);
+}
+
 }  // namespace llmos

@@ -3,6 +3,8 @@
 // rows x 4 tokens keeps 16 accumulators in registers so each weight load feeds 4 FMAs.
 #include <immintrin.h>
 
+#include <cstdlib>
+
 #include "kernels/kernels.h"
 
 namespace llmos {
@@ -72,6 +74,107 @@ void matmul(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, i
   }
 }
 
+// ---- Packed GEMM for many tokens (prefill) ---------------------------------------------
+// 32 weight rows are packed k-major (panel[kk][32], widened to float32: exact), then a
+// micro-kernel keeps T <= 14 tokens x 32 rows in 28 accumulators: per k, two panel loads and
+// T broadcasts of x feed 2T FMAs, and each token's 32 results are one contiguous store. No
+// horizontal sums; every output is still one sequential sum over k.
+constexpr int kPanelRows = 32, kMaxTokens = 14;
+
+void transpose16(__m512* rows) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(rows[i]);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // 128-bit lane L of r[4q + e] holds rows 4q..4q+3 of column 4L + e.
+  for (int e = 0; e < 4; ++e) {
+    const __m512i ab_lo = _mm512_shuffle_i32x4(r[e], r[e + 4], 0x44), ab_hi = _mm512_shuffle_i32x4(r[e], r[e + 4], 0xEE);
+    const __m512i cd_lo = _mm512_shuffle_i32x4(r[e + 8], r[e + 12], 0x44), cd_hi = _mm512_shuffle_i32x4(r[e + 8], r[e + 12], 0xEE);
+    t[e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+    t[e + 4] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
+    t[e + 8] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+    t[e + 12] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) rows[i] = _mm512_castsi512_ps(t[i]);
+}
+
+// panel[kk * 32 + i] = W[r0 + i][kk] for i < nrows, 0 for the lanes past nrows.
+template <class L>
+void pack_panel(const void* w, int64_t k, int64_t r0, int64_t nrows, float* panel) {
+  for (int half = 0; half < 2; ++half)
+    for (int64_t kk = 0; kk < k; kk += 16) {
+      const __mmask16 m = (k - kk >= 16) ? __mmask16(0xffff) : __mmask16((1u << (k - kk)) - 1);
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t r = half * 16 + i;
+        v[i] = r < nrows ? L::load(w, (r0 + r) * k + kk, m) : _mm512_setzero_ps();
+      }
+      transpose16(v);  // v[j]: column kk + j of the 16 rows
+      const int64_t nk = k - kk < 16 ? k - kk : 16;
+      for (int64_t j = 0; j < nk; ++j) _mm512_store_ps(panel + (kk + j) * kPanelRows + half * 16, v[j]);
+    }
+}
+
+template <int T, int H>
+void micro(const float* x, int64_t k, const float* panel, float* y, int64_t ldy, __mmask16 m0, __mmask16 m1) {
+  __m512 acc[T][H];
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h) acc[t][h] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m512 w0 = _mm512_load_ps(panel + kk * kPanelRows);
+    const __m512 w1 = H == 2 ? _mm512_load_ps(panel + kk * kPanelRows + 16) : w0;
+    for (int t = 0; t < T; ++t) {
+      const __m512 b = _mm512_set1_ps(x[t * k + kk]);
+      acc[t][0] = _mm512_fmadd_ps(w0, b, acc[t][0]);
+      if (H == 2) acc[t][H - 1] = _mm512_fmadd_ps(w1, b, acc[t][H - 1]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, m0, acc[t][0]);
+    if (H == 2) _mm512_mask_storeu_ps(y + t * ldy + 16, m1, acc[t][H - 1]);
+  }
+}
+
+template <int H>
+void micro_any(int nt, const float* x, int64_t k, const float* panel, float* y, int64_t ldy, __mmask16 m0,
+               __mmask16 m1) {
+  switch (nt) {
+#define LLMOS_MICRO(T) \
+  case T: micro<T, H>(x, k, panel, y, ldy, m0, m1); break;
+    LLMOS_MICRO(1) LLMOS_MICRO(2) LLMOS_MICRO(3) LLMOS_MICRO(4) LLMOS_MICRO(5) LLMOS_MICRO(6) LLMOS_MICRO(7)
+    LLMOS_MICRO(8) LLMOS_MICRO(9) LLMOS_MICRO(10) LLMOS_MICRO(11) LLMOS_MICRO(12) LLMOS_MICRO(13) LLMOS_MICRO(14)
+#undef LLMOS_MICRO
+    default: break;
+  }
+}
+
+template <class L>
+void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
+  float* panel = static_cast<float*>(std::aligned_alloc(64, size_t(k * kPanelRows) * sizeof(float)));
+  if (!panel) { matmul<L>(x, n, k, w, row0, row1, y, ldy); return; }
+  for (int64_t r = row0; r < row1; r += kPanelRows) {
+    const int64_t nr = row1 - r < kPanelRows ? row1 - r : kPanelRows;
+    pack_panel<L>(w, k, r, nr, panel);
+    const __mmask16 m0 = nr >= 16 ? __mmask16(0xffff) : __mmask16((1u << nr) - 1);
+    const __mmask16 m1 = nr >= 32 ? __mmask16(0xffff) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : __mmask16(0);
+    for (int64_t t = 0; t < n; t += kMaxTokens) {
+      const int nt = int(n - t < kMaxTokens ? n - t : kMaxTokens);
+      float* yt = y + t * ldy + (r - row0);
+      if (nr > 16) micro_any<2>(nt, x + t * k, k, panel, yt, ldy, m0, m1);
+      else micro_any<1>(nt, x + t * k, k, panel, yt, ldy, m0, m1);
+    }
+  }
+  std::free(panel);
+}
+
 float dot(const float* a, const float* b, int64_t n) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
@@ -96,6 +199,9 @@ void fill_kernels_avx512(KernelTable* t) {
   t->matmul_f32 = matmul<LoadF32>;
   t->matmul_bf16 = matmul<LoadBF16>;
   t->matmul_f16 = matmul<LoadF16>;
+  t->gemm_f32 = gemm<LoadF32>;
+  t->gemm_bf16 = gemm<LoadBF16>;
+  t->gemm_f16 = gemm<LoadF16>;
   t->dot = dot;
   t->axpy = axpy;
 }

@@ -3,7 +3,7 @@
 // kernel table), tiles take whole 16-row slices (bf16 activations, W dequantized to bf16
 // per chunk of rows); otherwise, and for the last rows % 16, the row kernel
 // (KernelTable::qmatmul) runs on int8 activations. Either way each token's result depends
-// only on that token, so callers choose per sequence (see kMinTileTokens).
+// only on that token, so callers choose per sequence (see kMinPrefillTokens).
 #pragma once
 
 #include <cstdint>
@@ -19,9 +19,10 @@ struct QuantScratch {
   Buffer q, d, sd, sdg, qsum, tiles;
 };
 
-// Sequences with fewer new tokens than this use the row kernel: tiles dequantize the
-// weights to bf16, which pays off only when several tokens share it.
-constexpr int64_t kMinTileTokens = 8;
+// Sequences with fewer new tokens than this use the row kernels: the many-token kernels
+// repack (AMX: dequantize to bf16) the weights per call, which pays off only when several
+// tokens share it.
+constexpr int64_t kMinPrefillTokens = 8;
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool tiles);

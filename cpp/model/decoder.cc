@@ -58,33 +58,34 @@ Model::Model(ArchSpec spec, ModelWeights weights, int n_threads)
 }
 
 void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y) {
-  // y: [n, rows] for the n tokens of the runs.
+  // y: [n, rows] for the n tokens of the runs, one run at a time.
   const int64_t rows = w.rows, k = w.cols;
-  if (w.quantized()) {
-    int64_t t = 0;
-    for (const TokenRun& r : runs) {
-      quantized_matmul(*kernels_, pool_, qscratch_, x + t * k, r.n, w.qview(), bias, y + t * rows, r.tiles);
-      t += r.n;
+  int64_t t = 0;
+  for (const TokenRun& run : runs) {
+    const float* xr = x + t * k;
+    float* yr = y + t * rows;
+    t += run.n;
+    if (w.quantized()) {
+      quantized_matmul(*kernels_, pool_, qscratch_, xr, run.n, w.qview(), bias, yr, run.prefill);
+      continue;
     }
-    return;
+    // Threads split the output rows. The prefill kernel takes all the run's tokens at once
+    // (it packs its rows once per call); the row kernel walks the tokens in blocks so a
+    // block of x stays in cache while the thread's rows pass over it.
+    const MatmulRowsFn fn = run.prefill ? gemm_for(*kernels_, w.dtype) : matmul_for(*kernels_, w.dtype);
+    const int64_t block = run.prefill ? run.n : 64;
+    const int64_t grain = std::max<int64_t>(32, ((rows / (pool_.size() * 8)) + 31) & ~int64_t(31));
+    const void* wd = w.data.data();
+    pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t t0 = 0; t0 < run.n; t0 += block) {
+        const int64_t nt = std::min(block, run.n - t0);
+        fn(xr + t0 * k, nt, k, wd, r0, r1, yr + t0 * rows + r0, rows);
+        if (bias)
+          for (int64_t i = t0; i < t0 + nt; ++i)
+            for (int64_t r = r0; r < r1; ++r) yr[i * rows + r] += bias[r];
+      }
+    });
   }
-  int64_t n = 0;
-  for (const TokenRun& r : runs) n += r.n;
-  // Threads split the output rows; each walks the tokens in blocks so a block of x stays
-  // in cache while the thread's rows pass over it.
-  const int64_t grain = std::max<int64_t>(16, ((rows / (pool_.size() * 8)) + 3) & ~int64_t(3));
-  constexpr int64_t kTokenBlock = 64;
-  const MatmulRowsFn fn = matmul_for(*kernels_, w.dtype);
-  const void* wd = w.data.data();
-  pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t t = 0; t < n; t += kTokenBlock) {
-      const int64_t nt = std::min(kTokenBlock, n - t);
-      fn(x + t * k, nt, k, wd, r0, r1, y + t * rows + r0, rows);
-      if (bias)
-        for (int64_t i = t; i < t + nt; ++i)
-          for (int64_t r = r0; r < r1; ++r) y[i * rows + r] += bias[r];
-    }
-  });
 }
 
 void Model::rope_tables(const std::vector<SeqChunk>& chunks, int64_t n) {
@@ -240,13 +241,13 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
     }
   }
 
-  // Runs of sequences that take the same quantized kernel; the LM head without all_logits
+  // Runs of sequences that take the same kernels; the LM head without all_logits
   // sees one token per sequence.
   runs_.clear();
   for (const SeqChunk& ch : chunks) {
-    const bool tiles = ch.n >= kMinTileTokens;
-    if (!runs_.empty() && runs_.back().tiles == tiles) runs_.back().n += ch.n;
-    else runs_.push_back({ch.n, tiles});
+    const bool prefill = ch.n >= kMinPrefillTokens;
+    if (!runs_.empty() && runs_.back().prefill == prefill) runs_.back().n += ch.n;
+    else runs_.push_back({ch.n, prefill});
   }
   head_runs_.assign(1, TokenRun{int64_t(chunks.size()), false});
 

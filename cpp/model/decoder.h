@@ -74,12 +74,12 @@ class Model {
 
  private:
   void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
-  // A run of stacked tokens whose quantized products take the same kernel (tiles for
-  // sequences with at least kMinTileTokens new tokens), so a token's result never depends
-  // on what else is in the batch.
+  // A run of stacked tokens whose products take the same kernels: the many-token ones
+  // (AMX tiles, packed GEMM) for sequences with at least kMinPrefillTokens new tokens, the
+  // row kernels otherwise, so a token's result never depends on what else is in the batch.
   struct TokenRun {
     int64_t n;
-    bool tiles;
+    bool prefill;
   };
   void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
   void rope_tables(const std::vector<SeqChunk>& chunks, int64_t n);
