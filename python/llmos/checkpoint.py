@@ -54,9 +54,10 @@ def tensor_locations(model_dir: str) -> dict[str, str]:
     return out
 
 
-def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> tuple[str, str]:
+def find(locations: dict[str, str], name: str) -> tuple[str, str] | None:
     """(file, tensor) for a canonical tensor name, tolerating a missing or extra top-level
-    prefix ("model.", "transformer."): base-model checkpoints are saved without it."""
+    prefix ("model.", "transformer."): base-model checkpoints are saved without it. None if
+    the checkpoint has no such tensor."""
     candidates = [name]
     for prefix in ("model.", "transformer."):
         if name.startswith(prefix):
@@ -66,6 +67,14 @@ def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> 
     for c in candidates:
         if c in locations:
             return locations[c], c
+    return None
+
+
+def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> tuple[str, str]:
+    """find(), raising TensorError (naming what needs the tensor) when it is missing."""
+    found = find(locations, name)
+    if found is not None:
+        return found
     files = sorted({os.path.basename(p) for p in locations.values()})
     raise TensorError(
         f"{model_dir}: tensor '{name}' (needed for {what}) is not in {', '.join(files) or 'the checkpoint'}",

@@ -99,3 +99,8 @@ class DatasetError(InvalidInputError):
 
 class AdapterError(ModelFormatError):
     """A LoRA adapter is malformed or was trained for a different base model."""
+
+
+class QuantizationWarning(UserWarning):
+    """A quantized checkpoint (AWQ / GPTQ) has matrices that llmos's blocks cannot hold
+    exactly; the message says which fallback was taken and its error bound."""

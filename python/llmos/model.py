@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import _core
+from . import _core, hf_quant
 from .checkpoint import resolve, tensor_locations
 from .config import ConfigReader, read_json
 from .errors import ChatTemplateError, ContextLengthError, InvalidInputError, ModelFileError
@@ -89,28 +89,43 @@ class Model:
         self._family = family
         prequant = _prequantized_roles(locations)
         self.prequantized = bool(prequant)
-        sources = []
-        for role, layer, parts in family.tensors(self.config):
-            what = role if layer < 0 else f"{role} of layer {layer}"
-            if (role, layer) in prequant:
-                file, base, qtype, group = prequant[(role, layer)]
-                sources.append((role, layer, [(file, base, False)], qtype, group))
-                continue
-            resolved = []
-            for name, transpose in parts:
-                file, tensor = resolve(locations, name, path, what)
-                resolved.append((file, tensor, transpose))
-            sources.append((role, layer, resolved, 0, 0))
+        # Where the quantized blocks come from: "llmos" (llmos.quantize), "awq", "gptq", or None.
+        self.quant_method = "llmos" if prequant else None
+        hf = None if prequant else hf_quant.read_config(cfg)
         self.quant = parse_quant(quant)
-        if self.prequantized:
-            saved = parse_quant(prequant["__quant__"])
-            if self.quant is not None and self.quant != saved:
-                raise InvalidInputError(f"quant: {path} is already quantized as {saved.name}, not {quant}",
-                                        field="quant")
-            self.quant, quant = saved, None
-        q = parse_quant(quant)
-        self._core = _core.Model(self.config.to_core(_core), sources, dtype, threads,
-                                 q.type if q else 0, q.group if q else 32, q.head_type if q else 0)
+        converted = None
+        try:
+            if hf is not None:
+                # AWQ / GPTQ: the blocks are repacked into llmos's format and loaded through the
+                # same pre-quantized path (see hf_quant.py); float parts stay float.
+                converted = hf_quant.convert(hf, family, self.config, locations, path, threads=threads)
+                sources, saved = converted.sources, converted.choice
+                self.prequantized, self.quant_method = saved is not None, hf.method
+            else:
+                sources, saved = [], parse_quant(prequant["__quant__"]) if prequant else None
+                for role, layer, parts in family.tensors(self.config):
+                    what = role if layer < 0 else f"{role} of layer {layer}"
+                    if (role, layer) in prequant:
+                        file, base, qtype, group = prequant[(role, layer)]
+                        sources.append((role, layer, [(file, base, False)], qtype, group))
+                        continue
+                    resolved = []
+                    for name, transpose in parts:
+                        file, tensor = resolve(locations, name, path, what)
+                        resolved.append((file, tensor, transpose))
+                    sources.append((role, layer, resolved, 0, 0))
+            if self.prequantized:
+                if self.quant is not None and self.quant.name != saved.name:
+                    how = f" with {hf.label}" if hf is not None else ""
+                    raise InvalidInputError(f"quant: {path} is already quantized{how} as {saved.name}, not {quant} "
+                                            "(load it without quant=)", field="quant")
+                self.quant, quant = saved, None
+            q = parse_quant(quant)
+            self._core = _core.Model(self.config.to_core(_core), sources, dtype, threads,
+                                     q.type if q else 0, q.group if q else 32, q.head_type if q else 0)
+        finally:
+            if converted is not None:
+                converted.cleanup()
 
     @staticmethod
     def _generation_defaults(path: str, cfg: ConfigReader) -> GenerationConfig:
@@ -398,6 +413,10 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     threads: compute threads (default: the number of physical cores).
     quant: quantize the matrices at load: "int8", "int4", "int4-asym", optionally with a
     group size suffix ("int4-g64"; 32 by default).
+    A checkpoint that is already quantized loads as it is: one written by llmos.quantize,
+    or an AWQ / GPTQ one (`quantization_config` in config.json), whose blocks go straight
+    into llmos's int4 / int8 formats (llmos/hf_quant.py; `Model.quant_method` says which).
+    quant= may then only repeat the checkpoint's own format (`Model.quant.name`).
     adapter: a LoRA adapter folder (llmos train --lora) merged into the weights first
     (cached under $LLMOS_HOME/cache/merged); an adapter for another base model is refused.
 
