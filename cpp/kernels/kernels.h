@@ -28,9 +28,8 @@ using QMatmulRowsFn = void (*)(const ActView& x, const float* sdg, const QView& 
                                float* y, int64_t ldy);
 
 // Multi-token products on AMX tiles (Isa::Amx, null elsewhere; qmatmul_amx.cc). The float
-// activations are first packed as bfloat16 TDPBF16PS B tiles: per tile of 16 tokens and per
-// 32 input values, [16 value pairs][16 tokens x 2] (1 KB); tokens past n are zero.
-// amx_acts_bytes(n, k) is the size of the packed activations.
+// activations are first packed as bfloat16 [n rounded up to 16][k] (the A tiles; tokens
+// past n are zero). amx_acts_bytes(n, k) is the size of the packed activations.
 int64_t amx_acts_bytes(int64_t n, int64_t k);
 // Packs token tiles [tile0, tile1) of x [n, k] (k a multiple of 32) into out (64-byte aligned).
 using PackTileActsFn = void (*)(const float* x, int64_t n, int64_t k, int64_t tile0, int64_t tile1, uint8_t* out);

@@ -120,7 +120,7 @@ const KernelTable& kernels() {
   return t;
 }
 
-int64_t amx_acts_bytes(int64_t n, int64_t k) { return ((n + 15) / 16) * (k / 32) * 1024; }
+int64_t amx_acts_bytes(int64_t n, int64_t k) { return ((n + 15) / 16) * 16 * k * 2; }
 
 MatmulRowsFn matmul_for(const KernelTable& t, DType dt) {
   switch (dt) {

@@ -12,10 +12,11 @@
 // about 7 of the block's largest; the dequantized weight gains a relative rounding of 2^-9.
 //
 // Layouts (all 64-byte aligned):
-//   activations (pack_tile_acts): per tile of 16 tokens and per 32 input values, the B tile
-//     [16 pairs][16 tokens x 2] bf16 (1 KB); tokens past n are zero.
-//   weights: a chunk of rows as row-major bf16 [rows][k] in per-thread scratch (the A tiles).
-//   results: C tiles [16 rows][16 tokens] float, transposed into y[token, row] at the end.
+//   activations (pack_tile_acts): bf16 [tokens rounded up to 16][k], row-major; tokens past
+//     n are zero. A tiles: 16 tokens x 32 values, row stride 2k bytes.
+//   weights: a chunk of rows, dequantized 16 rows at a time and laid out as B tiles: per 16
+//     rows and 32 inputs, [16 input pairs][16 rows x 2] bf16 (1 KB).
+//   results: C tiles [16 tokens][16 rows] float, stored straight into y.
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -80,25 +81,23 @@ void transpose16(__m512i* r) {
 }
 
 void pack_tile_acts(const float* x, int64_t n, int64_t k, int64_t tile0, int64_t tile1, uint8_t* out) {
-  const int64_t steps = k / kStep;
-  for (int64_t tt = tile0; tt < tile1; ++tt) {
-    const int64_t t0 = tt * kTile;
-    uint8_t* tile = out + tt * steps * 1024;
-    for (int64_t s = 0; s < steps; ++s) {
-      // Row t: token t's 32 values as 16 bf16 pairs; transposed, row p holds pair p of
-      // every token: the B tile.
-      __m512i r[16];
-      for (int t = 0; t < 16; ++t) {
-        if (t0 + t < n) {
-          const float* v = x + (t0 + t) * k + s * kStep;
-          r[t] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(v + 16), _mm512_loadu_ps(v));
-        } else {
-          r[t] = _mm512_setzero_si512();
-        }
-      }
-      transpose16(r);
-      for (int p = 0; p < 16; ++p) _mm512_store_si512(tile + s * 1024 + p * 64, r[p]);
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out);
+  for (int64_t t = tile0 * kTile; t < tile1 * kTile; ++t)
+    for (int64_t i = 0; i < k; i += kStep) {
+      __m512i v = _mm512_setzero_si512();
+      if (t < n) v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + t * k + i + 16), _mm512_loadu_ps(x + t * k + i));
+      _mm512_store_si512(dst + t * k + i, v);
     }
+}
+
+// 16 rows of bf16 weights, row-major [16][k], as B tiles: for each 32 inputs, row p holds
+// input pair p of each of the 16 rows (a transpose of 16 x 16 pairs).
+void to_b_tiles(const uint16_t* rows16, int64_t k, uint8_t* dst) {
+  for (int64_t s = 0; s < k / kStep; ++s) {
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(rows16 + i * k + s * kStep);
+    transpose16(r);
+    for (int p = 0; p < 16; ++p) _mm512_store_si512(dst + s * 1024 + p * 64, r[p]);
   }
 }
 
@@ -135,30 +134,22 @@ void dequantize_rows(const QView& w, int64_t r0, int64_t rows, uint16_t* dst) {
   }
 }
 
-// y[t, orow + r] for the valid tokens of a C tile stored as float [16 rows][16 tokens].
-void store_transposed(const float* c, float* y, int64_t ldy, int64_t orow, int64_t t0, int64_t n) {
-  const __m512i col = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(16));
-  const int64_t nt = n - t0 < kTile ? n - t0 : kTile;
-  for (int64_t t = 0; t < nt; ++t)
-    _mm512_storeu_ps(y + (t0 + t) * ldy + orow, _mm512_i32gather_ps(col, c + t, 4));
-}
+// The tile intrinsics take tile numbers as literal tokens, hence macros. One k step: load
+// the A tiles of the token tiles in use, the B tiles of the row tiles, multiply.
+#define LLMOS_A(tile, tt) _tile_loadd(tile, a + (tt) * kTile * k + s * kStep, k * 2)
+#define LLMOS_B(tile, ot) _tile_loadd(tile, b + (ot) * steps * 1024 + s * 1024, 64)
 
-// The tile intrinsics take tile numbers as literal tokens, hence macros. One k step:
-// load the A tiles of the row tiles in use, the B tiles of the token tiles, multiply.
-#define LLMOS_A(tile, ot) _tile_loadd(tile, a + (ot) * kTile * k + s * kStep, k * 2)
-#define LLMOS_B(tile, tt) _tile_loadd(tile, b + (tt) * steps * 1024 + s * 1024, 64)
-
-// 1 or 2 row tiles (of 16) x 1 or 2 token tiles (of 16) over the whole input dimension.
-// a: the rows' bf16 weights (row-major, stride k); b: the first token tile's packed acts.
-void block(int n_ot, int n_tt, const uint16_t* a, const uint8_t* b, int64_t k, float* cbuf, float* y,
-           int64_t ldy, int64_t orow, int64_t t0, int64_t n) {
+// 1 or 2 token tiles (of 16) x 1 or 2 row tiles (of 16) over the whole input dimension.
+// a: the first token tile's bf16 activations (row stride k); b: the first row tile's B tiles.
+// C tiles: 0 = (tokens 0, rows 0), 1 = (0, 1), 2 = (1, 0), 3 = (1, 1).
+void block(int n_tt, int n_ot, const uint16_t* a, const uint8_t* b, int64_t k, float* cbuf, float* y, int64_t ldy,
+           int64_t orow, int64_t t0, int64_t n) {
   const int64_t steps = k / kStep;
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  if (n_ot == 2 && n_tt == 2) {
+  if (n_tt == 2 && n_ot == 2) {
     for (int64_t s = 0; s < steps; ++s) {
       LLMOS_A(4, 0); LLMOS_A(5, 1); LLMOS_B(6, 0); LLMOS_B(7, 1);
       _tile_dpbf16ps(0, 4, 6);
@@ -166,13 +157,13 @@ void block(int n_ot, int n_tt, const uint16_t* a, const uint8_t* b, int64_t k, f
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
     }
-  } else if (n_ot == 2) {
+  } else if (n_tt == 2) {
     for (int64_t s = 0; s < steps; ++s) {
       LLMOS_A(4, 0); LLMOS_A(5, 1); LLMOS_B(6, 0);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(2, 5, 6);
     }
-  } else if (n_tt == 2) {
+  } else if (n_ot == 2) {
     for (int64_t s = 0; s < steps; ++s) {
       LLMOS_A(4, 0); LLMOS_B(6, 0); LLMOS_B(7, 1);
       _tile_dpbf16ps(0, 4, 6);
@@ -184,13 +175,34 @@ void block(int n_ot, int n_tt, const uint16_t* a, const uint8_t* b, int64_t k, f
       _tile_dpbf16ps(0, 4, 6);
     }
   }
-  _tile_stored(0, cbuf, 64);
-  _tile_stored(1, cbuf + 256, 64);
-  _tile_stored(2, cbuf + 512, 64);
-  _tile_stored(3, cbuf + 768, 64);
-  for (int o = 0; o < n_ot; ++o)
-    for (int t = 0; t < n_tt; ++t)
-      store_transposed(cbuf + (2 * o + t) * 256, y, ldy, orow + o * kTile, t0 + t * kTile, n);
+  // Whole token tiles go straight to y; a partial one through cbuf.
+  const bool full0 = t0 + kTile <= n, full1 = t0 + 2 * kTile <= n;
+  float* y0 = y + t0 * ldy + orow;
+  float* y1 = y0 + kTile * ldy;
+  if (full0) {
+    _tile_stored(0, y0, ldy * 4);
+    if (n_ot == 2) _tile_stored(1, y0 + kTile, ldy * 4);
+  } else {
+    _tile_stored(0, cbuf, 64);
+    _tile_stored(1, cbuf + 256, 64);
+  }
+  if (n_tt == 2) {
+    if (full1) {
+      _tile_stored(2, y1, ldy * 4);
+      if (n_ot == 2) _tile_stored(3, y1 + kTile, ldy * 4);
+    } else {
+      _tile_stored(2, cbuf, 64);
+      _tile_stored(3, cbuf + 256, 64);
+    }
+  }
+  memory_barrier();
+  const bool partial0 = !full0, partial1 = n_tt == 2 && !full1;
+  if (partial0 || partial1) {
+    const int64_t tp = partial0 ? t0 : t0 + kTile;  // the partial tile (only the last one can be)
+    for (int64_t t = tp; t < n; ++t)
+      for (int o = 0; o < n_ot; ++o)
+        _mm512_storeu_ps(y + t * ldy + orow + o * kTile, _mm512_loadu_ps(cbuf + o * 256 + (t - tp) * 16));
+  }
 }
 
 #undef LLMOS_A
@@ -202,22 +214,27 @@ void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0,
   int64_t chunk = (kPanelBytes / (k * 2)) & ~int64_t(2 * kTile - 1);
   if (chunk < 2 * kTile) chunk = 2 * kTile;
   if (chunk > row1 - row0) chunk = row1 - row0;
-  uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, size_t(chunk * k * 2) + 4096));
+  const size_t panel_bytes = size_t(chunk * k * 2), rows16_bytes = size_t(kTile * k * 2);
+  uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, panel_bytes + rows16_bytes + 2048));
   if (!scratch) return;
-  uint16_t* panel = reinterpret_cast<uint16_t*>(scratch);
-  float* cbuf = reinterpret_cast<float*>(scratch + chunk * k * 2);
+  uint8_t* panel = scratch;
+  uint16_t* rows16 = reinterpret_cast<uint16_t*>(scratch + panel_bytes);
+  float* cbuf = reinterpret_cast<float*>(scratch + panel_bytes + rows16_bytes);
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(acts);
   configure_tiles();
   for (int64_t c0 = row0; c0 < row1; c0 += chunk) {
     const int64_t rows = row1 - c0 < chunk ? row1 - c0 : chunk;
-    dequantize_rows(w, c0, rows, panel);
+    for (int64_t r = 0; r < rows; r += kTile) {
+      dequantize_rows(w, c0 + r, kTile, rows16);
+      to_b_tiles(rows16, k, panel + (r / kTile) * steps * 1024);
+    }
     memory_barrier();
     for (int64_t tt = 0; tt < n_tiles; tt += 2) {
       const int n_tt = tt + 1 < n_tiles ? 2 : 1;
-      const uint8_t* b = acts + tt * steps * 1024;
       for (int64_t o = 0; o < rows; o += 2 * kTile) {
         const int n_ot = o + kTile < rows ? 2 : 1;
-        block(n_ot, n_tt, panel + o * k, b, k, cbuf, y, ldy, c0 - row0 + o, tt * kTile, n);
-        memory_barrier();
+        block(n_tt, n_ot, x + tt * kTile * k, panel + (o / kTile) * steps * 1024, k, cbuf, y, ldy, c0 - row0 + o,
+              tt * kTile, n);
       }
     }
   }
