@@ -66,7 +66,7 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
 
 # The many-token kernel: token counts around its 14-token micro-kernel, row counts around
 # its 32-row panels (one or two halves of 16, partial), k not a multiple of 16.
-PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96)]
+PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96), (33, 96, 50)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -77,8 +77,16 @@ def test_prefill_matmul_matches_scalar(isa, n, k, rows, dtype):
     x = rng.standard_normal((n, k)).astype(np.float32)
     w, wf = weights(rows, k, dtype, rng)
     ref = _core.kernel_matmul("scalar", x, w, dtype)
-    assert nmse(_core.kernel_matmul(isa, x, w, dtype, prefill=True), ref) < NMSE_FAST_VS_SCALAR
-    assert nmse(ref, x.astype(np.float64) @ wf.astype(np.float64).T) < NMSE_SCALAR_VS_F64
+    out = _core.kernel_matmul(isa, x, w, dtype, prefill=True)
+    exact = x.astype(np.float64) @ wf.astype(np.float64).T
+    # AMX runs whole 16-row slices of bf16 weights on tiles with the activations rounded to
+    # bf16 (relative 2^-9 each: NMSE ~1e-6 against float64); the other rows stay float32.
+    tiled = rows // 16 * 16 if isa == "amx" and dtype == "bfloat16" and k % 32 == 0 else 0
+    if tiled:
+        assert nmse(out[:, :tiled], exact[:, :tiled]) < 1e-5
+    if tiled < rows:
+        assert nmse(out[:, tiled:], ref[:, tiled:]) < NMSE_FAST_VS_SCALAR
+    assert nmse(ref, exact) < NMSE_SCALAR_VS_F64
 
 
 def attention_reference(q, k, v, start, p0, window, scale, softcap):

@@ -151,7 +151,15 @@ PYBIND11_MODULE(_core, m) {
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          (prefill ? gemm_for(kt, dt) : matmul_for(kt, dt))(xp, n, k, wp, 0, rows, yp, rows);
+          if (prefill && dt == DType::BF16 && kt.matmul_tiles_bf16 && rows >= 16 && k % 32 == 0) {
+            // the decoder's choice for bf16 prefill under AMX
+            ThreadPool pool(1);
+            QuantScratch scratch;
+            bf16_matmul_tiles(kt, pool, scratch, xp, n, static_cast<const uint16_t*>(wp), rows, k, nullptr, yp,
+                              gemm_for(kt, dt));
+          } else {
+            (prefill ? gemm_for(kt, dt) : matmul_for(kt, dt))(xp, n, k, wp, 0, rows, yp, rows);
+          }
         }
         return y;
       },

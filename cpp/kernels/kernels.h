@@ -37,6 +37,9 @@ using PackTileActsFn = void (*)(const float* x, int64_t n, int64_t k, int64_t ti
 // multiple of 16. W is dequantized to bfloat16 on the fly (see qmatmul_amx.cc for why).
 using QMatmulTilesFn = void (*)(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1,
                                 float* y, int64_t ldy);
+// The same for bfloat16 W [rows, k] (raw bits): the weights are used as they are.
+using MatmulTilesBf16Fn = void (*)(const uint8_t* acts, int64_t n, int64_t k, const uint16_t* w, int64_t row0,
+                                   int64_t row1, float* y, int64_t ldy);
 
 // Causal (optionally sliding-window) attention of a block of up to 16 consecutive queries
 // of one head against its keys and values: out = softmax(scale * q K^T (softcapped), masked) V.
@@ -68,6 +71,7 @@ struct KernelTable {
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
+  MatmulTilesBf16Fn matmul_tiles_bf16 = nullptr;  // AMX only
   // quant/qformat.h's quantize_activations, vectorized where the ISA allows.
   void (*quantize_acts)(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum);
   float (*dot)(const float* a, const float* b, int64_t n);

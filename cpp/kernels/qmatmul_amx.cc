@@ -1,5 +1,5 @@
-// AMX tile kernel for block-quantized weights (quant/qformat.h), for many tokens at once
-// (prefill, batches). The weights of a chunk of rows are dequantized once into bfloat16 (in
+// AMX tile kernel for block-quantized weights (quant/qformat.h) and bfloat16 weights, for
+// many tokens at once (prefill, batches). The weights of a chunk of rows are dequantized once into bfloat16 (in
 // L2), and TDPBF16PS multiplies 16 rows x 32 values by the same 32 values of 16 tokens,
 // accumulating in float32 inside the tile over the whole input dimension: nothing leaves the
 // tile until the end, so the tile unit runs back to back.
@@ -208,9 +208,12 @@ void block(int n_tt, int n_ot, const uint16_t* a, const uint8_t* b, int64_t k, f
 #undef LLMOS_A
 #undef LLMOS_B
 
-void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1, float* y,
-                   int64_t ldy) {
-  const int64_t k = w.cols, steps = k / kStep, n_tiles = (n + kTile - 1) / kTile;
+// The shared loop: rows [row0, row1) in chunks that stay in L2; `rows16` gives 16 rows of
+// bf16 weights, row-major (dequantized into `buf`, or the weights themselves).
+template <class Rows16>
+void tiles(const uint8_t* acts, int64_t n, int64_t k, int64_t row0, int64_t row1, float* y, int64_t ldy,
+           Rows16 rows16) {
+  const int64_t steps = k / kStep, n_tiles = (n + kTile - 1) / kTile;
   int64_t chunk = (kPanelBytes / (k * 2)) & ~int64_t(2 * kTile - 1);
   if (chunk < 2 * kTile) chunk = 2 * kTile;
   if (chunk > row1 - row0) chunk = row1 - row0;
@@ -218,16 +221,13 @@ void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0,
   uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, panel_bytes + rows16_bytes + 2048));
   if (!scratch) return;
   uint8_t* panel = scratch;
-  uint16_t* rows16 = reinterpret_cast<uint16_t*>(scratch + panel_bytes);
+  uint16_t* buf = reinterpret_cast<uint16_t*>(scratch + panel_bytes);
   float* cbuf = reinterpret_cast<float*>(scratch + panel_bytes + rows16_bytes);
   const uint16_t* x = reinterpret_cast<const uint16_t*>(acts);
   configure_tiles();
   for (int64_t c0 = row0; c0 < row1; c0 += chunk) {
     const int64_t rows = row1 - c0 < chunk ? row1 - c0 : chunk;
-    for (int64_t r = 0; r < rows; r += kTile) {
-      dequantize_rows(w, c0 + r, kTile, rows16);
-      to_b_tiles(rows16, k, panel + (r / kTile) * steps * 1024);
-    }
+    for (int64_t r = 0; r < rows; r += kTile) to_b_tiles(rows16(c0 + r, buf), k, panel + (r / kTile) * steps * 1024);
     memory_barrier();
     for (int64_t tt = 0; tt < n_tiles; tt += 2) {
       const int n_tt = tt + 1 < n_tiles ? 2 : 1;
@@ -242,11 +242,25 @@ void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0,
   std::free(scratch);
 }
 
+void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1, float* y,
+                   int64_t ldy) {
+  tiles(acts, n, w.cols, row0, row1, y, ldy, [&](int64_t r, uint16_t* buf) -> const uint16_t* {
+    dequantize_rows(w, r, kTile, buf);
+    return buf;
+  });
+}
+
+void matmul_tiles_bf16(const uint8_t* acts, int64_t n, int64_t k, const uint16_t* w, int64_t row0, int64_t row1,
+                       float* y, int64_t ldy) {
+  tiles(acts, n, k, row0, row1, y, ldy, [&](int64_t r, uint16_t*) { return w + r * k; });
+}
+
 }  // namespace
 
 void fill_qkernels_amx(KernelTable* t) {
   t->pack_tile_acts = pack_tile_acts;
   t->qmatmul_tiles = qmatmul_tiles;
+  t->matmul_tiles_bf16 = matmul_tiles_bf16;
 }
 
 }  // namespace llmos

@@ -78,4 +78,25 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
   if (rows % 16) row_kernel(kt, pool, s, x, n, w, slices * 16, rows, bias, y);
 }
 
+void bf16_matmul_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
+                       const uint16_t* w, int64_t rows, int64_t k, const float* bias, float* y, MatmulRowsFn rest) {
+  s.tiles.resize(size_t(amx_acts_bytes(n, k)));
+  uint8_t* packed = s.tiles.data();
+  pool.parallel_for((n + 15) / 16, 1, [&](int64_t t0, int64_t t1) { kt.pack_tile_acts(x, n, k, t0, t1, packed); });
+  const int64_t slices = rows / 16;
+  const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(slices, int64_t(pool.size()) * 2));
+  const int64_t per = (slices + n_tasks - 1) / n_tasks;
+  pool.run(n_tasks + (rows % 16 ? 1 : 0), [&](int64_t task) {
+    int64_t r0 = slices * 16, r1 = rows;
+    if (task < n_tasks) {
+      r0 = std::min(slices, task * per) * 16, r1 = std::min(slices, (task + 1) * per) * 16;
+      if (r0 >= r1) return;
+      kt.matmul_tiles_bf16(packed, n, k, w, r0, r1, y + r0, rows);
+    } else {
+      rest(x, n, k, w, r0, r1, y + r0, rows);
+    }
+    add_bias(bias, 0, n, r0, r1, y, rows);
+  });
+}
+
 }  // namespace llmos

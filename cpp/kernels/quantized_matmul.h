@@ -27,4 +27,10 @@ constexpr int64_t kMinPrefillTokens = 8;
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool tiles);
 
+// y = x W^T (+ bias) for bfloat16 W [rows, k] on AMX tiles (kt.matmul_tiles_bf16 must be
+// set, k a multiple of 32): the activations are rounded to bf16 (as a bf16 model's are in
+// transformers); the last rows % 16 use `rest` (the float32 kernel) on float activations.
+void bf16_matmul_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
+                       const uint16_t* w, int64_t rows, int64_t k, const float* bias, float* y, MatmulRowsFn rest);
+
 }  // namespace llmos

@@ -69,6 +69,11 @@ void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matr
       quantized_matmul(*kernels_, pool_, qscratch_, xr, run.n, w.qview(), bias, yr, run.prefill);
       continue;
     }
+    if (run.prefill && w.dtype == DType::BF16 && kernels_->matmul_tiles_bf16 && rows >= 16 && k % 32 == 0) {
+      bf16_matmul_tiles(*kernels_, pool_, qscratch_, xr, run.n, reinterpret_cast<const uint16_t*>(w.data.data()), rows,
+                        k, bias, yr, gemm_for(*kernels_, w.dtype));
+      continue;
+    }
     // Threads split the output rows. The prefill kernel takes all the run's tokens at once
     // (it packs its rows once per call); the row kernel walks the tokens in blocks so a
     // block of x stays in cache while the thread's rows pass over it.
