@@ -61,14 +61,20 @@ def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):
     rng = np.random.default_rng(n * 100 + rows + k)
     w = rng.standard_normal((rows, k)).astype(np.float32)
     x = rng.standard_normal((n, k)).astype(np.float32)
-    ref = _core.kernel_qmatmul("scalar", x, w, TYPES[qname], group)
+    ref = _core.kernel_qmatmul("scalar", x, w, TYPES[qname], group, prefill=False)
     wd = _core.quantize_dequantize(w, TYPES[qname], group)
     exact = x.astype(np.float64) @ wd.astype(np.float64).T
-    out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group)
-    tiled = rows // 16 * 16 if isa == "amx" else 0  # AMX takes whole 16-row slices, the row kernel the rest
+    # The row kernel (decode): the same integer dot products as the reference.
+    assert nmse(_core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=False), ref) < 1e-11
+    # The prefill path: AMX takes whole 16-row slices on bf16 tiles (the row kernel the rest);
+    # AVX2 dequantizes to float32 for the float GEMM (float math on the dequantized weights).
+    out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=True)
+    tiled = rows // 16 * 16 if isa == "amx" else 0
     if tiled:
         assert nmse(out[:, :tiled], exact[:, :tiled]) < 2e-5
-    if tiled < rows:
+    if isa == "avx2":
+        assert nmse(out, exact) < 1e-10
+    elif tiled < rows:
         assert nmse(out[:, tiled:], ref[:, tiled:]) < 1e-11
     # and the reference itself agrees with float math on the dequantized weights
     assert nmse(ref, exact) < 1e-4

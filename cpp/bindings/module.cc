@@ -168,7 +168,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "kernel_qmatmul",
       [](const std::string& isa, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-         py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group) {
+         py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group, bool prefill) {
         // For tests: quantize W (rows, k) and x, then y = x @ W^T with one ISA's kernel.
         Isa i;
         if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
@@ -182,14 +182,15 @@ PYBIND11_MODULE(_core, m) {
         mat.data.resize(size_t(rows * k) * 4);
         std::memcpy(mat.data.data(), w.data(), size_t(rows * k) * 4);
         quantize_matrix(mat, quant_arg(quant), group);
-        // The forward pass's own dispatch, on one thread; AMX tiles for any n under "amx".
+        // The forward pass's own dispatch on one thread, as for a run of `prefill` tokens
+        // (at any n) or of decode tokens.
         py::array_t<float> y({n, rows});
         ThreadPool pool(1);
         QuantScratch scratch;
-        quantized_matmul(kt, pool, scratch, x.data(), n, mat.qview(), nullptr, y.mutable_data(), true);
+        quantized_matmul(kt, pool, scratch, x.data(), n, mat.qview(), nullptr, y.mutable_data(), prefill);
         return y;
       },
-      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"));
+      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"), py::arg("prefill") = true);
 
   m.def(
       "kernel_attention",

@@ -70,6 +70,10 @@ struct KernelTable {
   MatmulRowsFn gemm_f32 = nullptr, gemm_bf16 = nullptr, gemm_f16 = nullptr;
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
+  // Quantized prefill as dequantize-to-float32 + gemm_f32 instead of the row kernel: set
+  // where that measured faster (AVX2: SmolLM2 int8 prefill 172 -> 216 tok/s; with VNNI
+  // the row kernel wins, 620 vs 420).
+  bool dequant_prefill = false;
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
   MatmulTilesBf16Fn matmul_tiles_bf16 = nullptr;  // AMX only
   // quant/qformat.h's quantize_activations, vectorized where the ISA allows.
@@ -81,7 +85,7 @@ struct KernelTable {
   void (*activate)(int act, float* x, int64_t n);
   void (*activate_gated)(int act, const float* gate, const float* up, float* out, int64_t n);
   void (*softmax)(float* x, int64_t n);
-  // Optional (AVX-512): one AttnBlock, queries in vector lanes; null means attend_generic.
+  // Optional (AVX2, AVX-512): one AttnBlock, queries in vector lanes; null means attend_generic.
   void (*attend)(const AttnBlock& a, float* scratch) = nullptr;
 };
 
@@ -98,6 +102,7 @@ void fill_qkernels_avx512(KernelTable* t);
 void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
+void fill_attention_avx2(KernelTable* t);
 void fill_attention_avx512(KernelTable* t);
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16); gemm_for prefers the

@@ -77,12 +77,19 @@ KernelTable make(Isa isa) {
   KernelTable t{};
   fill_kernels_scalar(&t);
 #if defined(__x86_64__)
-  if (isa >= Isa::Avx2) { fill_kernels_avx2(&t); fill_qkernels_avx2(&t); fill_vmath_avx2(&t); }
+  if (isa >= Isa::Avx2) {
+    fill_kernels_avx2(&t);
+    fill_qkernels_avx2(&t);
+    fill_vmath_avx2(&t);
+    fill_attention_avx2(&t);
+    t.dequant_prefill = true;
+  }
   if (isa >= Isa::Avx512) {
     fill_kernels_avx512(&t);
     fill_qkernels_avx512(&t);
     fill_vmath_avx512(&t);
     fill_attention_avx512(&t);
+    t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
 #endif

@@ -2,6 +2,8 @@
 // vector registers, so the tile is 4 weight rows x 2 tokens (8 accumulators).
 #include <immintrin.h>
 
+#include <cstdlib>
+
 #include "kernels/kernels.h"
 
 namespace llmos {
@@ -99,12 +101,104 @@ void axpy(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = nv; i < n; ++i) y[i] += a * x[i];
 }
 
+// ---- Packed GEMM for many tokens (prefill): the AVX-512 file's method with 16 rows per
+// panel (two 8-lane halves) and up to 6 tokens, 12 accumulators of the 16 registers.
+constexpr int kPanelRows = 16, kMaxTokens = 6;
+
+void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// panel[kk * 16 + i] = W[r0 + i][kk] for i < nrows, 0 past nrows.
+template <class L>
+void pack_panel(const void* w, int64_t k, int64_t r0, int64_t nrows, float* panel) {
+  const int64_t k8 = k & ~int64_t(7);
+  for (int half = 0; half < 2; ++half) {
+    for (int64_t kk = 0; kk < k8; kk += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = half * 8 + i;
+        v[i] = r < nrows ? L::load(w, (r0 + r) * k + kk) : _mm256_setzero_ps();
+      }
+      transpose8(v);
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(panel + (kk + j) * kPanelRows + half * 8, v[j]);
+    }
+    for (int64_t kk = k8; kk < k; ++kk)
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = half * 8 + i;
+        panel[kk * kPanelRows + half * 8 + i] = r < nrows ? L::one(w, (r0 + r) * k + kk) : 0.f;
+      }
+  }
+}
+
+template <int T>
+void micro(const float* x, int64_t k, const float* panel, float* y, int64_t ldy, int64_t nr) {
+  __m256 acc[T][2];
+  for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 w0 = _mm256_loadu_ps(panel + kk * kPanelRows), w1 = _mm256_loadu_ps(panel + kk * kPanelRows + 8);
+    for (int t = 0; t < T; ++t) {
+      const __m256 b = _mm256_broadcast_ss(x + t * k + kk);
+      acc[t][0] = _mm256_fmadd_ps(w0, b, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(w1, b, acc[t][1]);
+    }
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(nr)), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(nr - 8)), lane);
+  for (int t = 0; t < T; ++t) {
+    _mm256_maskstore_ps(y + t * ldy, m0, acc[t][0]);
+    _mm256_maskstore_ps(y + t * ldy + 8, m1, acc[t][1]);
+  }
+}
+
+template <class L>
+void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
+  float* panel = static_cast<float*>(std::aligned_alloc(32, size_t(((k * kPanelRows * 4) + 31) & ~int64_t(31))));
+  if (!panel) { matmul<L>(x, n, k, w, row0, row1, y, ldy); return; }
+  for (int64_t r = row0; r < row1; r += kPanelRows) {
+    const int64_t nr = row1 - r < kPanelRows ? row1 - r : kPanelRows;
+    pack_panel<L>(w, k, r, nr, panel);
+    for (int64_t t = 0; t < n; t += kMaxTokens) {
+      const int nt = int(n - t < kMaxTokens ? n - t : kMaxTokens);
+      float* yt = y + t * ldy + (r - row0);
+      switch (nt) {
+        case 6: micro<6>(x + t * k, k, panel, yt, ldy, nr); break;
+        case 5: micro<5>(x + t * k, k, panel, yt, ldy, nr); break;
+        case 4: micro<4>(x + t * k, k, panel, yt, ldy, nr); break;
+        case 3: micro<3>(x + t * k, k, panel, yt, ldy, nr); break;
+        case 2: micro<2>(x + t * k, k, panel, yt, ldy, nr); break;
+        default: micro<1>(x + t * k, k, panel, yt, ldy, nr); break;
+      }
+    }
+  }
+  std::free(panel);
+}
+
 }  // namespace
 
 void fill_kernels_avx2(KernelTable* t) {
   t->matmul_f32 = matmul<LoadF32>;
   t->matmul_bf16 = matmul<LoadBF16>;
   t->matmul_f16 = matmul<LoadF16>;
+  t->gemm_f32 = gemm<LoadF32>;
+  t->gemm_bf16 = gemm<LoadBF16>;
+  t->gemm_f16 = gemm<LoadF16>;
   t->dot = dot;
   t->axpy = axpy;
 }

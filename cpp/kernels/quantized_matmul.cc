@@ -1,6 +1,7 @@
 #include "kernels/quantized_matmul.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace llmos {
 
@@ -55,9 +56,26 @@ void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const 
 }  // namespace
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
-                      const QView& w, const float* bias, float* y, bool tiles) {
+                      const QView& w, const float* bias, float* y, bool prefill) {
   const int64_t rows = w.rows, k = w.cols;
-  if (!kt.qmatmul_tiles || !tiles || rows < 16) {
+  if (prefill && kt.dequant_prefill && kt.gemm_f32) {
+    // AVX2: blocks of rows are dequantized to float32 and go through the float prefill
+    // GEMM (exact weights against float activations), which beats AVX2's int8 row kernel
+    // once several tokens share each block (see KernelTable::dequant_prefill).
+    constexpr int64_t kBlock = 64;
+    pool.parallel_for((rows + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      thread_local std::vector<float> wf;
+      wf.resize(size_t(kBlock * k));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * kBlock, r1 = std::min(rows, r0 + kBlock);
+        for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, wf.data() + (r - r0) * k);
+        kt.gemm_f32(x, n, k, wf.data(), 0, r1 - r0, y + r0, rows);
+        add_bias(bias, 0, n, r0, r1, y, rows);
+      }
+    });
+    return;
+  }
+  if (!kt.qmatmul_tiles || !prefill || rows < 16) {
     row_kernel(kt, pool, s, x, n, w, 0, rows, bias, y);
     return;
   }

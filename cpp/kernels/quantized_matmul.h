@@ -1,9 +1,10 @@
 // y = x W^T (+ bias) for a block-quantized W over n tokens, on the model's thread pool:
-// the one place that decides how a quantized product runs. With `tiles` (and AMX in the
-// kernel table), tiles take whole 16-row slices (bf16 activations, W dequantized to bf16
-// per chunk of rows); otherwise, and for the last rows % 16, the row kernel
-// (KernelTable::qmatmul) runs on int8 activations. Either way each token's result depends
-// only on that token, so callers choose per sequence (see kMinPrefillTokens).
+// the one place that decides how a quantized product runs. For a `prefill` run: with AMX,
+// tiles take whole 16-row slices (bf16 activations, W dequantized to bf16 per chunk of
+// rows; the last rows % 16 go to the row kernel); without AMX, blocks of W are dequantized
+// to float32 for the float prefill GEMM. Otherwise the row kernel (KernelTable::qmatmul)
+// runs on int8 activations. Each token's result depends only on that token and the kind
+// of run, so callers choose per sequence (see kMinPrefillTokens).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,7 @@ struct QuantScratch {
 constexpr int64_t kMinPrefillTokens = 8;
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
-                      const QView& w, const float* bias, float* y, bool tiles);
+                      const QView& w, const float* bias, float* y, bool prefill);
 
 // y = x W^T (+ bias) for bfloat16 W [rows, k] on AMX tiles (kt.matmul_tiles_bf16 must be
 // set, k a multiple of 32): the activations are rounded to bf16 (as a bf16 model's are in
