@@ -72,7 +72,7 @@ using PartTuple = std::tuple<std::string, std::string, bool>;
 using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, int, int64_t>;
 
 QuantType quant_arg(int t) {
-  if (t < 0 || t > 3) throw Error(Error::Kind::InvalidInput, "", "quant", "unknown quantization type");
+  if (t < 0 || t > 4) throw Error(Error::Kind::InvalidInput, "", "quant", "unknown quantization type");
   return QuantType(t);
 }
 
@@ -86,7 +86,7 @@ std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<Source
   }
   const DType dt = dtype_arg(dtype);
   spec.validate();
-  QuantSpec qs{quant_arg(quant), group, quant_arg(head_quant)};
+  QuantSpec qs{quant_arg(quant), group, quant_arg(head_quant), n_threads};
   if (group < 32 || group % 32)
     throw Error(Error::Kind::InvalidInput, "", "group", "must be a multiple of 32, got " + std::to_string(group));
   py::gil_scoped_release nogil;

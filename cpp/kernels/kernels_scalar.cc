@@ -45,8 +45,11 @@ void qmatmul_ref(const ActView& x, const float* sdg, const QView& w, int64_t row
             int u;
             if (w.type == QuantType::Q8) u = codes[i];
             else {
-              const uint8_t byte = codes[(i / kQ4Chunk) * 32 + (i % 32)];
-              u = (i % kQ4Chunk) < 32 ? (byte & 0x0F) : (byte >> 4);
+              const int64_t j = i % kQ4Chunk;
+              const uint8_t* chunk = codes + (i / kQ4Chunk) * (w.type == QuantType::Q6 ? kQ6ChunkBytes : 32);
+              const uint8_t byte = chunk[j % 32];
+              u = j < 32 ? (byte & 0x0F) : (byte >> 4);
+              if (w.type == QuantType::Q6) u |= ((chunk[32 + j % 16] >> (2 * (j / 16))) & 3) << 4;
             }
             dot += u * int32_t(x.q[t * k + i]);
           }

@@ -121,11 +121,20 @@ void dequantize_rows(const QView& w, int64_t r0, int64_t rows, uint16_t* dst) {
         hi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i + 16)));
       } else {
         // 64 values per 32 bytes: value j in the low nibble of byte j, value j + 32 in the
-        // high nibble; i is either the first or the second half of a chunk.
-        const uint8_t* chunk = codes + (i / kQ4Chunk) * 32;
+        // high nibble; i is either the first or the second half of a chunk. Q6 adds the
+        // high 2 bits of value j + 16 q (j < 16) from bits 2q..2q+1 of byte 32 + j.
+        const bool q6 = w.type == QuantType::Q6;
+        const uint8_t* chunk = codes + (i / kQ4Chunk) * (q6 ? kQ6ChunkBytes : 32);
         const int shift = (i % kQ4Chunk) ? 4 : 0;
         lo = _mm512_and_si512(_mm512_srli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk))), shift), nib);
         hi = _mm512_and_si512(_mm512_srli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16))), shift), nib);
+        if (q6) {
+          const __m512i h = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 32)));
+          const __m512i m3 = _mm512_set1_epi32(3);
+          const int hs = (i % kQ4Chunk) ? 4 : 0;  // quarters 0-1 or 2-3
+          lo = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, hs), m3), 4));
+          hi = _mm512_or_si512(hi, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, hs + 2), m3), 4));
+        }
       }
       const __m512 wl = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), dv, mv);
       const __m512 wh = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), dv, mv);

@@ -1,7 +1,8 @@
 // AVX2 kernel for block-quantized weights (quant/qformat.h), for CPUs without VNNI.
-// vpmaddubsw multiplies unsigned codes by signed activations into int16 pairs; 4-bit codes
-// (<= 15) cannot overflow. 8-bit codes could (255 * 127 * 2 > 32767), so Q8 first turns
-// codes back to signed weights and uses the sign trick: |w| x (x * sign(w)).
+// vpmaddubsw multiplies unsigned codes by signed activations into int16 pairs; 4- and 6-bit
+// codes (<= 63: 2 * 63 * 127 < 32767) cannot overflow. 8-bit codes could (255 * 127 * 2 >
+// 32767), so Q8 first turns codes back to signed weights and uses the sign trick:
+// |w| x (x * sign(w)).
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -30,11 +31,18 @@ inline __m256i block_dot(__m256i w, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
 }
 
+constexpr int64_t kPrefetchBytes = 8192;
+
 template <QuantType Q, int R>
 void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, float* y, int64_t ldy, int64_t row_out0) {
   const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock;
   const int64_t row_bytes = quant_row_bytes(Q, k);
   const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i hmask = _mm256_set1_epi8(0x30);  // Q6: the high bits' place in a code
+  const __m256i shl = _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2), shr = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+  // Software prefetch ahead in each row's stream (see qmatmul_avx512.cc).
+  constexpr int64_t kChunkBytes = Q == QuantType::Q8 ? 64 : Q == QuantType::Q6 ? kQ6ChunkBytes : 32;
+  const bool prefetch = (r0 + R) * row_bytes + kPrefetchBytes <= w.rows * row_bytes;
   for (int64_t t = 0; t < x.n; ++t) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -45,10 +53,21 @@ void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, float*
       const int64_t ga = (b * 32) / w.group, gb = (b * 32 + 32) / w.group;
       for (int r = 0; r < R; ++r) {
         const uint8_t* codes = w.codes + (r0 + r) * row_bytes;
+        if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(codes + (b / 2) * kChunkBytes + kPrefetchBytes), _MM_HINT_T0);
         __m256i wa, wb;
         if (Q == QuantType::Q8) {
           wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32));
           wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32 + 32));
+        } else if (Q == QuantType::Q6) {
+          // Nibbles as Q4, then the high bits: the 16 bytes in both 128-bit lanes, shifted
+          // per lane so that bits 2q..2q+1 of each byte (quarter q of the chunk) reach bits 4-5.
+          const uint8_t* p = codes + (b / 2) * kQ6ChunkBytes;
+          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+          const __m256i high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32)));
+          wa = _mm256_or_si256(_mm256_and_si256(packed, mask),
+                               _mm256_and_si256(_mm256_sllv_epi32(high, shl), hmask));
+          wb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask),
+                               _mm256_and_si256(_mm256_srlv_epi32(high, shr), hmask));
         } else {
           const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
           wa = _mm256_and_si256(packed, mask);
@@ -64,11 +83,11 @@ void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, float*
       if (Q == QuantType::Q4Asym) {
         const uint16_t* mn = w.min + (r0 + r) * ng;
         for (int64_t g = 0; g < ng; ++g) s += h2f(mn[g]) * sdg[t * ng + g];
-      } else if (Q == QuantType::Q4) {
+      } else if (Q == QuantType::Q4 || Q == QuantType::Q6) {
         const uint16_t* sc = w.scale + (r0 + r) * ng;
         float m = 0.f;
         for (int64_t g = 0; g < ng; ++g) m += h2f(sc[g]) * sdg[t * ng + g];
-        s -= 8.0f * m;
+        s -= (Q == QuantType::Q6 ? 32.0f : 8.0f) * m;
       }  // Q8 multiplied signed weights: no zero-point term
       y[t * ldy + row_out0 + r] = s;
     }
@@ -89,6 +108,7 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
     case QuantType::Q8: qmatmul_q<QuantType::Q8>(x, sdg, w, row0, row1, y, ldy); break;
     case QuantType::Q4: qmatmul_q<QuantType::Q4>(x, sdg, w, row0, row1, y, ldy); break;
     case QuantType::Q4Asym: qmatmul_q<QuantType::Q4Asym>(x, sdg, w, row0, row1, y, ldy); break;
+    case QuantType::Q6: qmatmul_q<QuantType::Q6>(x, sdg, w, row0, row1, y, ldy); break;
     default: break;
   }
 }

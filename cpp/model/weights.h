@@ -36,16 +36,20 @@ struct Matrix {
 };
 
 // How to store the matrices: quantized layers use `type` with `group`; the embedding and
-// LM head use `head_type` (int8 when the layers are int4, as llama.cpp keeps its output
+// LM head use `head_type` (Q6 when the layers are int4, as llama.cpp keeps its output
 // matrix at higher precision). A matrix whose width does not fit the blocks stays float.
+// Quantizing at load splits each matrix's rows over `n_threads` threads.
 struct QuantSpec {
   QuantType type = QuantType::None;
   int64_t group = 32;
   QuantType head_type = QuantType::None;
+  int n_threads = 1;
 };
 
-// Quantizes a float32 matrix in place of its float data.
-void quantize_matrix(Matrix& m, QuantType type, int64_t group);
+class ThreadPool;
+
+// Quantizes a float32 matrix in place of its float data (rows split over `pool` if given).
+void quantize_matrix(Matrix& m, QuantType type, int64_t group, ThreadPool* pool = nullptr);
 
 using Vector = std::vector<float>;
 

@@ -7,11 +7,19 @@
 //   Q8:      u = q + 128 (uint8), q in [-127, 127], zero point 128
 //   Q4:      u in [0, 15] (4 bits), q = u - 8, zero point 8 (as llama.cpp's Q4_0)
 //   Q4_ASYM: u in [0, 15], w = d * u + min (AWQ / GPTQ style)
+//   Q6:      u in [0, 63] (6 bits), q = u - 32, zero point 32 (the LM head under int4)
 // Codes are unsigned so the integer dot product can use u8 x s8 instructions (VNNI
 // vpdpbusd, AVX2 vpmaddubsw); the zero point comes back through m and sum(x).
 //
 // Q4 packs 64 values in 32 bytes: byte j holds u[j] in its low nibble and u[j + 32] in
 // its high nibble, so one 32-byte load unpacks to 64 values in order.
+//
+// Q6 packs 64 values in 48 bytes: the first 32 bytes hold the low 4 bits of each code
+// exactly as Q4 (byte j: u[j] & 15 in the low nibble, u[j + 32] & 15 in the high nibble),
+// the next 16 bytes the high 2 bits: byte j (j < 16) holds u[j] >> 4 in bits 0-1,
+// u[j + 16] >> 4 in bits 2-3, u[j + 32] >> 4 in bits 4-5 and u[j + 48] >> 4 in bits 6-7.
+// A kernel unpacks the nibbles as for Q4 and ORs in the high bits, moved to bits 4-5 of
+// each byte by one shift per 16-value quarter.
 //
 // Activations are quantized per token in blocks of 32 (kActBlock): int8 codes, a float
 // scale per block, and d * sum(codes) per block, which the zero-point term needs.
@@ -21,13 +29,14 @@
 
 namespace llmos {
 
-enum class QuantType : int32_t { None = 0, Q8 = 1, Q4 = 2, Q4Asym = 3 };
+enum class QuantType : int32_t { None = 0, Q8 = 1, Q4 = 2, Q4Asym = 3, Q6 = 4 };
 
 constexpr int64_t kActBlock = 32;
-constexpr int64_t kQ4Chunk = 64;  // values per packed Q4 chunk (32 bytes)
+constexpr int64_t kQ4Chunk = 64;  // values per packed Q4 chunk (32 bytes), and per Q6 chunk
+constexpr int64_t kQ6ChunkBytes = 48;  // bytes per packed Q6 chunk of 64 values
 
 const char* quant_name(QuantType t);
-int quant_zero_point(QuantType t);            // 128, 8, or 0 (asymmetric)
+int quant_zero_point(QuantType t);            // 128 (Q8), 8 (Q4), 32 (Q6), or 0 (asymmetric)
 int64_t quant_row_bytes(QuantType t, int64_t cols);
 
 // A read-only view of a quantized matrix [rows, cols] (plain data: kernels take it by value).
@@ -49,7 +58,7 @@ struct ActView {
 };
 
 // Round-to-nearest quantization of one row (src float32, cols a multiple of group and,
-// for Q4 formats, of 64). Writes quant_row_bytes codes and cols / group scales (and mins).
+// for Q4 and Q6 formats, of 64). Writes quant_row_bytes codes and cols / group scales (and mins).
 void quantize_row(QuantType t, int64_t group, const float* src, int64_t cols, uint8_t* codes,
                   uint16_t* scale, uint16_t* min);
 
