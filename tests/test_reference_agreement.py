@@ -419,3 +419,19 @@ def test_low_precision_compute(kind, dtype, checkpoint, reference_model, load_ll
         f"max abs diff {np.abs(got - want).max():.3g}")
     # and the weights really are held in low precision (a float32 fallback would be exact)
     assert np.abs(got - want).max() > 1e-5, f"{kind} dtype={dtype}: identical to float32 - dtype ignored?"
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_prompt_longer_than_one_forward_piece(kind, checkpoint, reference_model, load_llmos):
+    """Inputs over 256 tokens run in pieces (Model::forward_pieces); a 600-token prompt's
+    logits at every position match the reference, and its greedy continuation follows the
+    same last-token logits as in one piece."""
+    path = checkpoint(kind, max_position_embeddings=1024)
+    m = load_llmos(path)
+    ref = reference_model(path)
+    ids = prompt_ids(600, vocab_of(kind), seed=600)
+    got = m.logits(ids)
+    assert got.shape[0] == 600
+    check_logits(got, ref_logits(ref, ids), what=f"{kind} logits[600 tokens, in pieces]")
+    one = m.generate(ids, max_new_tokens=1, eos_token_id=[], do_sample=False).token_ids
+    assert one == [int(got[-1].argmax())]

@@ -14,6 +14,9 @@
 #include "model/decoder.h"
 #include "quant/qformat.h"
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include "model/generate.h"
 #include "sampling/options.h"
 #include "sampling/processors.h"
@@ -110,6 +113,13 @@ std::vector<int32_t> to_ids(const py::array_t<int64_t, py::array::c_style | py::
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "llmos C++ core: weights, kernels, the decoder and the decode loop";
+#if defined(__GLIBC__)
+  // glibc raises its mmap threshold each time a large block is freed, after which large
+  // blocks come from the heap and stay resident when freed: loading a model and a 512-token
+  // prefill then left ~25 MB of freed memory in RSS (SmolLM2 int8: peak 279 -> 253 MB with
+  // a fixed 1 MB threshold). A fixed threshold returns every large block to the OS.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
 
   py::register_exception_translator([](std::exception_ptr p) {
     try {

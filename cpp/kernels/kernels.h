@@ -60,6 +60,11 @@ int64_t attend_scratch_floats(int64_t len, int64_t D);
 // The portable attention: Q K^T and P V through the table's matmul_f32, V transposed.
 void attend_generic(const struct KernelTable& kt, const AttnBlock& a, float* scratch);
 
+// A 64-byte aligned per-thread scratch block of at least `bytes`, kept between calls (so a
+// kernel's panel is not mapped and faulted in again on every call), valid until the next
+// call on the same thread. Kernels take it once per call and do not nest.
+uint8_t* thread_scratch(size_t bytes);
+
 struct KernelTable {
   Isa isa;
   MatmulRowsFn matmul_f32;   // W float32

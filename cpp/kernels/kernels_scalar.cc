@@ -3,6 +3,8 @@
 
 #include "core/errors.h"
 #include "kernels/kernels.h"
+
+#include "core/buffer.h"
 #include "kernels/ops.h"
 
 namespace llmos {
@@ -128,6 +130,12 @@ const KernelTable& kernels_for(Isa isa) {
 const KernelTable& kernels() {
   static const KernelTable& t = kernels_for(cpu_active_isa());
   return t;
+}
+
+uint8_t* thread_scratch(size_t bytes) {
+  thread_local Buffer block;
+  if (block.size() < bytes) block.resize(bytes);
+  return block.data();
 }
 
 int64_t amx_acts_bytes(int64_t n, int64_t k) { return ((n + 15) / 16) * 16 * k * 2; }

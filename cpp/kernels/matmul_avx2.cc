@@ -169,8 +169,7 @@ void micro(const float* x, int64_t k, const float* panel, float* y, int64_t ldy,
 
 template <class L>
 void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
-  float* panel = static_cast<float*>(std::aligned_alloc(32, size_t(((k * kPanelRows * 4) + 31) & ~int64_t(31))));
-  if (!panel) { matmul<L>(x, n, k, w, row0, row1, y, ldy); return; }
+  float* panel = reinterpret_cast<float*>(thread_scratch(size_t(k * kPanelRows) * sizeof(float)));
   for (int64_t r = row0; r < row1; r += kPanelRows) {
     const int64_t nr = row1 - r < kPanelRows ? row1 - r : kPanelRows;
     pack_panel<L>(w, k, r, nr, panel);
@@ -187,7 +186,6 @@ void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int
       }
     }
   }
-  std::free(panel);
 }
 
 }  // namespace

@@ -158,8 +158,7 @@ void micro_any(int nt, const float* x, int64_t k, const float* panel, float* y, 
 
 template <class L>
 void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
-  float* panel = static_cast<float*>(std::aligned_alloc(64, size_t(k * kPanelRows) * sizeof(float)));
-  if (!panel) { matmul<L>(x, n, k, w, row0, row1, y, ldy); return; }
+  float* panel = reinterpret_cast<float*>(thread_scratch(size_t(k * kPanelRows) * sizeof(float)));
   for (int64_t r = row0; r < row1; r += kPanelRows) {
     const int64_t nr = row1 - r < kPanelRows ? row1 - r : kPanelRows;
     pack_panel<L>(w, k, r, nr, panel);
@@ -172,7 +171,6 @@ void gemm(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, int
       else micro_any<1>(nt, x + t * k, k, panel, yt, ldy, m0, m1);
     }
   }
-  std::free(panel);
 }
 
 float dot(const float* a, const float* b, int64_t n) {

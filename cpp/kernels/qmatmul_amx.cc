@@ -227,8 +227,7 @@ void tiles(const uint8_t* acts, int64_t n, int64_t k, int64_t row0, int64_t row1
   if (chunk < 2 * kTile) chunk = 2 * kTile;
   if (chunk > row1 - row0) chunk = row1 - row0;
   const size_t panel_bytes = size_t(chunk * k * 2), rows16_bytes = size_t(kTile * k * 2);
-  uint8_t* scratch = static_cast<uint8_t*>(std::aligned_alloc(64, panel_bytes + rows16_bytes + 2048));
-  if (!scratch) return;
+  uint8_t* scratch = thread_scratch(panel_bytes + rows16_bytes + 2048);
   uint8_t* panel = scratch;
   uint16_t* buf = reinterpret_cast<uint16_t*>(scratch + panel_bytes);
   float* cbuf = reinterpret_cast<float*>(scratch + panel_bytes + rows16_bytes);
@@ -248,7 +247,6 @@ void tiles(const uint8_t* acts, int64_t n, int64_t k, int64_t row0, int64_t row1
     }
   }
   _tile_release();
-  std::free(scratch);
 }
 
 void qmatmul_tiles(const uint8_t* acts, int64_t n, const QView& w, int64_t row0, int64_t row1, float* y,

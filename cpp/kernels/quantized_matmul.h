@@ -24,6 +24,9 @@ struct QuantScratch {
 // repack (AMX: dequantize to bf16) the weights per call, which pays off only when several
 // tokens share it.
 constexpr int64_t kMinPrefillTokens = 8;
+// The most tokens one forward stacks: longer inputs run in pieces (Model::forward_pieces),
+// which bounds the activation scratch (peak memory) without changing results.
+constexpr int64_t kPrefillPiece = 256;
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool prefill);

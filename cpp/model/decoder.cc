@@ -202,7 +202,7 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
       continue;
     }
     if (!rest.empty()) {
-      forward_locked(rest, logits, all_logits);
+      forward_pieces(rest, logits, all_logits);
       rest.clear();
     }
     std::vector<int32_t> all = s.history_;
@@ -211,16 +211,46 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
     s.reset();
     const SeqChunk whole{&s, all.data(), int64_t(all.size())};
     if (!all_logits) {
-      forward_locked({whole}, out, false);
+      forward_pieces({whole}, out, false);
     } else {
       std::vector<float> full(all.size() * size_t(V));
-      forward_locked({whole}, full.data(), true);
+      forward_pieces({whole}, full.data(), true);
       std::memcpy(out, full.data() + size_t(n_old * V), size_t(ch.n * V) * sizeof(float));
     }
     out += (all_logits ? ch.n : 1) * V;
     logits = out;
   }
-  if (!rest.empty()) forward_locked(rest, logits, all_logits);
+  if (!rest.empty()) forward_pieces(rest, logits, all_logits);
+}
+
+void Model::forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
+  // The scratch holds activations for every stacked token, so long inputs run in pieces of
+  // at most kPrefillPiece tokens: each sequence on its own, cut into equal pieces (so none
+  // falls under kMinPrefillTokens and each token keeps the kernels it would get in one
+  // piece). Results are the same as in one forward; only the last piece needs the LM head
+  // unless every position's logits are asked for.
+  // Not for ropes whose frequencies depend on the sequence length (dynamic, longrope):
+  // there a piece would be rotated for a shorter sequence than the whole.
+  int64_t total = 0;
+  for (const SeqChunk& ch : chunks) total += ch.n;
+  if (total <= kPrefillPiece || spec_.rope.dynamic || !spec_.rope.inv_freq_long.empty()) {
+    forward_locked(chunks, logits, all_logits);
+    return;
+  }
+  const int64_t V = spec_.vocab_size;
+  float* out = logits;
+  for (const SeqChunk& ch : chunks) {
+    const int64_t pieces = (ch.n + kPrefillPiece - 1) / kPrefillPiece;
+    for (int64_t p = 0, off = 0; p < pieces; ++p) {
+      const int64_t end = ch.n * (p + 1) / pieces;
+      const SeqChunk piece{ch.session, ch.tokens + off, end - off};
+      const bool last = p + 1 == pieces;
+      forward_locked({piece}, all_logits || last ? out : nullptr, all_logits);
+      if (all_logits) out += piece.n * V;
+      else if (last) out += V;
+      off = end;
+    }
+  }
 }
 
 void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
@@ -367,6 +397,8 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
     s.n_past_ += ch.n;
     if (!spec_.rope.inv_freq_long.empty()) s.history_.insert(s.history_.end(), ch.tokens, ch.tokens + ch.n);
   }
+
+  if (!logits) return;  // a piece before the last (forward_pieces)
 
   // Final norm and LM head, on every row or on each chunk's last row.
   int64_t rows = 0;

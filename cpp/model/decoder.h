@@ -73,6 +73,8 @@ class Model {
   }
 
  private:
+  void forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
+  // logits null: run the layers and fill the caches only.
   void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
   // A run of stacked tokens whose products take the same kernels: the many-token ones
   // (AMX tiles, packed GEMM) for sequences with at least kMinPrefillTokens new tokens, the
