@@ -17,7 +17,7 @@ from llmos.quant import parse_quant
 
 ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
 ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
-TYPES = {"int8": 1, "int4": 2, "int4-asym": 3, "int6": 4}  # int6: the LM head under int4
+TYPES = {"int8": 1, "int4": 2, "int4-asym": 3, "int6": 4}  # int6: a head format ("-h6")
 
 
 def dequantize_q6(codes, scale, group):
@@ -117,16 +117,19 @@ def test_quant_names():
     assert parse_quant("int4-g64").group == 64
     assert parse_quant("int8").name == "int8"
     assert parse_quant(None) is None
-    # the embedding / LM head: int8 under int8, int6 (Q6) under every int4 variant
+    # the embedding / LM head: int8 unless "-h6" asks for int6 (Q6)
     assert parse_quant("int8-g64").head_type == TYPES["int8"]
     for q in ("int4", "int4-g64", "int4-g128", "int4-asym"):
-        assert parse_quant(q).head_type == TYPES["int6"]
+        assert parse_quant(q).head_type == TYPES["int8"]
+        assert parse_quant(q + "-h6").head_type == TYPES["int6"] and parse_quant(q + "-h6").name == q + "-h6"
     with pytest.raises(InvalidInputError):
         parse_quant("int6")  # a head format, not offered for the layers
+    with pytest.raises(InvalidInputError):
+        parse_quant("int4-h6-g64")
 
 
 @pytest.mark.parametrize("quant,max_rel,min_top1", [("int8", 0.03, 0.95), ("int4", 0.15, 0.7), ("int4-g64", 0.2, 0.7),
-                                                    ("int4-asym", 0.15, 0.7)])
+                                                    ("int4-asym", 0.15, 0.7), ("int4-h6", 0.15, 0.7)])
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3"])
 def test_quantized_model_tracks_float32(kind, quant, max_rel, min_top1, checkpoint, llmos):
     """Relative L2 error of the logits and top-1 agreement over 64 positions, on a
@@ -148,7 +151,7 @@ def test_quantized_generation_is_deterministic_and_batch_invariant(checkpoint, l
     assert [g.token_ids for g in m.generate(prompts, max_new_tokens=12, eos_token_id=[])] == alone
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4-g64", "int4-asym"])
+@pytest.mark.parametrize("quant", ["int8", "int4-g64", "int4-asym", "int4-h6"])
 def test_saved_quantized_checkpoint_loads_without_requantizing(quant, checkpoint, llmos, tmp_path):
     src = checkpoint("qwen2", weight_scale=0.1)
     out = llmos.quantize(str(src), str(tmp_path / "q"), quant)
@@ -158,7 +161,7 @@ def test_saved_quantized_checkpoint_loads_without_requantizing(quant, checkpoint
     np.testing.assert_array_equal(m.logits(ids), llmos.load(src, threads=1, quant=quant).logits(ids))
     size = (tmp_path / "q" / "model.safetensors").stat().st_size
     assert size < 0.6 * (src / "model.safetensors").stat().st_size
-    # the tied embedding / head is saved in the head format: qtype 4 (Q6) under int4
+    # the tied embedding / head is saved in the head format: qtype 4 (Q6) with -h6
     heads = [(qtype, group) for role, layer, qtype, group, *_ in m._core.quantized_matrices() if role == "embed"]
     assert heads == [(parse_quant(quant).head_type, parse_quant(quant).group)]
 
@@ -168,7 +171,7 @@ def test_int6_head_blocks_follow_the_documented_layout(kind, tensor, checkpoint,
     from safetensors.numpy import load_file
 
     src = checkpoint(kind, weight_scale=0.1)
-    m = llmos.load(src, threads=1, quant="int4")
+    m = llmos.load(src, threads=1, quant="int4-h6")
     role = "embed" if "embed" in tensor else "lm_head"
     [(qtype, group, codes, scale)] = [(q, g, c, sc) for r, _, q, g, c, sc, _ in m._core.quantized_matrices()
                                       if r == role]
