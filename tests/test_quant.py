@@ -51,8 +51,8 @@ def test_round_trip_error_is_bounded_by_the_step(qname, group):
             amax = np.abs(blk).max()
             if qname == "int8":
                 step, bound = amax / 127, 0.5
-            elif qname == "int4":  # codes -8..7 with the extreme at -8: the other side clamps at 7
-                step, bound = amax / 8, 1.0
+            elif qname == "int4":  # codes -8..7, the scale fitted near amax / 8 for the least squared
+                step, bound = amax / 8, 1.5  # error, which may clamp a group's extreme (1.4 steps at group 128)
             elif qname == "int6":  # codes -32..31, the scale searched near amax / 32: within a step
                 step, bound = amax / 31, 1.0
             else:
