@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "kernels/kernels.h"
+#include "kernels/transpose_avx512.h"
 
 namespace llmos {
 namespace {
@@ -80,31 +81,6 @@ void matmul(const float* x, int64_t n, int64_t k, const void* w, int64_t row0, i
 // T broadcasts of x feed 2T FMAs, and each token's 32 results are one contiguous store. No
 // horizontal sums; every output is still one sequential sum over k.
 constexpr int kPanelRows = 32, kMaxTokens = 14;
-
-void transpose16(__m512* rows) {
-  __m512i r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(rows[i]);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // 128-bit lane L of r[4q + e] holds rows 4q..4q+3 of column 4L + e.
-  for (int e = 0; e < 4; ++e) {
-    const __m512i ab_lo = _mm512_shuffle_i32x4(r[e], r[e + 4], 0x44), ab_hi = _mm512_shuffle_i32x4(r[e], r[e + 4], 0xEE);
-    const __m512i cd_lo = _mm512_shuffle_i32x4(r[e + 8], r[e + 12], 0x44), cd_hi = _mm512_shuffle_i32x4(r[e + 8], r[e + 12], 0xEE);
-    t[e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
-    t[e + 4] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
-    t[e + 8] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
-    t[e + 12] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) rows[i] = _mm512_castsi512_ps(t[i]);
-}
 
 // panel[kk * 32 + i] = W[r0 + i][kk] for i < nrows, 0 for the lanes past nrows.
 template <class L>
