@@ -53,6 +53,28 @@ void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const 
   });
 }
 
+// The AMX products' shared part: x packed once as bf16 tiles (shared by the threads), then
+// tile(acts, r0, r1) on whole 16-row slices spread over the pool, bias added. Returns the
+// first row past the last whole slice, which the caller finishes another way.
+template <class Tile>
+int64_t on_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, int64_t k,
+                 int64_t rows, const float* bias, float* y, Tile tile) {
+  s.tiles.resize(size_t(amx_acts_bytes(n, k)));
+  uint8_t* packed = s.tiles.data();
+  pool.parallel_for((n + 15) / 16, 1, [&](int64_t t0, int64_t t1) { kt.pack_tile_acts(x, n, k, t0, t1, packed); });
+  const int64_t slices = rows / 16;
+  if (slices == 0) return 0;
+  const int64_t n_tasks = std::min<int64_t>(slices, int64_t(pool.size()) * 2);
+  const int64_t per = (slices + n_tasks - 1) / n_tasks;
+  pool.run(n_tasks, [&](int64_t task) {
+    const int64_t r0 = std::min(slices, task * per) * 16, r1 = std::min(slices, (task + 1) * per) * 16;
+    if (r0 >= r1) return;
+    tile(packed, r0, r1);
+    add_bias(bias, 0, n, r0, r1, y, rows);
+  });
+  return slices * 16;
+}
+
 }  // namespace
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
@@ -79,42 +101,22 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
     row_kernel(kt, pool, s, x, n, w, 0, rows, bias, y);
     return;
   }
-  // bf16 activations in tile layout, shared by the threads; whole 16-row slices on tiles,
-  // the last rows % 16 with the row kernel.
-  s.tiles.resize(size_t(amx_acts_bytes(n, k)));
-  uint8_t* packed = s.tiles.data();
-  pool.parallel_for((n + 15) / 16, 1, [&](int64_t t0, int64_t t1) { kt.pack_tile_acts(x, n, k, t0, t1, packed); });
-  const int64_t slices = rows / 16;
-  const int64_t n_tasks = std::min<int64_t>(slices, int64_t(pool.size()) * 2);
-  const int64_t per = (slices + n_tasks - 1) / n_tasks;
-  pool.run(n_tasks, [&](int64_t task) {
-    const int64_t r0 = std::min(slices, task * per) * 16, r1 = std::min(slices, (task + 1) * per) * 16;
-    if (r0 >= r1) return;
-    kt.qmatmul_tiles(packed, n, w, r0, r1, y + r0, rows);
-    add_bias(bias, 0, n, r0, r1, y, rows);
+  // Whole 16-row slices on tiles, the last rows % 16 with the row kernel.
+  const int64_t tiled = on_tiles(kt, pool, s, x, n, k, rows, bias, y, [&](const uint8_t* acts, int64_t r0, int64_t r1) {
+    kt.qmatmul_tiles(acts, n, w, r0, r1, y + r0, rows);
   });
-  if (rows % 16) row_kernel(kt, pool, s, x, n, w, slices * 16, rows, bias, y);
+  if (tiled < rows) row_kernel(kt, pool, s, x, n, w, tiled, rows, bias, y);
 }
 
 void bf16_matmul_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                        const uint16_t* w, int64_t rows, int64_t k, const float* bias, float* y, MatmulRowsFn rest) {
-  s.tiles.resize(size_t(amx_acts_bytes(n, k)));
-  uint8_t* packed = s.tiles.data();
-  pool.parallel_for((n + 15) / 16, 1, [&](int64_t t0, int64_t t1) { kt.pack_tile_acts(x, n, k, t0, t1, packed); });
-  const int64_t slices = rows / 16;
-  const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(slices, int64_t(pool.size()) * 2));
-  const int64_t per = (slices + n_tasks - 1) / n_tasks;
-  pool.run(n_tasks + (rows % 16 ? 1 : 0), [&](int64_t task) {
-    int64_t r0 = slices * 16, r1 = rows;
-    if (task < n_tasks) {
-      r0 = std::min(slices, task * per) * 16, r1 = std::min(slices, (task + 1) * per) * 16;
-      if (r0 >= r1) return;
-      kt.matmul_tiles_bf16(packed, n, k, w, r0, r1, y + r0, rows);
-    } else {
-      rest(x, n, k, w, r0, r1, y + r0, rows);
-    }
-    add_bias(bias, 0, n, r0, r1, y, rows);
+  const int64_t tiled = on_tiles(kt, pool, s, x, n, k, rows, bias, y, [&](const uint8_t* acts, int64_t r0, int64_t r1) {
+    kt.matmul_tiles_bf16(acts, n, k, w, r0, r1, y + r0, rows);
   });
+  if (tiled < rows) {
+    rest(x, n, k, w, tiled, rows, y + tiled, rows);
+    add_bias(bias, 0, n, tiled, rows, y, rows);
+  }
 }
 
 }  // namespace llmos
