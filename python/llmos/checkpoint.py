@@ -79,3 +79,15 @@ def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> 
     raise TensorError(
         f"{model_dir}: tensor '{name}' (needed for {what}) is not in {', '.join(files) or 'the checkpoint'}",
         file=os.path.join(model_dir, files[0]) if len(files) == 1 else model_dir, field=name)
+
+
+def float_source(locations: dict[str, str], role: str, layer: int, parts, model_dir: str) -> tuple:
+    """The core's source tuple for a role loaded from float tensors: (role, layer,
+    [(file, tensor, transpose)], no quant type, no group). parts: the family's
+    [(canonical name, transpose)] for the role."""
+    what = role if layer < 0 else f"{role} of layer {layer}"
+    resolved = []
+    for name, transpose in parts:
+        file, tensor = resolve(locations, name, model_dir, what)
+        resolved.append((file, tensor, transpose))
+    return (role, layer, resolved, 0, 0)

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .checkpoint import find, resolve
+from .checkpoint import find, float_source, resolve
 from .config import ConfigReader
 from .errors import ConfigError, DiskFullError, QuantizationWarning, TensorError, UnsupportedModelError
 from .quant import TYPES, QuantChoice
@@ -516,11 +516,7 @@ def convert(hq: HfQuant, family, arch, locations: dict[str, str], model_dir: str
                 else:
                     as_float.append((what, info))
                 continue
-            resolved = []
-            for name, transpose in parts:
-                file, tensor = resolve(locations, name, model_dir, what)
-                resolved.append((file, tensor, transpose))
-            sources.append((role, layer, resolved, 0, 0))
+            sources.append(float_source(locations, role, layer, parts, model_dir))
         _warn(hq, model_dir, len(pending), fallback, as_float)
         return Converted(sources, _choice(used), tmp)
     except BaseException as e:

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import _core, hf_quant
-from .checkpoint import resolve, tensor_locations
+from .checkpoint import float_source, tensor_locations
 from .config import ConfigReader, read_json
 from .errors import ChatTemplateError, ContextLengthError, InvalidInputError, ModelFileError
 from .families import Architecture, family_for
@@ -104,16 +104,11 @@ class Model:
             else:
                 sources, saved = [], parse_quant(prequant["__quant__"]) if prequant else None
                 for role, layer, parts in family.tensors(self.config):
-                    what = role if layer < 0 else f"{role} of layer {layer}"
                     if (role, layer) in prequant:
                         file, base, qtype, group = prequant[(role, layer)]
                         sources.append((role, layer, [(file, base, False)], qtype, group))
-                        continue
-                    resolved = []
-                    for name, transpose in parts:
-                        file, tensor = resolve(locations, name, path, what)
-                        resolved.append((file, tensor, transpose))
-                    sources.append((role, layer, resolved, 0, 0))
+                    else:
+                        sources.append(float_source(locations, role, layer, parts, path))
             if self.prequantized:
                 if self.quant is not None and self.quant.name != saved.name:
                     how = f" with {hf.label}" if hf is not None else ""
