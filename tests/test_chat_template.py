@@ -1,4 +1,4 @@
-"""llmos.chat_template.ChatTemplate against transformers' apply_chat_template(tokenize=False)."""
+"""llmos.text.chat_template.ChatTemplate against transformers' apply_chat_template(tokenize=False)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 
 import tokenizer_factory as tf
 
-from llmos.chat_template import ChatTemplate, _compile
+from llmos.text.chat_template import ChatTemplate, _compile
 from llmos.errors import ChatTemplateError, InvalidInputError
-from llmos.tokenizer import Tokenizer
+from llmos.text.tokenizer import Tokenizer
 
 import transformers
 

@@ -64,7 +64,7 @@ def word_list_score(model_dir: str | None = None) -> dict:
     """Generates from the 20 prompts with the model's default decoding (seeded) and counts the
     words found in the word list. Also used by tools/train_default_model.py for the card."""
     import llmos
-    from llmos.default_model import default_model_path
+    from llmos.runtime.default_model import default_model_path
 
     m = llmos.load(model_dir or default_model_path(), threads=1)
     words = english_words()
@@ -84,10 +84,10 @@ def word_list_score(model_dir: str | None = None) -> dict:
 
 
 def test_bundled_model_files_are_in_the_package():
-    from llmos.default_model import default_model_path
+    from llmos.runtime.default_model import default_model_path
 
     path = Path(default_model_path())
-    assert path.parent.name == "llmos"
+    assert path.parent.name == "runtime" and path.parent.parent.name == "llmos"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "generation_config.json", "MODEL_CARD.md"):
         assert (path / name).is_file(), name
@@ -99,7 +99,7 @@ def test_bundled_model_files_are_in_the_package():
 
 
 def test_loads_and_generates(llmos):
-    from llmos.default_model import load_default
+    from llmos.runtime.default_model import load_default
 
     m = load_default(threads=1)
     assert m.config.family == "llama"
@@ -117,7 +117,7 @@ def test_generated_words_are_english():
 
 def test_llmos_run_streams_from_the_bundled_model(tmp_path):
     env = {**os.environ, "LLMOS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "llmos.train_cli", "run", "Once upon a time", "--max-new-tokens", "15",
+    out = subprocess.run([sys.executable, "-m", "llmos", "run", "Once upon a time", "--max-new-tokens", "15",
                           "--seed", "1", "--threads", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     # (An editable install may print its rebuild first.)
@@ -148,7 +148,7 @@ def test_int8_greedy_tokens_agree_with_float32():
     import numpy as np
 
     import llmos
-    from llmos.default_model import default_model_path
+    from llmos.runtime.default_model import default_model_path
 
     path = default_model_path()
     f32 = llmos.load(path, threads=1, dtype="float32")

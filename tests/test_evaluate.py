@@ -141,7 +141,7 @@ def test_exact_match():
 
 def test_eval_files_and_cli(checkpoint, tmp_path, capsys):
     from llmos.evaluate import evaluate, perplexity
-    from llmos.train_cli import main
+    from llmos.cli import main
 
     path = str(checkpoint("llama"))
     texts = tmp_path / "texts.jsonl"
@@ -168,7 +168,7 @@ def test_eval_files_and_cli(checkpoint, tmp_path, capsys):
 def test_bad_eval_data_names_file_and_line(checkpoint, tmp_path, capsys):
     from llmos.errors import DatasetError
     from llmos.evaluate import evaluate
-    from llmos.train_cli import main
+    from llmos.cli import main
 
     path = str(checkpoint("llama"))
     bad = tmp_path / "bad.jsonl"

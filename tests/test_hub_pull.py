@@ -353,7 +353,7 @@ def test_disk_full_during_download(fake_hub, registry, llmos, hub_env, monkeypat
 def test_pull_verb(fake_hub, capsys, llmos):
     import argparse
 
-    from llmos.registry_cli import add_registry_commands
+    from llmos.cli.registry import add_registry_commands
 
     parser = argparse.ArgumentParser(prog="llmos")
     add_registry_commands(parser.add_subparsers(dest="command", required=True))

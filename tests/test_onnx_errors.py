@@ -174,10 +174,10 @@ def test_graph_that_fails_while_running(folder, llmos):
 
 def test_folder_without_a_decoder(tmp_path, llmos):
     (tmp_path / "model.onnx").mkdir()
-    from llmos.onnx.runtime import OnnxModel
+    from llmos.backends.onnx.backend import load as load_onnx_backend
 
     with pytest.raises(ModelFileError, match="no ONNX decoder found"):
-        OnnxModel(str(tmp_path))
+        load_onnx_backend(str(tmp_path), threads=1)
     with pytest.raises(ModelFileError, match="no ONNX decoder found"):
         llmos.convert_onnx(str(tmp_path), str(tmp_path / "out"))
 

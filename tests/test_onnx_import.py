@@ -71,7 +71,7 @@ def test_genai_builder_export_is_token_identical_to_transformers(kind, genai_exp
                                                                  llmos):
     folder = genai_export(kind)
     model = llmos.load(folder, threads=1)
-    assert type(model).__name__ == "OnnxModel"
+    assert model.backend.name == "onnx"
     tokens, logits = _reference_greedy(reference_model, checkpoint(kind), PROMPT, 24)
     assert np.abs(model.logits(PROMPT) - logits).max() <= 1e-4
     got = model.generate(PROMPT, max_new_tokens=24, eos_token_id=[])

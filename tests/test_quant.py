@@ -13,7 +13,7 @@ import pytest
 
 from llmos import _core
 from llmos.errors import InvalidInputError
-from llmos.quant import parse_quant
+from llmos.quant.names import parse_quant
 
 ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
 ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
@@ -162,7 +162,7 @@ def test_saved_quantized_checkpoint_loads_without_requantizing(quant, checkpoint
     size = (tmp_path / "q" / "model.safetensors").stat().st_size
     assert size < 0.6 * (src / "model.safetensors").stat().st_size
     # the tied embedding / head is saved in the head format: qtype 4 (Q6) with -h6
-    heads = [(qtype, group) for role, layer, qtype, group, *_ in m._core.quantized_matrices() if role == "embed"]
+    heads = [(qtype, group) for role, layer, qtype, group, *_ in m.backend.quantized_matrices() if role == "embed"]
     assert heads == [(parse_quant(quant).head_type, parse_quant(quant).group)]
 
 
@@ -173,7 +173,7 @@ def test_int6_head_blocks_follow_the_documented_layout(kind, tensor, checkpoint,
     src = checkpoint(kind, weight_scale=0.1)
     m = llmos.load(src, threads=1, quant="int4-h6")
     role = "embed" if "embed" in tensor else "lm_head"
-    [(qtype, group, codes, scale)] = [(q, g, c, sc) for r, _, q, g, c, sc, _ in m._core.quantized_matrices()
+    [(qtype, group, codes, scale)] = [(q, g, c, sc) for r, _, q, g, c, sc, _ in m.backend.quantized_matrices()
                                       if r == role]
     assert qtype == TYPES["int6"] and codes.shape[1] == src_cols(src, tensor) * 3 // 4
     w = load_file(str(src / "model.safetensors"))[tensor].astype(np.float32)

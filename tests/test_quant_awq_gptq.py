@@ -249,7 +249,7 @@ def test_quantized_checkpoint_loads_exactly_and_matches_transformers(
     assert m.quant.name == name
 
     # 1. the blocks are the checkpoint's weights: exact for Q4 / Q8, m's float16 rounding for Q4Asym
-    blocks = m._core.quantized_matrices()
+    blocks = m.backend.quantized_matrices()
     assert sorted((r, l) for r, l, *_ in blocks) == sorted(
         (r, l) for l in range(2) for r in ("qkv.weight", "o.weight", "up.weight", "down.weight"))
     worst = _assert_blocks_hold(blocks, expected)
@@ -275,7 +275,7 @@ def test_act_order_falls_back_to_int8_with_a_warning(checkpoint, llmos, tmp_path
     with pytest.warns(QuantizationWarning, match="act-order"):
         m = llmos.load(str(path), dtype="float32", threads=1)
     assert m.quant.name == "int8" and m.quant_method == "gptq"
-    for role, layer, qtype, g, codes, scale, mn in m._core.quantized_matrices():
+    for role, layer, qtype, g, codes, scale, mn in m.backend.quantized_matrices():
         assert (qtype, g) == (1, 32)
         want = _fused(expected, role, layer)
         got = _dequantize_blocks(qtype, g, codes, scale, mn)
@@ -318,7 +318,7 @@ def test_float32_scales_and_bfloat16_model_dtype(checkpoint, llmos, tmp_path):
     _check_against_reference(m, ref, rel_bound=0.01, report=print)
     # the float parts follow dtype; the blocks are unchanged
     mb = llmos.load(str(path), dtype="bfloat16", threads=1)
-    for a, b in zip(m._core.quantized_matrices(), mb._core.quantized_matrices()):
+    for a, b in zip(m.backend.quantized_matrices(), mb.backend.quantized_matrices()):
         np.testing.assert_array_equal(a[4], b[4])
 
 
@@ -335,7 +335,7 @@ def test_modules_to_not_convert_stay_float(checkpoint, llmos, tmp_path):
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.warns(QuantizationWarning, match="mixes quantized and float"):
         m = llmos.load(str(path), dtype="float32", threads=1)
-    roles = {(r, l) for r, l, *_ in m._core.quantized_matrices()}
+    roles = {(r, l) for r, l, *_ in m.backend.quantized_matrices()}
     assert ("qkv.weight", 1) not in roles and ("qkv.weight", 0) in roles and ("o.weight", 1) in roles
     _check_against_reference(m, ref, rel_bound=0.01, report=print)
 
@@ -355,7 +355,7 @@ def test_gptq_dynamic_mixed_bits_and_a_skipped_module(checkpoint, llmos, tmp_pat
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     m = llmos.load(str(path), dtype="float32", threads=2)
     assert m.quant.name == "int4-g64+int8-g64"
-    blocks = m._core.quantized_matrices()
+    blocks = m.backend.quantized_matrices()
     assert {(r, l): t for r, l, t, *_ in blocks} == {
         ("qkv.weight", 0): 2, ("qkv.weight", 1): 2, ("o.weight", 0): 2, ("o.weight", 1): 2,
         ("up.weight", 0): 1, ("up.weight", 1): 1, ("down.weight", 0): 2}
@@ -367,7 +367,7 @@ def test_gptq_quantized_lm_head(checkpoint, llmos, tmp_path):
     path, ref, expected = build_quantized(checkpoint("llama", **SIZES), tmp_path / "q", method="gptq", group=128,
                                           sym=True, lm_head=True, config_extra={"lm_head": True})
     m = llmos.load(str(path), dtype="float32", threads=1)
-    blocks = m._core.quantized_matrices()
+    blocks = m.backend.quantized_matrices()
     assert ("lm_head", -1) in {(r, l) for r, l, *_ in blocks}
     _assert_blocks_hold(blocks, expected)
     # the LM head's input is rounded to int8 too: a little more error than with a float head
@@ -390,7 +390,7 @@ def test_sharded_checkpoint_with_a_module_split_over_shards(checkpoint, llmos, t
         {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
     m = llmos.load(str(path), dtype="float32", threads=2)
     assert m.quant.name == "int4-asym-g64"
-    _assert_blocks_hold(m._core.quantized_matrices(), expected)
+    _assert_blocks_hold(m.backend.quantized_matrices(), expected)
     _check_against_reference(m, ref, rel_bound=0.01, report=print)
 
 

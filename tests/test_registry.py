@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmos.errors import InvalidInputError
+from llmos.store import build as store_build
+
 
 @pytest.fixture
 def home(monkeypatch, tmp_path):
@@ -39,7 +42,7 @@ def tiny(checkpoint):
 def _cli(capsys, *argv):
     """Runs a registry verb the way `llmos` does: (exit code, stdout, stderr)."""
     from llmos.errors import LlmosError
-    from llmos.registry_cli import add_registry_commands
+    from llmos.cli.registry import add_registry_commands
 
     parser = argparse.ArgumentParser(prog="llmos")
     add_registry_commands(parser.add_subparsers(dest="command", required=True))
@@ -100,7 +103,7 @@ def test_names_tags_and_listing(home, registry, tiny, capsys):
     code, out, _ = _cli(capsys, "ls")
     assert code == 0 and "tiny-llama:latest" in out and "tiny-llama:v2" in out and "llama" in out
     for bad in ("bad name", "a/b:c", ":tag", "name:", "x" * 81, "-lead"):
-        with pytest.raises(registry.InvalidInputError):
+        with pytest.raises(InvalidInputError):
             registry.parse_ref(bad)
 
 
@@ -217,7 +220,7 @@ def test_reimport_replaces_and_disk_full_keeps_old_entry(home, registry, tiny, t
             f.write(Path(src).read_bytes()[:100])
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
-    monkeypatch.setattr(registry, "_copy_hashed", copy_then_disk_full)
+    monkeypatch.setattr(store_build, "copy_hashed", copy_then_disk_full)
     with pytest.raises(llmos.errors.DiskFullError, match="no space left .* nothing was changed") as info:
         registry.import_model(other, name="tiny")
     assert isinstance(info.value, OSError)
@@ -233,13 +236,13 @@ def test_reimport_replaces_and_disk_full_keeps_old_entry(home, registry, tiny, t
 
 
 def test_disk_full_writing_the_manifest(home, registry, tiny, llmos, monkeypatch):
-    real = registry._write_json_atomic
+    real = store_build.write_json_atomic
 
     def full(path, obj):
         real(path.with_name("partial.json"), {"half": True})
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(registry, "_write_json_atomic", full)
+    monkeypatch.setattr(store_build, "write_json_atomic", full)
     with pytest.raises(llmos.errors.DiskFullError):
         registry.import_model(tiny, name="tiny")
     assert registry.list_models() == [] and not (home / "models" / "tiny").exists()
@@ -250,14 +253,14 @@ def test_not_enough_space_fails_before_writing(home, registry, tiny, llmos, monk
     import collections
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(registry.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(store_build.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(llmos.errors.DiskFullError, match="needs 0.5 MB .* nothing was written"):
         registry.import_model(tiny, name="tiny")
     assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
 def test_interrupt_leaves_no_entry(home, registry, tiny, monkeypatch):
-    real = registry._copy_hashed
+    real = store_build.copy_hashed
     calls = []
 
     def interrupted(src, dst):
@@ -266,7 +269,7 @@ def test_interrupt_leaves_no_entry(home, registry, tiny, monkeypatch):
             raise KeyboardInterrupt
         return real(src, dst)
 
-    monkeypatch.setattr(registry, "_copy_hashed", interrupted)
+    monkeypatch.setattr(store_build, "copy_hashed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         registry.import_model(tiny, name="tiny")
     assert registry.list_models() == []
@@ -276,7 +279,7 @@ def test_interrupt_leaves_no_entry(home, registry, tiny, monkeypatch):
 def test_stale_temp_dirs_are_cleaned_and_moved_aside_entries_restored(home, registry, tiny):
     entry = registry.import_model(tiny, name="tiny")
     dead = _dead_pid()
-    host = registry._HOST
+    from llmos.store.build import HOST as host
     stale = home / "tmp" / f"import~{host}~{dead}~0000"
     (stale / "sub").mkdir(parents=True)
     (stale / "sub" / "model.safetensors").write_bytes(b"half")
@@ -362,7 +365,9 @@ def test_quantize_delegates_and_records_lineage(home, registry, tiny, llmos, mon
         shutil.copy(Path(path) / "model.safetensors", Path(out_dir) / "model.safetensors")
         shutil.copy(Path(path) / "config.json", Path(out_dir) / "config.json")
 
-    monkeypatch.setattr(llmos, "quantize", fake_quantize, raising=False)
+    from llmos.registry import operations
+
+    monkeypatch.setattr(operations, "quantize_checkpoint", fake_quantize)
     code, out, _ = _cli(capsys, "quantize", "tiny", "--to", "int4", "--group", "64")
     assert code == 0 and "tiny:int4-g64" in out
     assert calls[0][0] == parent.path and calls[0][2] == "int4-g64"
@@ -377,12 +382,12 @@ def test_quantize_delegates_and_records_lineage(home, registry, tiny, llmos, mon
         (Path(out_dir) / "model.safetensors").write_bytes(b"half written")
         raise RuntimeError("quantizer crashed")
 
-    monkeypatch.setattr(llmos, "quantize", failing)
+    monkeypatch.setattr(operations, "quantize_checkpoint", failing)
     with pytest.raises(RuntimeError):
         registry.quantize("tiny", to="int8", name="tiny:q8")
     assert {e.ref for e in registry.list_models()} == {"tiny:latest", "tiny:int4-g64"}
     _no_leftovers(home)
-    with pytest.raises(llmos.errors.InvalidInputError):
+    with pytest.raises(InvalidInputError):
         registry.quantize("tiny", to="int3")
 
 

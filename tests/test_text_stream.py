@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 import tokenizer_factory as tf
 
 from llmos.errors import InvalidInputError
-from llmos.text_stream import IncrementalDecoder, StopMatcher, _CleanupStream
-from llmos.tokenizer import Tokenizer, clean_up_tokenization
+from llmos.text.stream import IncrementalDecoder, StopMatcher, _CleanupStream
+from llmos.text.tokenizer import Tokenizer, clean_up_tokenization
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

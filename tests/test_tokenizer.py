@@ -1,4 +1,4 @@
-"""llmos.tokenizer.Tokenizer against transformers.AutoTokenizer (5.24) on tiny saved tokenizers."""
+"""llmos.text.tokenizer.Tokenizer against transformers.AutoTokenizer (5.24) on tiny saved tokenizers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import tokenizer_factory as tf
 
 from llmos.errors import ChatTemplateError, ConfigError, InvalidInputError, TokenizerError
-from llmos.tokenizer import Tokenizer, clean_up_tokenization
+from llmos.text.tokenizer import Tokenizer, clean_up_tokenization
 
 import transformers
 

@@ -66,7 +66,7 @@ def test_full_finetune_lowers_the_loss_and_loads_in_the_core(checkpoint, tmp_pat
 
 def test_lora_merged_matches_the_trained_adapter(checkpoint, tmp_path, load_llmos):
     import torch
-    from llmos.lora import lora_modules
+    from llmos.train.lora import lora_modules
     from llmos.train import train
 
     base = checkpoint("llama")
@@ -85,7 +85,7 @@ def test_lora_merged_matches_the_trained_adapter(checkpoint, tmp_path, load_llmo
 
 
 def test_adapter_kept_and_applied_later(checkpoint, tmp_path, load_llmos):
-    from llmos.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_adapter
+    from llmos.adapters.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_adapter
     from llmos.train import train
 
     base = checkpoint("llama")
@@ -101,7 +101,7 @@ def test_adapter_kept_and_applied_later(checkpoint, tmp_path, load_llmos):
 
 def test_adapter_for_another_base_is_refused(checkpoint, tmp_path):
     from llmos.errors import AdapterError
-    from llmos.lora import apply_adapter
+    from llmos.adapters.lora import apply_adapter
     from llmos.train import train
 
     adapter = tmp_path / "adapter"
@@ -186,8 +186,8 @@ def _spans(ex):
 
 
 def test_chat_loss_is_on_assistant_tokens_only(checkpoint):
-    from llmos.tokenizer import Tokenizer
-    from llmos.train_data import chat_example
+    from llmos.text.tokenizer import Tokenizer
+    from llmos.train.data import chat_example
 
     tok = Tokenizer.from_dir(checkpoint("llama"))
     ex = chat_example(tok, CHAT)
@@ -207,8 +207,8 @@ def test_chat_loss_is_on_assistant_tokens_only(checkpoint):
 
 
 def test_prompt_completion_loss_is_on_the_completion(checkpoint):
-    from llmos.tokenizer import Tokenizer
-    from llmos.train_data import prompt_completion_example
+    from llmos.text.tokenizer import Tokenizer
+    from llmos.train.data import prompt_completion_example
 
     tok = Tokenizer.from_dir(checkpoint("llama"))
     ex = prompt_completion_example(tok, "Q: what is two and two?\nA:", " four")
@@ -220,7 +220,7 @@ def test_prompt_completion_loss_is_on_the_completion(checkpoint):
 
 def test_chat_data_trains_through_the_cli_and_registers(checkpoint, tmp_path, monkeypatch, load_llmos, capsys):
     from llmos import registry
-    from llmos.train_cli import main
+    from llmos.cli import main
 
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
     data = tmp_path / "chat.jsonl"
@@ -266,7 +266,7 @@ def test_from_scratch_builds_a_tokenizer_and_a_model(tmp_path, load_llmos):
 def test_bad_jsonl_line_names_file_and_line(checkpoint, tmp_path, capsys):
     from llmos.errors import DatasetError
     from llmos.train import train
-    from llmos.train_cli import main
+    from llmos.cli import main
 
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n{"text": "broken"\n', encoding="utf-8")
@@ -327,7 +327,7 @@ def test_full_disk_while_writing_loses_nothing(checkpoint, tmp_path, monkeypatch
 def test_merged_adapter_is_cached_for_load(checkpoint, tmp_path, monkeypatch, load_llmos):
     import os
 
-    from llmos.lora import merged
+    from llmos.adapters.lora import merged
     from llmos.train import train
 
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))

@@ -94,15 +94,7 @@ def main(argv=None) -> int:
 
         runs: list[tuple[str, object]] = []
         runs.append(("llmos core fp32", lambda: llmos.load(src, threads=args.threads)))
-        try:
-            import inspect
-
-            from llmos import model as model_module
-
-            if "quant" in inspect.signature(model_module.load).parameters:
-                runs.append(("llmos core int4", lambda: llmos.load(src, threads=args.threads, quant="int4")))
-        except Exception:
-            pass
+        runs.append(("llmos core int4", lambda: llmos.load(src, threads=args.threads, quant="int4")))
         for precision in ("fp32", "int4"):
             out = os.path.join(work, f"llmos-{precision}")
             if not os.path.isfile(os.path.join(out, "model.onnx")):

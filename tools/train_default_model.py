@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reproduces llmos's bundled default model (python/llmos/default_model/) end to end.
+"""Reproduces llmos's bundled default model (python/llmos/runtime/default_model/) end to end.
 
 1. Data: Jane Austen's six novels (public domain), as shipped by Debian's ``r-cran-janeaustenr``
    package (MIT-licensed packaging). The .deb is fetched with ``apt-get download`` and unpacked
@@ -8,7 +8,7 @@
 2. Cleaning: lines are joined into paragraphs; title, chapter and volume headings and the
    ``_emphasis_`` underscores are dropped. The last 2% of each novel's paragraphs is held out.
 3. Training: ``llmos train --from-scratch --config small.json --tokenizer-from train.txt``
-   (run as ``python -m llmos.train_cli``, the same parser) at low CPU priority, one thread.
+   (run as ``python -m llmos``) at low CPU priority, one thread.
 4. Card: held-out perplexity from the C++ core (llmos.evaluate.perplexity), the word-list score
    of tests/test_default_model.py, sizes and timings go into MODEL_CARD.md.
 
@@ -217,9 +217,9 @@ def stored_eval_loss(model_dir: Path, held: Path, seq: int) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmos.tokenizer import Tokenizer
+    from llmos.text.tokenizer import Tokenizer
     from llmos.train import evaluate_loss
-    from llmos.train_data import load_dataset
+    from llmos.train.data import load_dataset
 
     torch.set_num_threads(1)
     tok = Tokenizer.from_dir(model_dir)
@@ -310,7 +310,7 @@ def _cpu_name() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=str(ROOT / "build" / "default_model"), help="scratch folder")
-    p.add_argument("--out", default=str(ROOT / "python" / "llmos" / "default_model"))
+    p.add_argument("--out", default=str(ROOT / "python" / "llmos" / "runtime" / "default_model"))
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=256)
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     cfg_path.write_text(json.dumps(CONFIG, indent=2) + "\n")
     meta_path = work / "train_meta.json"
     if not args.skip_train:
-        cmd = [sys.executable, "-m", "llmos.train_cli", "train", "--from-scratch", "--config", str(cfg_path),
+        cmd = [sys.executable, "-m", "llmos", "train", "--from-scratch", "--config", str(cfg_path),
                "--tokenizer-from", str(train_txt), "--data", str(train_txt), "--eval", str(held_txt),
                "--out", str(out), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--max-seq-len", str(args.max_seq_len), "--lr", str(args.lr), "--threads", str(args.threads),
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     meta = json.loads(meta_path.read_text())
     (out / "README.md").unlink(missing_ok=True)  # the card below replaces the trainer's
 
-    from llmos.tokenizer import Tokenizer
+    from llmos.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(out)
     ppl = held_out_perplexity(out, held_txt)

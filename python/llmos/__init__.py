@@ -1,29 +1,44 @@
 """llmos: an embedded LLM runtime. Load a Hugging Face checkpoint and generate text from a
 C++ core: `llmos.load(path).generate("Hello", max_new_tokens=20).text`.
 
-The compiled core is imported on first use, so the pure-Python layers (tokenizer, chat
-templates, errors) import without it.
+The package is layered, each layer a folder that imports only from the layers below it
+(docs/architecture.md draws them; tests/test_layers.py checks them). The names here are the
+public API; they are imported on first use, so `import llmos` stays cheap and works without
+the optional extras (onnx, train, eval), and no layer depends on this file.
 """
 
-from . import errors
-from .generation import Generation, GenerationConfig
+import importlib
 
-__version__ = "0.1.0"
+from llmos import errors
+from llmos.version import __version__
+
 __all__ = ["load", "quantize", "Model", "Generation", "GenerationConfig", "errors", "export_onnx", "convert_onnx",
-           "__version__"]
+           "registry", "train", "evaluate", "default_model", "onnx", "__version__"]
+
+# public name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "load": ("llmos.runtime.load", "load"),
+    "Model": ("llmos.runtime.model", "Model"),
+    "Generation": ("llmos.runtime.generation", "Generation"),
+    "GenerationConfig": ("llmos.runtime.generation", "GenerationConfig"),
+    "quantize": ("llmos.runtime.quantize", "quantize"),
+    "export_onnx": ("llmos.onnx", "export_onnx"),
+    "convert_onnx": ("llmos.onnx", "convert_onnx"),
+    "onnx": ("llmos.onnx", None),
+    "registry": ("llmos.registry", None),
+    "train": ("llmos.train", None),
+    "evaluate": ("llmos.evaluate", None),
+    "default_model": ("llmos.runtime.default_model", None),
+}
 
 
 def __getattr__(name):
-    if name in ("load", "Model"):
-        from . import model
+    if name not in _LAZY:
+        raise AttributeError(f"module 'llmos' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)
 
-        return getattr(model, name)
-    if name == "quantize":
-        from .quantize_checkpoint import quantize
 
-        return quantize
-    if name in ("export_onnx", "convert_onnx"):  # onnx is imported only when used
-        from . import onnx
-
-        return getattr(onnx, name)
-    raise AttributeError(f"module 'llmos' has no attribute {name!r}")
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -21,13 +21,14 @@ import shutil
 
 import numpy as np
 
-from ..config import ConfigReader
-from ..errors import ModelFileError, ModelFormatError, UnsupportedModelError
-from ..families import family_for
-from . import layout
-from .decoder import rope_tables
-from .quant import dequantize_int4
-from .roles import NORM_ROLES, checkpoint_tensors, role_key, split_key
+from llmos.io.config import ConfigReader
+from llmos.errors import ModelFileError, ModelFormatError, UnsupportedModelError
+from llmos.arch.families import family_for
+from llmos.backends.onnx import layout
+from llmos.onnx.decoder import rope_tables
+from llmos.runtime.load import load_checkpoint, load_onnx
+from llmos.onnx.quant import dequantize_int4
+from llmos.onnx.roles import NORM_ROLES, checkpoint_tensors, role_key, split_key
 
 _LAYER = r"layers\.(\d+)\."
 _PATTERNS = [
@@ -331,7 +332,7 @@ def convert_onnx(path, out_dir, *, verify: bool = True) -> str:
         raise ModelFileError(f"{path}: no ONNX decoder found (expected one of {', '.join(layout.ONNX_FILES)})",
                              file=path)
     folder = os.path.dirname(os.path.abspath(file))
-    from .reader import decoder_layout, initializers, load_proto
+    from llmos.backends.onnx.reader import decoder_layout, initializers, load_proto
 
     proto = load_proto(file, with_weights=True)
     decoder_layout(proto, file)
@@ -397,7 +398,7 @@ def convert_onnx(path, out_dir, *, verify: bool = True) -> str:
     config.pop("dtype", None)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    from .export import SIDE_FILES
+    from llmos.onnx.export import SIDE_FILES
 
     for name in SIDE_FILES:
         if name != "config.json" and os.path.isfile(os.path.join(folder, name)):
@@ -419,16 +420,13 @@ def _rope_caches(g: _Graph) -> set[str]:
 
 
 def _verify(onnx_path: str, out_dir: str, arch) -> None:
-    from ..model import Model
-    from .runtime import OnnxModel
-
-    onnx_model = OnnxModel(onnx_path, threads=1)
-    core = Model(out_dir, threads=1)
+    onnx_model = load_onnx(onnx_path, dtype=None, threads=1, quant=None)
+    core = load_checkpoint(out_dir, dtype=None, threads=1, quant=None)
     n = min(12, arch.max_position_embeddings)
     ids = [(7 * i + 3) % arch.vocab_size for i in range(n)]
     a, b = onnx_model.logits(ids), core.logits(ids)
     scale = max(1.0, float(np.abs(a).max()))
-    quantized = onnx_model.dtype != "float32" or "MatMulNBits" in _ops(onnx_model.onnx_file)
+    quantized = onnx_model.dtype != "float32" or "MatMulNBits" in _ops(onnx_model.backend.file)
     tol = 0.1 * scale if quantized else 1e-3 * scale
     diff = float(np.abs(a - b).max())
     if not math.isfinite(diff) or diff > tol:
@@ -438,6 +436,6 @@ def _verify(onnx_path: str, out_dir: str, arch) -> None:
 
 
 def _ops(file: str) -> set[str]:
-    from .reader import load_proto
+    from llmos.backends.onnx.reader import load_proto
 
     return {n.op_type for n in load_proto(file).graph.node}

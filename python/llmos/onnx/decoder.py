@@ -14,16 +14,16 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from ..families import ACTIVATIONS, Architecture
-from . import layout
-from .graph import MS_DOMAIN, GraphBuilder
-from .quant import quantize_int4
+from llmos.arch.families import ACTIVATIONS, Architecture
+from llmos.backends.onnx import layout
+from llmos.onnx.graph import MS_DOMAIN, GraphBuilder
+from llmos.onnx.quant import quantize_int4
 
 FLOAT, FLOAT16, INT64, BOOL = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.BOOL
 # Masked scores: the lowest float32, not -inf, so a row with every key masked (a padding
 # query) gives a uniform softmax instead of NaN.
 MASKED = float(np.finfo(np.float32).min)
-from .layout import PRECISIONS  # noqa: E402  (re-exported)
+from llmos.backends.onnx.layout import PRECISIONS  # noqa: E402  (re-exported)
 # MatMulNBits accuracy_level 4: activations are quantized to int8 inside the kernel, the
 # fast CPU path (what the onnxruntime-genai builder also picks for CPU).
 INT4_ACCURACY_LEVEL = 4

@@ -14,14 +14,14 @@ import shutil
 
 import onnx
 
-from ..errors import InvalidInputError, ModelFormatError
-from . import layout
-from .decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
-from .graph import MIN_OPSET
-from .quant import DEFAULT_BLOCK_SIZE, check_block_size
-from .roles import read_checkpoint
+from llmos.errors import InvalidInputError, ModelFormatError
+from llmos.backends.onnx import layout
+from llmos.onnx.decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
+from llmos.onnx.graph import MIN_OPSET
+from llmos.onnx.quant import DEFAULT_BLOCK_SIZE, check_block_size
+from llmos.onnx.roles import read_checkpoint
 
-from .layout import DEFAULT_OPSET  # noqa: E402  (re-exported)
+from llmos.backends.onnx.layout import DEFAULT_OPSET  # noqa: E402  (re-exported)
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 DATA_FILE = "model.onnx.data"
@@ -77,7 +77,7 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
         raise InvalidInputError(f"accuracy_level: expected 0..4, got {accuracy_level!r}", field="accuracy_level")
 
     arch, _, config, weights = read_checkpoint(src)
-    from .. import __version__
+    from llmos.version import __version__
 
     g = build_decoder(arch, weights, precision, opset, block_size, accuracy_level)
     model = g.model(f"llmos-{arch.family}-{precision}", "llmos", __version__)

@@ -18,7 +18,7 @@ DEFAULT_BLOCK_SIZE = 32
 def check_block_size(block_size: int) -> None:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 or \
             block_size & (block_size - 1):
-        from ..errors import InvalidInputError
+        from llmos.errors import InvalidInputError
 
         raise InvalidInputError(f"block_size: expected a power of two >= 16, got {block_size!r}", field="block_size")
 

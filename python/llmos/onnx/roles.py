@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 
-from .. import _core
-from ..checkpoint import resolve, tensor_locations
-from ..config import ConfigReader, read_json
-from ..errors import TensorError
-from ..families import Architecture, Family, family_for
+from llmos import _core
+from llmos.io.checkpoint import resolve, tensor_locations
+from llmos.io.config import ConfigReader, read_json
+from llmos.errors import TensorError
+from llmos.arch.families import Architecture, Family, family_for
 
 # Roles that receive Architecture.norm_weight_offset (the `norm` flag of weights.cc).
 NORM_ROLES = frozenset({"final_norm.weight", "attn_norm.weight", "q_norm.weight", "k_norm.weight",

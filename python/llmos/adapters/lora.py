@@ -1,0 +1,290 @@
+"""LoRA adapters: their file format, and merging them into a checkpoint (numpy only; the torch
+side that trains them is llmos/train/lora.py).
+
+An adapter folder holds ``adapter_model.safetensors`` (``<module>.lora_A.weight`` [r, in] and
+``<module>.lora_B.weight`` [out, r] for every adapted module, float32) and ``adapter_config.json``
+(r, alpha, the modules, and the identity of the base model: the sha256 of its weights plus its
+shape-defining config fields). ``apply_adapter`` refuses a base whose identity differs, so an
+adapter is never silently merged into the wrong weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmos.errors import AdapterError, InvalidInputError, ModelFileError
+from llmos.paths import cache_dir
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FORMAT = "llmos-lora"
+
+# Projection names of the families llmos runs (Llama-like, fused Phi-3, GPT-2 Conv1D).
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                   "qkv_proj", "gate_up_proj", "c_attn", "c_proj", "c_fc")
+_IDENTITY_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+                    "num_attention_heads", "num_key_value_heads", "n_embd", "n_layer", "n_head")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 16
+    alpha: float = 32.0
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """``"r=16,alpha=32"`` (either may be left out; ``targets=q_proj+v_proj`` picks modules)."""
+        values: dict = {}
+        for part in filter(None, (p.strip() for p in (text or "").split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip().lower()
+            try:
+                if not sep:
+                    raise ValueError
+                if key == "r":
+                    values["r"] = int(value)
+                elif key == "alpha":
+                    values["alpha"] = float(value)
+                elif key == "targets":
+                    values["targets"] = tuple(t for t in value.split("+") if t)
+                else:
+                    raise KeyError(key)
+            except KeyError:
+                raise InvalidInputError(f"--lora: unknown key {key!r} (expected r, alpha, targets)",
+                                        field="lora") from None
+            except ValueError:
+                raise InvalidInputError(f"--lora: {part!r} is not key=number (e.g. r=16,alpha=32)",
+                                        field="lora") from None
+        spec = cls(**values)
+        if spec.r < 1 or not math.isfinite(spec.alpha) or spec.alpha <= 0 or not spec.targets:
+            raise InvalidInputError(f"--lora: need r >= 1, alpha > 0 and at least one target, got {text!r}",
+                                    field="lora")
+        return spec
+
+
+# ---- identity of a base checkpoint ------------------------------------------------------------
+
+
+def weight_files(folder: str) -> list[str]:
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return sorted(set(json.load(f).get("weight_map", {}).values()))
+    return sorted(n for n in os.listdir(folder) if n.endswith(".safetensors") and n != ADAPTER_WEIGHTS)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def base_identity(folder: str) -> dict:
+    """What names a base model: the sha256 of its weights (over the files' hashes, as
+    ``sha256sum`` lists them) and the config fields that fix tensor shapes."""
+    files = weight_files(folder)
+    if not files:
+        raise ModelFileError(f"{folder}: no .safetensors weights", file=folder)
+    listing = "".join(f"{_sha256(os.path.join(folder, n))}  {n}\n" for n in files)
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    return {"weights_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+            "config": {k: cfg[k] for k in _IDENTITY_FIELDS if k in cfg}}
+
+
+# ---- adapter files ----------------------------------------------------------------------------
+
+
+def read_adapter(adapter_dir: str) -> tuple[dict, dict]:
+    """(adapter_config, tensors) of an adapter folder; AdapterError when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    w_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise AdapterError(f"{adapter_dir}: not a LoRA adapter folder ({os.path.basename(p)} is missing)",
+                               file=p)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{cfg_path}: cannot read the adapter config ({e})", file=cfg_path) from None
+    if not isinstance(cfg, dict) or cfg.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(f"{cfg_path}: not an llmos LoRA adapter (expected \"format\": \"{ADAPTER_FORMAT}\")",
+                           file=cfg_path, field="format")
+    for key in ("r", "lora_alpha", "modules", "base_model"):
+        if key not in cfg:
+            raise AdapterError(f"{cfg_path}: field '{key}' is missing", file=cfg_path, field=key)
+    try:
+        tensors = load_file(w_path)
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{w_path}: cannot read the adapter weights ({e})", file=w_path) from None
+    for name in cfg["modules"]:
+        for part in ("lora_A", "lora_B"):
+            if f"{name}.{part}.weight" not in tensors:
+                raise AdapterError(f"{w_path}: tensor {name}.{part}.weight is missing", file=w_path, field=name)
+    return cfg, tensors
+
+
+def _open_permissions(root: Path) -> None:
+    """mkdtemp/mkstemp make owner-only files; a model folder gets the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Puts folder ``src`` at ``dst`` by rename; an existing ``dst`` is swapped out, not merged."""
+    _open_permissions(Path(src))
+    aside = None
+    if dst.exists():
+        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, aside)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, dst)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _tensor_name(name: str, available) -> str | None:
+    """The checkpoint's name for module ``name``'s weight (base checkpoints drop the ``model.``
+    prefix that the causal-LM wrapper adds)."""
+    cands = [f"{name}.weight"]
+    for prefix in ("model.", "transformer."):
+        cands.append(f"{name[len(prefix):]}.weight" if name.startswith(prefix) else f"{prefix}{name}.weight")
+    return next((c for c in cands if c in available), None)
+
+
+def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identity: bool = True) -> str:
+    """Writes ``base_dir`` with the adapter merged into its weights to ``out_dir`` (a complete
+    checkpoint folder: config, tokenizer, chat template and generation config come from the base).
+
+    Raises AdapterError when the adapter was made for another base model: a module or shape it
+    needs is missing, or (``check_identity``) the base's weights are not the ones it was trained
+    on.
+    """
+    import torch  # the merge runs in torch for now; the inference path needs torch only here
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base_dir, adapter_dir = os.fspath(base_dir), os.fspath(adapter_dir)
+    cfg, tensors = read_adapter(adapter_dir)
+    files = weight_files(base_dir)
+    if not files:
+        raise ModelFileError(f"{base_dir}: no .safetensors weights", file=base_dir)
+    want = cfg["base_model"]
+    trained_on = want.get("name_or_path", "another model")
+    shapes: dict[str, tuple[str, tuple]] = {}
+    for fname in files:
+        with safe_open(os.path.join(base_dir, fname), "pt") as f:
+            for key in f.keys():
+                shapes[key] = (fname, tuple(f.get_slice(key).get_shape()))
+    plan: dict[str, dict[str, str]] = {}
+    for name in cfg["modules"]:
+        a, b = tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"]
+        key = _tensor_name(name, shapes)
+        if key is None:
+            raise AdapterError(f"adapter {adapter_dir} was trained for {trained_on}: {base_dir} has no weight "
+                               f"for module {name}, so it is a different model", file=adapter_dir, field=name)
+        shape = shapes[key][1]
+        need = (b.shape[0], a.shape[1])
+        if name in set(cfg.get("transposed_modules") or []):
+            need = need[::-1]
+        if shape != need:
+            raise AdapterError(f"adapter {adapter_dir} was trained for {trained_on}: tensor {key} of {base_dir} "
+                               f"is {list(shape)}, the adapter needs {list(need)}", file=adapter_dir, field=key)
+        plan.setdefault(shapes[key][0], {})[key] = name
+    if check_identity:
+        have = base_identity(base_dir)
+        if have["weights_sha256"] != want.get("weights_sha256"):
+            raise AdapterError(
+                f"adapter {adapter_dir} was trained for {trained_on} (weights sha256 "
+                f"{str(want.get('weights_sha256'))[:12]}...), but {base_dir} has weights sha256 "
+                f"{have['weights_sha256'][:12]}...: it is a different base model (merge anyway with "
+                "check_identity=False only if these are the same weights saved differently)",
+                file=adapter_dir, field="base_model")
+    scale = float(cfg["lora_alpha"]) / float(cfg["r"])
+    transposed = set(cfg.get("transposed_modules") or [])
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for entry in os.listdir(base_dir):
+            src = os.path.join(base_dir, entry)
+            if entry in files or entry.startswith(".") or entry == "llmos-manifest.json":
+                continue
+            if os.path.isdir(src):
+                shutil.copytree(src, tmp / entry)
+            else:
+                shutil.copy2(src, tmp / entry)
+        for fname in files:
+            merged = {}
+            with safe_open(os.path.join(base_dir, fname), "pt") as f:
+                metadata = f.metadata()
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    if key in plan.get(fname, {}):
+                        name = plan[fname][key]
+                        delta = (tensors[f"{name}.lora_B.weight"] @ tensors[f"{name}.lora_A.weight"]) * scale
+                        if name in transposed:
+                            delta = delta.t()
+                        t = (t.to(torch.float32) + delta).to(t.dtype)
+                    merged[key] = t.contiguous()
+            save_file(merged, str(tmp / fname), metadata=metadata or {"format": "pt"})
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def merged_cache_dir(base_dir: str, adapter_dir: str) -> str:
+    """Where `merged` keeps the merge of this base and adapter. The key is every file's name,
+    size and modification time in both folders (cheap to compute at each load; a file
+    rewritten in place with the same size within the same mtime tick would be missed)."""
+    key = hashlib.sha256()
+    for d in (base_dir, adapter_dir):
+        for n in sorted(os.listdir(d)):
+            p = os.path.join(d, n)
+            if os.path.isfile(p):
+                st = os.stat(p)
+                key.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    label = _SAFE.sub("-", os.path.basename(os.path.abspath(adapter_dir)))[:40] or "adapter"
+    return str(cache_dir("merged") / f"{label}-{key.hexdigest()[:16]}")
+
+
+def merged(base_dir: str, adapter_dir: str) -> str:
+    """A checkpoint folder of ``base_dir`` with ``adapter_dir`` merged (cached: the merge runs
+    once per base/adapter pair). This is what ``llmos.load(path, adapter=...)`` loads."""
+    out = merged_cache_dir(base_dir, adapter_dir)
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        apply_adapter(base_dir, adapter_dir, out)
+    return out

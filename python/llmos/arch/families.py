@@ -1,0 +1,363 @@
+"""Model families: how each Hugging Face `model_type` maps onto the one generic decoder.
+
+A family is two things: a function that reads config.json into an `Architecture` (the
+switches of cpp/model/arch.h), and the checkpoint tensor names of each weight role.
+Adding a family means adding a mapping here, not C++.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from llmos.io.config import ConfigReader
+from llmos.errors import ConfigError, UnsupportedModelError
+from llmos.arch.rope import Rope, build_rope
+
+ACTIVATIONS = {
+    "silu": "Silu", "swish": "Silu",
+    "gelu": "GeluErf", "gelu_python": "GeluErf",
+    "gelu_new": "GeluTanh", "gelu_pytorch_tanh": "GeluTanh", "gelu_fast": "GeluTanh", "gelu_tanh": "GeluTanh",
+    "relu": "Relu",
+}
+
+
+@dataclass
+class Architecture:
+    """The parsed architecture of a checkpoint (what `Model.config` returns)."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int
+    norm: str = "rmsnorm"            # "rmsnorm" | "layernorm"
+    norm_eps: float = 1e-6
+    norm_weight_offset: float = 0.0  # Gemma: weights are stored as w - 1
+    norm_bias: bool = False
+    learned_positions: bool = False
+    rope: Rope | None = None
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    gated_mlp: bool = True
+    mlp_bias: bool = False
+    activation: str = "silu"
+    post_attn_norm: bool = False
+    post_ffn_norm: bool = False
+    tie_word_embeddings: bool = False
+    embed_scale: float = 1.0
+    attn_scale: float = 0.0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    sliding_window: list[int] = field(default_factory=list)  # per layer, 0 = full
+
+    def to_core(self, core):
+        """Builds the C++ ArchSpec."""
+        s = core.ArchSpec()
+        s.family = self.family
+        s.vocab_size = self.vocab_size
+        s.hidden_size = self.hidden_size
+        s.n_layers = self.num_layers
+        s.n_heads = self.num_heads
+        s.n_kv_heads = self.num_kv_heads
+        s.head_dim = self.head_dim
+        s.intermediate_size = self.intermediate_size
+        s.max_positions = self.max_position_embeddings
+        s.norm = core.NormKind.RMSNorm if self.norm == "rmsnorm" else core.NormKind.LayerNorm
+        s.norm_eps = self.norm_eps
+        s.norm_weight_offset = self.norm_weight_offset
+        s.norm_bias = self.norm_bias
+        s.learned_positions = self.learned_positions
+        r = core.RopeSpec()
+        if self.rope is not None:
+            r.rotary_dim = self.rope.rotary_dim
+            r.inv_freq = self.rope.inv_freq.tolist()
+            if self.rope.inv_freq_long is not None:
+                r.inv_freq_long = self.rope.inv_freq_long.tolist()
+            r.long_after = self.rope.long_after
+            r.attention_scaling = self.rope.attention_scaling
+            r.dynamic = self.rope.dynamic
+            r.dynamic_base = self.rope.dynamic_base
+            r.dynamic_factor = self.rope.dynamic_factor
+            r.dynamic_max_positions = self.rope.dynamic_max_positions
+        s.rope = r
+        s.qkv_bias = self.qkv_bias
+        s.o_bias = self.o_bias
+        s.qk_norm = self.qk_norm
+        s.gated_mlp = self.gated_mlp
+        s.mlp_bias = self.mlp_bias
+        s.act = getattr(core.Activation, ACTIVATIONS[self.activation])
+        s.post_attn_norm = self.post_attn_norm
+        s.post_ffn_norm = self.post_ffn_norm
+        s.tied_lm_head = self.tie_word_embeddings
+        s.embed_scale = self.embed_scale
+        s.attn_scale = self.attn_scale
+        s.attn_softcap = self.attn_softcap
+        s.final_softcap = self.final_softcap
+        s.sliding_window = list(self.sliding_window)
+        return s
+
+
+# (role, layer, [(tensor name, transpose)]): the tensors each weight role is read from,
+# stacked along output rows when there are several.
+TensorMap = list[tuple[str, int, list[tuple[str, bool]]]]
+
+
+@dataclass
+class Family:
+    name: str
+    architecture: Callable[[ConfigReader], Architecture]
+    tensors: Callable[[Architecture], TensorMap]
+
+
+def _activation(cfg: ConfigReader, *keys: str, default: str) -> str:
+    for key in keys:
+        if cfg.has(key):
+            name = cfg.str(key)
+            if name not in ACTIVATIONS:
+                raise cfg.error(key, f"activation '{name}' is not supported (supported: {', '.join(ACTIVATIONS)})")
+            return name
+    return default
+
+
+def _layer_windows(cfg: ConfigReader, n_layers: int, uniform_window: int) -> list[int]:
+    """Per-layer sliding window: `layer_types` when the config has it, else `uniform_window`."""
+    types = cfg.raw("layer_types")
+    if types is None:
+        return [uniform_window] * n_layers
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise cfg.error("layer_types", f"expected a list of {n_layers} entries")
+    window = cfg.int("sliding_window", 0, minimum=0)
+    out = []
+    for t in types:
+        if t == "full_attention":
+            out.append(0)
+        elif t == "sliding_attention":
+            if window <= 0:
+                raise cfg.error("sliding_window", "layer_types has sliding_attention layers but no sliding_window")
+            out.append(window)
+        else:
+            raise cfg.error("layer_types", f"unknown layer type {t!r} (expected full_attention or sliding_attention)")
+    return out
+
+
+def _decoder_dims(cfg: ConfigReader) -> dict:
+    hidden = cfg.int("hidden_size")
+    heads = cfg.int("num_attention_heads")
+    kv = cfg.int("num_key_value_heads", heads)
+    head_dim = cfg.int("head_dim", 0, minimum=0) or hidden // heads
+    if cfg.raw("head_dim") is None and hidden % heads:
+        raise cfg.error("hidden_size", f"{hidden} is not divisible by num_attention_heads {heads}")
+    if heads % kv:
+        raise cfg.error("num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}")
+    return dict(
+        vocab_size=cfg.int("vocab_size"),
+        hidden_size=hidden,
+        num_layers=cfg.int("num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        intermediate_size=cfg.int("intermediate_size"),
+        max_position_embeddings=cfg.int("max_position_embeddings", 2048),
+    )
+
+
+def _llama_like(cfg: ConfigReader, family: str, *, qkv_bias: bool, window: int, tie_default: bool = False,
+                **extra) -> Architecture:
+    dims = _decoder_dims(cfg)
+    arch = Architecture(
+        family=family,
+        **dims,
+        norm_eps=cfg.float("rms_norm_eps", 1e-6, positive=True),
+        qkv_bias=qkv_bias,
+        o_bias=cfg.bool("attention_bias", False),
+        mlp_bias=cfg.bool("mlp_bias", False),
+        activation=_activation(cfg, "hidden_act", default="silu"),
+        tie_word_embeddings=cfg.bool("tie_word_embeddings", tie_default),
+        sliding_window=_layer_windows(cfg, dims["num_layers"], window),
+    )
+    for k, v in extra.items():
+        setattr(arch, k, v)
+    arch.rope = build_rope(cfg, arch.head_dim, arch.max_position_embeddings)
+    return arch
+
+
+def _llama(cfg: ConfigReader) -> Architecture:
+    return _llama_like(cfg, "llama", qkv_bias=cfg.bool("attention_bias", False), window=0)
+
+
+def _mistral(cfg: ConfigReader) -> Architecture:
+    return _llama_like(cfg, "mistral", qkv_bias=cfg.bool("attention_bias", False),
+                       window=cfg.int("sliding_window", 0, minimum=0))
+
+
+def _qwen2(cfg: ConfigReader) -> Architecture:
+    # Older configs lack layer_types: sliding layers are those from max_window_layers on.
+    if not cfg.has("layer_types") and cfg.bool("use_sliding_window", False) and cfg.has("sliding_window"):
+        n, first = cfg.int("num_hidden_layers"), cfg.int("max_window_layers", 0, minimum=0)
+        cfg = ConfigReader({**cfg.data, "layer_types": [
+            "sliding_attention" if i >= first else "full_attention" for i in range(n)]}, cfg.path)
+    return _llama_like(cfg, "qwen2", qkv_bias=True, window=0)
+
+
+def _qwen3(cfg: ConfigReader) -> Architecture:
+    if not cfg.has("layer_types") and cfg.bool("use_sliding_window", False) and cfg.has("sliding_window"):
+        n, first = cfg.int("num_hidden_layers"), cfg.int("max_window_layers", 0, minimum=0)
+        cfg = ConfigReader({**cfg.data, "layer_types": [
+            "sliding_attention" if i >= first else "full_attention" for i in range(n)]}, cfg.path)
+    return _llama_like(cfg, "qwen3", qkv_bias=cfg.bool("attention_bias", False), window=0, qk_norm=True)
+
+
+def _phi3(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "phi3", qkv_bias=False, window=cfg.int("sliding_window", 0, minimum=0))
+    arch.o_bias = arch.mlp_bias = False
+    return arch
+
+
+def _gemma(cfg: ConfigReader) -> Architecture:
+    act = _activation(cfg, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh")
+    arch = _llama_like(cfg, "gemma", qkv_bias=cfg.bool("attention_bias", False), window=0, tie_default=True,
+                       norm_weight_offset=1.0, activation=act)
+    arch.embed_scale = float(math.sqrt(arch.hidden_size))
+    return arch
+
+
+def _gemma2(cfg: ConfigReader) -> Architecture:
+    arch = _gemma(cfg)
+    arch.family = "gemma2"
+    arch.post_attn_norm = arch.post_ffn_norm = True
+    arch.attn_scale = cfg.float("query_pre_attn_scalar", float(arch.head_dim), positive=True) ** -0.5
+    arch.attn_softcap = cfg.float("attn_logit_softcapping", 0.0)
+    arch.final_softcap = cfg.float("final_logit_softcapping", 0.0)
+    if not cfg.has("layer_types"):  # older configs: every other layer slides, starting with layer 0
+        window = cfg.int("sliding_window", 4096)
+        arch.sliding_window = [window if i % 2 == 0 else 0 for i in range(arch.num_layers)]
+    return arch
+
+
+def _gpt2(cfg: ConfigReader) -> Architecture:
+    hidden = cfg.int("n_embd")
+    heads = cfg.int("n_head")
+    if hidden % heads:
+        raise cfg.error("n_embd", f"{hidden} is not divisible by n_head {heads}")
+    if cfg.bool("scale_attn_by_inverse_layer_idx", False):
+        raise UnsupportedModelError(f"{cfg.path}: field 'scale_attn_by_inverse_layer_idx': true is not supported",
+                                    file=cfg.path, field="scale_attn_by_inverse_layer_idx")
+    n_layers = cfg.int("n_layer")
+    return Architecture(
+        family="gpt2",
+        vocab_size=cfg.int("vocab_size"),
+        hidden_size=hidden,
+        num_layers=n_layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate_size=cfg.int("n_inner", 4 * hidden),
+        max_position_embeddings=cfg.int("n_positions", 1024),
+        norm="layernorm",
+        norm_eps=cfg.float("layer_norm_epsilon", 1e-5, positive=True),
+        norm_bias=True,
+        learned_positions=True,
+        qkv_bias=True,
+        o_bias=True,
+        gated_mlp=False,
+        mlp_bias=True,
+        activation=_activation(cfg, "activation_function", default="gelu_new"),
+        tie_word_embeddings=cfg.bool("tie_word_embeddings", True),
+        attn_scale=1.0 if not cfg.bool("scale_attn_weights", True) else 0.0,
+        sliding_window=[0] * n_layers,
+    )
+
+
+def _llama_tensors(arch: Architecture, *, fused: bool = False, sandwich: bool = False) -> TensorMap:
+    m: TensorMap = [("embed", -1, [("model.embed_tokens.weight", False)]),
+                    ("final_norm.weight", -1, [("model.norm.weight", False)])]
+    if not arch.tie_word_embeddings:
+        m.append(("lm_head", -1, [("lm_head.weight", False)]))
+    for i in range(arch.num_layers):
+        p = f"model.layers.{i}."
+        m.append(("attn_norm.weight", i, [(p + "input_layernorm.weight", False)]))
+        if fused:
+            m.append(("qkv.weight", i, [(p + "self_attn.qkv_proj.weight", False)]))
+            m.append(("up.weight", i, [(p + "mlp.gate_up_proj.weight", False)]))
+        else:
+            m.append(("qkv.weight", i, [(p + f"self_attn.{x}_proj.weight", False) for x in "qkv"]))
+            m.append(("up.weight", i, [(p + f"mlp.{x}_proj.weight", False) for x in ("gate", "up")]))
+            if arch.qkv_bias:
+                m.append(("qkv.bias", i, [(p + f"self_attn.{x}_proj.bias", False) for x in "qkv"]))
+            if arch.mlp_bias:
+                m.append(("up.bias", i, [(p + f"mlp.{x}_proj.bias", False) for x in ("gate", "up")]))
+                m.append(("down.bias", i, [(p + "mlp.down_proj.bias", False)]))
+        m.append(("o.weight", i, [(p + "self_attn.o_proj.weight", False)]))
+        if arch.o_bias:
+            m.append(("o.bias", i, [(p + "self_attn.o_proj.bias", False)]))
+        if arch.qk_norm:
+            m.append(("q_norm.weight", i, [(p + "self_attn.q_norm.weight", False)]))
+            m.append(("k_norm.weight", i, [(p + "self_attn.k_norm.weight", False)]))
+        m.append(("down.weight", i, [(p + "mlp.down_proj.weight", False)]))
+        if sandwich:
+            m.append(("attn_post_norm.weight", i, [(p + "post_attention_layernorm.weight", False)]))
+            m.append(("ffn_norm.weight", i, [(p + "pre_feedforward_layernorm.weight", False)]))
+            m.append(("ffn_post_norm.weight", i, [(p + "post_feedforward_layernorm.weight", False)]))
+        else:
+            m.append(("ffn_norm.weight", i, [(p + "post_attention_layernorm.weight", False)]))
+    return m
+
+
+def _gpt2_tensors(arch: Architecture) -> TensorMap:
+    m: TensorMap = [("embed", -1, [("transformer.wte.weight", False)]),
+                    ("pos_embed", -1, [("transformer.wpe.weight", False)]),
+                    ("final_norm.weight", -1, [("transformer.ln_f.weight", False)]),
+                    ("final_norm.bias", -1, [("transformer.ln_f.bias", False)])]
+    if not arch.tie_word_embeddings:
+        m.append(("lm_head", -1, [("lm_head.weight", False)]))
+    for i in range(arch.num_layers):
+        p = f"transformer.h.{i}."
+        # GPT-2 stores its projections as Conv1D weights [in, out]: transposed on load.
+        m += [
+            ("attn_norm.weight", i, [(p + "ln_1.weight", False)]),
+            ("attn_norm.bias", i, [(p + "ln_1.bias", False)]),
+            ("qkv.weight", i, [(p + "attn.c_attn.weight", True)]),
+            ("qkv.bias", i, [(p + "attn.c_attn.bias", False)]),
+            ("o.weight", i, [(p + "attn.c_proj.weight", True)]),
+            ("o.bias", i, [(p + "attn.c_proj.bias", False)]),
+            ("ffn_norm.weight", i, [(p + "ln_2.weight", False)]),
+            ("ffn_norm.bias", i, [(p + "ln_2.bias", False)]),
+            ("up.weight", i, [(p + "mlp.c_fc.weight", True)]),
+            ("up.bias", i, [(p + "mlp.c_fc.bias", False)]),
+            ("down.weight", i, [(p + "mlp.c_proj.weight", True)]),
+            ("down.bias", i, [(p + "mlp.c_proj.bias", False)]),
+        ]
+    return m
+
+
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family("gpt2", _gpt2, _gpt2_tensors),
+    "llama": Family("llama", _llama, _llama_tensors),
+    "mistral": Family("mistral", _mistral, _llama_tensors),
+    "qwen2": Family("qwen2", _qwen2, _llama_tensors),
+    "qwen3": Family("qwen3", _qwen3, _llama_tensors),
+    "phi3": Family("phi3", _phi3, lambda a: _llama_tensors(a, fused=True)),
+    "gemma": Family("gemma", _gemma, _llama_tensors),
+    "gemma2": Family("gemma2", _gemma2, lambda a: _llama_tensors(a, sandwich=True)),
+}
+
+
+def family_for(cfg: ConfigReader) -> Family:
+    model_type = cfg.raw("model_type")
+    if model_type is None:
+        raise ConfigError(f"{cfg.path}: field 'model_type': required but missing", file=cfg.path, field="model_type")
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"{cfg.path}: model_type '{model_type}' is not supported; supported model types: "
+            f"{', '.join(sorted(FAMILIES))}",
+            file=cfg.path,
+            field="model_type",
+        )
+    return FAMILIES[model_type]

@@ -1,0 +1,18 @@
+"""Where llmos keeps things on disk: $LLMOS_HOME (default ~/.cache/llmos) and its folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The llmos folder: $LLMOS_HOME, or ~/.cache/llmos. Holds models/ (the registry),
+    downloads/, tmp/, cache/ and training/."""
+    value = os.environ.get("LLMOS_HOME")
+    return Path(os.path.expanduser(value)) if value else Path.home() / ".cache" / "llmos"
+
+
+def cache_dir(kind: str) -> Path:
+    """$LLMOS_HOME/cache/<kind>: derived files that can be rebuilt (merged LoRA models...)."""
+    return home() / "cache" / kind

@@ -1,0 +1,234 @@
+"""Generation options and results.
+
+`GenerationConfig` holds every decoding option under transformers' names (plus the OpenAI
+API's), checks them, and turns them into the core's DecodeOptions. Defaults come from
+transformers' defaults, then the checkpoint's generation_config.json, then the caller.
+The decode loop itself runs in C++ (cpp/model/generate.cc, cpp/sampling/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmos.errors import InvalidInputError
+
+# When neither max_new_tokens nor max_length is set (transformers would stop at 20 tokens
+# in all, prompt included, which is rarely what a caller wants).
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Generation:
+    """One generated continuation.
+
+    text: the new text (special tokens skipped, cut before a stop string);
+    token_ids: the new token ids (an EOS token that ended generation is included);
+    finish_reason: "length" (token limit), "eos" or "stop" (a stop string);
+    logprobs: per new token, log_softmax of the processed scores (when logprobs=True);
+    top_logprobs: per new token, [(token id, logprob)] of the best alternatives;
+    score: beam search's length-penalized sequence score (None otherwise).
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    score: float | None = None
+    prompt_token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class GenerationConfig:
+    """Every decoding option. Unset (None) fields take the defaults described in the
+    module docstring. Names and meanings follow transformers.GenerationConfig; the OpenAI
+    options (presence_penalty, frequency_penalty, logit_bias, stop, logprobs, top_logprobs)
+    follow the OpenAI API."""
+
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    min_new_tokens: int | None = None
+    min_length: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | str | None = None
+    num_return_sequences: int | None = None
+    bad_words_ids: list[list[int]] | None = None
+    eos_token_id: int | list[int] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    DEFAULTS = {  # transformers' defaults where it has the option
+        "min_new_tokens": 0, "min_length": 0, "do_sample": False, "temperature": 1.0, "top_k": 50,
+        "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+        "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": False, "top_logprobs": 0,
+    }
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict, *, strict: bool = True, source: str = "options") -> "GenerationConfig":
+        """Builds a config from a dict; unknown keys are an error when strict (a caller's
+        typo), ignored otherwise (a generation_config.json holds many unrelated keys)."""
+        names = set(cls.field_names())
+        unknown = sorted(set(d) - names)
+        if unknown and strict:
+            raise InvalidInputError(f"{source}: unknown generation option(s) {', '.join(unknown)}; "
+                                    f"known options: {', '.join(sorted(names))}", field=unknown[0])
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def merged(self, other: "GenerationConfig") -> "GenerationConfig":
+        """A copy with every field that `other` sets taking precedence."""
+        out = dataclasses.replace(self)
+        for f in dataclasses.fields(other):
+            v = getattr(other, f.name)
+            if v is not None:
+                setattr(out, f.name, v)
+        return out
+
+    def get(self, name: str) -> Any:
+        v = getattr(self, name)
+        return self.DEFAULTS.get(name) if v is None else v
+
+
+def _num(name, value, *, integer=False, low=None, high=None, low_open=False, high_open=False):
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InvalidInputError(f"{name}: expected {kind}, got {value!r}", field=name)
+    if not integer and not math.isfinite(value):
+        raise InvalidInputError(f"{name}: expected a finite number, got {value!r}", field=name)
+    if low is not None and (value <= low if low_open else value < low):
+        raise InvalidInputError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value}", field=name)
+    if high is not None and (value >= high if high_open else value > high):
+        raise InvalidInputError(f"{name}: must be {'<' if high_open else '<='} {high}, got {value}", field=name)
+    return value
+
+
+def _token_list(name, value, vocab_size) -> list[int]:
+    ids = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InvalidInputError(f"{name}: expected a token id or a list of token ids, got {value!r}", field=name)
+    for i in ids:
+        if not 0 <= i < vocab_size:
+            raise InvalidInputError(f"{name}: token id {i} is outside the vocabulary [0, {vocab_size})", field=name)
+    return list(ids)
+
+
+def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: int, context: int,
+                    *, explicit_limit: bool):
+    """Checks every option and builds the core's DecodeOptions; returns (options, stop strings).
+
+    A limit the caller set that does not fit the context is an error; a default limit
+    shrinks to what fits.
+    """
+    g = cfg.get
+    o = core.DecodeOptions()
+    do_sample = g("do_sample")
+    if not isinstance(do_sample, bool):
+        raise InvalidInputError(f"do_sample: expected True or False, got {do_sample!r}", field="do_sample")
+    o.do_sample = do_sample
+
+    if cfg.max_new_tokens is not None:
+        max_new = _num("max_new_tokens", cfg.max_new_tokens, integer=True, low=0)
+    elif cfg.max_length is not None:
+        max_new = _num("max_length", cfg.max_length, integer=True, low=1) - prompt_len
+        if max_new < 0:
+            raise InvalidInputError(f"max_length: {cfg.max_length} is shorter than the prompt ({prompt_len} tokens)",
+                                    field="max_length")
+    else:
+        max_new = DEFAULT_MAX_NEW_TOKENS
+    room = context - prompt_len
+    if max_new > room:
+        if explicit_limit:
+            from llmos.errors import ContextLengthError
+            raise ContextLengthError(
+                f"max_new_tokens: prompt of {prompt_len} tokens plus {max_new} new tokens exceeds the model's "
+                f"context of {context} tokens", field="max_new_tokens")
+        max_new = room
+    o.max_new_tokens = max_new
+    o.min_new_tokens = _num("min_new_tokens", g("min_new_tokens"), integer=True, low=0)
+    o.min_length = _num("min_length", g("min_length"), integer=True, low=0)
+
+    eos = cfg.eos_token_id
+    o.eos_token_ids = [] if eos is None else _token_list("eos_token_id", eos, vocab_size)
+
+    o.temperature = float(_num("temperature", g("temperature"), low=0.0, low_open=do_sample))
+    o.top_k = _num("top_k", g("top_k"), integer=True, low=0)
+    o.top_p = float(_num("top_p", g("top_p"), low=0.0, high=1.0, low_open=True))
+    o.min_p = float(_num("min_p", g("min_p"), low=0.0, high=1.0))
+    o.typical_p = float(_num("typical_p", g("typical_p"), low=0.0, high=1.0, low_open=True))
+    o.repetition_penalty = float(_num("repetition_penalty", g("repetition_penalty"), low=0.0, low_open=True))
+    o.presence_penalty = float(_num("presence_penalty", g("presence_penalty"), low=-2.0, high=2.0))
+    o.frequency_penalty = float(_num("frequency_penalty", g("frequency_penalty"), low=-2.0, high=2.0))
+    o.no_repeat_ngram_size = _num("no_repeat_ngram_size", g("no_repeat_ngram_size"), integer=True, low=0)
+
+    bad = cfg.bad_words_ids
+    if bad is not None:
+        if not isinstance(bad, (list, tuple)) or not bad or not all(isinstance(w, (list, tuple)) and w for w in bad):
+            raise InvalidInputError(f"bad_words_ids: expected a non-empty list of non-empty token-id lists, got {bad!r}",
+                                    field="bad_words_ids")
+        o.bad_words_ids = [_token_list("bad_words_ids", list(w), vocab_size) for w in bad]
+
+    bias = cfg.logit_bias
+    if bias is not None:
+        if not isinstance(bias, dict):
+            raise InvalidInputError(f"logit_bias: expected a dict of token id -> bias, got {bias!r}", field="logit_bias")
+        pairs = []
+        for k, v in bias.items():
+            tok = int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k
+            _token_list("logit_bias", tok, vocab_size)
+            pairs.append((tok, float(_num("logit_bias", v, low=-100.0, high=100.0))))
+        o.logit_bias = pairs
+
+    o.num_beams = _num("num_beams", g("num_beams"), integer=True, low=1)
+    o.length_penalty = float(_num("length_penalty", g("length_penalty")))
+    es = g("early_stopping")
+    if es not in (True, False, "never"):
+        raise InvalidInputError(f"early_stopping: expected True, False or 'never', got {es!r}", field="early_stopping")
+    o.early_stopping = 2 if es == "never" else int(es)
+    o.num_return_sequences = _num("num_return_sequences", g("num_return_sequences"), integer=True, low=1)
+    if o.num_beams > 1 and o.num_return_sequences > o.num_beams:
+        raise InvalidInputError(f"num_return_sequences: {o.num_return_sequences} is more than num_beams "
+                                f"({o.num_beams})", field="num_return_sequences")
+    if o.num_beams == 1 and not do_sample and o.num_return_sequences > 1:
+        raise InvalidInputError("num_return_sequences: greedy decoding gives one sequence; use do_sample=True "
+                                "or num_beams > 1", field="num_return_sequences")
+
+    lp = g("logprobs")
+    if not isinstance(lp, bool):
+        raise InvalidInputError(f"logprobs: expected True or False, got {lp!r}", field="logprobs")
+    o.top_logprobs = _num("top_logprobs", g("top_logprobs"), integer=True, low=0, high=20)
+    o.logprobs = lp or o.top_logprobs > 0
+
+    seed = cfg.seed
+    o.seed = random.getrandbits(63) if seed is None else _num("seed", seed, integer=True, low=0, high=2**64 - 1)
+
+    stop = cfg.stop or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidInputError(f"stop: expected a non-empty string or a list of them, got {cfg.stop!r}", field="stop")
+    if stop and o.num_beams > 1:
+        raise InvalidInputError("stop: stop strings are not supported with beam search", field="stop")
+    o.validate(vocab_size)
+    return o, list(stop)

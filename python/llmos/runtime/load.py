@@ -1,0 +1,115 @@
+"""`llmos.load`: from a name or a folder to a `Model` — the registry lookup, a LoRA merge,
+then the backend that fits the folder (the C++ core for safetensors checkpoints,
+onnxruntime for ONNX decoders), the tokenizer and the decoding defaults."""
+
+from __future__ import annotations
+
+import os
+
+from llmos.adapters.lora import merged
+from llmos.arch.families import family_for
+from llmos.backends.base import check_threads
+from llmos.backends.cpu import CpuBackend
+from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
+from llmos.errors import InvalidInputError, ModelFileError
+from llmos.io.config import ConfigReader, read_json
+from llmos.runtime.generation import GenerationConfig
+from llmos.runtime.model import Model
+from llmos.store.resolve import resolve
+from llmos.text.tokenizer import Tokenizer
+
+DTYPES = ("float32", "bfloat16", "float16")
+_TORCH_DTYPE_NAMES = {"float32": "float32", "float": "float32", "bfloat16": "bfloat16",
+                      "float16": "float16", "half": "float16"}
+
+
+def load(path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None,
+         adapter: str | None = None) -> Model:
+    """Loads a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
+
+    dtype: "float32", "bfloat16" or "float16" for the weights (default: the checkpoint's).
+    threads: compute threads (default: the number of physical cores).
+    quant: quantize the matrices at load: "int8", "int4", "int4-asym", optionally with a
+    group size suffix ("int4-g64"; 32 by default).
+    A checkpoint that is already quantized loads as it is: one written by llmos.quantize,
+    or an AWQ / GPTQ one (`quantization_config` in config.json), whose blocks go straight
+    into llmos's int4 / int8 formats (llmos/quant/hf_import.py; `Model.quant_method` says which).
+    quant= may then only repeat the checkpoint's own format (`Model.quant.name`).
+    adapter: a LoRA adapter folder (llmos train --lora) merged into the weights first
+    (cached under $LLMOS_HOME/cache/merged); an adapter for another base model is refused.
+
+    A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
+    and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
+    `path` may also name a model in the local registry (`llmos ls`).
+    """
+    path = resolve(path)
+    if adapter is not None:
+        path = merged(path, os.fspath(adapter))
+    threads = check_threads(threads)
+    if is_onnx_model(path):
+        return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
+    return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant)
+
+
+def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
+    """A safetensors checkpoint folder on the C++ core."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ModelFileError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)", file=path)
+    config_path = os.path.join(path, "config.json")
+    cfg = ConfigReader(read_json(config_path), config_path)
+    family = family_for(cfg)
+    arch = family.architecture(cfg)
+    if dtype is None:
+        dtype = _checkpoint_dtype(cfg)
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}", field="dtype")
+    # The tokenizer is checked before the (slower) weight load so a bad folder fails fast.
+    tokenizer = Tokenizer.from_dir(path)
+    defaults = generation_defaults(path, cfg)
+    backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant)
+    return Model(backend, tokenizer, arch, defaults, path)
+
+
+def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
+    """An ONNX decoder folder on onnxruntime."""
+    from llmos.backends.onnx import backend as onnx_backend  # imports onnxruntime: only when used
+
+    if quant is not None:
+        raise InvalidInputError(f"quant: {path} is an ONNX model; it computes in the precision it was exported "
+                                "with (export it with --precision int4, or load a checkpoint)", field="quant")
+    # The tokenizer is checked before the (slower) session creation so a bad folder fails fast.
+    tokenizer = Tokenizer.from_dir(os.path.dirname(onnx_backend.decoder_file(path)))
+    backend = onnx_backend.load(path, threads, dtype)
+    defaults = _onnx_generation_defaults(backend.folder, backend.config, backend.genai)
+    return Model(backend, tokenizer, backend.arch, defaults, path)
+
+
+def generation_defaults(path: str, cfg: ConfigReader) -> GenerationConfig:
+    """Decoding defaults from generation_config.json (as transformers applies them); EOS falls
+    back to config.json's."""
+    gen_path = os.path.join(path, "generation_config.json")
+    gen = read_json(gen_path, required=False) or {}
+    out = GenerationConfig.from_dict(gen, strict=False, source=gen_path)
+    if out.eos_token_id is None and cfg.raw("eos_token_id") is not None:
+        out.eos_token_id = cfg.raw("eos_token_id")
+    return out
+
+
+def _onnx_generation_defaults(folder: str, cfg: ConfigReader, genai: dict | None) -> GenerationConfig:
+    if os.path.isfile(os.path.join(folder, "generation_config.json")) or cfg.data or not genai:
+        return generation_defaults(folder, cfg)
+    # onnxruntime-genai keeps its decoding defaults in genai_config.json "search".
+    search = genai.get("search") or {}
+    out = {k: search[k] for k in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
+           if search.get(k) is not None}
+    eos = (genai.get("model") or {}).get("eos_token_id")
+    if eos is not None:
+        out["eos_token_id"] = eos
+    return GenerationConfig.from_dict(out, strict=False, source=os.path.join(folder, GENAI_CONFIG))
+
+
+def _checkpoint_dtype(cfg: ConfigReader) -> str:
+    """The dtype the checkpoint was saved in, per config.json (float32 when unknown)."""
+    name = cfg.raw("torch_dtype") or cfg.raw("dtype") or "float32"
+    return _TORCH_DTYPE_NAMES.get(str(name).replace("torch.", ""), "float32")

@@ -1,0 +1,298 @@
+"""The public model object: logits / generate / stream / chat over a backend.
+
+Everything per token runs in the backend (the C++ core, or onnxruntime for an ONNX model);
+this file only prepares inputs once per call and turns token ids into text. Create a Model
+with `llmos.load` (runtime/load.py).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from llmos import _core
+from llmos.arch.families import Architecture
+from llmos.backends.base import Backend
+from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
+from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
+from llmos.text.stream import IncrementalDecoder, StopMatcher
+from llmos.text.tokenizer import Tokenizer
+
+
+class Model:
+    """A loaded checkpoint. Create with `llmos.load(path)`.
+
+    Thread-safety: calls may come from several threads; the core runs one forward pass at a
+    time per model.
+    """
+
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, config: Architecture,
+                 generation_config: GenerationConfig, path: str):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.config = config
+        self.generation_config = generation_config
+        self.path = path
+
+    # ---- properties -------------------------------------------------------------------
+
+    @property
+    def threads(self) -> int:
+        return self.backend.threads
+
+    @property
+    def isa(self) -> str:
+        """Where the kernels run: scalar, avx2, avx512 or amx for the core; onnxruntime:cpu or
+        onnxruntime:cuda for an ONNX model."""
+        return self.backend.isa
+
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype
+
+    @property
+    def quant(self):
+        """The quantization of the matrices (`.name`, e.g. "int4"), or None for float."""
+        return self.backend.quant
+
+    @property
+    def quant_method(self) -> str | None:
+        """Where pre-quantized blocks came from: "llmos" (llmos.quantize), "awq", "gptq", or None."""
+        return getattr(self.backend, "quant_method", None)
+
+    @property
+    def prequantized(self) -> bool:
+        return getattr(self.backend, "prequantized", False)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"<llmos.Model {c.family} backend={self.backend.name} layers={c.num_layers} hidden={c.hidden_size} vocab={c.vocab_size} "
+                f"dtype={self.dtype} quant={self.quant.name if self.quant else None} threads={self.threads} isa={self.isa} path={self.path!r}>")
+
+    # ---- inputs -----------------------------------------------------------------------
+
+    def _ids(self, prompt, *, field: str = "prompt") -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, np.ndarray) and prompt.ndim == 1 and np.issubdtype(prompt.dtype, np.integer):
+            ids = [int(i) for i in prompt]
+        elif isinstance(prompt, Sequence) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                  for i in prompt):
+            ids = [int(i) for i in prompt]
+        else:
+            raise InvalidInputError(f"{field}: expected a string or a list of token ids, got {type(prompt).__name__}",
+                                    field=field)
+        if not ids:
+            raise InvalidInputError(f"{field}: is empty (no tokens)", field=field)
+        vocab = self.config.vocab_size
+        for i, t in enumerate(ids):
+            if not 0 <= t < vocab:
+                raise InvalidInputError(f"{field}: token id {t} at index {i} is outside the vocabulary [0, {vocab})",
+                                        field=field)
+        ctx = self.config.max_position_embeddings
+        if len(ids) > ctx:
+            raise ContextLengthError(f"{field}: {len(ids)} tokens exceed the model's context of {ctx} tokens",
+                                     field=field)
+        return ids
+
+    def _config(self, generation_config, options: dict) -> tuple[GenerationConfig, bool]:
+        """The effective options and whether the caller set a length limit explicitly."""
+        user = GenerationConfig.from_dict(options) if options else GenerationConfig()
+        if generation_config is not None:
+            if not isinstance(generation_config, GenerationConfig):
+                raise InvalidInputError("generation_config: expected an llmos.GenerationConfig, got "
+                                        f"{type(generation_config).__name__}", field="generation_config")
+            user = generation_config.merged(user)
+        explicit = user.max_new_tokens is not None or user.max_length is not None
+        return self.generation_config.merged(user), explicit
+
+    # ---- API --------------------------------------------------------------------------
+
+    def logits(self, token_ids) -> np.ndarray:
+        """[n_tokens, vocab] float32 logits for every position, computed in a fresh context."""
+        ids = self._ids(token_ids, field="token_ids")
+        return self.backend.logits(np.asarray(ids, dtype=np.int64))
+
+    def generate(self, prompt, generation_config: GenerationConfig | None = None, **options):
+        """Continues `prompt`: a string or a list of token ids.
+
+        Options (see llmos.GenerationConfig): max_new_tokens, max_length, min_new_tokens,
+        do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+        no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
+        num_return_sequences, bad_words_ids, eos_token_id ([] disables EOS), seed,
+        presence_penalty, frequency_penalty, logit_bias, stop, logprobs, top_logprobs.
+        Unset options take the checkpoint's generation_config.json, then transformers'
+        defaults.
+
+        Returns a Generation; a list of prompts gives a list, decoded together (one forward
+        per step for all of them); num_return_sequences > 1 gives a list per prompt.
+        """
+        batch = _is_batch(prompt)
+        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
+        cfg, explicit = self._config(generation_config, options)
+        per_prompt = self._decode(prompts, cfg, explicit)
+        out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
+        return out if batch else out[0]
+
+    def stream(self, prompt, generation_config: GenerationConfig | None = None, **options) -> Iterator[str]:
+        """Yields the new text piece by piece as tokens are produced. Every piece is valid
+        UTF-8, nothing yielded is later cut by a stop string, and the pieces join into the
+        `.text` that generate() returns for the same options and seed."""
+        if _is_batch(prompt):
+            raise InvalidInputError("stream: takes one prompt, not a list", field="prompt")
+        ids = self._ids(prompt)
+        cfg, explicit = self._config(generation_config, options)
+        if cfg.get("num_beams") > 1 or cfg.get("num_return_sequences") > 1:
+            raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
+        core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
+                                          self.config.max_position_embeddings, explicit_limit=explicit)
+        return self._stream(ids, core_opts, stop)
+
+    def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False, **options):
+        """Renders `messages` with the checkpoint's chat template and generates the reply."""
+        ids = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+        return self.stream(ids, **options) if stream else self.generate(ids, **options)
+
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = False, **extra):
+        """The prompt text (or ids with tokenize=True) for `messages`, as transformers renders it."""
+        if not self.tokenizer.chat_template:
+            raise ChatTemplateError(f"{self.path}: the checkpoint has no chat template "
+                                    "(tokenizer_config.json 'chat_template' or chat_template.jinja)",
+                                    file=self.path, field="chat_template")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
+        return self.tokenizer.encode(text, add_special_tokens=False) if tokenize else text
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _decode(self, prompts: list[list[int]], cfg: GenerationConfig, explicit: bool) -> list[list[Generation]]:
+        """Runs the core's decode loop; prompts that need the same options go together."""
+        groups: dict[int, list[int]] = {}
+        opts_by_len = {}
+        for i, ids in enumerate(prompts):
+            # max_length counts the prompt, so the token budget can differ per prompt.
+            key = len(ids) if cfg.max_new_tokens is None and cfg.max_length is not None else -1
+            if key not in opts_by_len:
+                opts_by_len[key] = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
+                                                   self.config.max_position_embeddings, explicit_limit=explicit)
+            groups.setdefault(key, []).append(i)
+        # Context check per prompt (the shared option set was built for one prompt length).
+        for key, members in groups.items():
+            o = opts_by_len[key][0]
+            for i in members:
+                if len(prompts[i]) + o.max_new_tokens > self.config.max_position_embeddings:
+                    if explicit:
+                        raise ContextLengthError(
+                            f"max_new_tokens: prompt {i} of {len(prompts[i])} tokens plus {o.max_new_tokens} new "
+                            f"tokens exceeds the model's context of {self.config.max_position_embeddings} tokens",
+                            field="max_new_tokens")
+                    o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for key, members in groups.items():
+            core_opts, stop = opts_by_len[key]
+            group_prompts = [prompts[i] for i in members]
+            texts: dict[int, list[str]] = {}
+            callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
+            raw = self.backend.generate(group_prompts, core_opts, callback)
+            for seq, r in enumerate(raw):
+                tokens = r["tokens"]
+                if stop:
+                    text = "".join(texts.get(seq, []))
+                else:
+                    text = self._new_text(group_prompts[r["prompt_index"]],
+                                          tokens[:-1] if r["finish_reason"] == "eos" else tokens)
+                g = Generation(
+                    text=text, token_ids=list(tokens), finish_reason=r["finish_reason"],
+                    logprobs=list(r["logprobs"]) if core_opts.logprobs else None,
+                    top_logprobs=[[(int(t), float(v)) for t, v in row] for row in r["top_logprobs"]]
+                    if core_opts.top_logprobs > 0 else None,
+                    score=float(r["score"]) if core_opts.num_beams > 1 else None,
+                    prompt_token_ids=list(group_prompts[r["prompt_index"]]),
+                )
+                results[members[r["prompt_index"]]].append(g)
+        return results
+
+    def _batch_stop_callback(self, prompts, core_opts, stop: list[str], texts: dict[int, list[str]]):
+        """The core's callback for a batch with stop strings: sequence i continues prompt
+        i // num_return_sequences; its final text pieces collect in texts[i]."""
+        per_seq = {}
+
+        def on_token(seq: int, token: int) -> bool:
+            if seq not in per_seq:
+                texts[seq] = []
+                prompt = prompts[seq // core_opts.num_return_sequences]
+                per_seq[seq] = self._text_callback(prompt, core_opts, stop, texts[seq].append, lambda: False)
+            return per_seq[seq](token)
+
+        return on_token
+
+    def _new_text(self, prompt: list[int], new: list[int]) -> str:
+        """The text the new tokens add after the prompt. Decoding them alone would lose
+        what depends on context (a sentencepiece tokenizer's leading space), and streaming
+        decodes with the prompt as prefix, so both paths agree."""
+        if not new:
+            return ""
+        before = self.tokenizer.decode(prompt)
+        both = self.tokenizer.decode(list(prompt) + list(new))
+        return both[len(before):] if both.startswith(before) else self.tokenizer.decode(new)
+
+    def _text_callback(self, ids, core_opts, stop: list[str], emit, cancelled):
+        """A per-token callback for the core: detokenizes incrementally, finds stop strings
+        across token boundaries, and emits only text that is final."""
+        decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True, prefix_ids=ids)
+        matcher = StopMatcher(stop) if stop else None
+        eos = set(core_opts.eos_token_ids)
+        remaining = [core_opts.max_new_tokens]
+
+        def on_token(token: int) -> bool:
+            remaining[0] -= 1
+            text = "" if token in eos else decoder.push(token)
+            last = token in eos or remaining[0] <= 0
+            if last:
+                text += decoder.flush()
+            stopped = False
+            if matcher is not None:
+                text, stopped = matcher.feed(text)
+                if last and not stopped:
+                    text += matcher.flush()
+            if text:
+                emit(text)
+            return stopped or cancelled()
+
+        return on_token
+
+    def _stream(self, ids, core_opts, stop: list[str]) -> Iterator[str]:
+        # The decode loop runs in a worker thread (the core releases the GIL); pieces come
+        # back through a queue. Closing the iterator early stops the loop at the next token.
+        q: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        done = object()
+        on_token = self._text_callback(ids, core_opts, stop, q.put, cancel.is_set)
+
+        def work():
+            try:
+                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok))
+                q.put(done)
+            except BaseException as e:  # re-raised in the consumer
+                q.put(e)
+
+        worker = threading.Thread(target=work, name="llmos-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            worker.join()
+
+
+def _is_batch(prompt) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(p, str) or (isinstance(p, (list, tuple, np.ndarray)) and not isinstance(p, str)) for p in prompt)

@@ -1,0 +1,83 @@
+"""From a name or a path to a model folder: the one lookup every command and `llmos.load` use."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+from llmos.errors import InvalidInputError, ModelFileError, ModelNotFoundError
+from llmos.paths import home
+from llmos.store.files import describe, model_files
+from llmos.store.manifest import MANIFEST, Entry, iter_entries, read_manifest
+from llmos.store.names import entry_dir, looks_like_path, parse_ref
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """The folder of a model given by registry name (``name[:tag]``) or by path.
+
+    A path (an os.PathLike, or text containing a separator or starting with '.' or '~') must
+    exist; a FILE.onnx resolves to its folder. A bare word is a registry name first and a
+    folder in the working directory second. An unknown name raises ModelNotFoundError with
+    the closest names.
+    """
+    if isinstance(name_or_path, os.PathLike) or (isinstance(name_or_path, str) and looks_like_path(name_or_path)):
+        path = Path(os.path.expanduser(os.fspath(name_or_path)))
+        if path.is_dir():
+            return str(path)
+        if path.is_file() and path.suffix.lower() == ".onnx":
+            return str(path.parent)
+        text = os.fspath(name_or_path)
+        hint = ""
+        if isinstance(name_or_path, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text):
+            hint = f" (to download it from the Hugging Face Hub: llmos pull {text})"
+        raise ModelFileError(f"{text}: no such model folder{hint}", file=text)
+    if not isinstance(name_or_path, str):
+        raise InvalidInputError(f"model: expected a name or a folder path, got {type(name_or_path).__name__}",
+                                field="model")
+    try:
+        name, tag = parse_ref(name_or_path)
+    except InvalidInputError:
+        if os.path.isdir(name_or_path):
+            return name_or_path
+        raise
+    folder = entry_dir(name, tag)
+    if (folder / MANIFEST).is_file():
+        return str(folder)
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    raise _not_found(name, tag)
+
+
+def _not_found(name: str, tag: str) -> ModelNotFoundError:
+    refs = [e.ref for e in iter_entries()]
+    wanted = f"{name}:{tag}"
+
+    def closeness(ref: str) -> float:
+        ref_name = ref.split(":", 1)[0]
+        if ref_name == name:  # same model, other tag: always worth naming
+            return 2.0
+        return max(difflib.SequenceMatcher(None, wanted, ref).ratio(),
+                   difflib.SequenceMatcher(None, name, ref_name).ratio())
+
+    scored = sorted(((closeness(r), r) for r in refs), key=lambda s: (-s[0], s[1]))
+    suggestions = [r for score, r in scored if score >= 0.6][:5]
+    if suggestions:
+        hint = f"; did you mean {', '.join(suggestions)}?"
+    elif refs:
+        hint = "; `llmos ls` lists the models"
+    else:
+        hint = "; the registry is empty: add a model with `llmos pull ORG/NAME` or `llmos import DIR`"
+    return ModelNotFoundError(f"no model named '{wanted}' in {home()}{hint}", suggestions=suggestions,
+                              field="name")
+
+
+def entry_for(name_or_path) -> Entry:
+    folder = Path(resolve(name_or_path))
+    models = (home() / "models").resolve()
+    real = folder.resolve()
+    if real.parent.parent == models and (folder / MANIFEST).is_file():
+        return Entry(real.parent.name, real.name, str(folder), read_manifest(folder))
+    if (folder / MANIFEST).is_file():  # an entry folder copied elsewhere still carries its manifest
+        return Entry(None, None, str(folder), read_manifest(folder))
+    return Entry(None, None, str(folder), describe(folder, model_files(folder), hashes=None))
