@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.errors import AdapterError, InvalidInputError, ModelFileError
+from llmos.io.files import sha256_file
 from llmos.paths import cache_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -86,21 +87,13 @@ def weight_files(folder: str) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.endswith(".safetensors") and n != ADAPTER_WEIGHTS)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_identity(folder: str) -> dict:
     """What names a base model: the sha256 of its weights (over the files' hashes, as
     ``sha256sum`` lists them) and the config fields that fix tensor shapes."""
     files = weight_files(folder)
     if not files:
         raise ModelFileError(f"{folder}: no .safetensors weights", file=folder)
-    listing = "".join(f"{_sha256(os.path.join(folder, n))}  {n}\n" for n in files)
+    listing = "".join(f"{sha256_file(os.path.join(folder, n))}  {n}\n" for n in files)
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     return {"weights_sha256": hashlib.sha256(listing.encode()).hexdigest(),

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 _CHUNK = 1 << 20
 
@@ -35,14 +35,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def hash_file(path: str | os.PathLike, *hashers) -> None:
+    """Feeds the file's bytes to each hashlib object, reading it once in 1 MB chunks."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            for h in hashers:
+                h.update(chunk)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
-            h.update(chunk)
+    hash_file(path, h)
     return h.hexdigest()
 
 
@@ -62,13 +65,16 @@ def copy_hashed(src: Path, dst: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Writes JSON next to `path` under a temporary name, fsyncs, then renames over `path`."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces `path` only when the block ends without error:
+    written under a temporary name beside it, fsynced, then renamed over it. A crash, Ctrl-C
+    or a full disk leaves the previous file whole (and no temporary file behind)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,3 +82,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Writes JSON to `path` through `atomic_file`."""
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+    with atomic_file(path) as f:
+        f.write(data)

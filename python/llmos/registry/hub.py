@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmos.io.files import hash_file
 from llmos.errors import DownloadError, IntegrityError, InvalidInputError, LlmosError
 
 _CHUNK = 1 << 20
@@ -130,13 +131,7 @@ def _digests(path: Path) -> tuple[str, str, int]:
     size = path.stat().st_size
     sha = hashlib.sha256()
     git = hashlib.sha1(b"blob %d\0" % size)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
-            sha.update(chunk)
-            git.update(chunk)
+    hash_file(path, sha, git)
     return sha.hexdigest(), git.hexdigest(), size
 
 

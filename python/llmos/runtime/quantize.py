@@ -25,6 +25,7 @@ from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
 from llmos.errors import InvalidInputError
+from llmos.io.files import hash_file
 from llmos.io.checkpoint import resolve, tensor_locations
 from llmos.io.config import ConfigReader, read_json
 from llmos.quant.names import parse_quant
@@ -37,9 +38,7 @@ SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
 def _sha256(paths) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        hash_file(p, h)
     return h.hexdigest()
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from llmos.errors import ChatTemplateError, DatasetError
+from llmos.io.files import hash_file
 from llmos.io.jsonl import read_jsonl
 
 IGNORE = -100  # the label torch's cross-entropy skips
@@ -75,9 +76,7 @@ def files_sha256(paths: Sequence[str]) -> str:
     for p in paths:
         h.update(os.path.basename(p).encode() + b"\0")
         try:
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            hash_file(p, h)
         except OSError as e:
             raise DatasetError(f"{p}: cannot read ({e.strerror or e})", file=p) from None
     return h.hexdigest()

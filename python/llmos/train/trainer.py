@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 from llmos.errors import ConfigError, DatasetError, DiskFullError, InvalidInputError, LlmosError
 from llmos.adapters.lora import LoraSpec, replace_dir
 from llmos.io.config import read_json
+from llmos.io.files import atomic_file
 from llmos.registry import operations as registry
 from llmos.store.names import parse_ref
 from llmos.store.resolve import resolve
@@ -174,20 +175,14 @@ def _as_disk_full(e: BaseException, folder: Path, what: str) -> DiskFullError | 
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    """Writes to a temp file, then renames it over ``path``: a crash or a full disk leaves the
-    previous checkpoint whole."""
+    """torch.save through `atomic_file`: a crash or a full disk leaves the previous checkpoint
+    whole."""
     torch = _torch()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        with _suppress():
-            os.unlink(tmp)
         full = _as_disk_full(e, path.parent, f"saving the training checkpoint {path}")
         if full is not None:
             raise full from e
