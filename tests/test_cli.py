@@ -52,3 +52,31 @@ def test_the_readme_main_job_needs_no_optional_extra():
     out = subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(out.stdout.strip()) > 10
+
+
+def test_python_dash_m_llmos_is_the_command():
+    import subprocess
+    import sys
+
+    import llmos
+
+    out = subprocess.run([sys.executable, "-m", "llmos", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"llmos {llmos.__version__}", out.stderr
+    out = subprocess.run([sys.executable, "-m", "llmos", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for verb in ("generate", "run", "pull", "ls", "export-onnx", "train", "eval"):
+        assert verb in out.stdout, verb
+
+
+def test_documented_python_names_resolve_after_import_llmos():
+    import subprocess
+    import sys
+
+    code = ("import llmos; "
+            "assert callable(llmos.load) and callable(llmos.quantize) and callable(llmos.export_onnx); "
+            "assert callable(llmos.convert_onnx) and llmos.GenerationConfig and llmos.Model and llmos.errors; "
+            "assert callable(llmos.registry.import_model) and callable(llmos.train.train); "
+            "assert callable(llmos.evaluate.evaluate) and callable(llmos.evaluate.perplexity); "
+            "assert callable(llmos.default_model.load_default)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
