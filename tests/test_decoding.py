@@ -1,4 +1,4 @@
-"""Decoding options against transformers (issue: complete decoding).
+"""Decoding options against transformers.
 
 Greedy processors and beam search run through llmos and transformers on the same
 random-weight checkpoints; warpers are compared on the same logits; sampling is checked

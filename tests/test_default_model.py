@@ -1,6 +1,6 @@
 """The bundled default model: it ships in the package, loads with no download, and writes English.
 
-Quality bar (issue 6): on 20 prompts, at least 90% of the generated words are in a standard
+Quality bar: on 20 prompts, at least 90% of the generated words are in a standard
 English word list - /usr/share/dict/words (Debian's wamerican) where it is installed, else the
 copy of that list in tests/data/ (SCOWL licence: tests/data/wamerican-words.COPYRIGHT).
 """

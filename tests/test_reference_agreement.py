@@ -1,6 +1,6 @@
 """llmos against transformers 5.24 on tiny random checkpoints of every supported family.
 
-Bounds (the issue's contract and what we measured):
+Bounds (the project's parity contract and what we measured):
 
 * float32 logits: max |llmos - transformers| <= 1e-3 over a [64, vocab] block.
 * greedy generation: token-identical for 64 new tokens.  A mismatch is tolerated only at a
@@ -21,8 +21,8 @@ Bounds (the issue's contract and what we measured):
   The bounds sit above the all-low-precision torch numbers (a runtime that keeps activations in
   float32 lands near the weight-rounding numbers):
     bf16: rel-L2 <= 0.10 and top-1 agreement >= 0.75;   fp16: rel-L2 <= 0.015 and top-1 >= 0.90.
-  (rel-L2 = ||llmos - ref||_F / ||ref||_F over the [64, vocab] logits.)  The issue's first guess,
-  rel-L2 <= 2e-2, is already exceeded by bf16 *weight rounding* alone on gemma/gemma2/qwen2_swa.
+  (rel-L2 = ||llmos - ref||_F / ||ref||_F over the [64, vocab] logits.)  A first guess of
+  rel-L2 <= 2e-2 is already exceeded by bf16 *weight rounding* alone on gemma/gemma2/qwen2_swa.
 * A bfloat16 *checkpoint* loaded with ``dtype="float32"`` must match transformers run in float32
   on the same (bf16-valued) weights within 1e-3; loaded with the default dtype it must be within
   the bf16 bound above (whatever the runtime's default compute type is).

@@ -8,7 +8,7 @@ Builds a random-weight checkpoint of the chosen shape (tests/checkpoints.py, cac
   * decode tokens/s (all sequences together) at batch 1, 4 and 16, greedy;
   * the time of one decode step, greedy vs sampling (temperature, top-k, top-p, min-p,
     repetition penalty) vs beam search with 4 beams per token, so the sampler's share of a
-    step is visible. The issue's budget: sampling and beam bookkeeping < 5% of a step at
+    step is visible. The budget: sampling and beam bookkeeping < 5% of a step at
     vocabulary 150k (use --shape qwen05, whose vocabulary is 151936).
 Absolute numbers on a shared machine are noise; compare the rows of one run.
 """

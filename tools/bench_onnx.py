@@ -13,7 +13,7 @@ Without --checkpoint a random-weight Llama (hidden 512, 8 layers, GQA 8/4, vocab
 is built with tests/checkpoints.py. Decode tokens/s = (N - 1) / (time for N tokens - time
 for 1 token): the prompt pass is excluded; the best of --repeats alternating rounds is
 compared (the median is shown too). --check exits 1 unless our int4 export decodes
-at least as fast as the builder's (the ONNX issue's speed requirement).
+at least as fast as the builder's (llmos's own export must not be slower than the reference builder's).
 """
 
 from __future__ import annotations
