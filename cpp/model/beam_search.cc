@@ -37,162 +37,226 @@ std::vector<int64_t> topk_indices(const std::vector<float>& v, int64_t k) {
   return idx;
 }
 
-}  // namespace
+// The continuations kept at one step, best first: the top `keep` (beam, token) pairs.
+struct Step {
+  std::vector<Candidate> cand;
+  std::vector<uint8_t> hits;     // [cand] ends here: an EOS token, or the length limit
+  bool all_hit = true;
+  std::vector<float> run_scores;  // [cand] score as a running beam (-kLarge when it ended)
+  std::vector<int64_t> next;      // [B] the candidates that become the running beams
+};
 
-std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o) {
-  const int64_t V = model.spec().vocab_size, B = o.num_beams;
-  const int64_t p0 = int64_t(prompt.size());
-  const int64_t max_length = p0 + o.max_new_tokens;
-  const int64_t n_eos = int64_t(o.eos_token_ids.size());
-  const int64_t keep = std::max<int64_t>(2, 1 + n_eos) * B;
-  const double lp_exp = o.length_penalty;
-  if (o.max_new_tokens == 0) return std::vector<SequenceResult>(size_t(o.num_return_sequences));
-
-  std::vector<std::unique_ptr<Session>> sessions, spare;
-  for (int64_t b = 0; b < B; ++b) {
-    sessions.push_back(std::make_unique<Session>(model));
-    spare.push_back(std::make_unique<Session>(model));
-  }
-  std::vector<TokenHistory> hist(size_t(B), TokenHistory(prompt, V));
-  std::vector<std::vector<int32_t>> running(static_cast<size_t>(B));  // generated tokens of each running beam
-  std::vector<float> running_score(size_t(B), -kLarge);
-  running_score[0] = 0.f;  // all beams start as the prompt; only the first one counts
-
-  std::vector<std::vector<int32_t>> fin_seq(static_cast<size_t>(B));
-  std::vector<float> fin_score(size_t(B), -kLarge);
-  std::vector<uint8_t> fin_done(size_t(B), 0);
-  bool heuristic_unsatisfied = true;
-  std::mt19937_64 rng(o.seed);
-
-  // Prefill once and give every beam a copy of the cache.
-  std::vector<float> logits(size_t(B * V));
-  model.forward(*sessions[0], prompt.data(), p0, logits.data(), false);
-  for (int64_t b = 1; b < B; ++b) {
-    sessions[size_t(b)]->copy_from(*sessions[0]);
-    std::copy(logits.begin(), logits.begin() + V, logits.begin() + b * V);
+// One beam search over one prompt. B running beams, each with its own session (KV cache),
+// token history and generated tokens, and a finished set of B sequences with their
+// length-penalized scores.
+class BeamSearch {
+ public:
+  BeamSearch(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o)
+      : model_(model), o_(o), V_(model.spec().vocab_size), B_(o.num_beams), p0_(int64_t(prompt.size())),
+        max_length_(p0_ + o.max_new_tokens),
+        keep_(std::max<int64_t>(2, 1 + int64_t(o.eos_token_ids.size())) * B_),
+        rng_(o.seed) {
+    init_beams(prompt);
   }
 
-  std::vector<float> acc(size_t(B * V));
-  for (int64_t cur_len = p0;; ++cur_len) {
-    // Scores of every (beam, token) continuation.
-    for (int64_t b = 0; b < B; ++b) {
-      float* row = logits.data() + b * V;
-      const float lse = log_sum_exp(row, V);
-      for (int64_t v = 0; v < V; ++v) row[v] -= lse;
-      apply_processors(o, hist[size_t(b)], row, V);
-      if (o.do_sample) apply_warpers(o, row, V, n_eos + 1);
-      for (int64_t v = 0; v < V; ++v) acc[size_t(b * V + v)] = row[v] + running_score[size_t(b)];
+  std::vector<SequenceResult> run() {
+    for (int64_t cur_len = p0_;; ++cur_len) {
+      score_candidates();
+      Step step = select_candidates(cur_len);
+      update_finished(step, cur_len);
+      reorder_beams(step);
+      if (should_stop(step, cur_len)) break;
+      forward_beams();
     }
+    return finalize();
+  }
+
+ private:
+  // Prefill once and give every beam a copy of the cache; all beams start as the prompt,
+  // only the first one counts.
+  void init_beams(const std::vector<int32_t>& prompt) {
+    for (int64_t b = 0; b < B_; ++b) {
+      sessions_.push_back(std::make_unique<Session>(model_));
+      spare_.push_back(std::make_unique<Session>(model_));
+    }
+    hist_.assign(size_t(B_), TokenHistory(prompt, V_));
+    running_.assign(size_t(B_), {});
+    running_score_.assign(size_t(B_), -kLarge);
+    running_score_[0] = 0.f;
+    fin_seq_.assign(size_t(B_), {});
+    fin_score_.assign(size_t(B_), -kLarge);
+    fin_done_.assign(size_t(B_), 0);
+    logits_.resize(size_t(B_ * V_));
+    acc_.resize(size_t(B_ * V_));
+    model_.forward(*sessions_[0], prompt.data(), p0_, logits_.data(), false);
+    for (int64_t b = 1; b < B_; ++b) {
+      sessions_[size_t(b)]->copy_from(*sessions_[0]);
+      std::copy(logits_.begin(), logits_.begin() + V_, logits_.begin() + b * V_);
+    }
+  }
+
+  // acc [B, V]: the accumulated score of every (beam, token) continuation.
+  void score_candidates() {
+    const int64_t n_eos = int64_t(o_.eos_token_ids.size());
+    for (int64_t b = 0; b < B_; ++b) {
+      float* row = logits_.data() + b * V_;
+      const float lse = log_sum_exp(row, V_);
+      for (int64_t v = 0; v < V_; ++v) row[v] -= lse;
+      apply_processors(o_, hist_[size_t(b)], row, V_);
+      if (o_.do_sample) apply_warpers(o_, row, V_, n_eos + 1);
+      for (int64_t v = 0; v < V_; ++v) acc_[size_t(b * V_ + v)] = row[v] + running_score_[size_t(b)];
+    }
+  }
+
+  // The best `keep` continuations (or, sampling, `keep` drawn ones), which of them end, and
+  // the B that go on running.
+  Step select_candidates(int64_t cur_len) {
     std::vector<int64_t> top;
-    if (o.do_sample) {
+    if (o_.do_sample) {
       // Sampling without replacement in proportion to softmax(acc): the Gumbel-top-k trick;
       // then ordered by accumulated score, as transformers sorts its multinomial draws.
-      std::vector<float> keyed(acc);
+      std::vector<float> keyed(acc_);
       std::uniform_real_distribution<double> U(1e-12, 1.0);
       for (float& k : keyed)
-        if (k != -INFINITY) k += float(-std::log(-std::log(U(rng))));
-      top = topk_indices(keyed, keep);
-      std::stable_sort(top.begin(), top.end(), [&](int64_t a, int64_t b) { return acc[size_t(a)] > acc[size_t(b)]; });
+        if (k != -INFINITY) k += float(-std::log(-std::log(U(rng_))));
+      top = topk_indices(keyed, keep_);
+      std::stable_sort(top.begin(), top.end(), [&](int64_t a, int64_t b) { return acc_[size_t(a)] > acc_[size_t(b)]; });
     } else {
-      top = topk_indices(acc, keep);
+      top = topk_indices(acc_, keep_);
     }
-    std::vector<Candidate> cand;
-    std::vector<uint8_t> hits(top.size());
-    bool all_hit = true;
+    Step step;
+    step.hits.resize(top.size());
     for (size_t c = 0; c < top.size(); ++c) {
-      const Candidate k{acc[size_t(top[c])], top[c] / V, int32_t(top[c] % V)};
-      cand.push_back(k);
-      hits[c] = std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), k.token) != o.eos_token_ids.end() ||
-                cur_len + 1 >= max_length;
-      all_hit = all_hit && hits[c];
+      const Candidate k{acc_[size_t(top[c])], top[c] / V_, int32_t(top[c] % V_)};
+      step.cand.push_back(k);
+      step.hits[c] = std::find(o_.eos_token_ids.begin(), o_.eos_token_ids.end(), k.token) != o_.eos_token_ids.end() ||
+                     cur_len + 1 >= max_length_;
+      step.all_hit = step.all_hit && step.hits[c];
     }
-
     // Next running beams: the best continuations that did not end.
-    std::vector<float> run_scores(cand.size());
-    for (size_t c = 0; c < cand.size(); ++c) run_scores[c] = cand[c].score + (hits[c] ? -kLarge : 0.f);
-    const std::vector<int64_t> next = topk_indices(run_scores, B);
+    step.run_scores.resize(step.cand.size());
+    for (size_t c = 0; c < step.cand.size(); ++c)
+      step.run_scores[c] = step.cand[c].score + (step.hits[c] ? -kLarge : 0.f);
+    step.next = topk_indices(step.run_scores, B_);
+    return step;
+  }
 
-    // Finished set: merge the ones that just ended (among the top B) with those kept so far.
-    const float denom = float(std::pow(double(cur_len + 1 - p0), lp_exp));
-    const bool all_done = std::all_of(fin_done.begin(), fin_done.end(), [](uint8_t d) { return d != 0; });
-    std::vector<float> merged(fin_score);
+  // Finished set: merge the ones that just ended (among the top B) with those kept so far.
+  void update_finished(const Step& step, int64_t cur_len) {
+    const std::vector<Candidate>& cand = step.cand;
+    const float denom = float(std::pow(double(cur_len + 1 - p0_), o_.length_penalty));
+    const bool all_done = std::all_of(fin_done_.begin(), fin_done_.end(), [](uint8_t d) { return d != 0; });
+    std::vector<float> merged(fin_score_);
     std::vector<uint8_t> just(cand.size());
     for (size_t c = 0; c < cand.size(); ++c) {
-      just[c] = hits[c] && int64_t(c) < B;
+      just[c] = step.hits[c] && int64_t(c) < B_;
       float s = cand[c].score / denom;
-      if (all_done && o.early_stopping == 1) s += -kLarge;
-      if (!heuristic_unsatisfied) s += -kLarge;
+      if (all_done && o_.early_stopping == 1) s += -kLarge;
+      if (!heuristic_unsatisfied_) s += -kLarge;
       if (!just[c]) s += -kLarge;
       merged.push_back(s);
     }
-    const std::vector<int64_t> best = topk_indices(merged, B);
+    const std::vector<int64_t> best = topk_indices(merged, B_);
     std::vector<std::vector<int32_t>> new_seq;
     std::vector<float> new_score;
     std::vector<uint8_t> new_done;
     for (int64_t m : best) {
-      if (m < B) {
-        new_seq.push_back(fin_seq[size_t(m)]);
-        new_done.push_back(fin_done[size_t(m)]);
+      if (m < B_) {
+        new_seq.push_back(fin_seq_[size_t(m)]);
+        new_done.push_back(fin_done_[size_t(m)]);
       } else {
-        const Candidate& k = cand[size_t(m - B)];
-        std::vector<int32_t> s = running[size_t(k.beam)];
+        const Candidate& k = cand[size_t(m - B_)];
+        std::vector<int32_t> s = running_[size_t(k.beam)];
         s.push_back(k.token);
         new_seq.push_back(std::move(s));
-        new_done.push_back(just[size_t(m - B)]);
+        new_done.push_back(just[size_t(m - B_)]);
       }
       new_score.push_back(merged[size_t(m)]);
     }
-    fin_seq.swap(new_seq);
-    fin_score.swap(new_score);
-    fin_done.swap(new_done);
+    fin_seq_.swap(new_seq);
+    fin_score_.swap(new_score);
+    fin_done_.swap(new_done);
+  }
 
-    // Reorder the running beams (sequences, histories, caches) to the chosen continuations.
+  // Reorder the running beams (sequences, histories, caches) to the chosen continuations.
+  void reorder_beams(const Step& step) {
     std::vector<std::vector<int32_t>> new_running;
     std::vector<TokenHistory> new_hist;
     std::vector<float> new_running_score;
-    for (int64_t b = 0; b < B; ++b) {
-      const Candidate& k = cand[size_t(next[size_t(b)])];
-      std::vector<int32_t> s = running[size_t(k.beam)];
+    for (int64_t b = 0; b < B_; ++b) {
+      const Candidate& k = step.cand[size_t(step.next[size_t(b)])];
+      std::vector<int32_t> s = running_[size_t(k.beam)];
       s.push_back(k.token);
       new_running.push_back(std::move(s));
-      new_hist.push_back(hist[size_t(k.beam)]);
+      new_hist.push_back(hist_[size_t(k.beam)]);
       new_hist.back().push(k.token);
-      new_running_score.push_back(run_scores[size_t(next[size_t(b)])]);
-      spare[size_t(b)]->copy_from(*sessions[size_t(k.beam)]);
+      new_running_score.push_back(step.run_scores[size_t(step.next[size_t(b)])]);
+      spare_[size_t(b)]->copy_from(*sessions_[size_t(k.beam)]);
     }
-    sessions.swap(spare);
-    running.swap(new_running);
-    hist.swap(new_hist);
-    running_score.swap(new_running_score);
+    sessions_.swap(spare_);
+    running_.swap(new_running);
+    hist_.swap(new_hist);
+    running_score_.swap(new_running_score);
+  }
 
-    // Stop when no running beam can beat the worst finished one, or by early_stopping.
+  // Stop when no running beam can beat the worst finished one, or by early_stopping.
+  bool should_stop(const Step& step, int64_t cur_len) {
+    const double lp_exp = o_.length_penalty;
     const int64_t gen_len = cur_len + 1;
-    const double best_len = (o.early_stopping == 2 && lp_exp > 0.0) ? double(max_length - p0) : double(gen_len - p0);
-    const float best_possible = running_score[0] / float(std::pow(best_len, lp_exp));
-    const float worst_fin = *std::min_element(fin_score.begin(), fin_score.end());
+    const double best_len = (o_.early_stopping == 2 && lp_exp > 0.0) ? double(max_length_ - p0_) : double(gen_len - p0_);
+    const float best_possible = running_score_[0] / float(std::pow(best_len, lp_exp));
+    const float worst_fin = *std::min_element(fin_score_.begin(), fin_score_.end());
     bool improvable = false;
-    for (int64_t b = 0; b < B; ++b) improvable = improvable || best_possible > (fin_done[size_t(b)] ? worst_fin : -kLarge);
-    heuristic_unsatisfied = heuristic_unsatisfied && improvable;
-    const bool all_fin = std::all_of(fin_done.begin(), fin_done.end(), [](uint8_t d) { return d != 0; });
-    const bool open_beam = !(all_fin && o.early_stopping == 1);
-    if (!(heuristic_unsatisfied && open_beam && !all_hit)) break;
+    for (int64_t b = 0; b < B_; ++b) improvable = improvable || best_possible > (fin_done_[size_t(b)] ? worst_fin : -kLarge);
+    heuristic_unsatisfied_ = heuristic_unsatisfied_ && improvable;
+    const bool all_fin = std::all_of(fin_done_.begin(), fin_done_.end(), [](uint8_t d) { return d != 0; });
+    const bool open_beam = !(all_fin && o_.early_stopping == 1);
+    return !(heuristic_unsatisfied_ && open_beam && !step.all_hit);
+  }
 
+  // logits [B, V]: one forward of every running beam's last token.
+  void forward_beams() {
     std::vector<SeqChunk> chunks;
-    for (int64_t b = 0; b < B; ++b) chunks.push_back({sessions[size_t(b)].get(), &running[size_t(b)].back(), 1});
-    model.forward(chunks, logits.data(), false);
+    for (int64_t b = 0; b < B_; ++b) chunks.push_back({sessions_[size_t(b)].get(), &running_[size_t(b)].back(), 1});
+    model_.forward(chunks, logits_.data(), false);
   }
 
-  std::vector<SequenceResult> out;
-  for (int64_t r = 0; r < o.num_return_sequences; ++r) {
-    SequenceResult s;
-    s.tokens = fin_seq[size_t(r)];
-    s.score = fin_score[size_t(r)];
-    const bool eos = !s.tokens.empty() &&
-                     std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), s.tokens.back()) != o.eos_token_ids.end();
-    s.finish = eos ? FinishReason::Eos : FinishReason::Length;
-    out.push_back(std::move(s));
+  std::vector<SequenceResult> finalize() const {
+    std::vector<SequenceResult> out;
+    for (int64_t r = 0; r < o_.num_return_sequences; ++r) {
+      SequenceResult s;
+      s.tokens = fin_seq_[size_t(r)];
+      s.score = fin_score_[size_t(r)];
+      const bool eos = !s.tokens.empty() &&
+                       std::find(o_.eos_token_ids.begin(), o_.eos_token_ids.end(), s.tokens.back()) != o_.eos_token_ids.end();
+      s.finish = eos ? FinishReason::Eos : FinishReason::Length;
+      out.push_back(std::move(s));
+    }
+    return out;
   }
-  return out;
+
+  Model& model_;
+  const DecodeOptions& o_;
+  const int64_t V_, B_, p0_, max_length_, keep_;
+  std::mt19937_64 rng_;
+  // Running beams: [B] each.
+  std::vector<std::unique_ptr<Session>> sessions_, spare_;  // spare_: the caches being reordered into
+  std::vector<TokenHistory> hist_;
+  std::vector<std::vector<int32_t>> running_;  // generated tokens
+  std::vector<float> running_score_;           // accumulated log-prob
+  // Finished set: [B] each.
+  std::vector<std::vector<int32_t>> fin_seq_;
+  std::vector<float> fin_score_;  // length-penalized
+  std::vector<uint8_t> fin_done_;
+  bool heuristic_unsatisfied_ = true;
+  std::vector<float> logits_, acc_;  // [B, V]
+};
+
+}  // namespace
+
+std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o) {
+  if (o.max_new_tokens == 0) return std::vector<SequenceResult>(size_t(o.num_return_sequences));
+  return BeamSearch(model, prompt, o).run();
 }
 
 }  // namespace llmos

@@ -13,6 +13,17 @@ namespace llmos {
 
 // Dimension names used below: n = tokens in this call, H = hidden_size, D = head_dim,
 // Nq / Nkv = query / key-value heads, QKV = (Nq + 2 Nkv) * D, F = intermediate_size.
+// U = F, or 2 F with a gated MLP (gate and up stacked).
+
+namespace {
+
+const Vector kNoVector;  // an absent norm bias
+
+void add_rows(float* dst, const float* src, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] += src[i];
+}
+
+}  // namespace
 
 Session::Session(const Model& model) : spec_(&model.spec()) {
   k_.resize(size_t(spec_->n_layers));
@@ -93,14 +104,14 @@ void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matr
   }
 }
 
-void Model::rope_tables(const std::vector<SeqChunk>& chunks, int64_t n) {
+void Model::rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s) {
   const RopeSpec& rope = spec_.rope;
   const int64_t half = rope.rotary_dim / 2;
   if (half == 0) return;
-  cos_.resize(size_t(n * half) * sizeof(float));
-  sin_.resize(size_t(n * half) * sizeof(float));
-  float* c = cos_.as<float>();
-  float* sn = sin_.as<float>();
+  s.cos.resize(size_t(b.n * half) * sizeof(float));
+  s.sin.resize(size_t(b.n * half) * sizeof(float));
+  float* c = s.cos.as<float>();  // c, sn: [n, half]
+  float* sn = s.sin.as<float>();
   std::vector<float> dyn;
   int64_t t = 0;
   for (const SeqChunk& ch : chunks) {
@@ -128,7 +139,7 @@ void Model::rope_tables(const std::vector<SeqChunk>& chunks, int64_t n) {
   }
 }
 
-void Model::attention(int64_t layer, const float* qkv, int64_t n, float* out) {
+void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* out) {
   // Per (query block, head), one call of the attention kernel (kernels.h AttnBlock), so the
   // keys are read once per block of up to kQueryBlock queries instead of once per query.
   const int64_t D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
@@ -137,15 +148,14 @@ void Model::attention(int64_t layer, const float* qkv, int64_t n, float* out) {
   const float scale = spec_.attn_scale > 0 ? spec_.attn_scale : 1.0f / std::sqrt(float(D));
   const float cap_soft = spec_.attn_softcap;
   const KernelTable& kt = *kernels_;
-  const int64_t n_tasks = int64_t(qblocks_.size()) * Nq;
-  (void)n;
-  pool_.parallel_for(n_tasks, 1, [&](int64_t b, int64_t e) {
+  const int64_t n_tasks = int64_t(b.qblocks.size()) * Nq;
+  pool_.parallel_for(n_tasks, 1, [&](int64_t task0, int64_t task1) {
     thread_local std::vector<float> scratch;
-    for (int64_t task = b; task < e; ++task) {
-      const auto [t0, nq] = qblocks_[size_t(task / Nq)];
+    for (int64_t task = task0; task < task1; ++task) {
+      const auto [t0, nq] = b.qblocks[size_t(task / Nq)];
       const int64_t h = task % Nq, kvh = h / group;
-      const Session& s = *tok_session_[size_t(t0)];
-      const int64_t p0 = tok_pos_[size_t(t0)], cap = s.capacity_;
+      const Session& s = *b.session[size_t(t0)];
+      const int64_t p0 = b.pos[size_t(t0)], cap = s.capacity_;
       const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0;
       const int64_t len = p0 + nq - start;  // keys [start, p0 + nq)
       AttnBlock blk;
@@ -253,7 +263,26 @@ void Model::forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, b
   }
 }
 
+// One forward of the stacked tokens: embed, then per layer an attention block and an MLP
+// block, each adding its output to the residual stream x, then the LM head.
 void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
+  plan_batch(chunks, batch_, scratch_);
+  embed(batch_, scratch_);
+  rope_tables(chunks, batch_, scratch_);
+  for (int64_t l = 0; l < spec_.n_layers; ++l) {
+    attention_block(l, batch_, scratch_);
+    mlp_block(l, batch_, scratch_);
+  }
+  for (const SeqChunk& ch : chunks) {
+    Session& s = *ch.session;
+    s.n_past_ += ch.n;
+    if (!spec_.rope.inv_freq_long.empty()) s.history_.insert(s.history_.end(), ch.tokens, ch.tokens + ch.n);
+  }
+  if (!logits) return;  // a piece before the last (forward_pieces)
+  head(chunks, batch_, scratch_, logits, all_logits);
+}
+
+void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s) {
   const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size;
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
@@ -261,163 +290,180 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
   // Stack the chunks' tokens; remember each one's session and position.
   int64_t n = 0;
   for (const SeqChunk& ch : chunks) n += ch.n;
-  tok_session_.resize(size_t(n));
-  tok_pos_.resize(size_t(n));
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  b.n = n;
+  b.session.resize(size_t(n));
+  b.pos.resize(size_t(n));
+  b.tokens.resize(size_t(n));
   {
     int64_t t = 0;
     for (const SeqChunk& ch : chunks) {
       ch.session->reserve(ch.session->n_past_ + ch.n);
       for (int64_t j = 0; j < ch.n; ++j, ++t) {
-        tok_session_[size_t(t)] = ch.session;
-        tok_pos_[size_t(t)] = ch.session->n_past_ + j;
-        tokens[size_t(t)] = ch.tokens[j];
+        b.session[size_t(t)] = ch.session;
+        b.pos[size_t(t)] = ch.session->n_past_ + j;
+        b.tokens[size_t(t)] = ch.tokens[j];
       }
     }
   }
 
   // Runs of sequences that take the same kernels; the LM head without all_logits
   // sees one token per sequence.
-  runs_.clear();
+  b.runs.clear();
   for (const SeqChunk& ch : chunks) {
     const bool prefill = ch.n >= kMinPrefillTokens;
-    if (!runs_.empty() && runs_.back().prefill == prefill) runs_.back().n += ch.n;
-    else runs_.push_back({ch.n, prefill});
+    if (!b.runs.empty() && b.runs.back().prefill == prefill) b.runs.back().n += ch.n;
+    else b.runs.push_back({ch.n, prefill});
   }
-  head_runs_.assign(1, TokenRun{int64_t(chunks.size()), false});
+  b.head_runs.assign(1, TokenRun{int64_t(chunks.size()), false});
 
   // Attention works on blocks of consecutive queries of one sequence.
   constexpr int64_t kQueryBlock = 16;
-  qblocks_.clear();
+  b.qblocks.clear();
   {
     int64_t t = 0;
     for (const SeqChunk& ch : chunks) {
-      for (int64_t j = 0; j < ch.n; j += kQueryBlock) qblocks_.emplace_back(t + j, std::min(kQueryBlock, ch.n - j));
+      for (int64_t j = 0; j < ch.n; j += kQueryBlock) b.qblocks.emplace_back(t + j, std::min(kQueryBlock, ch.n - j));
       t += ch.n;
     }
   }
-  x_.resize(size_t(n * H) * 4);
-  h_.resize(size_t(n * H) * 4);
-  qkv_.resize(size_t(n * QKV) * 4);
-  attn_.resize(size_t(n * Nq * D) * 4);
-  tmp_.resize(size_t(n * H) * 4);
-  up_.resize(size_t(n * U) * 4);
-  act_.resize(size_t(n * F) * 4);
-  float* x = x_.as<float>();        // x: [n, H] residual stream
-  float* h = h_.as<float>();        // h: [n, H] normed input of a block
-  float* qkv = qkv_.as<float>();    // qkv: [n, QKV]
-  float* attn = attn_.as<float>();  // attn: [n, Nq * D]
-  float* tmp = tmp_.as<float>();    // tmp: [n, H] block output
-  float* up = up_.as<float>();      // up: [n, U]
-  float* act = act_.as<float>();    // act: [n, F]
+  s.x.resize(size_t(n * H) * 4);
+  s.h.resize(size_t(n * H) * 4);
+  s.qkv.resize(size_t(n * QKV) * 4);
+  s.attn.resize(size_t(n * Nq * D) * 4);
+  s.tmp.resize(size_t(n * H) * 4);
+  s.up.resize(size_t(n * U) * 4);
+  s.act.resize(size_t(n * F) * 4);
+}
 
-  // Embedding (+ learned positions) (* scale).
+void Model::embed(const Batch& b, Scratch& s) {
+  // x = embed[tokens] (+ pos_embed[positions]) (* scale)
+  const int64_t H = spec_.hidden_size;
+  float* x = s.x.as<float>();
   const Matrix& emb = w_.embed;
-  pool_.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+  pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> pos_row;
-    for (int64_t t = b; t < e; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
       float* row = x + t * H;
-      emb.row(tokens[size_t(t)], row);
+      emb.row(b.tokens[size_t(t)], row);
       if (spec_.learned_positions) {
         pos_row.resize(size_t(H));
-        w_.pos_embed.row(tok_pos_[size_t(t)], pos_row.data());
+        w_.pos_embed.row(b.pos[size_t(t)], pos_row.data());
         for (int64_t i = 0; i < H; ++i) row[i] += pos_row[size_t(i)];
       }
       if (spec_.embed_scale != 1.0f)
         for (int64_t i = 0; i < H; ++i) row[i] *= spec_.embed_scale;
     }
   });
+}
 
-  rope_tables(chunks, n);
+void Model::attention_block(int64_t layer, const Batch& b, Scratch& s) {
+  // x += post_norm(o(attention(rope(qkv(norm(x))))))
+  const LayerWeights& L = w_.layers[size_t(layer)];
+  float* x = s.x.as<float>();
+  float* h = s.h.as<float>();
+  float* qkv = s.qkv.as<float>();
+  float* attn = s.attn.as<float>();
+  float* tmp = s.tmp.as<float>();
+  norm_rows(b.n, x, L.attn_norm_w, L.attn_norm_b, h);
+  matmul(h, b.runs, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
+  rope_and_cache(layer, b, s, qkv);
+  attention(layer, b, qkv, attn);
+  matmul(attn, b.runs, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
+  if (spec_.post_attn_norm) norm_rows(b.n, tmp, L.attn_post_norm_w, kNoVector, tmp);
+  add_rows(x, tmp, b.n * spec_.hidden_size);
+}
+
+void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv) {
+  // Per token: q and k heads normed (qk_norm) and rotated in place; k and v appended to the
+  // token's session cache at its position.
+  const LayerWeights& L = w_.layers[size_t(layer)];
+  const int64_t D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
+  const int64_t QKV = (Nq + 2 * Nkv) * D;
   const int64_t half = spec_.rope.rotary_dim / 2;
-  const float* cos_t = cos_.as<float>();
-  const float* sin_t = sin_.as<float>();
+  const float* cos_t = s.cos.as<float>();
+  const float* sin_t = s.sin.as<float>();
   const float eps = spec_.norm_eps;
-  const NormKind nk = spec_.norm;
-  auto norm_rows = [&](const float* in, const Vector& w, const Vector& b, float* o) {
-    pool_.parallel_for(n, 4, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        norm_row(nk, in + t * H, w.data(), b.empty() ? nullptr : b.data(), eps, H, o + t * H);
-    });
-  };
-  auto add_rows = [&](float* dst, const float* src) {
-    for (int64_t i = 0; i < n * H; ++i) dst[i] += src[i];
-  };
-  static const Vector kNone;
-
-  for (int64_t l = 0; l < spec_.n_layers; ++l) {
-    const LayerWeights& L = w_.layers[size_t(l)];
-    // Attention block.
-    norm_rows(x, L.attn_norm_w, L.attn_norm_b, h);
-    matmul(h, runs_, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
-    pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* q = qkv + t * QKV;
-        float* k = q + Nq * D;
-        const float* v = k + Nkv * D;
-        for (int64_t hh = 0; hh < Nq + Nkv; ++hh) {
-          float* head = q + hh * D;
-          if (spec_.qk_norm)
-            norm_row(NormKind::RMSNorm, head, hh < Nq ? L.q_norm_w.data() : L.k_norm_w.data(), nullptr, eps, D, head);
-          if (half) rope_head(head, cos_t + t * half, sin_t + t * half, spec_.rope.rotary_dim);
-        }
-        Session& s = *tok_session_[size_t(t)];
-        const int64_t pos = tok_pos_[size_t(t)], cap = s.capacity_;
-        float* K = s.k_[size_t(l)].as<float>();  // K, V: [Nkv, cap, D]
-        float* Vc = s.v_[size_t(l)].as<float>();
-        for (int64_t kh = 0; kh < Nkv; ++kh) {
-          std::memcpy(K + (kh * cap + pos) * D, k + kh * D, size_t(D) * 4);
-          std::memcpy(Vc + (kh * cap + pos) * D, v + kh * D, size_t(D) * 4);
-        }
+  pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* q = qkv + t * QKV;
+      float* k = q + Nq * D;
+      const float* v = k + Nkv * D;
+      for (int64_t hh = 0; hh < Nq + Nkv; ++hh) {
+        float* head = q + hh * D;
+        if (spec_.qk_norm)
+          norm_row(NormKind::RMSNorm, head, hh < Nq ? L.q_norm_w.data() : L.k_norm_w.data(), nullptr, eps, D, head);
+        if (half) rope_head(head, cos_t + t * half, sin_t + t * half, spec_.rope.rotary_dim);
       }
-    });
-    attention(l, qkv, n, attn);
-    matmul(attn, runs_, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
-    if (spec_.post_attn_norm) norm_rows(tmp, L.attn_post_norm_w, kNone, tmp);
-    add_rows(x, tmp);
-
-    // MLP block.
-    norm_rows(x, L.ffn_norm_w, L.ffn_norm_b, h);
-    matmul(h, runs_, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
-    pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.act), up + t * U, up + t * U + F, act + t * F, F);
-        else {
-          std::memcpy(act + t * F, up + t * U, size_t(F) * 4);
-          kernels_->activate(int(spec_.act), act + t * F, F);
-        }
+      Session& ses = *b.session[size_t(t)];
+      const int64_t pos = b.pos[size_t(t)], cap = ses.capacity_;
+      float* K = ses.k_[size_t(layer)].as<float>();  // K, V: [Nkv, cap, D]
+      float* Vc = ses.v_[size_t(layer)].as<float>();
+      for (int64_t kh = 0; kh < Nkv; ++kh) {
+        std::memcpy(K + (kh * cap + pos) * D, k + kh * D, size_t(D) * 4);
+        std::memcpy(Vc + (kh * cap + pos) * D, v + kh * D, size_t(D) * 4);
       }
-    });
-    matmul(act, runs_, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
-    if (spec_.post_ffn_norm) norm_rows(tmp, L.ffn_post_norm_w, kNone, tmp);
-    add_rows(x, tmp);
-  }
-  for (const SeqChunk& ch : chunks) {
-    Session& s = *ch.session;
-    s.n_past_ += ch.n;
-    if (!spec_.rope.inv_freq_long.empty()) s.history_.insert(s.history_.end(), ch.tokens, ch.tokens + ch.n);
-  }
+    }
+  });
+}
 
-  if (!logits) return;  // a piece before the last (forward_pieces)
+void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
+  // x += post_norm(down(act(up(norm(x)))));  gated: act(gate) * up, gate and up stacked in U.
+  const LayerWeights& L = w_.layers[size_t(layer)];
+  const int64_t F = spec_.intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
+  float* x = s.x.as<float>();
+  float* h = s.h.as<float>();
+  float* up = s.up.as<float>();
+  float* act = s.act.as<float>();
+  float* tmp = s.tmp.as<float>();
+  norm_rows(b.n, x, L.ffn_norm_w, L.ffn_norm_b, h);
+  matmul(h, b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
+  pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.act), up + t * U, up + t * U + F, act + t * F, F);
+      else {
+        std::memcpy(act + t * F, up + t * U, size_t(F) * 4);
+        kernels_->activate(int(spec_.act), act + t * F, F);
+      }
+    }
+  });
+  matmul(act, b.runs, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
+  if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
+  add_rows(x, tmp, b.n * spec_.hidden_size);
+}
 
-  // Final norm and LM head, on every row or on each chunk's last row.
+void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits) {
+  // Final norm and LM head, on every row or on each chunk's last row: logits [rows, V].
+  const int64_t H = spec_.hidden_size;
+  const float* x = s.x.as<float>();
+  float* h = s.h.as<float>();
   int64_t rows = 0;
   {
     int64_t t = 0;
     for (const SeqChunk& ch : chunks) {
       for (int64_t j = 0; j < ch.n; ++j, ++t) {
         if (!all_logits && j != ch.n - 1) continue;
-        norm_row(nk, x + t * H, w_.final_norm_w.data(), w_.final_norm_b.empty() ? nullptr : w_.final_norm_b.data(),
-                 eps, H, h + rows * H);
+        norm_row(spec_.norm, x + t * H, w_.final_norm_w.data(),
+                 w_.final_norm_b.empty() ? nullptr : w_.final_norm_b.data(), spec_.norm_eps, H, h + rows * H);
         ++rows;
       }
     }
   }
-  matmul(h, all_logits ? runs_ : head_runs_, w_.output_matrix(), nullptr, logits);
+  matmul(h, all_logits ? b.runs : b.head_runs, w_.output_matrix(), nullptr, logits);
   if (spec_.final_softcap > 0) {
     const float c = spec_.final_softcap;
     for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] = std::tanh(logits[i] / c) * c;
   }
+}
+
+void Model::norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out) {
+  // out[t] = norm(in[t]) for t < n rows of H; in == out is allowed.
+  const int64_t H = spec_.hidden_size;
+  const NormKind nk = spec_.norm;
+  const float eps = spec_.norm_eps;
+  pool_.parallel_for(n, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      norm_row(nk, in + t * H, w.data(), b.empty() ? nullptr : b.data(), eps, H, out + t * H);
+  });
 }
 
 }  // namespace llmos

@@ -73,9 +73,6 @@ class Model {
   }
 
  private:
-  void forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
-  // logits null: run the layers and fill the caches only.
-  void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
   // A run of stacked tokens whose products take the same kernels: the many-token ones
   // (AMX tiles, packed GEMM) for sequences with at least kMinPrefillTokens new tokens, the
   // row kernels otherwise, so a token's result never depends on what else is in the batch.
@@ -83,22 +80,56 @@ class Model {
     int64_t n;
     bool prefill;
   };
+  // The stacked tokens of one forward and how they group; plan_batch builds it, every step
+  // reads it. n = tokens in this forward.
+  struct Batch {
+    int64_t n = 0;
+    std::vector<int32_t> tokens;                       // [n]
+    std::vector<Session*> session;                     // [n] the sequence of each token
+    std::vector<int64_t> pos;                          // [n] its position in that sequence
+    std::vector<std::pair<int64_t, int64_t>> qblocks;  // (first token, count): consecutive queries of one sequence
+    std::vector<TokenRun> runs, head_runs;             // the stacked tokens, and the LM head's rows
+  };
+  // The activations of one forward, sized by plan_batch for Batch::n tokens (decoder.cc
+  // names the dimensions). Reused across forwards so decode does not allocate.
+  struct Scratch {
+    Buffer x;         // [n, H] residual stream
+    Buffer h;         // [n, H] normed input of a block
+    Buffer qkv;       // [n, QKV]
+    Buffer attn;      // [n, Nq * D]
+    Buffer tmp;       // [n, H] block output
+    Buffer up;        // [n, U]
+    Buffer act;       // [n, F]
+    Buffer cos, sin;  // [n, rotary_dim / 2] rope rows of each token's position
+  };
+
+  void forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
+  // logits null: run the layers and fill the caches only.
+  void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
+
+  // The steps of forward_locked, in order. Each reads the batch and works on the scratch
+  // (and, for attention, the sessions' caches); a backend for another device implements these.
+  void plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s);
+  void embed(const Batch& b, Scratch& s);
+  void rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s);
+  void attention_block(int64_t layer, const Batch& b, Scratch& s);
+  void mlp_block(int64_t layer, const Batch& b, Scratch& s);
+  void head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits);
+
+  // What the blocks are made of.
   void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
-  void rope_tables(const std::vector<SeqChunk>& chunks, int64_t n);
-  void attention(int64_t layer, const float* qkv, int64_t n, float* out);
+  void norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out);
+  void rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv);
+  void attention(int64_t layer, const Batch& b, const float* qkv, float* out);
 
   ArchSpec spec_;
   ModelWeights w_;
   ThreadPool pool_;
   const KernelTable* kernels_;
   std::mutex mu_;
-  // Per-forward state, valid while mu_ is held. tok_session_/tok_pos_: [n] the session
-  // and position of each stacked token.
-  std::vector<Session*> tok_session_;
-  std::vector<int64_t> tok_pos_;
-  std::vector<std::pair<int64_t, int64_t>> qblocks_;  // (first token, count): consecutive queries of one sequence
-  std::vector<TokenRun> runs_, head_runs_;            // the stacked tokens, and the LM head's rows
-  Buffer x_, h_, qkv_, attn_, tmp_, up_, act_, cos_, sin_;
+  // Per-forward state, valid while mu_ is held.
+  Batch batch_;
+  Scratch scratch_;
   QuantScratch qscratch_;  // int8 activations for quantized matmuls
 };
 

@@ -11,6 +11,8 @@ fp16 as well: that is where a long context spends its memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from onnx import TensorProto, helper
 
@@ -206,149 +208,210 @@ def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, p
     return outs[0]
 
 
-def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
-                  block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
-    """The decoder with KV cache in the optimum layout (see layout.py)."""
-    g = GraphBuilder(opset)
-    linear = _Linear(g, precision, block_size, accuracy_level)
-    D, Nkv = arch.head_dim, arch.num_kv_heads
-    F, L, V = arch.intermediate_size, arch.num_layers, arch.vocab_size
-    kv_type = FLOAT16 if precision == "fp16" else FLOAT
-    w = weights
+@dataclass
+class _AttentionInputs:
+    """What every layer's attention reads, built once per graph."""
 
-    ids = g.input(layout.INPUT_IDS, INT64, ["batch_size", "sequence_length"])
-    mask = g.input(layout.ATTENTION_MASK, INT64, ["batch_size", "total_sequence_length"])
-    pos = g.input(layout.POSITION_IDS, INT64, ["batch_size", "sequence_length"])
-    past = []
-    for i in range(L):
-        shape = ["batch_size", Nkv, "past_sequence_length", D]
-        past.append((g.input(layout.past_key(i), kv_type, shape), g.input(layout.past_value(i), kv_type, shape)))
+    scale: float
+    standard: list[int]        # layers with standard-op attention; the others use GroupQueryAttention
+    cos: str | None = None     # [B, S, 1, rotary_dim / 2] rope rows of these positions (standard layers)
+    sin: str | None = None
+    masks: dict | None = None  # sliding window (0: none) -> [B, 1, 1, S, T] the keys each query may see
+    fused: dict | None = None  # _fused_inputs, when some layer uses GroupQueryAttention
 
-    # Embedding (+ learned positions) (* scale).
-    with g.scope("model/embed_tokens"):
-        embed = w["embed"].astype(np.float16) if precision == "fp16" else w["embed"]
-        embed_name = g.weight("embed", embed)
-        x = g.op("Gather", [embed_name, ids], axis=0)
-        if precision == "fp16":
-            x = g.cast(x, FLOAT)
-        if arch.learned_positions:
-            x = g.op("Add", [x, g.op("Gather", [g.weight("pos_embed", w["pos_embed"]), pos], axis=0)])
-        if arch.embed_scale != 1.0:
-            x = g.op("Mul", [x, g.const(arch.embed_scale)])
 
-    # Shared by every layer: rope tables, rope rows for these positions, attention masks.
-    rotary_dim = arch.rope.rotary_dim if arch.rope is not None else 0
-    cos_t = sin_t = None
-    if rotary_dim:
-        cos_t, sin_t = rope_tables(arch)
-    # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
-    # fused kernel too; layers it cannot express (sliding windows, partial rope) keep the
-    # standard-op attention.
-    fused_ok = precision == "int4" and rotary_dim in (0, D)
-    standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
-    cos = sin = masks = fused = None
-    with g.scope("model/rotary_emb"):
-        cos_name = g.weight("rope.cos", cos_t) if rotary_dim else None
-        sin_name = g.weight("rope.sin", sin_t) if rotary_dim else None
-        if rotary_dim and standard:
-            index = pos
-            if arch.rope.inv_freq_long is not None:
-                # Longrope: past the original context every position reads the long table, as
-                # the core does once the sequence outgrows long_after.
-                longer = g.cast(g.op("Greater", [g.dim(mask, 1), g.const(arch.rope.long_after, np.int64)]), INT64)
-                index = g.op("Add", [pos, g.op("Mul", [longer, g.const(arch.max_position_embeddings, np.int64)])])
-            cos = g.unsqueeze(g.op("Gather", [cos_name, index], axis=0), [2])
-            sin = g.unsqueeze(g.op("Gather", [sin_name, index], axis=0), [2])
-    if standard:
-        with g.scope("model/attn_mask"):
-            seq = g.dim(ids, 1)
-            total = g.dim(mask, 1)
-            past_len = g.op("Sub", [total, seq])
-            q_idx = g.unsqueeze(g.op("Range", [past_len, total, g.const(1, np.int64)]), [1])  # [S, 1]
-            k_idx = g.unsqueeze(g.op("Range", [g.const(0, np.int64), total, g.const(1, np.int64)]), [0])  # [1, T]
-            causal = g.op("LessOrEqual", [k_idx, q_idx])
-            padding = g.unsqueeze(g.cast(mask, BOOL), [1, 2, 3])  # [B, 1, 1, 1, T]
-            allowed = g.op("And", [causal, padding])  # [B, 1, 1, S, T]
-            masks = {0: allowed}
-            for window in sorted({arch.sliding_window[i] for i in standard} - {0}):
-                near = g.op("Less", [g.op("Sub", [q_idx, k_idx]), g.const(window, np.int64)])
-                masks[window] = g.op("And", [allowed, near])
-    if len(standard) < L:
-        with g.scope("model/attn_lengths"):
-            fused = _fused_inputs(g, arch, mask, cos_name, sin_name)
+class _DecoderGraph:
+    """The steps of build_decoder, sharing the graph, the architecture, the weights and the
+    precision. Shapes: B batch, S new tokens, T = past + S, H hidden, V vocabulary."""
 
-    scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
-    fuse_norms = precision == "int4" and arch.norm == "rmsnorm" and not arch.norm_bias
+    def __init__(self, arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
+                 block_size: int, accuracy_level: int):
+        self.g = GraphBuilder(opset)
+        self.arch, self.w, self.precision = arch, weights, precision
+        self.linear = _Linear(self.g, precision, block_size, accuracy_level)
+        self.kv_type = FLOAT16 if precision == "fp16" else FLOAT
+        self.fuse_norms = precision == "int4" and arch.norm == "rmsnorm" and not arch.norm_bias
 
-    def add_norm(x, residual, key):
+    def inputs(self) -> tuple[str, str, str, list[tuple[str, str]]]:
+        """input_ids and position_ids [B, S], attention_mask [B, T], and per layer the past
+        (key, value) [B, Nkv, T - S, D]."""
+        g, arch = self.g, self.arch
+        ids = g.input(layout.INPUT_IDS, INT64, ["batch_size", "sequence_length"])
+        mask = g.input(layout.ATTENTION_MASK, INT64, ["batch_size", "total_sequence_length"])
+        pos = g.input(layout.POSITION_IDS, INT64, ["batch_size", "sequence_length"])
+        past = []
+        for i in range(arch.num_layers):
+            shape = ["batch_size", arch.num_kv_heads, "past_sequence_length", arch.head_dim]
+            past.append((g.input(layout.past_key(i), self.kv_type, shape),
+                         g.input(layout.past_value(i), self.kv_type, shape)))
+        return ids, mask, pos, past
+
+    def embedding(self, ids: str, pos: str) -> tuple[str, str]:
+        """x [B, S, H] = embed[ids] (+ pos_embed[pos]) (* scale), and the embedding's name (a
+        tied LM head reads it)."""
+        g, arch, w = self.g, self.arch, self.w
+        with g.scope("model/embed_tokens"):
+            embed = w["embed"].astype(np.float16) if self.precision == "fp16" else w["embed"]
+            embed_name = g.weight("embed", embed)
+            x = g.op("Gather", [embed_name, ids], axis=0)
+            if self.precision == "fp16":
+                x = g.cast(x, FLOAT)
+            if arch.learned_positions:
+                x = g.op("Add", [x, g.op("Gather", [g.weight("pos_embed", w["pos_embed"]), pos], axis=0)])
+            if arch.embed_scale != 1.0:
+                x = g.op("Mul", [x, g.const(arch.embed_scale)])
+        return x, embed_name
+
+    def attention_inputs(self, ids: str, mask: str, pos: str) -> _AttentionInputs:
+        """Shared by every layer: rope tables, rope rows for these positions, attention masks."""
+        g, arch = self.g, self.arch
+        D, L = arch.head_dim, arch.num_layers
+        rotary_dim = arch.rope.rotary_dim if arch.rope is not None else 0
+        cos_t = sin_t = None
+        if rotary_dim:
+            cos_t, sin_t = rope_tables(arch)
+        # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
+        # fused kernel too; layers it cannot express (sliding windows, partial rope) keep the
+        # standard-op attention.
+        fused_ok = self.precision == "int4" and rotary_dim in (0, D)
+        standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
+        scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
+        out = _AttentionInputs(scale=scale, standard=standard)
+        with g.scope("model/rotary_emb"):
+            cos_name = g.weight("rope.cos", cos_t) if rotary_dim else None
+            sin_name = g.weight("rope.sin", sin_t) if rotary_dim else None
+            if rotary_dim and standard:
+                index = pos
+                if arch.rope.inv_freq_long is not None:
+                    # Longrope: past the original context every position reads the long table, as
+                    # the core does once the sequence outgrows long_after.
+                    longer = g.cast(g.op("Greater", [g.dim(mask, 1), g.const(arch.rope.long_after, np.int64)]), INT64)
+                    index = g.op("Add", [pos, g.op("Mul", [longer, g.const(arch.max_position_embeddings, np.int64)])])
+                out.cos = g.unsqueeze(g.op("Gather", [cos_name, index], axis=0), [2])
+                out.sin = g.unsqueeze(g.op("Gather", [sin_name, index], axis=0), [2])
+        if standard:
+            with g.scope("model/attn_mask"):
+                out.masks = self._attention_masks(ids, mask, standard)
+        if len(standard) < L:
+            with g.scope("model/attn_lengths"):
+                out.fused = _fused_inputs(g, arch, mask, cos_name, sin_name)
+        return out
+
+    def _attention_masks(self, ids: str, mask: str, standard: list[int]) -> dict[int, str]:
+        """Causal and padding mask [B, 1, 1, S, T], and one per sliding window the layers use."""
+        g, arch = self.g, self.arch
+        seq = g.dim(ids, 1)
+        total = g.dim(mask, 1)
+        past_len = g.op("Sub", [total, seq])
+        q_idx = g.unsqueeze(g.op("Range", [past_len, total, g.const(1, np.int64)]), [1])  # [S, 1]
+        k_idx = g.unsqueeze(g.op("Range", [g.const(0, np.int64), total, g.const(1, np.int64)]), [0])  # [1, T]
+        causal = g.op("LessOrEqual", [k_idx, q_idx])
+        padding = g.unsqueeze(g.cast(mask, BOOL), [1, 2, 3])  # [B, 1, 1, 1, T]
+        allowed = g.op("And", [causal, padding])  # [B, 1, 1, S, T]
+        masks = {0: allowed}
+        for window in sorted({arch.sliding_window[i] for i in standard} - {0}):
+            near = g.op("Less", [g.op("Sub", [q_idx, k_idx]), g.const(window, np.int64)])
+            masks[window] = g.op("And", [allowed, near])
+        return masks
+
+    def add_norm(self, x: str, residual: str | None, key: str) -> tuple[str, str]:
         """(norm(x + residual), x + residual); one SkipSimplifiedLayerNormalization in int4."""
-        wt = w[key]
+        g, arch, wt = self.g, self.arch, self.w[key]
         if residual is None:
-            return _norm(g, arch, x, wt, w.get(key.replace(".weight", ".bias")), key), x
-        if fuse_norms:
+            return _norm(g, arch, x, wt, self.w.get(key.replace(".weight", ".bias")), key), x
+        if self.fuse_norms:
             base = g.node_name("SkipLayerNorm/output")
             outs = g.op("SkipSimplifiedLayerNormalization", [x, residual, g.weight(key, wt)], domain=MS_DOMAIN,
                         tag="SkipLayerNorm", names=[base + "_0", "", "", base + "_3"], epsilon=arch.norm_eps)
             return outs[0], outs[3]
         x = g.op("Add", [x, residual], tag="residual")
-        return _norm(g, arch, x, wt, w.get(key.replace(".weight", ".bias")), key), x
+        return _norm(g, arch, x, wt, self.w.get(key.replace(".weight", ".bias")), key), x
 
-    pending = None  # the block output not yet added to the residual stream
-    for i in range(L):
+    def attention_block(self, i: int, x: str, pending: str | None, past: tuple[str, str],
+                        attn: _AttentionInputs) -> tuple[str, str]:
+        """Layer i's attention on norm(x + pending): (its output [B, S, H], not yet added to the
+        residual stream; the residual stream x + pending). Writes present.{i}.key/value."""
+        g, arch, w, linear = self.g, self.arch, self.w, self.linear
         p = f"layers.{i}."
-        with g.scope(f"model/layers.{i}"):
-            with g.scope("input_layernorm"):
-                h, x = add_norm(x, pending, p + "attn_norm.weight")
-            with g.scope("attn"):
-                qkv = linear(h, p + "qkv.weight", w[p + "qkv.weight"], w.get(p + "qkv.bias"), tag="qkv_proj/MatMul")
-                present = (layout.present_key(i), layout.present_value(i))
-                if i not in standard:
-                    ctx = _attention_fused(g, arch, w, p, qkv, past[i], present, fused, scale)
-                else:
-                    ctx = _attention(g, arch, w, p, qkv, past[i], present, cos, sin,
-                                     masks[arch.sliding_window[i]], scale, kv_type)
-                o = linear(ctx, p + "o.weight", w[p + "o.weight"], w.get(p + "o.bias"), tag="o_proj/MatMul")
-            for name in present:
-                g.outputs.append(helper.make_tensor_value_info(name, kv_type, ["batch_size", Nkv,
-                                                                              "total_sequence_length", D]))
-            if arch.post_attn_norm:
-                with g.scope("post_attention_layernorm"):
-                    o = _norm(g, arch, o, w[p + "attn_post_norm.weight"], None, p + "attn_post_norm.weight")
-            with g.scope("post_attention_layernorm" if not arch.post_attn_norm else "pre_feedforward_layernorm"):
-                h, x = add_norm(x, o, p + "ffn_norm.weight")
-            with g.scope("mlp"):
-                wu, bu = w[p + "up.weight"], w.get(p + "up.bias")
-                if arch.gated_mlp and precision == "int4":
-                    # Two MatMulNBits beat one of twice the width plus a Split (the copy costs more
-                    # than the second kernel launch).
-                    gate = linear(h, p + "up.weight.gate", wu[:F], None if bu is None else bu[:F],
-                                  tag="gate_proj/MatMul")
-                    up = linear(h, p + "up.weight.up", wu[F:], None if bu is None else bu[F:], tag="up_proj/MatMul")
-                    a = g.op("Mul", [_activation(g, arch.activation, gate), up])
-                elif arch.gated_mlp:
-                    gate, up = g.split(linear(h, p + "up.weight", wu, bu, tag="gate_up_proj/MatMul"), [F, F], -1)
-                    a = g.op("Mul", [_activation(g, arch.activation, gate), up])
-                else:
-                    a = _activation(g, arch.activation, linear(h, p + "up.weight", wu, bu, tag="up_proj/MatMul"))
-                d = linear(a, p + "down.weight", w[p + "down.weight"], w.get(p + "down.bias"), tag="down_proj/MatMul")
-            if arch.post_ffn_norm:
-                with g.scope("post_feedforward_layernorm"):
-                    d = _norm(g, arch, d, w[p + "ffn_post_norm.weight"], None, p + "ffn_post_norm.weight")
-            pending = d
+        with g.scope("input_layernorm"):
+            h, x = self.add_norm(x, pending, p + "attn_norm.weight")
+        with g.scope("attn"):
+            qkv = linear(h, p + "qkv.weight", w[p + "qkv.weight"], w.get(p + "qkv.bias"), tag="qkv_proj/MatMul")
+            present = (layout.present_key(i), layout.present_value(i))
+            if i not in attn.standard:
+                ctx = _attention_fused(g, arch, w, p, qkv, past, present, attn.fused, attn.scale)
+            else:
+                ctx = _attention(g, arch, w, p, qkv, past, present, attn.cos, attn.sin,
+                                 attn.masks[arch.sliding_window[i]], attn.scale, self.kv_type)
+            o = linear(ctx, p + "o.weight", w[p + "o.weight"], w.get(p + "o.bias"), tag="o_proj/MatMul")
+        for name in present:
+            g.outputs.append(helper.make_tensor_value_info(name, self.kv_type, ["batch_size", arch.num_kv_heads,
+                                                                               "total_sequence_length", arch.head_dim]))
+        if arch.post_attn_norm:
+            with g.scope("post_attention_layernorm"):
+                o = _norm(g, arch, o, w[p + "attn_post_norm.weight"], None, p + "attn_post_norm.weight")
+        return o, x
 
-    with g.scope("model/norm"):
-        x, _ = add_norm(x, pending, "final_norm.weight")
-    with g.scope("lm_head"):
-        if arch.tie_word_embeddings:
-            logits = linear.tied(x, embed_name, w["embed"])
-        else:
-            logits = linear(x, "lm_head", w["lm_head"])
-        if arch.final_softcap > 0:
-            c = g.const(arch.final_softcap)
-            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
-    g.output(logits, layout.LOGITS, FLOAT, ["batch_size", "sequence_length", V])
+    def mlp_block(self, i: int, x: str, o: str) -> tuple[str, str]:
+        """Layer i's MLP on norm(x + o): (its output [B, S, H], not yet added; the residual
+        stream x + o)."""
+        g, arch, w, linear = self.g, self.arch, self.w, self.linear
+        p, F = f"layers.{i}.", arch.intermediate_size
+        with g.scope("post_attention_layernorm" if not arch.post_attn_norm else "pre_feedforward_layernorm"):
+            h, x = self.add_norm(x, o, p + "ffn_norm.weight")
+        with g.scope("mlp"):
+            wu, bu = w[p + "up.weight"], w.get(p + "up.bias")
+            if arch.gated_mlp and self.precision == "int4":
+                # Two MatMulNBits beat one of twice the width plus a Split (the copy costs more
+                # than the second kernel launch).
+                gate = linear(h, p + "up.weight.gate", wu[:F], None if bu is None else bu[:F],
+                              tag="gate_proj/MatMul")
+                up = linear(h, p + "up.weight.up", wu[F:], None if bu is None else bu[F:], tag="up_proj/MatMul")
+                a = g.op("Mul", [_activation(g, arch.activation, gate), up])
+            elif arch.gated_mlp:
+                gate, up = g.split(linear(h, p + "up.weight", wu, bu, tag="gate_up_proj/MatMul"), [F, F], -1)
+                a = g.op("Mul", [_activation(g, arch.activation, gate), up])
+            else:
+                a = _activation(g, arch.activation, linear(h, p + "up.weight", wu, bu, tag="up_proj/MatMul"))
+            d = linear(a, p + "down.weight", w[p + "down.weight"], w.get(p + "down.bias"), tag="down_proj/MatMul")
+        if arch.post_ffn_norm:
+            with g.scope("post_feedforward_layernorm"):
+                d = _norm(g, arch, d, w[p + "ffn_post_norm.weight"], None, p + "ffn_post_norm.weight")
+        return d, x
+
+    def head(self, x: str, pending: str | None, embed_name: str) -> str:
+        """logits [B, S, V] = lm_head(norm(x + pending)) (soft-capped)."""
+        g, arch = self.g, self.arch
+        with g.scope("model/norm"):
+            x, _ = self.add_norm(x, pending, "final_norm.weight")
+        with g.scope("lm_head"):
+            if arch.tie_word_embeddings:
+                logits = self.linear.tied(x, embed_name, self.w["embed"])
+            else:
+                logits = self.linear(x, "lm_head", self.w["lm_head"])
+            if arch.final_softcap > 0:
+                c = g.const(arch.final_softcap)
+                logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
+        return logits
+
+
+def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
+                  block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
+    """The decoder with KV cache in the optimum layout (see layout.py)."""
+    d = _DecoderGraph(arch, weights, precision, opset, block_size, accuracy_level)
+    g = d.g
+    ids, mask, pos, past = d.inputs()
+    x, embed_name = d.embedding(ids, pos)
+    attn = d.attention_inputs(ids, mask, pos)
+    pending = None  # the block output not yet added to the residual stream
+    for i in range(arch.num_layers):
+        with g.scope(f"model/layers.{i}"):
+            o, x = d.attention_block(i, x, pending, past[i], attn)
+            pending, x = d.mlp_block(i, x, o)
+    logits = d.head(x, pending, embed_name)
+    g.output(logits, layout.LOGITS, FLOAT, ["batch_size", "sequence_length", arch.vocab_size])
     g.outputs.insert(0, g.outputs.pop())  # logits first, then present.*, as optimum orders them
     # With GroupQueryAttention in every layer a runtime may hand the graph a preallocated
     # cache that present.* is written into (onnxruntime-genai's past_present_share_buffer).
-    g.metadata["past_present_share_buffer"] = not standard
+    g.metadata["past_present_share_buffer"] = not attn.standard
     return g

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -180,6 +181,55 @@ def _mentions_type(node: Any, type_name: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _TokenizerFiles:
+    """The files of a tokenizer folder, read and checked for shape; optional ones are {} or None."""
+
+    path: Path
+    tok_file: Path
+    tok_text: str                    # tokenizer.json as text (what the tokenizers library loads)
+    tok_json: dict[str, Any]         # the same, parsed
+    cfg_file: Path
+    cfg: dict[str, Any]              # tokenizer_config.json
+    model_cfg_file: Path
+    model_cfg: dict[str, Any]        # config.json
+    gen_cfg_file: Path
+    gen_cfg: dict[str, Any] | None   # generation_config.json
+
+    @classmethod
+    def read(cls, path: Path) -> "_TokenizerFiles":
+        if not path.is_dir():
+            raise TokenizerFileMissingError(f"tokenizer folder {path} does not exist or is not a directory", file=str(path))
+
+        tok_file = path / TOKENIZER_FILE
+        if not tok_file.is_file():
+            raise TokenizerFileMissingError(
+                f"{tok_file} is missing: llmos needs the fast-tokenizer file tokenizer.json "
+                "(re-save the tokenizer with transformers' save_pretrained to create it)",
+                file=str(tok_file),
+            )
+        tok_text = _read_text(tok_file, TokenizerError, what="tokenizer file")
+        try:
+            tok_json = json.loads(tok_text)
+        except json.JSONDecodeError as e:
+            raise TokenizerError(
+                f"tokenizer file {tok_file} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
+                file=str(tok_file),
+            ) from e
+        except RecursionError as e:
+            raise TokenizerError(f"tokenizer file {tok_file} is nested too deeply to parse", file=str(tok_file)) from e
+        if not isinstance(tok_json, dict) or not isinstance(tok_json.get("model"), dict):
+            raise TokenizerError(f"{tok_file} has no 'model' object: not a tokenizers serialization", file=str(tok_file))
+
+        cfg_file = path / TOKENIZER_CONFIG_FILE
+        cfg = _read_optional_json_object(cfg_file, TokenizerError, what="tokenizer config") or {}
+        model_cfg_file = path / MODEL_CONFIG_FILE
+        model_cfg = _read_optional_json_object(model_cfg_file, ConfigError, what="model config") or {}
+        gen_cfg_file = path / GENERATION_CONFIG_FILE
+        gen_cfg = _read_optional_json_object(gen_cfg_file, ConfigError, what="generation config")
+        return cls(path, tok_file, tok_text, tok_json, cfg_file, cfg, model_cfg_file, model_cfg, gen_cfg_file, gen_cfg)
+
+
 class Tokenizer:
     """A loaded tokenizer. Build it with :meth:`from_dir`."""
 
@@ -210,44 +260,43 @@ class Tokenizer:
         ``transformers_compat=False`` uses tokenizer.json exactly as written, skipping the
         LlamaTokenizer rebuild transformers 5 applies (see the module docstring).
         """
-        from tokenizers import AddedToken
-        from tokenizers import Tokenizer as BackendTokenizer
-
-        path = Path(path)
-        if not path.is_dir():
-            raise TokenizerFileMissingError(f"tokenizer folder {path} does not exist or is not a directory", file=str(path))
-
-        tok_file = path / TOKENIZER_FILE
-        if not tok_file.is_file():
-            raise TokenizerFileMissingError(
-                f"{tok_file} is missing: llmos needs the fast-tokenizer file tokenizer.json "
-                "(re-save the tokenizer with transformers' save_pretrained to create it)",
-                file=str(tok_file),
-            )
-        tok_text = _read_text(tok_file, TokenizerError, what="tokenizer file")
-        try:
-            tok_json = json.loads(tok_text)
-        except json.JSONDecodeError as e:
-            raise TokenizerError(
-                f"tokenizer file {tok_file} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-                file=str(tok_file),
-            ) from e
-        except RecursionError as e:
-            raise TokenizerError(f"tokenizer file {tok_file} is nested too deeply to parse", file=str(tok_file)) from e
-        if not isinstance(tok_json, dict) or not isinstance(tok_json.get("model"), dict):
-            raise TokenizerError(f"{tok_file} has no 'model' object: not a tokenizers serialization", file=str(tok_file))
-
-        cfg_file = path / TOKENIZER_CONFIG_FILE
-        cfg = _read_optional_json_object(cfg_file, TokenizerError, what="tokenizer config") or {}
-        model_cfg_file = path / MODEL_CONFIG_FILE
-        model_cfg = _read_optional_json_object(model_cfg_file, ConfigError, what="model config") or {}
-        gen_cfg_file = path / GENERATION_CONFIG_FILE
-        gen_cfg = _read_optional_json_object(gen_cfg_file, ConfigError, what="generation config")
-
-        tokenizer_class = cls._auto_tokenizer_class(tok_text, cfg, model_cfg) if transformers_compat else "TokenizersBackend"
+        files = _TokenizerFiles.read(Path(path))
+        tok_json, tok_text = files.tok_json, files.tok_text
+        tokenizer_class = (
+            cls._auto_tokenizer_class(tok_text, files.cfg, files.model_cfg) if transformers_compat else "TokenizersBackend"
+        )
         if tokenizer_class == "LlamaTokenizer" and tok_json["model"].get("type") == "BPE":
-            tok_json = cls._llama_rebuild(tok_json, cfg, cfg_file)
+            tok_json = cls._llama_rebuild(tok_json, files.cfg, files.cfg_file)
             tok_text = json.dumps(tok_json)
+        backend = cls._load_backend(files.tok_file, tok_text)
+
+        named, extra = cls._special_token_fields(cls._special_token_sources(files, tokenizer_class), files.cfg_file)
+        cls._add_special_tokens(backend, files.cfg, files.cfg_file, named, extra)
+        special_tokens_map = {key: fields["content"] for key, fields in named.items()}
+        backend.encode_special_tokens = cls._split_special_tokens(files.cfg, files.cfg_file)
+
+        clean_up_spaces = cls._clean_up_spaces(files.cfg, tok_json)
+        max_len = cls._model_max_length(files.cfg, files.cfg_file)
+        templates, origins = cls._load_chat_templates(files.path, files.cfg, files.cfg_file)
+        eos_ids = cls._eos_token_ids(backend, special_tokens_map, files)
+        byte_ids = cls._byte_fallback_ids(backend, tok_json)
+        info = {
+            "special_tokens_map": special_tokens_map,
+            "chat_templates": templates,
+            "chat_template_origins": origins,
+            "clean_up_spaces": clean_up_spaces,
+            "model_max_length": max_len,
+            "bos_token_id": cls._fallback_token_id(backend, special_tokens_map, files, "bos_token_id"),
+            "eos_token_ids": eos_ids,
+            "pad_token_id": cls._fallback_token_id(backend, special_tokens_map, files, "pad_token_id"),
+            "byte_fallback_ids": byte_ids,
+        }
+        return cls(_backend=backend, _path=files.path, _info=info)
+
+    @staticmethod
+    def _load_backend(tok_file: Path, tok_text: str) -> Any:
+        """The tokenizers library's tokenizer for tok_text, with truncation and padding off, tried once."""
+        from tokenizers import Tokenizer as BackendTokenizer
 
         try:
             backend = BackendTokenizer.from_str(tok_text)
@@ -265,12 +314,17 @@ class Tokenizer:
             if _is_interrupt(e):
                 raise
             raise TokenizerError(f"{tok_file} loads but cannot encode text: {e}", file=str(tok_file)) from e
+        return backend
 
-        # Special tokens, in transformers' precedence: tokenizer_config.json, overridden by the legacy
-        # special_tokens_map.json unless the config carries its own added_tokens_decoder.
+    @staticmethod
+    def _special_token_sources(files: "_TokenizerFiles", tokenizer_class: str) -> dict[str, tuple[Any, Path]]:
+        """Every config key with its value and the file it came from, in transformers' precedence:
+        tokenizer_config.json, overridden by the legacy special_tokens_map.json unless the config
+        carries its own added_tokens_decoder, then the tokenizer class's defaults for what neither names."""
+        cfg, cfg_file = files.cfg, files.cfg_file
         merged: dict[str, tuple[Any, Path]] = {k: (v, cfg_file) for k, v in cfg.items()}
         if "added_tokens_decoder" not in cfg:
-            stm_file = path / SPECIAL_TOKENS_MAP_FILE
+            stm_file = files.path / SPECIAL_TOKENS_MAP_FILE
             stm = _read_optional_json_object(stm_file, TokenizerError, what="special tokens map")
             for key, value in (stm or {}).items():
                 if key == "extra_special_tokens" and isinstance(value, list):
@@ -284,7 +338,13 @@ class Tokenizer:
 
         for key, default in _CLASS_DEFAULT_TOKENS.get(tokenizer_class, {}).items():
             merged.setdefault(key, (default, cfg_file))
+        return merged
 
+    @staticmethod
+    def _special_token_fields(
+        merged: Mapping[str, tuple[Any, Path]], cfg_file: Path
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """(named special tokens by key, extra special tokens) as AddedToken keyword arguments."""
         named: dict[str, dict[str, Any]] = {}
         for key in _NAMED_SPECIAL_TOKENS:
             value, src = merged.get(key, (None, cfg_file))
@@ -317,6 +377,19 @@ class Tokenizer:
                 file=str(extra_src),
                 field="extra_special_tokens",
             )
+        return named, extra
+
+    @staticmethod
+    def _add_special_tokens(
+        backend: Any,
+        cfg: Mapping[str, Any],
+        cfg_file: Path,
+        named: Mapping[str, dict[str, Any]],
+        extra: Sequence[dict[str, Any]],
+    ) -> None:
+        """Adds the config's added_tokens_decoder, then the named and extra special tokens the
+        backend does not have yet (this can append new ids)."""
+        from tokenizers import AddedToken
 
         to_add: list[Any] = []
         added_decoder = cfg.get("added_tokens_decoder")
@@ -359,71 +432,68 @@ class Tokenizer:
                     raise
                 raise TokenizerError(f"cannot add the special tokens listed in {cfg_file}: {e}", file=str(cfg_file)) from e
 
-        special_tokens_map = {key: fields["content"] for key, fields in named.items()}
-
+    @staticmethod
+    def _split_special_tokens(cfg: Mapping[str, Any], cfg_file: Path) -> bool:
         split = cfg.get("split_special_tokens", False)
         if not isinstance(split, bool):
             raise TokenizerError(
                 f"{cfg_file.name}: split_special_tokens must be true or false", file=str(cfg_file), field="split_special_tokens"
             )
-        backend.encode_special_tokens = split
+        return split
 
+    @staticmethod
+    def _clean_up_spaces(cfg: Mapping[str, Any], tok_json: Mapping[str, Any]) -> bool:
         clean = cfg.get("clean_up_tokenization_spaces", False)
         force_bpe = cfg.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
         # transformers 5 skips the clean-up for BPE models, where it would corrupt text.
         model_type = tok_json["model"].get("type")
-        clean_up_spaces = bool(clean) and (model_type != "BPE" or bool(force_bpe))
+        return bool(clean) and (model_type != "BPE" or bool(force_bpe))
 
+    @staticmethod
+    def _model_max_length(cfg: Mapping[str, Any], cfg_file: Path) -> int | None:
         max_len = cfg.get("model_max_length")
-        if max_len is not None:
-            if isinstance(max_len, bool) or not isinstance(max_len, (int, float)) or not math.isfinite(max_len) or max_len < 0:
-                raise TokenizerError(
-                    f"{cfg_file.name}: model_max_length must be a non-negative number, got {max_len!r}",
-                    file=str(cfg_file),
-                    field="model_max_length",
-                )
-            max_len = None if max_len >= _UNSET_MAX_LENGTH else int(max_len)
+        if max_len is None:
+            return None
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, float)) or not math.isfinite(max_len) or max_len < 0:
+            raise TokenizerError(
+                f"{cfg_file.name}: model_max_length must be a non-negative number, got {max_len!r}",
+                file=str(cfg_file),
+                field="model_max_length",
+            )
+        return None if max_len >= _UNSET_MAX_LENGTH else int(max_len)
 
-        templates, origins = cls._load_chat_templates(path, cfg, cfg_file)
-
-        def token_id(key: str) -> int | None:
-            content = special_tokens_map.get(key)
-            return backend.token_to_id(content) if content is not None else None
-
-        gen_eos = _token_id_list((gen_cfg or {}).get("eos_token_id"), file=gen_cfg_file, field="eos_token_id")
-        model_eos = cls._model_config_ids(model_cfg, "eos_token_id", model_cfg_file)
+    @classmethod
+    def _eos_token_ids(cls, backend: Any, special_tokens_map: Mapping[str, str], files: "_TokenizerFiles") -> list[int]:
+        """The tokenizer's EOS, then generation_config.json's eos_token_id, or config.json's when it has none."""
+        gen_eos = _token_id_list((files.gen_cfg or {}).get("eos_token_id"), file=files.gen_cfg_file, field="eos_token_id")
+        model_eos = cls._model_config_ids(files.model_cfg, "eos_token_id", files.model_cfg_file)
         eos_ids: list[int] = []
-        primary_eos = token_id("eos_token")
+        content = special_tokens_map.get("eos_token")
+        primary_eos = backend.token_to_id(content) if content is not None else None
         for i in ([primary_eos] if primary_eos is not None else []) + (gen_eos or model_eos):
             if i not in eos_ids:
                 eos_ids.append(i)
+        return eos_ids
 
-        def fallback_id(key: str) -> int | None:
-            own = token_id(key.replace("_id", ""))
-            if own is not None:
-                return own
-            ids = _token_id_list((gen_cfg or {}).get(key), file=gen_cfg_file, field=key)
-            ids = ids or cls._model_config_ids(model_cfg, key, model_cfg_file)
-            return ids[0] if ids else None
+    @classmethod
+    def _fallback_token_id(
+        cls, backend: Any, special_tokens_map: Mapping[str, str], files: "_TokenizerFiles", key: str
+    ) -> int | None:
+        """The id of the tokenizer's own token for key (bos_token_id, pad_token_id), else the
+        first from generation_config.json, else from config.json."""
+        content = special_tokens_map.get(key.replace("_id", ""))
+        own = backend.token_to_id(content) if content is not None else None
+        if own is not None:
+            return own
+        ids = _token_id_list((files.gen_cfg or {}).get(key), file=files.gen_cfg_file, field=key)
+        ids = ids or cls._model_config_ids(files.model_cfg, key, files.model_cfg_file)
+        return ids[0] if ids else None
 
-        byte_ids: frozenset[int] = frozenset()
-        if _mentions_type(tok_json.get("decoder"), "ByteFallback"):
-            byte_ids = frozenset(
-                i for b in range(256) if (i := backend.token_to_id(f"<0x{b:02X}>")) is not None
-            )
-
-        info = {
-            "special_tokens_map": special_tokens_map,
-            "chat_templates": templates,
-            "chat_template_origins": origins,
-            "clean_up_spaces": clean_up_spaces,
-            "model_max_length": max_len,
-            "bos_token_id": fallback_id("bos_token_id"),
-            "eos_token_ids": eos_ids,
-            "pad_token_id": fallback_id("pad_token_id"),
-            "byte_fallback_ids": byte_ids,
-        }
-        return cls(_backend=backend, _path=path, _info=info)
+    @staticmethod
+    def _byte_fallback_ids(backend: Any, tok_json: Mapping[str, Any]) -> frozenset[int]:
+        if not _mentions_type(tok_json.get("decoder"), "ByteFallback"):
+            return frozenset()
+        return frozenset(i for b in range(256) if (i := backend.token_to_id(f"<0x{b:02X}>")) is not None)
 
     @staticmethod
     def _model_config_ids(model_cfg: Mapping[str, Any], key: str, file: Path) -> list[int]:
