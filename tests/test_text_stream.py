@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import tokenizer_factory as tf
@@ -100,7 +100,13 @@ def test_incremental_with_prompt_prefix(toks, kind, data):
     skip = data.draw(st.booleans())
     text, _ = _stream(tok, ids, skip=skip, prefix=prefix)
     full = tok.decode(prefix + ids, skip_special_tokens=skip)
-    assert text == full[len(tok.decode(prefix, skip_special_tokens=skip)) :]
+    before = tok.decode(prefix, skip_special_tokens=skip)
+    # "The text after the prompt" is defined only when the prompt's own text starts the whole
+    # text. WordPiece clean-up can straddle the boundary (prompt "[UNK] '" + " [UNK]" cleans
+    # to "[UNK]'[UNK]", deleting a space on each side); that case is left out here, and known:
+    # the stream then keeps the new side's space while generate() falls back to decode(new).
+    assume(full.startswith(before))
+    assert text == full[len(before) :]
 
 
 @pytest.mark.parametrize("kind", ("llama", "gemma", "bytelevel"))
