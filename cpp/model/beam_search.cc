@@ -79,8 +79,7 @@ std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>
       float* row = logits.data() + b * V;
       const float lse = log_sum_exp(row, V);
       for (int64_t v = 0; v < V; ++v) row[v] -= lse;
-      apply_processors(o, hist[size_t(b)], row, V);
-      if (o.do_sample) apply_warpers(o, row, V, n_eos + 1);
+      process_scores(o, hist[size_t(b)], row, V, n_eos + 1);
       for (int64_t v = 0; v < V; ++v) acc[size_t(b * V + v)] = row[v] + running_score[size_t(b)];
     }
     std::vector<int64_t> top;
