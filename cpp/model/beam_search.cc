@@ -102,8 +102,7 @@ class BeamSearch {
       float* row = logits_.data() + b * V_;
       const float lse = log_sum_exp(row, V_);
       for (int64_t v = 0; v < V_; ++v) row[v] -= lse;
-      apply_processors(o_, hist_[size_t(b)], row, V_);
-      if (o_.do_sample) apply_warpers(o_, row, V_, n_eos + 1);
+      process_scores(o_, hist_[size_t(b)], row, V_, n_eos + 1);
       for (int64_t v = 0; v < V_; ++v) acc_[size_t(b * V_ + v)] = row[v] + running_score_[size_t(b)];
     }
   }

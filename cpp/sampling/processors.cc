@@ -1,50 +1,102 @@
 #include "sampling/processors.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
-#include <cstring>
-#include <numeric>
 
 namespace llmos {
 
 namespace {
 constexpr float kNegInf = -INFINITY;
+using Tokens = std::vector<int32_t>;
 
-// probs[i] = softmax(scores)[i]; returns the sum before normalizing (for callers that
-// only need relative values it does not matter).
-void softmax_into(const float* scores, int64_t n, std::vector<float>& probs) {
-  probs.resize(size_t(n));
-  float m = kNegInf;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, scores[i]);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float e = scores[i] == kNegInf ? 0.f : std::exp(scores[i] - m);
-    probs[size_t(i)] = e;
-    s += e;
+// Whether `seq` ends with the n tokens at `prefix`.
+bool ends_with(const Tokens& seq, const int32_t* prefix, int64_t n) {
+  return n <= int64_t(seq.size()) && std::equal(prefix, prefix + n, seq.end() - n);
+}
+
+void ban(const Tokens& ids, float* scores) {
+  for (int32_t t : ids) scores[t] = kNegInf;
+}
+
+// Only `ids` stay possible, all at 0.
+void force(const Tokens& ids, float* scores, int64_t vocab) {
+  std::fill(scores, scores + vocab, kNegInf);
+  for (int32_t t : ids) scores[t] = 0.f;
+}
+
+// transformers sums every bias that applies to a token, then adds the sum once.
+void add_sequence_bias(const std::vector<std::pair<Tokens, float>>& biases, const Tokens& seq, float* scores) {
+  thread_local std::vector<std::pair<int32_t, float>> sum;
+  sum.clear();
+  for (const auto& [ids, b] : biases) {
+    if (!ends_with(seq, ids.data(), int64_t(ids.size()) - 1)) continue;
+    auto it = std::find_if(sum.begin(), sum.end(), [&](const auto& e) { return e.first == ids.back(); });
+    if (it == sum.end()) sum.emplace_back(ids.back(), b);
+    else it->second += b;
   }
-  const float inv = float(1.0 / s);
-  for (int64_t i = 0; i < n; ++i) probs[size_t(i)] *= inv;
+  for (const auto& [t, b] : sum) scores[t] += b;
 }
 
-// Ids sorted by descending score, computed lazily: only the best `want` are ordered.
-// Ties put the lower id first, or the higher one with high_first (the order in which a
-// stable ascending sort, read from its end, lists them: top-p's view).
-void top_ids(const float* scores, int64_t vocab, int64_t want, std::vector<int32_t>& ids, bool high_first = false) {
-  ids.resize(size_t(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
-  auto better = [&](int32_t a, int32_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && (high_first ? a > b : a < b));
-  };
-  want = std::min(want, vocab);
-  if (want < vocab) std::nth_element(ids.begin(), ids.begin() + want, ids.end(), better);
-  std::sort(ids.begin(), ids.begin() + want, better);
+void add_logit_bias(const std::vector<std::pair<int32_t, float>>& bias, float* scores) {
+  for (const auto& [t, b] : bias) scores[t] += b;
 }
+
+// transformers' repetition penalty: a positive score is divided by p, a negative one
+// multiplied, so p > 1 always makes the token less likely. The encoder variant passes 1/p.
+void penalize(float p, const Tokens& ids, float* scores) {
+  for (int32_t t : ids) scores[t] = scores[t] < 0 ? scores[t] * p : scores[t] / p;
+}
+
+void penalize_presence_frequency(float presence, float frequency,
+                                 const std::unordered_map<int32_t, int32_t>& generated, float* scores) {
+  for (const auto& [t, c] : generated) scores[t] -= presence + frequency * float(c);
+}
+
+// Bans every token that would complete an n-gram of `source` after the last n-1 tokens of
+// `seq` (no_repeat_ngram_size: source = seq; the encoder variant: source = the prompt).
+void ban_ngram_completions(int64_t n, const int32_t* source, int64_t source_len, const Tokens& seq, float* scores) {
+  if (int64_t(seq.size()) < n - 1) return;
+  const int32_t* tail = seq.data() + (int64_t(seq.size()) - (n - 1));
+  for (int64_t i = 0; i + n <= source_len; ++i)
+    if (std::equal(tail, tail + (n - 1), source + i)) scores[source[i + n - 1]] = kNegInf;
+}
+
+void ban_bad_words(const std::vector<Tokens>& words, const Tokens& eos, const Tokens& seq, float* scores) {
+  for (const auto& word : words) {
+    // transformers never bans a single-token "word" that is an EOS token.
+    if (word.size() == 1 && std::find(eos.begin(), eos.end(), word[0]) != eos.end()) continue;
+    if (ends_with(seq, word.data(), int64_t(word.size()) - 1)) scores[word.back()] = kNegInf;
+  }
+}
+
+void replace_invalid_values(float* scores, int64_t vocab) {
+  for (int64_t i = 0; i < vocab; ++i) {
+    float& s = scores[i];
+    s = std::isnan(s) ? 0.f : s == INFINITY ? FLT_MAX : s == kNegInf ? -FLT_MAX : s;
+  }
+}
+
+// After `start` new tokens, EOS grows by |score| * (factor^k - 1) at the k-th token past it.
+void decay_toward_eos(std::pair<int64_t, double> penalty, const TokenHistory& h, const Tokens& eos, float* scores) {
+  const int64_t start = h.prompt_len() + penalty.first;
+  const int64_t len = int64_t(h.tokens().size());
+  if (len <= start) return;
+  const float grow = float(std::pow(penalty.second, double(len - start)) - 1.0);
+  for (size_t i = 0; i < eos.size(); ++i) {
+    if (std::find(eos.begin(), eos.begin() + i, eos[i]) != eos.begin() + i) continue;  // once per id
+    float& s = scores[eos[i]];
+    if (std::isfinite(s)) s += std::fabs(s) * grow;
+  }
+}
+
 }  // namespace
 
 TokenHistory::TokenHistory(const std::vector<int32_t>& prompt, int64_t vocab_size)
     : tokens_(prompt), prompt_len_(int64_t(prompt.size())), seen_(size_t(vocab_size), 0) {
   for (int32_t t : prompt)
     if (!seen_[size_t(t)]) { seen_[size_t(t)] = 1; seen_list_.push_back(t); }
+  prompt_list_ = seen_list_;
 }
 
 void TokenHistory::push(int32_t token) {
@@ -53,134 +105,34 @@ void TokenHistory::push(int32_t token) {
   ++generated_[token];
 }
 
+// The chain, in the order of transformers' _get_logits_processor. `len` counts the prompt,
+// as transformers' cur_len does.
 void apply_processors(const DecodeOptions& o, const TokenHistory& h, float* scores, int64_t vocab) {
-  for (const auto& [t, b] : o.logit_bias) scores[t] += b;
+  const Tokens& seq = h.tokens();
+  const int64_t len = int64_t(seq.size());
+  const int64_t max_length = h.prompt_len() + o.max_new_tokens;
+  // transformers moves the begin index past a forced BOS after a one-token prompt.
+  const int64_t begin = h.prompt_len() + (h.prompt_len() == 1 && o.forced_bos_token_id >= 0 ? 1 : 0);
 
-  if (o.repetition_penalty != 1.0f) {
-    const float p = o.repetition_penalty;
-    for (int32_t t : h.seen_list_) scores[t] = scores[t] < 0 ? scores[t] * p : scores[t] / p;
-  }
+  if (!o.sequence_bias.empty()) add_sequence_bias(o.sequence_bias, seq, scores);
+  if (!o.logit_bias.empty()) add_logit_bias(o.logit_bias, scores);
+  if (o.encoder_repetition_penalty != 1.0f)
+    penalize(float(1.0 / o.encoder_repetition_penalty), h.prompt_distinct(), scores);
+  if (o.repetition_penalty != 1.0f) penalize(o.repetition_penalty, h.seen(), scores);
   if (o.presence_penalty != 0.0f || o.frequency_penalty != 0.0f)
-    for (const auto& [t, c] : h.generated_) scores[t] -= o.presence_penalty + o.frequency_penalty * float(c);
-
-  const std::vector<int32_t>& seq = h.tokens();
-  const int64_t L = int64_t(seq.size());
-  const int64_t n = o.no_repeat_ngram_size;
-  if (n > 0 && L >= n) {
-    // Ban every token that would complete an n-gram already in the sequence: find the
-    // earlier occurrences of the last n-1 tokens.
-    const int32_t* tail = seq.data() + (L - n + 1);
-    for (int64_t i = 0; i + n <= L; ++i)
-      if (std::equal(tail, tail + (n - 1), seq.data() + i)) scores[seq[size_t(i + n - 1)]] = kNegInf;
-  }
-
-  for (const auto& word : o.bad_words_ids) {
-    // transformers never bans a single-token "word" that is an EOS token.
-    if (word.size() == 1 &&
-        std::find(o.eos_token_ids.begin(), o.eos_token_ids.end(), word[0]) != o.eos_token_ids.end())
-      continue;
-    const int64_t prefix = int64_t(word.size()) - 1;
-    if (prefix > L) continue;
-    if (std::equal(word.begin(), word.end() - 1, seq.end() - prefix)) scores[word.back()] = kNegInf;
-  }
-
-  if (L < o.min_length || h.n_generated() < o.min_new_tokens)
-    for (int32_t e : o.eos_token_ids) scores[e] = kNegInf;
-  (void)vocab;
-}
-
-void apply_warpers(const DecodeOptions& o, float* scores, int64_t vocab, int64_t min_keep) {
-  thread_local std::vector<int32_t> ids;
-  thread_local std::vector<float> probs;
-  if (o.temperature != 1.0f)
-    for (int64_t i = 0; i < vocab; ++i) scores[i] /= o.temperature;
-
-  if (o.top_k > 0) {
-    const int64_t k = std::min(std::max(o.top_k, min_keep), vocab);
-    if (k < vocab) {
-      top_ids(scores, vocab, k, ids);
-      const float kth = scores[ids[size_t(k - 1)]];
-      for (int64_t i = 0; i < vocab; ++i)
-        if (scores[i] < kth) scores[i] = kNegInf;  // ties with the k-th stay, as in transformers
-    }
-  }
-
-  if (o.top_p < 1.0f) {
-    // transformers drops a token when the probability mass strictly above it (in
-    // descending order) is >= top_p. The kept set is found without sorting the vocabulary:
-    // one pass sums the mass per bucket of float bit patterns (monotone for p >= 0), the
-    // bucket where the running mass reaches top_p is the only one that needs ordering.
-    softmax_into(scores, vocab, probs);
-    constexpr int kShift = 19;  // 2^13 buckets: sign, exponent and 4 mantissa bits
-    thread_local std::vector<double> bucket_mass;
-    bucket_mass.assign(size_t(1) << (32 - kShift), 0.0);
-    auto bucket_of = [](float p) { uint32_t u; std::memcpy(&u, &p, 4); return u >> kShift; };
-    for (int64_t i = 0; i < vocab; ++i) bucket_mass[bucket_of(probs[size_t(i)])] += probs[size_t(i)];
-    const double target = double(o.top_p);
-    double above = 0;
-    uint32_t edge = 0;
-    for (uint32_t b = uint32_t(bucket_mass.size()); b-- > 0;) {
-      if (above + bucket_mass[b] >= target) { edge = b; break; }
-      above += bucket_mass[b];
-    }
-    // Order the edge bucket as a stable ascending sort read from its end would: by
-    // probability, ties highest id first; keep while the mass above stays < top_p.
-    ids.clear();
-    for (int64_t i = 0; i < vocab; ++i)
-      if (bucket_of(probs[size_t(i)]) == edge) ids.push_back(int32_t(i));
-    std::sort(ids.begin(), ids.end(), [&](int32_t x, int32_t y) {
-      return probs[size_t(x)] > probs[size_t(y)] || (probs[size_t(x)] == probs[size_t(y)] && x > y);
-    });
-    std::vector<uint8_t> keep_edge(ids.size(), 0);
-    int64_t kept = 0;
-    for (int64_t i = 0; i < vocab; ++i) kept += bucket_of(probs[size_t(i)]) > edge;
-    for (size_t r = 0; r < ids.size(); ++r) {
-      if (above < target || kept < min_keep) { keep_edge[r] = 1; above += probs[size_t(ids[r])]; ++kept; }
-    }
-    for (size_t r = 0; r < ids.size(); ++r)
-      if (!keep_edge[r]) scores[ids[r]] = kNegInf;
-    for (int64_t i = 0; i < vocab; ++i)
-      if (bucket_of(probs[size_t(i)]) < edge) scores[i] = kNegInf;
-  }
-
-  if (o.min_p > 0.0f) {
-    softmax_into(scores, vocab, probs);
-    const float top = *std::max_element(probs.begin(), probs.end());
-    const float cut = o.min_p * top;
-    top_ids(probs.data(), vocab, min_keep, ids);
-    std::vector<uint8_t> protect(size_t(vocab), 0);
-    for (int64_t r = 0; r < std::min(min_keep, vocab); ++r) protect[size_t(ids[size_t(r)])] = 1;
-    for (int64_t i = 0; i < vocab; ++i)
-      if (probs[size_t(i)] < cut && !protect[size_t(i)]) scores[i] = kNegInf;
-  }
-
-  if (o.typical_p < 1.0f) {
-    // Keep the tokens whose surprisal is closest to the entropy, up to typical_p mass.
-    const float lse = log_sum_exp(scores, vocab);
-    double ent = 0;
-    std::vector<float> shifted(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) {
-      const float lp = scores[i] - lse;
-      if (scores[i] != kNegInf) ent -= double(lp) * std::exp(double(lp));
-    }
-    for (int64_t i = 0; i < vocab; ++i)
-      shifted[size_t(i)] = scores[i] == kNegInf ? INFINITY : std::fabs(-(scores[i] - lse) - float(ent));
-    ids.resize(size_t(vocab));
-    std::iota(ids.begin(), ids.end(), 0);
-    std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return shifted[size_t(a)] < shifted[size_t(b)]; });
-    double cum = 0;
-    int64_t last = 0;
-    for (int64_t r = 0; r < vocab; ++r) {
-      const float s = scores[ids[size_t(r)]];
-      cum += s == kNegInf ? 0.0 : std::exp(double(s - lse));
-      if (cum < double(o.typical_p)) last = r + 1;
-      else break;
-    }
-    last = std::min(last, vocab - 1);
-    const float limit = shifted[size_t(ids[size_t(last)])];
-    for (int64_t r = std::max<int64_t>(min_keep, 0); r < vocab; ++r)
-      if (shifted[size_t(ids[size_t(r)])] > limit) scores[ids[size_t(r)]] = kNegInf;
-  }
+    penalize_presence_frequency(o.presence_penalty, o.frequency_penalty, h.generated(), scores);
+  if (o.no_repeat_ngram_size > 0) ban_ngram_completions(o.no_repeat_ngram_size, seq.data(), len, seq, scores);
+  if (o.encoder_no_repeat_ngram_size > 0)
+    ban_ngram_completions(o.encoder_no_repeat_ngram_size, seq.data(), h.prompt_len(), seq, scores);
+  if (!o.bad_words_ids.empty()) ban_bad_words(o.bad_words_ids, o.eos_token_ids, seq, scores);
+  if (len < o.min_length || h.n_generated() < o.min_new_tokens) ban(o.eos_token_ids, scores);
+  if (o.forced_bos_token_id >= 0 && len == 1) force({o.forced_bos_token_id}, scores, vocab);
+  if (!o.forced_eos_token_ids.empty() && len == max_length - 1) force(o.forced_eos_token_ids, scores, vocab);
+  if (o.remove_invalid_values) replace_invalid_values(scores, vocab);
+  if (o.exponential_decay_length_penalty.second != 1.0)
+    decay_toward_eos(o.exponential_decay_length_penalty, h, o.eos_token_ids, scores);
+  if (!o.suppress_tokens.empty()) ban(o.suppress_tokens, scores);
+  if (!o.begin_suppress_tokens.empty() && len == begin) ban(o.begin_suppress_tokens, scores);
 }
 
 float log_sum_exp(const float* scores, int64_t vocab) {

@@ -6,6 +6,15 @@
 
 namespace llmos {
 
+void process_scores(const DecodeOptions& o, const TokenHistory& h, float* scores, int64_t vocab, int64_t min_keep) {
+  apply_processors(o, h, scores, vocab);
+  if (o.do_sample) apply_warpers(o, scores, vocab, min_keep);
+  if (o.renormalize_logits) {
+    const float lse = log_sum_exp(scores, vocab);
+    for (int64_t i = 0; i < vocab; ++i) scores[i] -= lse;
+  }
+}
+
 int32_t argmax(const float* x, int64_t n) {
   int64_t best = 0;
   for (int64_t i = 1; i < n; ++i)
@@ -48,8 +57,7 @@ std::vector<std::pair<int32_t, float>> top_logprobs(const float* scores, int64_t
 }
 
 int32_t Sampler::next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp) {
-  apply_processors(o_, h, scores, vocab);
-  if (o_.do_sample) apply_warpers(o_, scores, vocab, 1);
+  process_scores(o_, h, scores, vocab, 1);
   const int32_t tok = o_.do_sample ? sample_softmax(scores, vocab, rng_) : argmax(scores, vocab);
   if (lp) {
     const float lse = log_sum_exp(scores, vocab);

@@ -1,5 +1,5 @@
 // Chooses the next token of one sequence: processors (always), warpers (when sampling),
-// then argmax or a seeded draw. Optionally reports log-probabilities, computed as
+// renormalization (when asked), then argmax or a seeded draw. Optionally reports log-probabilities, computed as
 // log_softmax of the processed scores (what transformers' output_scores holds).
 #pragma once
 
@@ -10,6 +10,7 @@
 
 #include "sampling/options.h"
 #include "sampling/processors.h"
+#include "sampling/warpers.h"
 
 namespace llmos {
 
@@ -28,6 +29,10 @@ class Sampler {
   const DecodeOptions& o_;
   std::mt19937_64 rng_;
 };
+
+// The whole chain on one row, in place: processors, warpers when sampling (at least
+// min_keep tokens survive them), then log_softmax with renormalize_logits.
+void process_scores(const DecodeOptions& o, const TokenHistory& h, float* scores, int64_t vocab, int64_t min_keep);
 
 int32_t argmax(const float* x, int64_t n);  // first index of the largest value
 

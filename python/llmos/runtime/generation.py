@@ -47,7 +47,8 @@ class GenerationConfig:
     """Every decoding option. Unset (None) fields take the defaults described in the
     module docstring. Names and meanings follow transformers.GenerationConfig; the OpenAI
     options (presence_penalty, frequency_penalty, logit_bias, stop, logprobs, top_logprobs)
-    follow the OpenAI API."""
+    follow the OpenAI API. The transformers options llmos does not implement are in
+    UNSUPPORTED, each with the reason; asking for one is an InvalidInputError."""
 
     max_new_tokens: int | None = None
     max_length: int | None = None
@@ -74,12 +75,53 @@ class GenerationConfig:
     stop: str | list[str] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    top_h: float | None = None
+    epsilon_cutoff: float | None = None
+    eta_cutoff: float | None = None
+    sequence_bias: list | dict | None = None
+    encoder_repetition_penalty: float | None = None
+    encoder_no_repeat_ngram_size: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    remove_invalid_values: bool | None = None
+    exponential_decay_length_penalty: tuple[int, float] | None = None
+    suppress_tokens: list[int] | None = None
+    begin_suppress_tokens: list[int] | None = None
+    renormalize_logits: bool | None = None
+    # Group (diverse) beam search left transformers' core for the Hub; refused unless inert.
+    num_beam_groups: int | None = None
+    diversity_penalty: float | None = None
 
     DEFAULTS = {  # transformers' defaults where it has the option
         "min_new_tokens": 0, "min_length": 0, "do_sample": False, "temperature": 1.0, "top_k": 50,
         "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
         "num_beams": 1, "length_penalty": 1.0, "early_stopping": False, "num_return_sequences": 1,
         "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": False, "top_logprobs": 0,
+        "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0,
+        "encoder_no_repeat_ngram_size": 0, "remove_invalid_values": False, "renormalize_logits": False,
+        "num_beam_groups": 1, "diversity_penalty": 0.0,
+    }
+
+    # transformers.generate options llmos does not implement, with the reason; asking for one
+    # is an error that says so (a generation_config.json that carries one is left alone).
+    UNSUPPORTED = {
+        "guidance_scale": "classifier-free guidance needs a second, unconditional forward pass per step",
+        "watermarking_config": "watermarking is not implemented",
+        "assistant_model": "assisted (speculative) decoding is not implemented",
+        "prompt_lookup_num_tokens": "prompt-lookup (speculative) decoding is not implemented",
+        "assistant_early_exit": "self-speculative decoding is not implemented",
+        "use_mtp": "multi-token-prediction decoding is not implemented",
+        "num_assistant_tokens": "assisted (speculative) decoding is not implemented",
+        "constraints": "constrained beam search left transformers' core (now a Hub custom_generate)",
+        "force_words_ids": "constrained beam search left transformers' core (now a Hub custom_generate)",
+        "penalty_alpha": "contrastive search left transformers' core (now a Hub custom_generate)",
+        "dola_layers": "DoLa decoding left transformers' core (now a Hub custom_generate)",
+        "prefix_allowed_tokens_fn": "Python callbacks are not called from the C++ decode loop",
+        "logits_processor": "Python callbacks are not called from the C++ decode loop",
+        "stopping_criteria": "Python callbacks are not called from the C++ decode loop (use stop=)",
+        "stop_strings": "use stop= (the text is cut before the stop string)",
+        "max_time": "a time limit is not implemented",
+        "token_healing": "token healing is not implemented",
     }
 
     @classmethod
@@ -92,6 +134,11 @@ class GenerationConfig:
         typo), ignored otherwise (a generation_config.json holds many unrelated keys)."""
         names = set(cls.field_names())
         unknown = sorted(set(d) - names)
+        unsupported = [k for k in unknown if k in cls.UNSUPPORTED]
+        if unsupported and strict:
+            k = unsupported[0]
+            raise InvalidInputError(f"{source}: {k} is a transformers option llmos does not support: "
+                                    f"{cls.UNSUPPORTED[k]}", field=k)
         if unknown and strict:
             raise InvalidInputError(f"{source}: unknown generation option(s) {', '.join(unknown)}; "
                                     f"known options: {', '.join(sorted(names))}", field=unknown[0])
@@ -132,6 +179,74 @@ def _token_list(name, value, vocab_size) -> list[int]:
         if not 0 <= i < vocab_size:
             raise InvalidInputError(f"{name}: token id {i} is outside the vocabulary [0, {vocab_size})", field=name)
     return list(ids)
+
+
+def _flag(name, value) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name}: expected True or False, got {value!r}", field=name)
+    return value
+
+
+def _sequence_bias(value, vocab_size) -> list[tuple[list[int], float]]:
+    """transformers' two spellings: [[token ids, bias], ...] or {(token ids): bias}; a later
+    entry for the same ids replaces an earlier one, as in transformers."""
+    name = "sequence_bias"
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(e, (list, tuple)) and len(e) == 2 for e in value):
+        pairs = [tuple(e) for e in value]
+    else:
+        pairs = None
+    if not pairs:
+        raise InvalidInputError(f"{name}: expected a non-empty list of [token ids, bias] pairs or a dict of "
+                                f"(token ids) -> bias, got {value!r}", field=name)
+    out: dict[tuple[int, ...], float] = {}
+    for ids, bias in pairs:
+        ids = _token_list(name, list(ids) if isinstance(ids, (list, tuple)) else ids, vocab_size)
+        if not ids:
+            raise InvalidInputError(f"{name}: a biased sequence is empty", field=name)
+        out[tuple(ids)] = float(_num(name, bias))
+    return [(list(k), v) for k, v in out.items()]
+
+
+def _transformers_extras(o, cfg: GenerationConfig, vocab_size: int) -> None:
+    """transformers' remaining processors and warpers: sequence bias, the prompt ("encoder")
+    penalties, forced and suppressed tokens, the EOS length decay, top-h, epsilon, eta and
+    renormalization."""
+    g = cfg.get
+    if cfg.sequence_bias is not None:
+        o.sequence_bias = _sequence_bias(cfg.sequence_bias, vocab_size)
+    o.encoder_repetition_penalty = float(_num("encoder_repetition_penalty", g("encoder_repetition_penalty"),
+                                              low=0.0, low_open=True))
+    o.encoder_no_repeat_ngram_size = _num("encoder_no_repeat_ngram_size", g("encoder_no_repeat_ngram_size"),
+                                          integer=True, low=0)
+    if cfg.forced_bos_token_id is not None:
+        bos = cfg.forced_bos_token_id
+        if isinstance(bos, bool) or not isinstance(bos, int):
+            raise InvalidInputError(f"forced_bos_token_id: expected a token id, got {bos!r}",
+                                    field="forced_bos_token_id")
+        o.forced_bos_token_id = _token_list("forced_bos_token_id", bos, vocab_size)[0]
+    if cfg.forced_eos_token_id is not None:
+        o.forced_eos_token_ids = _token_list("forced_eos_token_id", cfg.forced_eos_token_id, vocab_size)
+    o.remove_invalid_values = _flag("remove_invalid_values", g("remove_invalid_values"))
+    decay = cfg.exponential_decay_length_penalty
+    if decay is not None:
+        if not isinstance(decay, (list, tuple)) or len(decay) != 2:
+            raise InvalidInputError(f"exponential_decay_length_penalty: expected (start_index, decay_factor), "
+                                    f"got {decay!r}", field="exponential_decay_length_penalty")
+        o.exponential_decay_length_penalty = (
+            _num("exponential_decay_length_penalty", decay[0], integer=True),
+            float(_num("exponential_decay_length_penalty", decay[1])))
+    if cfg.suppress_tokens is not None:
+        o.suppress_tokens = _token_list("suppress_tokens", cfg.suppress_tokens, vocab_size)
+    if cfg.begin_suppress_tokens is not None:
+        o.begin_suppress_tokens = _token_list("begin_suppress_tokens", cfg.begin_suppress_tokens, vocab_size)
+
+    if cfg.top_h is not None:
+        o.top_h = float(_num("top_h", cfg.top_h, low=0.0, high=1.0, low_open=True))
+    o.epsilon_cutoff = float(_num("epsilon_cutoff", g("epsilon_cutoff"), low=0.0, high=1.0, high_open=True))
+    o.eta_cutoff = float(_num("eta_cutoff", g("eta_cutoff"), low=0.0, high=1.0, high_open=True))
+    o.renormalize_logits = _flag("renormalize_logits", g("renormalize_logits"))
 
 
 def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: int, context: int,
@@ -200,7 +315,15 @@ def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: in
             pairs.append((tok, float(_num("logit_bias", v, low=-100.0, high=100.0))))
         o.logit_bias = pairs
 
+    _transformers_extras(o, cfg, vocab_size)
+
     o.num_beams = _num("num_beams", g("num_beams"), integer=True, low=1)
+    groups = _num("num_beam_groups", g("num_beam_groups"), integer=True, low=1)
+    diversity = _num("diversity_penalty", g("diversity_penalty"))
+    if groups > 1 or diversity != 0.0:
+        name = "num_beam_groups" if groups > 1 else "diversity_penalty"
+        raise InvalidInputError(f"{name}: group (diverse) beam search is not supported: it left transformers' core "
+                                "for a Hub custom_generate; use num_beams alone", field=name)
     o.length_penalty = float(_num("length_penalty", g("length_penalty")))
     es = g("early_stopping")
     if es not in (True, False, "never"):
