@@ -119,11 +119,9 @@ class Model:
     def generate(self, prompt, generation_config: GenerationConfig | None = None, **options):
         """Continues `prompt`: a string or a list of token ids.
 
-        Options (see llmos.GenerationConfig): max_new_tokens, max_length, min_new_tokens,
-        do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
-        no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
-        num_return_sequences, bad_words_ids, eos_token_id ([] disables EOS), seed,
-        presence_penalty, frequency_penalty, logit_bias, stop, logprobs, top_logprobs.
+        Options: every field of llmos.GenerationConfig (transformers' names: max_new_tokens,
+        do_sample, temperature, top_k, top_p, num_beams, repetition_penalty, ... plus
+        OpenAI's presence_penalty, frequency_penalty, logit_bias, stop, logprobs, seed).
         Unset options take the checkpoint's generation_config.json, then transformers'
         defaults.
 
