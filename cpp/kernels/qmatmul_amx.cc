@@ -25,6 +25,7 @@
 #include "kernels/transpose_avx512.h"
 
 namespace llmos {
+namespace simd::amx {
 namespace {
 
 constexpr int64_t kTile = 16;       // rows, tokens per tile
@@ -238,11 +239,12 @@ void matmul_tiles_bf16(const uint8_t* acts, int64_t n, int64_t k, const uint16_t
 }
 
 }  // namespace
+}  // namespace simd::amx
 
 void fill_qkernels_amx(KernelTable* t) {
-  t->pack_tile_acts = pack_tile_acts;
-  t->qmatmul_tiles = qmatmul_tiles;
-  t->matmul_tiles_bf16 = matmul_tiles_bf16;
+  t->pack_tile_acts = simd::amx::pack_tile_acts;
+  t->qmatmul_tiles = simd::amx::qmatmul_tiles;
+  t->matmul_tiles_bf16 = simd::amx::matmul_tiles_bf16;
 }
 
 }  // namespace llmos
