@@ -18,6 +18,9 @@ from llmos.errors import InvalidInputError
 
 ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
 ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
+# The shared SIMD algorithms' 16-lane instantiation over a portable vector (vec_emu.h), the
+# AVX-512 build's twin: every path of the AVX-512 kernels, runnable on any CPU.
+EMULATED = ["emu16"]
 NMSE_FAST_VS_SCALAR = 1e-11
 NMSE_SCALAR_VS_F64 = 1e-11
 
@@ -53,7 +56,7 @@ def test_scalar_matmul_matches_float64(n, k, rows, dtype):
     assert nmse(y, x.astype(np.float64) @ w_f32.astype(np.float64).T) < NMSE_SCALAR_VS_F64
 
 
-@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"])
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"] + EMULATED)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("n,k,rows", SHAPES)
 def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
@@ -69,7 +72,7 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
 PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96), (33, 96, 50)]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS + EMULATED)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("n,k,rows", PREFILL_SHAPES)
 def test_prefill_matmul_matches_scalar(isa, n, k, rows, dtype):
@@ -109,7 +112,7 @@ ATTN_CASES = [(1, 64, 0, 0, 0.0), (16, 64, 0, 0, 0.0), (16, 64, 37, 0, 0.0), (5,
               (16, 256, 21, 0, 50.0)]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS + EMULATED)
 @pytest.mark.parametrize("nq,D,before,window,softcap", ATTN_CASES)
 def test_attention_matches_float64(isa, nq, D, before, window, softcap):
     rng = np.random.default_rng(nq * 1000 + D + before)
@@ -183,7 +186,7 @@ def _max_rel(y, ref, floor=1e-30):
     return float((np.abs(y - ref) / np.maximum(np.abs(ref), floor)).max())
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS + EMULATED)
 @pytest.mark.parametrize("act", list(ACTS))
 def test_activations_match_the_scalar_reference(isa, act):
     rng = np.random.default_rng(ACTS[act])
@@ -199,7 +202,7 @@ def test_activations_match_the_scalar_reference(isa, act):
     assert np.all(np.abs(gated - ref * up) <= 2e-6 * np.abs(ref * up) + 1e-12 * np.abs(x * up) + 1e-38)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS + EMULATED)
 @pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
 def test_softmax_matches_the_scalar_reference(isa, n):
     rng = np.random.default_rng(n)
@@ -210,3 +213,35 @@ def test_softmax_matches_the_scalar_reference(isa, n):
     assert abs(out.sum() - 1) < 1e-5
     assert _max_rel(out[ref > 1e-30], ref[ref > 1e-30]) < 2e-6
     assert np.all(out[ref == 0] == 0)
+
+
+# ---- the 16-lane emulation against the AVX-512 build --------------------------------------
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="needs a CPU with AVX-512")
+def test_emu16_gives_the_avx512_bits():
+    """vec_emu.h repeats vec_avx512.h's operations in the same order (fused multiply-adds, the
+    same reduction tree, vscalefps as ldexp), so both instantiations of the shared algorithms
+    give the same bits; where this holds, the emu16 tests above speak for the AVX-512 kernels."""
+    rng = np.random.default_rng(5)
+    for n, k, rows in SHAPES + PREFILL_SHAPES:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        for dtype in ("float32", "bfloat16", "float16"):
+            w, _ = weights(rows, k, dtype, rng)
+            for prefill in (False, True):
+                a = _core.kernel_matmul("avx512", x, w, dtype, prefill=prefill)
+                b = _core.kernel_matmul("emu16", x, w, dtype, prefill=prefill)
+                assert np.array_equal(a, b), (n, k, rows, dtype, prefill)
+    for nq, D, before, window, softcap in ATTN_CASES:
+        p0 = before + 7
+        start = max(0, p0 - window + 1) if window > 0 else 0
+        q, k, v = (rng.standard_normal((m, D)).astype(np.float32) for m in (nq, p0 + nq - start, p0 + nq - start))
+        args = (q, k, v, start, p0, window, 0.125, softcap)
+        assert np.array_equal(_core.kernel_attention("avx512", *args), _core.kernel_attention("emu16", *args)), nq
+    x = np.concatenate([rng.standard_normal(1000) * 4, np.linspace(-110, 90, 201)]).astype(np.float32)
+    up = rng.standard_normal(x.size).astype(np.float32)
+    for act in (-1, *ACTS.values()):
+        for m in (1, 7, 16, 33, x.size):
+            for u in ((None,) if act == -1 else (None, up[:m])):
+                a = _core.kernel_activate("avx512", act, x[:m], u)
+                assert np.array_equal(a, _core.kernel_activate("emu16", act, x[:m], u)), (act, m)

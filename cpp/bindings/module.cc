@@ -145,9 +145,7 @@ PYBIND11_MODULE(_core, m) {
          const std::string& wdtype, bool prefill) {
         // For tests: y = x @ W^T with one ISA's kernel (the many-token one with prefill).
         // W is float32, or uint16 holding bfloat16 / float16 bits.
-        Isa i;
-        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
-        const KernelTable& kt = kernels_for(i);
+        const KernelTable& kt = kernels_named(isa);
         const DType dt = dtype_arg(wdtype);
         if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1))
           throw Error(Error::Kind::InvalidInput, "", "x", "expected x [n, k] and w [rows, k]");
@@ -180,9 +178,7 @@ PYBIND11_MODULE(_core, m) {
       [](const std::string& isa, py::array_t<float, py::array::c_style | py::array::forcecast> x,
          py::array_t<float, py::array::c_style | py::array::forcecast> w, int quant, int64_t group, bool prefill) {
         // For tests: quantize W (rows, k) and x, then y = x @ W^T with one ISA's kernel.
-        Isa i;
-        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
-        const KernelTable& kt = kernels_for(i);
+        const KernelTable& kt = kernels_named(isa);
         if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1) || w.shape(1) % 64 || w.shape(1) % group)
           throw Error(Error::Kind::InvalidInput, "", "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
         const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
@@ -209,9 +205,7 @@ PYBIND11_MODULE(_core, m) {
          py::array_t<float, py::array::c_style | py::array::forcecast> v, int64_t start, int64_t p0, int64_t window,
          float scale, float softcap) {
         // For tests: one AttnBlock (kernels.h) with one ISA's attention kernel.
-        Isa i;
-        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
-        const KernelTable& kt = kernels_for(i);
+        const KernelTable& kt = kernels_named(isa);
         if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || q.shape(1) != k.shape(1) || k.shape(0) != v.shape(0) ||
             k.shape(1) != v.shape(1) || q.shape(0) < 1 || q.shape(0) > 16 || start < 0 ||
             p0 + q.shape(0) != start + k.shape(0) || p0 < start)
@@ -254,9 +248,7 @@ PYBIND11_MODULE(_core, m) {
       [](const std::string& isa, int act, py::array_t<float, py::array::c_style | py::array::forcecast> x,
          py::object up) {
         // For tests: act(x), or act(x) * up when up is given, or softmax(x) for act == -1.
-        Isa i;
-        if (!isa_from_name(isa, &i)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + isa + "'");
-        const KernelTable& kt = kernels_for(i);
+        const KernelTable& kt = kernels_named(isa);
         if (act < -1 || act > 3) throw Error(Error::Kind::InvalidInput, "", "act", "unknown activation");
         const int64_t n = int64_t(x.size());
         py::array_t<float> out(n);

@@ -1,5 +1,5 @@
-// The portable attention kernel (every ISA's table can run it; AVX-512 has its own in
-// attention_avx512.cc). Per block: scores = Q K^T through matmul_f32, masked and softmaxed
+// The portable attention kernel (every ISA's table can run it; AVX2 and AVX-512 have their
+// own, attention_simd.inc). Per block: scores = Q K^T through matmul_f32, masked and softmaxed
 // per query, then out = P V with V transposed so matmul_f32 reads it row by row. Keys
 // outside a query's window get probability exactly 0, so they add nothing to the sums.
 #include <cmath>

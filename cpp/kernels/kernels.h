@@ -2,13 +2,17 @@
 // implementation per ISA. The scalar versions in kernels_scalar.cc are the reference
 // every fast path is tested against (tests/test_kernels.py).
 //
-// The *_avx2.cc / *_avx512.cc files are compiled with wider -m flags, so they must not
-// define inline functions or templates with external linkage (the linker could pick
-// their copy for baseline code): this header only declares plain functions and structs.
+// The *_avx2.cc / *_avx512.cc / *_amx.cc files are compiled with wider -m flags, so nothing
+// they define may share a name with baseline code: the linker keeps one copy of an inline
+// function or template instance, and a baseline caller could get the wide one. Their code
+// lives in llmos::simd::<isa> with internal linkage, the only external name each defines
+// is its fill_* entry point (tests/test_isa_symbols.py checks the objects), and this header
+// only declares plain functions and structs.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
@@ -109,6 +113,12 @@ void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
 void fill_attention_avx2(KernelTable* t);
 void fill_attention_avx512(KernelTable* t);
+
+// Test-only: the table for a name given to the bindings: an ISA name (kernels_for), or
+// "emu16", the scalar table with the shared SIMD algorithms over a portable 16-lane vector
+// (kernels_emu.cc). Throws InvalidInput for other names.
+const KernelTable& kernels_named(const std::string& name);
+const KernelTable& kernels_emu16();
 
 // The slot of `t` that reads weights of type `dt` (F32, BF16 or F16); gemm_for prefers the
 // many-token kernel and falls back to matmul_for's.

@@ -127,6 +127,13 @@ const KernelTable& kernels_for(Isa isa) {
   return tables[int(isa)];
 }
 
+const KernelTable& kernels_named(const std::string& name) {
+  if (name == "emu16") return kernels_emu16();
+  Isa isa;
+  if (!isa_from_name(name, &isa)) throw Error(Error::Kind::InvalidInput, "", "isa", "unknown ISA '" + name + "'");
+  return kernels_for(isa);
+}
+
 const KernelTable& kernels() {
   static const KernelTable& t = kernels_for(cpu_active_isa());
   return t;

@@ -1,8 +1,9 @@
 // AMX tile kernel for block-quantized weights (quant/qformat.h) and bfloat16 weights, for
-// many tokens at once (prefill, batches). The weights of a chunk of rows are dequantized once into bfloat16 (in
-// L2), and TDPBF16PS multiplies 16 rows x 32 values by the same 32 values of 16 tokens,
-// accumulating in float32 inside the tile over the whole input dimension: nothing leaves the
-// tile until the end, so the tile unit runs back to back.
+// many tokens at once (prefill, batches). The weights of a chunk of rows are dequantized once
+// into bfloat16 (in L2), and TDPBF16PS multiplies an A tile of 16 tokens x 32 activations by
+// a B tile of the same 32 inputs of 16 weight rows, accumulating C [16 tokens][16 rows] in
+// float32 inside the tile over the whole input dimension: nothing leaves the tile until the
+// end, so the tile unit runs back to back.
 //
 // Why bfloat16 and not the int8 tiles (TDPBUSD): group scales change every 32 values, so an
 // int8 product must leave the tile every 32 values to be scaled per (row, token); measured
@@ -25,6 +26,7 @@
 #include "kernels/transpose_avx512.h"
 
 namespace llmos {
+namespace simd::amx {
 namespace {
 
 constexpr int64_t kTile = 16;       // rows, tokens per tile
@@ -42,9 +44,9 @@ struct TileConfig {
   uint8_t rows[16];
 };
 
-// Tiles 0-3: C (float [16 rows][16 tokens]) for (rows 0, tokens 0), (0, 1), (1, 0), (1, 1);
-// 4-5: A (weights, bf16 [16 rows][32]) for row tiles 0 and 1; 6-7: B (activations) for
-// token tiles 0 and 1.
+// Tiles 0-3: C (float [16 tokens][16 rows]) for (tokens 0, rows 0), (0, 1), (1, 0), (1, 1);
+// 4-5: A (activations, bf16 [16 tokens][32 values]) for token tiles 0 and 1; 6-7: B
+// (weights, bf16 [16 value pairs][16 rows x 2]) for row tiles 0 and 1.
 void configure_tiles() {
   TileConfig c{};
   c.palette = 1;
@@ -238,11 +240,12 @@ void matmul_tiles_bf16(const uint8_t* acts, int64_t n, int64_t k, const uint16_t
 }
 
 }  // namespace
+}  // namespace simd::amx
 
 void fill_qkernels_amx(KernelTable* t) {
-  t->pack_tile_acts = pack_tile_acts;
-  t->qmatmul_tiles = qmatmul_tiles;
-  t->matmul_tiles_bf16 = matmul_tiles_bf16;
+  t->pack_tile_acts = simd::amx::pack_tile_acts;
+  t->qmatmul_tiles = simd::amx::qmatmul_tiles;
+  t->matmul_tiles_bf16 = simd::amx::matmul_tiles_bf16;
 }
 
 }  // namespace llmos

@@ -8,6 +8,7 @@
 #include "kernels/kernels.h"
 
 namespace llmos {
+namespace simd::avx2 {
 namespace {
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -114,7 +115,8 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
 }
 
 }  // namespace
+}  // namespace simd::avx2
 
-void fill_qkernels_avx2(KernelTable* t) { t->qmatmul = qmatmul; }
+void fill_qkernels_avx2(KernelTable* t) { t->qmatmul = simd::avx2::qmatmul; }
 
 }  // namespace llmos

@@ -7,6 +7,7 @@
 #include "kernels/kernels.h"
 
 namespace llmos {
+namespace simd::avx512 {
 namespace {
 
 // 64 codes of row `codes` at chunk c, as bytes in input order.
@@ -181,10 +182,11 @@ void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, fl
 }
 
 }  // namespace
+}  // namespace simd::avx512
 
 void fill_qkernels_avx512(KernelTable* t) {
-  t->qmatmul = qmatmul;
-  t->quantize_acts = quantize_acts;
+  t->qmatmul = simd::avx512::qmatmul;
+  t->quantize_acts = simd::avx512::quantize_acts;
 }
 
 }  // namespace llmos

@@ -57,8 +57,13 @@ struct ActView {
   int64_t n, k;
 };
 
-// Round-to-nearest quantization of one row (src float32, cols a multiple of group and,
-// for Q4 and Q6 formats, of 64). Writes quant_row_bytes codes and cols / group scales (and mins).
+// Quantizes one row (src float32, cols a multiple of group and, for Q4 and Q6 formats, of
+// 64). Each group's scale: Q8, the largest magnitude on 127; Q4 and Q6, fitted for the
+// group's least squared error (the extreme on a few codes at the end of the range, and each
+// candidate's least-squares refit; qformat.cc); Q4_ASYM, (max - min) / 15 with m = min. The
+// scale (and m) is stored as float16 first, then the codes are rounded to nearest with the
+// stored values and clamped to the format's range. Writes quant_row_bytes codes and
+// cols / group scales (and mins).
 void quantize_row(QuantType t, int64_t group, const float* src, int64_t cols, uint8_t* codes,
                   uint16_t* scale, uint16_t* min);
 
