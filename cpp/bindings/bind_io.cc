@@ -10,10 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "bindings/bindings.h"
 #include "core/errors.h"
 #include "io/safetensors.h"
-
-namespace py = pybind11;
 
 namespace {
 

@@ -1,0 +1,110 @@
+// Token choice (sampling/): the decoding options, the logits processors for tests, and a
+// one-token-at-a-time Sampler for decode loops that run outside the core (ONNX).
+#include <pybind11/stl.h>
+
+#include "bindings/bindings.h"
+#include "core/errors.h"
+#include "sampling/options.h"
+#include "sampling/processors.h"
+#include "sampling/sampler.h"
+
+using namespace llmos;
+using namespace llmos::binding;
+
+namespace {
+
+// The same processors, warpers and sampler as generate(), one token at a time.
+struct PySampler {
+  DecodeOptions options;
+  TokenHistory history;
+  Sampler sampler;
+  PySampler(const DecodeOptions& o, const std::vector<int32_t>& prompt, int64_t vocab)
+      : options(o), history(prompt, vocab), sampler(options, o.seed) {}
+};
+
+}  // namespace
+
+void bind_sampling(py::module_& m) {
+  py::class_<DecodeOptions>(m, "DecodeOptions", "Every option of token choice (cpp/sampling/options.h)")
+      .def(py::init<>())
+      .def_readwrite("max_new_tokens", &DecodeOptions::max_new_tokens)
+      .def_readwrite("min_new_tokens", &DecodeOptions::min_new_tokens)
+      .def_readwrite("min_length", &DecodeOptions::min_length)
+      .def_readwrite("eos_token_ids", &DecodeOptions::eos_token_ids)
+      .def_readwrite("logit_bias", &DecodeOptions::logit_bias)
+      .def_readwrite("sequence_bias", &DecodeOptions::sequence_bias)
+      .def_readwrite("encoder_repetition_penalty", &DecodeOptions::encoder_repetition_penalty)
+      .def_readwrite("repetition_penalty", &DecodeOptions::repetition_penalty)
+      .def_readwrite("presence_penalty", &DecodeOptions::presence_penalty)
+      .def_readwrite("frequency_penalty", &DecodeOptions::frequency_penalty)
+      .def_readwrite("no_repeat_ngram_size", &DecodeOptions::no_repeat_ngram_size)
+      .def_readwrite("encoder_no_repeat_ngram_size", &DecodeOptions::encoder_no_repeat_ngram_size)
+      .def_readwrite("bad_words_ids", &DecodeOptions::bad_words_ids)
+      .def_readwrite("forced_bos_token_id", &DecodeOptions::forced_bos_token_id)
+      .def_readwrite("forced_eos_token_ids", &DecodeOptions::forced_eos_token_ids)
+      .def_readwrite("remove_invalid_values", &DecodeOptions::remove_invalid_values)
+      .def_readwrite("exponential_decay_length_penalty", &DecodeOptions::exponential_decay_length_penalty)
+      .def_readwrite("suppress_tokens", &DecodeOptions::suppress_tokens)
+      .def_readwrite("begin_suppress_tokens", &DecodeOptions::begin_suppress_tokens)
+      .def_readwrite("do_sample", &DecodeOptions::do_sample)
+      .def_readwrite("temperature", &DecodeOptions::temperature)
+      .def_readwrite("top_h", &DecodeOptions::top_h)
+      .def_readwrite("top_k", &DecodeOptions::top_k)
+      .def_readwrite("top_p", &DecodeOptions::top_p)
+      .def_readwrite("min_p", &DecodeOptions::min_p)
+      .def_readwrite("typical_p", &DecodeOptions::typical_p)
+      .def_readwrite("epsilon_cutoff", &DecodeOptions::epsilon_cutoff)
+      .def_readwrite("eta_cutoff", &DecodeOptions::eta_cutoff)
+      .def_readwrite("seed", &DecodeOptions::seed)
+      .def_readwrite("renormalize_logits", &DecodeOptions::renormalize_logits)
+      .def_readwrite("num_beams", &DecodeOptions::num_beams)
+      .def_readwrite("length_penalty", &DecodeOptions::length_penalty)
+      .def_readwrite("early_stopping", &DecodeOptions::early_stopping)
+      .def_readwrite("num_return_sequences", &DecodeOptions::num_return_sequences)
+      .def_readwrite("logprobs", &DecodeOptions::logprobs)
+      .def_readwrite("top_logprobs", &DecodeOptions::top_logprobs)
+      .def("validate", &DecodeOptions::validate, py::arg("vocab_size"));
+
+  m.def(
+      "process_logits",
+      [](const DecodeOptions& o, std::vector<int32_t> sequence, int64_t prompt_len, FloatArray logits) {
+        // For tests: one row of logits through the processors (and the warpers when
+        // sampling), as the decode loop applies them at this point of the sequence.
+        const int64_t V = int64_t(logits.size());
+        o.validate(V);
+        if (prompt_len < 0 || prompt_len > int64_t(sequence.size()))
+          throw Error(Error::Kind::InvalidInput, "", "prompt_len", "must be within the sequence");
+        for (int32_t t : sequence)
+          if (t < 0 || t >= V) throw Error(Error::Kind::InvalidInput, "", "sequence", "token id out of range");
+        TokenHistory h(std::vector<int32_t>(sequence.begin(), sequence.begin() + prompt_len), V);
+        for (size_t i = size_t(prompt_len); i < sequence.size(); ++i) h.push(sequence[i]);
+        py::array_t<float> out(V);
+        std::copy(logits.data(), logits.data() + V, out.mutable_data());
+        apply_processors(o, h, out.mutable_data(), V);
+        if (o.do_sample) apply_warpers(o, out.mutable_data(), V, 1);
+        return out;
+      },
+      py::arg("options"), py::arg("sequence"), py::arg("prompt_len"), py::arg("logits"));
+
+  py::class_<PySampler>(m, "Sampler")
+      .def(py::init([](const DecodeOptions& o, std::vector<int32_t> prompt, int64_t vocab_size) {
+             o.validate(vocab_size);
+             for (int32_t t : prompt)
+               if (t < 0 || t >= vocab_size) throw Error(Error::Kind::InvalidInput, "", "prompt", "token id out of range");
+             return std::make_unique<PySampler>(o, prompt, vocab_size);
+           }),
+           py::arg("options"), py::arg("prompt"), py::arg("vocab_size"))
+      .def(
+          "next",
+          [](PySampler& s, FloatArray logits) {
+            const int64_t V = int64_t(logits.size());
+            if (logits.ndim() != 1 || V != int64_t(s.history.tokens().empty() ? V : V))
+              throw Error(Error::Kind::InvalidInput, "", "logits", "expected a 1-d array of vocab_size scores");
+            std::vector<float> row(logits.data(), logits.data() + V);
+            TokenLogprobs lp;
+            const int32_t tok = s.sampler.next(row.data(), V, s.history, s.options.logprobs ? &lp : nullptr);
+            s.history.push(tok);
+            return py::make_tuple(tok, lp.logprob, lp.top);
+          },
+          py::arg("logits"), "Processes one row of logits and picks the next token: (token, logprob, top_logprobs)");
+}
