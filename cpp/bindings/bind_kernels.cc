@@ -1,6 +1,9 @@
 // ISA queries, the memory bandwidth benchmark, and single-kernel calls for the tests that
 // compare each ISA's kernels with the scalar ones.
+#include <pybind11/stl.h>
+
 #include <cstring>
+#include <optional>
 
 #include "bindings/bindings.h"
 #include "core/bandwidth.h"
@@ -16,6 +19,9 @@ void bind_kernels(py::module_& m) {
   m.def(
       "memory_bandwidth",
       [](int threads, int64_t mbytes, int reps) {
+        require(threads >= 1, "threads", "must be >= 1");
+        require(mbytes >= 1, "mbytes", "must be >= 1");
+        require(reps >= 1, "reps", "must be >= 1");
         py::gil_scoped_release nogil;
         return measure_read_bandwidth(threads, size_t(mbytes) << 20, reps);
       },
@@ -30,11 +36,13 @@ void bind_kernels(py::module_& m) {
         // W is float32, or uint16 holding bfloat16 / float16 bits.
         const KernelTable& kt = kernels_named(isa);
         const DType dt = dtype_arg(wdtype);
-        if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1))
-          throw Error(Error::Kind::InvalidInput, "", "x", "expected x [n, k] and w [rows, k]");
-        const size_t es = dtype_size(dt);
-        if (size_t(w.itemsize()) != es || !(w.flags() & py::array::c_style))
-          throw Error(Error::Kind::InvalidInput, "", "w", "expected a C-contiguous array of the weight dtype's size");
+        require(x.ndim() == 2, "x", "expected x [n, k] and w [rows, k]");
+        require(w.ndim() == 2 && x.shape(1) == w.shape(1), "w", "expected x [n, k] and w [rows, k]");
+        const char kind = w.dtype().kind();
+        const bool w_ok = dt == DType::F32 ? kind == 'f' && w.itemsize() == 4
+                                           : (kind == 'u' || kind == 'f') && w.itemsize() == 2;
+        require(w_ok && (w.flags() & py::array::c_style), "w",
+                "expected a C-contiguous float32 array, or uint16 / float16 holding the bits of w_dtype");
         const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
         py::array_t<float> y({n, rows});
         const float* xp = x.data();
@@ -61,21 +69,31 @@ void bind_kernels(py::module_& m) {
       [](const std::string& isa, FloatArray x, FloatArray w, int quant, int64_t group, bool prefill) {
         // For tests: quantize W (rows, k) and x, then y = x @ W^T with one ISA's kernel.
         const KernelTable& kt = kernels_named(isa);
-        if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.shape(1) || w.shape(1) % 64 || w.shape(1) % group)
-          throw Error(Error::Kind::InvalidInput, "", "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
+        const QuantType qt = quant_arg(quant, "quant");
+        require(qt != QuantType::None, "quant", "expected a quantized format");
+        group_arg(group, "group");
+        require(x.ndim() == 2, "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
+        require(w.ndim() == 2 && w.shape(1) == x.shape(1) && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
+                "expected x [n, k], w [rows, k], k a multiple of 64 and group");
         const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
-        Matrix mat;
-        mat.rows = rows;
-        mat.cols = k;
-        mat.data.resize(size_t(rows * k) * 4);
-        std::memcpy(mat.data.data(), w.data(), size_t(rows * k) * 4);
-        quantize_matrix(mat, quant_arg(quant, "quant"), group);
-        // The forward pass's own dispatch on one thread, as for a run of `prefill` tokens
-        // (at any n) or of decode tokens.
         py::array_t<float> y({n, rows});
-        ThreadPool pool(1);
-        QuantScratch scratch;
-        quantized_matmul(kt, pool, scratch, x.data(), n, mat.qview(), nullptr, y.mutable_data(), prefill);
+        const float* xp = x.data();
+        const float* wp = w.data();
+        float* yp = y.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          Matrix mat;
+          mat.rows = rows;
+          mat.cols = k;
+          mat.data.resize(size_t(rows * k) * 4);
+          std::memcpy(mat.data.data(), wp, size_t(rows * k) * 4);
+          quantize_matrix(mat, qt, group);
+          // The forward pass's own dispatch on one thread, as for a run of `prefill` tokens
+          // (at any n) or of decode tokens.
+          ThreadPool pool(1);
+          QuantScratch scratch;
+          quantized_matmul(kt, pool, scratch, xp, n, mat.qview(), nullptr, yp, prefill);
+        }
         return y;
       },
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"), py::arg("prefill") = true);
@@ -91,15 +109,19 @@ void bind_kernels(py::module_& m) {
             p0 + q.shape(0) != start + k.shape(0) || p0 < start)
           throw Error(Error::Kind::InvalidInput, "", "q",
                       "expected q [1..16, D], k and v [len, D], keys ending at the last query");
+        require(window >= 0, "window", "must be >= 0 (0: every key)");
         const int64_t nq = q.shape(0), len = k.shape(0), D = q.shape(1);
         py::array_t<float> out({nq, D});
         AttnBlock blk;
         blk.q = q.data(), blk.ldq = D, blk.k = k.data(), blk.v = v.data();
         blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = p0, blk.window = window;
         blk.scale = scale, blk.softcap = softcap, blk.out = out.mutable_data(), blk.ldo = D;
-        std::vector<float> scratch(size_t(attend_scratch_floats(len, D)));
-        if (kt.attend) kt.attend(blk, scratch.data());
-        else attend_generic(kt, blk, scratch.data());
+        {
+          py::gil_scoped_release nogil;
+          std::vector<float> scratch(size_t(attend_scratch_floats(len, D)));
+          if (kt.attend) kt.attend(blk, scratch.data());
+          else attend_generic(kt, blk, scratch.data());
+        }
         return out;
       },
       py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("start"), py::arg("p0"), py::arg("window"),
@@ -107,19 +129,27 @@ void bind_kernels(py::module_& m) {
 
   m.def(
       "kernel_activate",
-      [](const std::string& isa, int act, FloatArray x, py::object up) {
+      [](const std::string& isa, int act, FloatArray x, std::optional<FloatArray> up) {
         // For tests: act(x), or act(x) * up when up is given, or softmax(x) for act == -1.
         const KernelTable& kt = kernels_named(isa);
-        if (act < -1 || act > 3) throw Error(Error::Kind::InvalidInput, "", "act", "unknown activation");
+        require(act >= -1 && act <= 3, "act", "expected -1 (softmax) or an Activation value");
+        require(x.ndim() == 1, "x", "expected a 1-d array");
+        require(!up || (up->ndim() == 1 && up->size() == x.size()), "up", "expected a 1-d array of x's size");
+        require(!up || act >= 0, "up", "softmax takes no up");
         const int64_t n = int64_t(x.size());
         py::array_t<float> out(n);
-        std::copy(x.data(), x.data() + n, out.mutable_data());
-        if (act == -1) kt.softmax(out.mutable_data(), n);
-        else if (up.is_none()) kt.activate(act, out.mutable_data(), n);
-        else {
-          auto u = up.cast<FloatArray>();
-          if (u.size() != n) throw Error(Error::Kind::InvalidInput, "", "up", "size differs from x");
-          kt.activate_gated(act, x.data(), u.data(), out.mutable_data(), n);
+        const float* xp = x.data();
+        const float* upp = up ? up->data() : nullptr;
+        float* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          if (upp) {
+            kt.activate_gated(act, xp, upp, op, n);
+          } else {
+            std::copy(xp, xp + n, op);
+            if (act == -1) kt.softmax(op, n);
+            else kt.activate(act, op, n);
+          }
         }
         return out;
       },

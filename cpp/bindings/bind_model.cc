@@ -38,6 +38,7 @@ std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<Source
     ws.push_back(std::move(w));
   }
   const DType dt = dtype_arg(dtype);
+  require(n_threads >= 1, "n_threads", "must be >= 1");
   spec.validate();
   QuantSpec qs{quant_arg(quant, "quant"), group, quant_arg(head_quant, "quant"), n_threads};
   group_arg(group, "group");
@@ -58,22 +59,29 @@ void bind_model(py::module_& m) {
           "quantized_matrices",
           [](const Model& m) {
             // [(role, layer, type, group, codes u8 [rows, row_bytes], scale u16 [rows, ng], min or None)]
+            // The arrays are made with the GIL held, then filled without it.
+            struct Copy { void* dst; const void* src; size_t bytes; };
+            std::vector<Copy> copies;
             py::list out;
             for_each_matrix(m.spec(), m.weights(), [&](const std::string& role, int64_t layer, const Matrix& w) {
               if (!w.quantized()) return;
               const int64_t rb = quant_row_bytes(w.qtype, w.cols), ng = w.cols / w.group;
               py::array_t<uint8_t> codes({w.rows, rb});
-              std::memcpy(codes.mutable_data(), w.data.data(), size_t(w.rows * rb));
+              copies.push_back({codes.mutable_data(), w.data.data(), size_t(w.rows * rb)});
               py::array_t<uint16_t> scale({w.rows, ng});
-              std::memcpy(scale.mutable_data(), w.scale.data(), size_t(w.rows * ng) * 2);
+              copies.push_back({scale.mutable_data(), w.scale.data(), size_t(w.rows * ng) * 2});
               py::object mn = py::none();
               if (w.qtype == QuantType::Q4Asym) {
                 py::array_t<uint16_t> a({w.rows, ng});
-                std::memcpy(a.mutable_data(), w.min.data(), size_t(w.rows * ng) * 2);
+                copies.push_back({a.mutable_data(), w.min.data(), size_t(w.rows * ng) * 2});
                 mn = a;
               }
               out.append(py::make_tuple(role, layer, int(w.qtype), w.group, codes, scale, mn));
             });
+            {
+              py::gil_scoped_release nogil;
+              for (const Copy& c : copies) std::memcpy(c.dst, c.src, c.bytes);
+            }
             return out;
           },
           "The quantized matrices, for llmos.quantize to save")

@@ -13,16 +13,25 @@ void bind_quant(py::module_& m) {
       "quantize_dequantize",
       [](FloatArray w, int quant, int64_t group) {
         // For tests: W after a round trip through the quantized format.
-        if (w.ndim() != 2 || w.shape(1) % 64 || w.shape(1) % group)
-          throw Error(Error::Kind::InvalidInput, "", "w", "expected [rows, k], k a multiple of 64 and group");
-        Matrix mat;
-        mat.rows = w.shape(0);
-        mat.cols = w.shape(1);
-        mat.data.resize(size_t(mat.rows * mat.cols) * 4);
-        std::memcpy(mat.data.data(), w.data(), mat.data.size());
-        quantize_matrix(mat, quant_arg(quant, "quant"), group);
-        py::array_t<float> out({mat.rows, mat.cols});
-        for (int64_t r = 0; r < mat.rows; ++r) mat.row(r, out.mutable_data() + r * mat.cols);
+        const QuantType qt = quant_arg(quant, "quant");
+        require(qt != QuantType::None, "quant", "expected a quantized format");
+        group_arg(group, "group");
+        require(w.ndim() == 2 && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
+                "expected [rows, k], k a multiple of 64 and group");
+        const int64_t rows = w.shape(0), cols = w.shape(1);
+        py::array_t<float> out({rows, cols});
+        const float* wp = w.data();
+        float* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          Matrix mat;
+          mat.rows = rows;
+          mat.cols = cols;
+          mat.data.resize(size_t(rows * cols) * 4);
+          std::memcpy(mat.data.data(), wp, mat.data.size());
+          quantize_matrix(mat, qt, group);
+          for (int64_t r = 0; r < rows; ++r) mat.row(r, op + r * cols);
+        }
         return out;
       },
       py::arg("w"), py::arg("quant"), py::arg("group"));

@@ -2,6 +2,8 @@
 // one-token-at-a-time Sampler for decode loops that run outside the core (ONNX).
 #include <pybind11/stl.h>
 
+#include <mutex>
+
 #include "bindings/bindings.h"
 #include "core/errors.h"
 #include "sampling/options.h"
@@ -14,12 +16,16 @@ using namespace llmos::binding;
 namespace {
 
 // The same processors, warpers and sampler as generate(), one token at a time.
+// next() runs without the GIL, so the mutex keeps two Python threads from sharing one
+// history at once.
 struct PySampler {
   DecodeOptions options;
+  int64_t vocab_size;
   TokenHistory history;
   Sampler sampler;
+  std::mutex mu;
   PySampler(const DecodeOptions& o, const std::vector<int32_t>& prompt, int64_t vocab)
-      : options(o), history(prompt, vocab), sampler(options, o.seed) {}
+      : options(o), vocab_size(vocab), history(prompt, vocab), sampler(options, o.seed) {}
 };
 
 }  // namespace
@@ -70,41 +76,53 @@ void bind_sampling(py::module_& m) {
       [](const DecodeOptions& o, std::vector<int32_t> sequence, int64_t prompt_len, FloatArray logits) {
         // For tests: one row of logits through the processors (and the warpers when
         // sampling), as the decode loop applies them at this point of the sequence.
+        require(logits.ndim() == 1, "logits", "expected a 1-d array of vocab_size scores");
         const int64_t V = int64_t(logits.size());
         o.validate(V);
-        if (prompt_len < 0 || prompt_len > int64_t(sequence.size()))
-          throw Error(Error::Kind::InvalidInput, "", "prompt_len", "must be within the sequence");
-        for (int32_t t : sequence)
-          if (t < 0 || t >= V) throw Error(Error::Kind::InvalidInput, "", "sequence", "token id out of range");
-        TokenHistory h(std::vector<int32_t>(sequence.begin(), sequence.begin() + prompt_len), V);
-        for (size_t i = size_t(prompt_len); i < sequence.size(); ++i) h.push(sequence[i]);
+        require(prompt_len >= 0 && prompt_len <= int64_t(sequence.size()), "prompt_len", "must be within the sequence");
+        for (int32_t t : sequence) require(t >= 0 && t < V, "sequence", "token id " + std::to_string(t) + " out of range");
         py::array_t<float> out(V);
-        std::copy(logits.data(), logits.data() + V, out.mutable_data());
-        apply_processors(o, h, out.mutable_data(), V);
-        if (o.do_sample) apply_warpers(o, out.mutable_data(), V, 1);
+        const float* lp = logits.data();
+        float* op = out.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          TokenHistory h(std::vector<int32_t>(sequence.begin(), sequence.begin() + prompt_len), V);
+          for (size_t i = size_t(prompt_len); i < sequence.size(); ++i) h.push(sequence[i]);
+          std::copy(lp, lp + V, op);
+          apply_processors(o, h, op, V);
+          if (o.do_sample) apply_warpers(o, op, V, 1);
+        }
         return out;
       },
       py::arg("options"), py::arg("sequence"), py::arg("prompt_len"), py::arg("logits"));
 
-  py::class_<PySampler>(m, "Sampler")
+  py::class_<PySampler>(m, "Sampler", "The processors, warpers and sampler of generate(), one token at a time")
       .def(py::init([](const DecodeOptions& o, std::vector<int32_t> prompt, int64_t vocab_size) {
+             require(vocab_size > 0, "vocab_size", "must be > 0");
              o.validate(vocab_size);
              for (int32_t t : prompt)
-               if (t < 0 || t >= vocab_size) throw Error(Error::Kind::InvalidInput, "", "prompt", "token id out of range");
+               require(t >= 0 && t < vocab_size, "prompt", "token id " + std::to_string(t) + " out of range");
              return std::make_unique<PySampler>(o, prompt, vocab_size);
            }),
            py::arg("options"), py::arg("prompt"), py::arg("vocab_size"))
+      .def_readonly("vocab_size", &PySampler::vocab_size)
       .def(
           "next",
           [](PySampler& s, FloatArray logits) {
-            const int64_t V = int64_t(logits.size());
-            if (logits.ndim() != 1 || V != int64_t(s.history.tokens().empty() ? V : V))
-              throw Error(Error::Kind::InvalidInput, "", "logits", "expected a 1-d array of vocab_size scores");
-            std::vector<float> row(logits.data(), logits.data() + V);
-            TokenLogprobs lp;
-            const int32_t tok = s.sampler.next(row.data(), V, s.history, s.options.logprobs ? &lp : nullptr);
-            s.history.push(tok);
-            return py::make_tuple(tok, lp.logprob, lp.top);
+            require(logits.ndim() == 1 && int64_t(logits.size()) == s.vocab_size, "logits",
+                    "expected a 1-d array of vocab_size (" + std::to_string(s.vocab_size) + ") scores, got shape " +
+                        shape_str(logits));
+            const float* lp = logits.data();
+            std::vector<float> row(lp, lp + s.vocab_size);
+            TokenLogprobs tl;
+            int32_t tok;
+            {
+              py::gil_scoped_release nogil;
+              std::lock_guard<std::mutex> lock(s.mu);
+              tok = s.sampler.next(row.data(), s.vocab_size, s.history, s.options.logprobs ? &tl : nullptr);
+              s.history.push(tok);
+            }
+            return py::make_tuple(tok, tl.logprob, tl.top);
           },
           py::arg("logits"), "Processes one row of logits and picks the next token: (token, logprob, top_logprobs)");
 }

@@ -33,6 +33,8 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 // Throws Error(InvalidInput) naming `field` unless ok.
 void require(bool ok, const std::string& field, const std::string& what);
 
+std::string shape_str(const py::array& a);                  // "[2, 3]", for messages
+
 DType dtype_arg(const std::string& name);                   // float32 | bfloat16 | float16
 QuantType quant_arg(int t, const std::string& field);      // QuantType's value, None included
 int64_t group_arg(int64_t group, const std::string& field);  // a positive multiple of 32

@@ -8,6 +8,12 @@ void require(bool ok, const std::string& field, const std::string& what) {
   if (!ok) throw Error(Error::Kind::InvalidInput, "", field, what);
 }
 
+std::string shape_str(const py::array& a) {
+  std::string s = "[";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + "]";
+}
+
 DType dtype_arg(const std::string& name) {
   if (name == "float32") return DType::F32;
   if (name == "bfloat16") return DType::BF16;
