@@ -87,7 +87,7 @@ def core_model(model_parts):
 def test_model_load_releases_the_gil(model_parts):
     _, spec, sources = model_parts
     # int8 at load: the quantization makes the load long enough to observe
-    assert_releases_gil(lambda: _core.Model(spec, sources, "float32", 1, 1, 32, 1))
+    assert_releases_gil(lambda: _core.Model(spec, sources, "float32", 1, _core.QuantType.Q8, 32, _core.QuantType.Q8))
 
 
 def test_logits_release_the_gil(core_model):
@@ -103,7 +103,7 @@ def test_generate_releases_the_gil(core_model):
 
 def test_quantize_dequantize_releases_the_gil():
     w = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
-    assert_releases_gil(lambda: _core.quantize_dequantize(w, 2, 32))
+    assert_releases_gil(lambda: _core.quantize_dequantize(w, _core.QuantType.Q4, 32))
 
 
 def test_sampler_next_releases_the_gil():

@@ -17,7 +17,8 @@ from llmos.quant.names import parse_quant
 
 ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
 ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
-TYPES = {"int8": 1, "int4": 2, "int4-asym": 3, "int6": 4}  # int6: a head format ("-h6")
+TYPES = {"int8": _core.QuantType.Q8, "int4": _core.QuantType.Q4, "int4-asym": _core.QuantType.Q4Asym,
+         "int6": _core.QuantType.Q6}  # int6: a head format ("-h6")
 
 
 def dequantize_q6(codes, scale, group):

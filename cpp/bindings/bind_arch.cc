@@ -1,5 +1,6 @@
 // The architecture description (model/arch.h) as Python classes that
 // llmos.families.Architecture.to_core fills field by field.
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.h"
@@ -8,12 +9,16 @@
 using namespace llmos;
 
 void bind_arch(py::module_& m) {
-  py::enum_<NormKind>(m, "NormKind").value("LayerNorm", NormKind::LayerNorm).value("RMSNorm", NormKind::RMSNorm);
-  py::enum_<Activation>(m, "Activation")
+  py::native_enum<NormKind>(m, "NormKind", "enum.Enum")
+      .value("LayerNorm", NormKind::LayerNorm)
+      .value("RMSNorm", NormKind::RMSNorm)
+      .finalize();
+  py::native_enum<Activation>(m, "Activation", "enum.Enum")
       .value("Silu", Activation::Silu)
       .value("GeluErf", Activation::GeluErf)
       .value("GeluTanh", Activation::GeluTanh)
-      .value("Relu", Activation::Relu);
+      .value("Relu", Activation::Relu)
+      .finalize();
 
   py::class_<RopeSpec>(m, "RopeSpec")
       .def(py::init<>())

@@ -66,11 +66,9 @@ void bind_kernels(py::module_& m) {
 
   m.def(
       "kernel_qmatmul",
-      [](const std::string& isa, FloatArray x, FloatArray w, int quant, int64_t group, bool prefill) {
+      [](const std::string& isa, FloatArray x, FloatArray w, QuantType quant, int64_t group, bool prefill) {
         // For tests: quantize W (rows, k) and x, then y = x @ W^T with one ISA's kernel.
         const KernelTable& kt = kernels_named(isa);
-        const QuantType qt = quant_arg(quant, "quant");
-        require(qt != QuantType::None, "quant", "expected a quantized format");
         group_arg(group, "group");
         require(x.ndim() == 2, "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
         require(w.ndim() == 2 && w.shape(1) == x.shape(1) && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
@@ -87,7 +85,7 @@ void bind_kernels(py::module_& m) {
           mat.cols = k;
           mat.data.resize(size_t(rows * k) * 4);
           std::memcpy(mat.data.data(), wp, size_t(rows * k) * 4);
-          quantize_matrix(mat, qt, group);
+          quantize_matrix(mat, quant, group);
           // The forward pass's own dispatch on one thread, as for a run of `prefill` tokens
           // (at any n) or of decode tokens.
           ThreadPool pool(1);

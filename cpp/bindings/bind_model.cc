@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
 
 #include "bindings/bindings.h"
 #include "core/cpu_features.h"
@@ -26,21 +27,22 @@ const char* finish_name(FinishReason r) {
 }
 
 using PartTuple = std::tuple<std::string, std::string, bool>;
-// (role, layer, parts) or (role, layer, parts, prequant type, group)
-using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, int, int64_t>;
+// (role, layer, parts, prequant type or None, group)
+using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, std::optional<QuantType>, int64_t>;
 
 std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<SourceTuple>& sources,
-                                  const std::string& dtype, int n_threads, int quant, int64_t group, int head_quant) {
+                                  const std::string& dtype, int n_threads, std::optional<QuantType> quant,
+                                  int64_t group, std::optional<QuantType> head_quant) {
   std::vector<WeightSource> ws;
   for (const auto& [role, layer, parts, prequant, pgroup] : sources) {
-    WeightSource w{role, layer, {}, quant_arg(prequant, "quant"), pgroup};
+    WeightSource w{role, layer, {}, prequant.value_or(QuantType::None), pgroup};
     for (const auto& [path, tensor, transpose] : parts) w.parts.push_back({path, tensor, transpose});
     ws.push_back(std::move(w));
   }
   const DType dt = dtype_arg(dtype);
   require(n_threads >= 1, "n_threads", "must be >= 1");
   spec.validate();
-  QuantSpec qs{quant_arg(quant, "quant"), group, quant_arg(head_quant, "quant"), n_threads};
+  QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), n_threads};
   group_arg(group, "group");
   py::gil_scoped_release nogil;
   ModelWeights weights = load_weights(spec, ws, dt, qs);
@@ -52,7 +54,7 @@ std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<Source
 void bind_model(py::module_& m) {
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("spec"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
-           py::arg("quant") = 0, py::arg("group") = 32, py::arg("head_quant") = 0,
+           py::arg("quant") = py::none(), py::arg("group") = 32, py::arg("head_quant") = py::none(),
            "Loads the weights named by `sources` [(role, layer, [(path, tensor, transpose)])].")
       .def_property_readonly("n_threads", &Model::n_threads)
       .def(
@@ -76,7 +78,7 @@ void bind_model(py::module_& m) {
                 copies.push_back({a.mutable_data(), w.min.data(), size_t(w.rows * ng) * 2});
                 mn = a;
               }
-              out.append(py::make_tuple(role, layer, int(w.qtype), w.group, codes, scale, mn));
+              out.append(py::make_tuple(role, layer, w.qtype, w.group, codes, scale, mn));
             });
             {
               py::gil_scoped_release nogil;

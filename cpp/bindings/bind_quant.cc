@@ -1,4 +1,10 @@
-// The block-quantized formats (quant/qformat.h): their round trip, for tests.
+// The block-quantized formats (quant/qformat.h) and their round trip, for tests.
+//
+// QuantType is an IntEnum: its numbers are stored in the metadata of checkpoints written by
+// llmos.quantize. Python's None stands for QuantType::None (a float matrix), so every
+// QuantType argument that may be "not quantized" is optional and None is never a member.
+#include <pybind11/native_enum.h>
+
 #include <cstring>
 
 #include "bindings/bindings.h"
@@ -9,12 +15,17 @@ using namespace llmos;
 using namespace llmos::binding;
 
 void bind_quant(py::module_& m) {
+  py::native_enum<QuantType>(m, "QuantType", "enum.IntEnum", "A block-quantized weight format (quant/qformat.h)")
+      .value("Q8", QuantType::Q8, "8-bit codes, zero point 128")
+      .value("Q4", QuantType::Q4, "4-bit codes, zero point 8 (as llama.cpp's Q4_0)")
+      .value("Q4Asym", QuantType::Q4Asym, "4-bit codes with a float16 offset per group (AWQ / GPTQ style)")
+      .value("Q6", QuantType::Q6, "6-bit codes, zero point 32 (the embedding / LM head of int4 models)")
+      .finalize();
+
   m.def(
       "quantize_dequantize",
-      [](FloatArray w, int quant, int64_t group) {
+      [](FloatArray w, QuantType quant, int64_t group) {
         // For tests: W after a round trip through the quantized format.
-        const QuantType qt = quant_arg(quant, "quant");
-        require(qt != QuantType::None, "quant", "expected a quantized format");
         group_arg(group, "group");
         require(w.ndim() == 2 && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
                 "expected [rows, k], k a multiple of 64 and group");
@@ -29,7 +40,7 @@ void bind_quant(py::module_& m) {
           mat.cols = cols;
           mat.data.resize(size_t(rows * cols) * 4);
           std::memcpy(mat.data.data(), wp, mat.data.size());
-          quantize_matrix(mat, qt, group);
+          quantize_matrix(mat, quant, group);
           for (int64_t r = 0; r < rows; ++r) mat.row(r, op + r * cols);
         }
         return out;

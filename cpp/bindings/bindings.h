@@ -21,7 +21,7 @@ namespace py = pybind11;
 void bind_arch(py::module_& m);      // bind_arch.cc: Architecture, Rope, NormKind, Activation
 void bind_io(py::module_& m);        // bind_io.cc: safetensors headers and tensors
 void bind_kernels(py::module_& m);   // bind_kernels.cc: ISA queries and one-kernel calls for tests
-void bind_quant(py::module_& m);     // bind_quant.cc: QuantType and the quantization round trip
+void bind_quant(py::module_& m);     // bind_quant.cc: QuantType (Python None for QuantType::None), round trip
 void bind_sampling(py::module_& m);  // bind_sampling.cc: DecodeOptions, process_logits, Sampler
 void bind_model(py::module_& m);     // bind_model.cc: Model (load, logits, generate)
 
@@ -36,7 +36,6 @@ void require(bool ok, const std::string& field, const std::string& what);
 std::string shape_str(const py::array& a);                  // "[2, 3]", for messages
 
 DType dtype_arg(const std::string& name);                   // float32 | bfloat16 | float16
-QuantType quant_arg(int t, const std::string& field);      // QuantType's value, None included
 int64_t group_arg(int64_t group, const std::string& field);  // a positive multiple of 32
 // A 1-d sequence of token ids, each within int32.
 std::vector<int32_t> token_ids_arg(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a,

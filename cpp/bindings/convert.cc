@@ -21,11 +21,6 @@ DType dtype_arg(const std::string& name) {
   throw Error(Error::Kind::InvalidInput, "", "dtype", "expected float32, bfloat16 or float16, got '" + name + "'");
 }
 
-QuantType quant_arg(int t, const std::string& field) {
-  require(t >= int(QuantType::None) && t <= int(QuantType::Q6), field, "unknown quantization type");
-  return QuantType(t);
-}
-
 int64_t group_arg(int64_t group, const std::string& field) {
   require(group > 0 && group % kActBlock == 0, field, "must be a positive multiple of 32, got " + std::to_string(group));
   return group;

@@ -60,9 +60,9 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  bind_kernels(m);
-  bind_quant(m);
   bind_arch(m);
+  bind_quant(m);  // before the functions that take a QuantType
+  bind_kernels(m);
   bind_sampling(m);
   bind_model(m);
   bind_io(m);

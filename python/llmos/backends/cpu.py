@@ -70,7 +70,7 @@ class CpuBackend:
                 choice, to_quantize = saved, None
             q = to_quantize
             core = _core.Model(arch.to_core(_core), sources, dtype, threads,
-                               q.type if q else 0, q.group if q else 32, q.head_type if q else 0)
+                               q.type if q else None, q.group if q else 32, q.head_type if q else None)
         finally:
             if converted is not None:
                 converted.cleanup()
@@ -110,7 +110,7 @@ def _prequantized_roles(locations: dict[str, str]) -> dict:
             entries = json.loads(meta["llmos_quantized"])
             for role, layer, qtype, group in entries:
                 base = f"llmos.{role}" + (f".{layer}" if layer >= 0 else "")
-                out[(role, int(layer))] = (file, base, int(qtype), int(group))
+                out[(role, int(layer))] = (file, base, _core.QuantType(int(qtype)), int(group))
             out["__quant__"] = meta["llmos_quant"]
         except (KeyError, ValueError, TypeError) as e:
             raise SafetensorsError(f"{file}: metadata field llmos_quantized is malformed ({e})",

@@ -83,11 +83,11 @@ def resolve(locations: dict[str, str], name: str, model_dir: str, what: str) -> 
 
 def float_source(locations: dict[str, str], role: str, layer: int, parts, model_dir: str) -> tuple:
     """The core's source tuple for a role loaded from float tensors: (role, layer,
-    [(file, tensor, transpose)], no quant type, no group). parts: the family's
+    [(file, tensor, transpose)], no QuantType (None), no group). parts: the family's
     [(canonical name, transpose)] for the role."""
     what = role if layer < 0 else f"{role} of layer {layer}"
     resolved = []
     for name, transpose in parts:
         file, tensor = resolve(locations, name, model_dir, what)
         resolved.append((file, tensor, transpose))
-    return (role, layer, resolved, 0, 0)
+    return (role, layer, resolved, None, 0)

@@ -60,9 +60,9 @@ from llmos import _core
 from llmos.io.checkpoint import find, float_source, resolve
 from llmos.io.config import ConfigReader
 from llmos.errors import ConfigError, DiskFullError, QuantizationWarning, TensorError, UnsupportedModelError
-from llmos.quant.names import TYPES, QuantChoice
+from llmos.quant.names import TYPES, QuantChoice, QuantType
 
-Q8, Q4, Q4ASYM = TYPES["int8"], TYPES["int4"], TYPES["int4-asym"]
+Q8, Q4, Q4ASYM = QuantType.Q8, QuantType.Q4, QuantType.Q4Asym
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column 8c + j sits in nibble AWQ_REVERSE_ORDER[j]
 MATRIX_ROLES = ("qkv.weight", "o.weight", "up.weight", "down.weight", "lm_head")
@@ -472,7 +472,7 @@ def _choice(used: list[tuple[int, int]]) -> QuantChoice | None:
             names.append(name)
     if not names:
         return None
-    return QuantChoice(name="+".join(names), type=used[0][0], group=used[0][1], head_type=0)
+    return QuantChoice(name="+".join(names), type=used[0][0], group=used[0][1], head_type=None)
 
 
 @dataclass
@@ -623,7 +623,7 @@ def _matrix_source(reader: _Reader, tmp: str, arch, role: str, layer: int, plan,
         reason = "the role mixes quantized and float modules"
         w = np.concatenate([p.dequantize() if isinstance(p, _Module) else p for p in loaded])
     _save({base: w}, out_file)
-    return (role, layer, [(out_file, base, False)], 0, 0), "float", reason
+    return (role, layer, [(out_file, base, False)], None, 0), "float", reason
 
 
 def _save(tensors: dict[str, np.ndarray], path: str) -> None:

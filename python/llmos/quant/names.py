@@ -1,26 +1,26 @@
 """Quantization names: "int8", "int4", "int4-asym", with an optional group size suffix
 ("int4-g64", "int8-g128") and an optional "-h6" that stores the embedding / LM head as
-int6 (Q6) instead of int8 ("int4-h6"). Values match QuantType in cpp/quant/qformat.h; int6
-is offered for the head only."""
+int6 (Q6) instead of int8 ("int4-h6"). The formats are the core's QuantType
+(cpp/quant/qformat.h); int6 is offered for the head only."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from llmos._core import QuantType
 from llmos.errors import InvalidInputError
 
-TYPES = {"int8": 1, "int4": 2, "int4-asym": 3}
-Q6 = 4  # QuantType::Q6: 6-bit codes, the embedding / LM head of int4 models
+TYPES = {"int8": QuantType.Q8, "int4": QuantType.Q4, "int4-asym": QuantType.Q4Asym}
 GROUPS = (32, 64, 128)
 
 
 @dataclass(frozen=True)
 class QuantChoice:
     name: str        # canonical, e.g. "int4-g64"
-    type: int        # QuantType of the layers
+    type: QuantType         # of the layers
     group: int
-    head_type: int   # QuantType of the embedding and LM head
+    head_type: QuantType | None  # of the embedding and LM head; None: as the checkpoint stores them
 
     @property
     def base(self) -> str:
@@ -42,4 +42,4 @@ def parse_quant(quant: str | None) -> QuantChoice | None:
     # int6 measurably moved int4 logits further from float32 than llama.cpp Q4_0's
     # (SmolLM2-shaped: relative L2 0.421 vs 0.406). "-h6" trades that for 24% fewer head bytes.
     name = (base if group == 32 else f"{base}-g{group}") + ("-h6" if h6 else "")
-    return QuantChoice(name=name, type=TYPES[base], group=group, head_type=Q6 if h6 else TYPES["int8"])
+    return QuantChoice(name=name, type=TYPES[base], group=group, head_type=QuantType.Q6 if h6 else QuantType.Q8)

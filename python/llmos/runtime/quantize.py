@@ -63,7 +63,7 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
         tensors[base + ".scale"] = scale.view(np.float16)
         if mn is not None:
             tensors[base + ".min"] = mn.view(np.float16)
-        quantized.append([role, layer, qtype, group])
+        quantized.append([role, layer, int(qtype), group])  # QuantType's number
     done = {(r, l) for r, l, _, _ in quantized}
     by_file: dict[str, list[str]] = {}
     for role, layer, parts in m.family.tensors(m.arch):
