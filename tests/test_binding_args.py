@@ -126,4 +126,4 @@ def test_memory_bandwidth_refuses_zero_threads():
 
 def test_model_refuses_zero_threads():
     with raises_on("n_threads"):
-        _core.Model(_core.ArchSpec(), [], "float32", 0)
+        _core.Model(_core.Architecture(), [], "float32", 0)

@@ -30,7 +30,7 @@ using PartTuple = std::tuple<std::string, std::string, bool>;
 // (role, layer, parts, prequant type or None, group)
 using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, std::optional<QuantType>, int64_t>;
 
-std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<SourceTuple>& sources,
+std::unique_ptr<Model> make_model(const ArchSpec& arch, const std::vector<SourceTuple>& sources,
                                   const std::string& dtype, int n_threads, std::optional<QuantType> quant,
                                   int64_t group, std::optional<QuantType> head_quant) {
   std::vector<WeightSource> ws;
@@ -41,19 +41,19 @@ std::unique_ptr<Model> make_model(const ArchSpec& spec, const std::vector<Source
   }
   const DType dt = dtype_arg(dtype);
   require(n_threads >= 1, "n_threads", "must be >= 1");
-  spec.validate();
+  arch.validate();
   QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), n_threads};
   group_arg(group, "group");
   py::gil_scoped_release nogil;
-  ModelWeights weights = load_weights(spec, ws, dt, qs);
-  return std::make_unique<Model>(spec, std::move(weights), n_threads);
+  ModelWeights weights = load_weights(arch, ws, dt, qs);
+  return std::make_unique<Model>(arch, std::move(weights), n_threads);
 }
 
 }  // namespace
 
 void bind_model(py::module_& m) {
   py::class_<Model>(m, "Model")
-      .def(py::init(&make_model), py::arg("spec"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
+      .def(py::init(&make_model), py::arg("arch"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
            py::arg("quant") = py::none(), py::arg("group") = 32, py::arg("head_quant") = py::none(),
            "Loads the weights named by `sources` [(role, layer, [(path, tensor, transpose)])].")
       .def_property_readonly("n_threads", &Model::n_threads)

@@ -8,8 +8,10 @@ Adding a family means adding a mapping here, not C++.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Callable
+
+import numpy as np
 
 from llmos.io.config import ConfigReader
 from llmos.errors import ConfigError, UnsupportedModelError
@@ -21,6 +23,7 @@ ACTIVATIONS = {
     "gelu_new": "GeluTanh", "gelu_pytorch_tanh": "GeluTanh", "gelu_fast": "GeluTanh", "gelu_tanh": "GeluTanh",
     "relu": "Relu",
 }
+NORMS = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}  # config name -> core NormKind
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Architecture:
     head_dim: int
     intermediate_size: int
     max_position_embeddings: int
-    norm: str = "rmsnorm"            # "rmsnorm" | "layernorm"
+    norm: str = "rmsnorm"            # a key of NORMS
     norm_eps: float = 1e-6
     norm_weight_offset: float = 0.0  # Gemma: weights are stored as w - 1
     norm_bias: bool = False
@@ -58,50 +61,33 @@ class Architecture:
     sliding_window: list[int] = field(default_factory=list)  # per layer, 0 = full
 
     def to_core(self, core):
-        """Builds the C++ ArchSpec."""
-        s = core.ArchSpec()
-        s.family = self.family
-        s.vocab_size = self.vocab_size
-        s.hidden_size = self.hidden_size
-        s.n_layers = self.num_layers
-        s.n_heads = self.num_heads
-        s.n_kv_heads = self.num_kv_heads
-        s.head_dim = self.head_dim
-        s.intermediate_size = self.intermediate_size
-        s.max_positions = self.max_position_embeddings
-        s.norm = core.NormKind.RMSNorm if self.norm == "rmsnorm" else core.NormKind.LayerNorm
-        s.norm_eps = self.norm_eps
-        s.norm_weight_offset = self.norm_weight_offset
-        s.norm_bias = self.norm_bias
-        s.learned_positions = self.learned_positions
-        r = core.RopeSpec()
-        if self.rope is not None:
-            r.rotary_dim = self.rope.rotary_dim
-            r.inv_freq = self.rope.inv_freq.tolist()
-            if self.rope.inv_freq_long is not None:
-                r.inv_freq_long = self.rope.inv_freq_long.tolist()
-            r.long_after = self.rope.long_after
-            r.attention_scaling = self.rope.attention_scaling
-            r.dynamic = self.rope.dynamic
-            r.dynamic_base = self.rope.dynamic_base
-            r.dynamic_factor = self.rope.dynamic_factor
-            r.dynamic_max_positions = self.rope.dynamic_max_positions
-        s.rope = r
-        s.qkv_bias = self.qkv_bias
-        s.o_bias = self.o_bias
-        s.qk_norm = self.qk_norm
-        s.gated_mlp = self.gated_mlp
-        s.mlp_bias = self.mlp_bias
-        s.act = getattr(core.Activation, ACTIVATIONS[self.activation])
-        s.post_attn_norm = self.post_attn_norm
-        s.post_ffn_norm = self.post_ffn_norm
-        s.tied_lm_head = self.tie_word_embeddings
-        s.embed_scale = self.embed_scale
-        s.attn_scale = self.attn_scale
-        s.attn_softcap = self.attn_softcap
-        s.final_softcap = self.final_softcap
-        s.sliding_window = list(self.sliding_window)
-        return s
+        """The core's Architecture (cpp/model/arch.h): every field copied by name."""
+        return _to_core(core, self)
+
+
+# Fields that only Python reads (where the rope came from, for messages and the ONNX export).
+PYTHON_ONLY = {"Rope": {"rope_type", "params"}}
+
+
+def _to_core(core, obj):
+    """The core struct named as dataclass `obj`'s class, filled field by field under the same
+    names; None leaves the core's default (no RoPE, no longrope table)."""
+    out = getattr(core, type(obj).__name__)()
+    skip = PYTHON_ONLY.get(type(obj).__name__, set())
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in skip or value is None:
+            continue
+        if is_dataclass(value):
+            value = _to_core(core, value)
+        elif f.name == "norm":
+            value = getattr(core.NormKind, NORMS[value])
+        elif f.name == "activation":
+            value = getattr(core.Activation, ACTIVATIONS[value])
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        setattr(out, f.name, value)
+    return out
 
 
 # (role, layer, [(tensor name, transpose)]): the tensors each weight role is read from,
