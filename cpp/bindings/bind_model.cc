@@ -26,19 +26,77 @@ const char* finish_name(FinishReason r) {
   return "length";
 }
 
-using PartTuple = std::tuple<std::string, std::string, bool>;
-// (role, layer, parts, prequant type or None, group)
-using SourceTuple = std::tuple<std::string, int64_t, std::vector<PartTuple>, std::optional<QuantType>, int64_t>;
+// A numpy array as a HostTensor. Arrays that are not C-contiguous are copied into `keep`,
+// which also holds a reference to every array until the load is over.
+HostTensor host_tensor(py::handle obj, const std::string& name, std::vector<py::array>& keep) {
+  require(py::isinstance<py::array>(obj), "sources", name + ": expected a numpy array");
+  py::array a = py::array::ensure(obj, py::array::c_style);
+  const py::dtype dt = a.dtype();
+  HostTensor h;
+  if (dt.equal(py::dtype::of<float>())) h.dtype = DType::F32;
+  else if (dt.equal(py::dtype("float16"))) h.dtype = DType::F16;
+  else if (dt.equal(py::dtype::of<uint16_t>())) h.dtype = DType::BF16;  // bfloat16 bits, as safetensors_read_tensor gives them
+  else if (dt.equal(py::dtype::of<double>())) h.dtype = DType::F64;
+  else if (dt.equal(py::dtype::of<uint8_t>())) h.dtype = DType::U8;
+  else
+    throw Error(Error::Kind::InvalidInput, "", "sources",
+                name + ": dtype " + py::str(dt).cast<std::string>() +
+                    " is not float32, float16, uint16 (bfloat16 bits), float64 or uint8 (codes)");
+  h.data = static_cast<const uint8_t*>(a.data());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) h.shape.push_back(a.shape(i));
+  keep.push_back(std::move(a));
+  return h;
+}
 
-std::unique_ptr<Model> make_model(const ArchSpec& arch, const std::vector<SourceTuple>& sources,
-                                  const std::string& dtype, int n_threads, std::optional<QuantType> quant,
-                                  int64_t group, std::optional<QuantType> head_quant) {
-  std::vector<WeightSource> ws;
-  for (const auto& [role, layer, parts, prequant, pgroup] : sources) {
-    WeightSource w{role, layer, {}, prequant.value_or(QuantType::None), pgroup};
-    for (const auto& [path, tensor, transpose] : parts) w.parts.push_back({path, tensor, transpose});
-    ws.push_back(std::move(w));
+// (file, tensor, transpose), or (name, array, transpose), or for a pre-quantized source
+// (name, (codes, scale, min or None), False).
+WeightPart part_arg(py::handle obj, std::vector<py::array>& keep) {
+  require(py::isinstance<py::tuple>(obj) && py::len(obj) == 3, "sources",
+          "each part is (file, tensor, transpose) or (name, array, transpose)");
+  py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
+  WeightPart p;
+  p.transpose = t[2].cast<bool>();
+  if (py::isinstance<py::str>(t[1])) {
+    p.path = t[0].cast<std::string>();
+    p.tensor = t[1].cast<std::string>();
+    return p;
   }
+  p.tensor = t[0].cast<std::string>();
+  if (py::isinstance<py::tuple>(t[1])) {
+    py::tuple blocks = t[1].cast<py::tuple>();
+    const char* names[] = {".codes", ".scale", ".min"};
+    require(blocks.size() >= 2 && blocks.size() <= 3, "sources", p.tensor + ": expected (codes, scale, min or None)");
+    for (size_t i = 0; i < blocks.size(); ++i)
+      if (!blocks[i].is_none()) p.arrays.push_back(host_tensor(blocks[i], p.tensor + names[i], keep));
+  } else {
+    p.arrays.push_back(host_tensor(t[1], p.tensor, keep));
+  }
+  return p;
+}
+
+// [(role, layer, [part, ...], prequant QuantType or None, group)]
+std::vector<WeightSource> sources_arg(const py::list& sources, std::vector<py::array>& keep) {
+  std::vector<WeightSource> out;
+  for (py::handle s : sources) {
+    require(py::isinstance<py::tuple>(s) && py::len(s) == 5, "sources",
+            "each source is (role, layer, parts, prequant QuantType or None, group)");
+    py::tuple t = py::reinterpret_borrow<py::tuple>(s);
+    WeightSource w;
+    w.role = t[0].cast<std::string>();
+    w.layer = t[1].cast<int64_t>();
+    for (py::handle part : t[2].cast<py::list>()) w.parts.push_back(part_arg(part, keep));
+    w.prequant = t[3].cast<std::optional<QuantType>>().value_or(QuantType::None);
+    w.group = t[4].cast<int64_t>();
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+std::unique_ptr<Model> make_model(const ArchSpec& arch, const py::list& sources, const std::string& dtype,
+                                  int n_threads, std::optional<QuantType> quant, int64_t group,
+                                  std::optional<QuantType> head_quant) {
+  std::vector<py::array> keep;  // alive, and referenced, until the load is over
+  std::vector<WeightSource> ws = sources_arg(sources, keep);
   const DType dt = dtype_arg(dtype);
   require(n_threads >= 1, "n_threads", "must be >= 1");
   arch.validate();
@@ -55,7 +113,10 @@ void bind_model(py::module_& m) {
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("arch"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
            py::arg("quant") = py::none(), py::arg("group") = 32, py::arg("head_quant") = py::none(),
-           "Loads the weights named by `sources` [(role, layer, [(path, tensor, transpose)])].")
+           "Loads the weights named by `sources`: [(role, layer, parts, prequant, group)] with parts\n"
+           "[(file, tensor, transpose)] or [(name, numpy array, transpose)], and for a pre-quantized\n"
+           "role (prequant a QuantType, else None) one part (file, base name, False) or\n"
+           "(name, (codes, scale, min or None), False).")
       .def_property_readonly("n_threads", &Model::n_threads)
       .def(
           "quantized_matrices",

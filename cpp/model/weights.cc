@@ -132,6 +132,60 @@ bool quantizable(const Matrix& m, QuantType t, int64_t group) {
   return t != QuantType::None && group % kActBlock == 0 && m.cols % group == 0 && m.cols % kQ4Chunk == 0;
 }
 
+// One tensor a part names: its bytes, from a mapped file or from caller memory.
+struct SourceTensor {
+  const uint8_t* data = nullptr;
+  DType dtype = DType::F32;
+  const std::vector<int64_t>* shape = nullptr;
+  std::string file;  // for messages; "" for memory
+  std::string name;  // for messages
+  const SafetensorsFile* mapped = nullptr;
+  const TensorInfo* info = nullptr;
+
+  size_t nbytes() const {
+    size_t n = dtype_size(dtype);
+    for (int64_t d : *shape) n *= size_t(d);
+    return n;
+  }
+  // Drops a file tensor's pages from RSS once its data was copied out.
+  void done() const {
+    if (mapped) mapped->evict(*info);
+  }
+};
+
+// The files opened during one load, each opened once.
+class SourceFiles {
+ public:
+  // Tensor `index` of the part's arrays, or tensor part.tensor + suffix of its file.
+  // False when there is no such tensor.
+  bool find(const WeightPart& part, size_t index, const std::string& suffix, SourceTensor* out) {
+    out->name = part.tensor + suffix;
+    if (!part.arrays.empty()) {
+      if (index >= part.arrays.size()) return false;
+      const HostTensor& h = part.arrays[index];
+      out->data = h.data;
+      out->dtype = h.dtype;
+      out->shape = &h.shape;
+      out->file.clear();
+      return true;
+    }
+    auto it = files_.find(part.path);
+    if (it == files_.end()) it = files_.emplace(part.path, SafetensorsFile::open(part.path)).first;
+    const TensorInfo* info = it->second->find(out->name);
+    if (!info) return false;
+    out->data = it->second->data(*info);
+    out->dtype = info->dtype;
+    out->shape = &info->shape;
+    out->file = part.path;
+    out->mapped = it->second.get();
+    out->info = info;
+    return true;
+  }
+
+ private:
+  std::map<std::string, std::shared_ptr<SafetensorsFile>> files_;
+};
+
 }  // namespace
 
 void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
@@ -148,8 +202,8 @@ void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
 
 namespace {
 
-// Copies a matrix saved by llmos.quantize, checking every shape and dtype.
-void load_prequantized(const WeightSource& src, const SafetensorsFile& f, const WeightPart& part, Target& t) {
+// Copies a pre-quantized matrix, checking every shape and dtype.
+void load_prequantized(const WeightSource& src, SourceFiles& files, const WeightPart& part, Target& t) {
   const QuantType qt = src.prequant;
   const int64_t g = src.group;
   if (g < kActBlock || g % kActBlock || t.cols % g || t.cols % kQ4Chunk)
@@ -160,17 +214,20 @@ void load_prequantized(const WeightSource& src, const SafetensorsFile& f, const 
   std::vector<Want> wants = {{".codes", DType::U8, quant_row_bytes(qt, t.cols), &m.data},
                              {".scale", DType::F16, ng, &m.scale}};
   if (qt == QuantType::Q4Asym) wants.push_back({".min", DType::F16, ng, &m.min});
-  for (const Want& want : wants) {
-    const std::string name = part.tensor + want.suffix;
-    const TensorInfo* info = f.find(name);
-    if (!info) throw Error(Error::Kind::Tensor, part.path, name, "tensor not found (quantized " + src.role + ")");
-    if (info->dtype != want.dt || info->shape.size() != 2 || info->shape[0] != t.rows || info->shape[1] != want.cols)
-      throw Error(Error::Kind::Tensor, part.path, name,
+  for (size_t i = 0; i < wants.size(); ++i) {
+    const Want& want = wants[i];
+    SourceTensor st;
+    if (!files.find(part, i, want.suffix, &st))
+      throw Error(Error::Kind::Tensor, part.path, part.tensor + want.suffix,
+                  "tensor not found (quantized " + src.role + ")");
+    const auto& sh = *st.shape;
+    if (st.dtype != want.dt || sh.size() != 2 || sh[0] != t.rows || sh[1] != want.cols)
+      throw Error(Error::Kind::Tensor, st.file, st.name,
                   std::string("expected ") + dtype_name(want.dt) + " [" + std::to_string(t.rows) + ", " +
-                      std::to_string(want.cols) + "]");
-    want.dst->resize(size_t(info->end - info->begin));
-    std::memcpy(want.dst->data(), f.data(*info), want.dst->size());
-    f.evict(*info);
+                      std::to_string(want.cols) + "], got " + dtype_name(st.dtype) + " " + shape_str(sh));
+    want.dst->resize(st.nbytes());
+    std::memcpy(want.dst->data(), st.data, want.dst->size());
+    st.done();
   }
   m.rows = t.rows;
   m.cols = t.cols;
@@ -217,7 +274,7 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
   std::unique_ptr<ThreadPool> pool;
   if (quant.n_threads > 1 && (quant.type != QuantType::None || quant.head_type != QuantType::None))
     pool = std::make_unique<ThreadPool>(quant.n_threads);
-  std::map<std::string, std::shared_ptr<SafetensorsFile>> files;
+  SourceFiles files;
   std::set<std::pair<std::string, int64_t>> seen;
 
   for (const WeightSource& src : sources) {
@@ -251,24 +308,19 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
     if (src.prequant != QuantType::None) {
       if (!t.m || src.parts.size() != 1)
         throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
-      const WeightPart& part = src.parts[0];
-      auto it = files.find(part.path);
-      if (it == files.end()) it = files.emplace(part.path, SafetensorsFile::open(part.path)).first;
-      load_prequantized(src, *it->second, part, t);
+      load_prequantized(src, files, src.parts[0], t);
       continue;
     }
     int64_t row = 0;
     for (const WeightPart& part : src.parts) {
-      auto it = files.find(part.path);
-      if (it == files.end()) it = files.emplace(part.path, SafetensorsFile::open(part.path)).first;
-      const SafetensorsFile& f = *it->second;
-      const TensorInfo* info = f.find(part.tensor);
-      if (!info) throw Error(Error::Kind::Tensor, part.path, part.tensor, "tensor not found (needed for " + where + ")");
-      if (info->dtype != DType::F32 && info->dtype != DType::BF16 && info->dtype != DType::F16 && info->dtype != DType::F64)
-        throw Error(Error::Kind::Tensor, part.path, part.tensor,
-                    std::string("dtype ") + dtype_name(info->dtype) + " is not a float type (needed for " + where + ")");
+      SourceTensor st;
+      if (!files.find(part, 0, "", &st))
+        throw Error(Error::Kind::Tensor, part.path, part.tensor, "tensor not found (needed for " + where + ")");
+      if (st.dtype != DType::F32 && st.dtype != DType::BF16 && st.dtype != DType::F16 && st.dtype != DType::F64)
+        throw Error(Error::Kind::Tensor, st.file, st.name,
+                    std::string("dtype ") + dtype_name(st.dtype) + " is not a float type (needed for " + where + ")");
       // The part's logical shape [rows, cols] after the optional transpose.
-      const auto& sh = info->shape;
+      const auto& sh = *st.shape;
       int64_t prow, pcol;
       bool ok;
       if (t.cols == 0) {
@@ -286,13 +338,13 @@ ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>&
         std::string expected = t.cols == 0 ? "[" + std::to_string(t.rows) + "]"
                                            : (part.transpose ? "[" + std::to_string(t.cols) + ", rows]"
                                                              : "[rows, " + std::to_string(t.cols) + "]");
-        throw Error(Error::Kind::Tensor, part.path, part.tensor,
+        throw Error(Error::Kind::Tensor, st.file, st.name,
                     "shape " + shape_str(sh) + " does not fit " + where + " of " + spec.family + ": expected " +
                         expected + " with " + std::to_string(t.rows) + " rows in all");
       }
-      copy_part(f.data(*info), info->dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
+      copy_part(st.data, st.dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
                 t.norm ? spec.norm_weight_offset : 0.f);
-      f.evict(*info);
+      st.done();
       row += prow;
     }
     if (row != t.rows) {

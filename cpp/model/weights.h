@@ -79,26 +79,39 @@ struct ModelWeights {
   const Matrix& output_matrix() const { return lm_head.empty() ? embed : lm_head; }
 };
 
-// Where one role's data comes from: checkpoint tensors stacked along the output rows.
+// A tensor in memory that the caller owns and keeps alive and unchanged while
+// load_weights runs (a numpy array from Python): row-major, `shape` in elements.
+struct HostTensor {
+  const uint8_t* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+
+// Where one role's data comes from: tensors stacked along the output rows, each read from a
+// checkpoint file or, when `arrays` is not empty, from memory.
 struct WeightPart {
-  std::string path;     // .safetensors file
-  std::string tensor;   // tensor name inside it
+  std::string path;     // .safetensors file; "" when the data is in `arrays`
+  std::string tensor;   // tensor name inside the file; with `arrays`, a name for messages
   bool transpose = false;  // stored [in, out] (GPT-2's Conv1D)
+  // The float tensor, or for a pre-quantized source its codes, scale and (Q4Asym) min.
+  std::vector<HostTensor> arrays;
 };
 
 struct WeightSource {
   std::string role;     // "embed", "qkv.weight", ... (see weights.cc for the full list)
   int64_t layer = -1;   // -1 for model-wide roles
   std::vector<WeightPart> parts;
-  // Already quantized by llmos.quantize: one part naming tensors <tensor>.codes (U8),
-  // <tensor>.scale (F16) and, for Q4Asym, <tensor>.min (F16), copied as they are.
+  // Already quantized (by llmos.quantize, or repacked from AWQ / GPTQ): one part whose
+  // codes (U8 [rows, quant_row_bytes]), scale (F16 [rows, cols / group]) and, for Q4Asym,
+  // min (F16, same shape) are copied as they are. In a file they are the tensors
+  // <tensor>.codes, <tensor>.scale and <tensor>.min.
   QuantType prequant = QuantType::None;
   int64_t group = 0;
 };
 
 // Reads every role the spec needs from the listed tensors, converting to `dtype` (F32,
-// BF16 or F16) for matrices. Throws Error(Tensor) naming file and tensor for a missing,
-// misshapen or non-float tensor, and for a required role that has no source.
+// BF16 or F16) for matrices. Throws Error(Tensor) naming file (if any) and tensor for a
+// missing, misshapen or non-float tensor, and for a required role that has no source.
 // Calls fn(role, layer, matrix) for every matrix the spec uses (for saving a quantized model).
 void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
                      const std::function<void(const std::string&, int64_t, const Matrix&)>& fn);
