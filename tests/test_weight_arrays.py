@@ -111,3 +111,36 @@ def test_missing_blocks_are_named(checkpoint):
     with pytest.raises(TensorError, match="expected F16") as e:
         _core.Model(arch, sources, "float32", 1)
     assert e.value.field == "down.scale"
+
+
+def test_sources_are_read_one_at_a_time_and_let_go(checkpoint):
+    """A generator of sources: by the time the core asks for the next role, it holds no
+    reference to the previous role's arrays (so they are freed as the model fills)."""
+    import weakref
+
+    arch, sources = file_sources(checkpoint("llama"))
+    ref = _core.Model(arch, sources, "float32", 1).logits(IDS)
+    alive_when_next_asked = []
+
+    def stream():
+        previous = []
+        for file_source in sources:
+            alive_when_next_asked.append(sum(r() is not None for r in previous))
+            [source] = as_arrays([file_source])
+            previous = [weakref.ref(a) for _, a, _ in source[2]]
+            yield source
+            source = None  # the generator's own reference
+
+    np.testing.assert_array_equal(_core.Model(arch, stream(), "float32", 1).logits(IDS), ref)
+    assert len(alive_when_next_asked) == len(sources) and not any(alive_when_next_asked)
+
+
+def test_an_error_raised_by_the_sources_reaches_the_caller(checkpoint):
+    arch, sources = file_sources(checkpoint("llama"))
+
+    def stream():
+        yield from sources[:3]
+        raise TensorError("made up", field="x")
+
+    with pytest.raises(TensorError, match="made up"):
+        _core.Model(arch, stream(), "float32", 1)

@@ -74,37 +74,43 @@ WeightPart part_arg(py::handle obj, std::vector<py::array>& keep) {
   return p;
 }
 
-// [(role, layer, [part, ...], prequant QuantType or None, group)]
-std::vector<WeightSource> sources_arg(const py::list& sources, std::vector<py::array>& keep) {
-  std::vector<WeightSource> out;
-  for (py::handle s : sources) {
-    require(py::isinstance<py::tuple>(s) && py::len(s) == 5, "sources",
-            "each source is (role, layer, parts, prequant QuantType or None, group)");
-    py::tuple t = py::reinterpret_borrow<py::tuple>(s);
-    WeightSource w;
-    w.role = t[0].cast<std::string>();
-    w.layer = t[1].cast<int64_t>();
-    for (py::handle part : t[2].cast<py::list>()) w.parts.push_back(part_arg(part, keep));
-    w.prequant = t[3].cast<std::optional<QuantType>>().value_or(QuantType::None);
-    w.group = t[4].cast<int64_t>();
-    out.push_back(std::move(w));
-  }
-  return out;
+// (role, layer, [part, ...], prequant QuantType or None, group)
+WeightSource source_arg(py::handle obj, std::vector<py::array>& keep) {
+  require(py::isinstance<py::tuple>(obj) && py::len(obj) == 5, "sources",
+          "each source is (role, layer, parts, prequant QuantType or None, group)");
+  py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
+  WeightSource w;
+  w.role = t[0].cast<std::string>();
+  w.layer = t[1].cast<int64_t>();
+  for (py::handle part : t[2].cast<py::list>()) w.parts.push_back(part_arg(part, keep));
+  w.prequant = t[3].cast<std::optional<QuantType>>().value_or(QuantType::None);
+  w.group = t[4].cast<int64_t>();
+  return w;
 }
 
-std::unique_ptr<Model> make_model(const ArchSpec& arch, const py::list& sources, const std::string& dtype,
+// Sources are taken one at a time from any iterable, each loaded without the GIL and then
+// let go: a caller that hands over a generator, or a list it empties as it is read, never
+// holds its arrays and the core's copy of the whole model at once.
+std::unique_ptr<Model> make_model(const ArchSpec& arch, const py::iterable& sources, const std::string& dtype,
                                   int n_threads, std::optional<QuantType> quant, int64_t group,
                                   std::optional<QuantType> head_quant) {
-  std::vector<py::array> keep;  // alive, and referenced, until the load is over
-  std::vector<WeightSource> ws = sources_arg(sources, keep);
   const DType dt = dtype_arg(dtype);
   require(n_threads >= 1, "n_threads", "must be >= 1");
-  arch.validate();
-  QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), n_threads};
   group_arg(group, "group");
+  arch.validate();
+  const QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), n_threads};
+  WeightLoader loader(arch, dt, qs);
+  // Not a range-for: py::iterator keeps the previous item until the next one is made.
+  py::iterator it = py::iter(sources);
+  while (py::object item = py::reinterpret_steal<py::object>(PyIter_Next(it.ptr()))) {
+    std::vector<py::array> keep;  // the source's arrays, released (with the GIL) after the add
+    const WeightSource src = source_arg(item, keep);
+    py::gil_scoped_release nogil;
+    loader.add(src);
+  }
+  if (PyErr_Occurred()) throw py::error_already_set();
   py::gil_scoped_release nogil;
-  ModelWeights weights = load_weights(arch, ws, dt, qs);
-  return std::make_unique<Model>(arch, std::move(weights), n_threads);
+  return std::make_unique<Model>(arch, loader.finish(), n_threads);
 }
 
 }  // namespace
@@ -113,7 +119,7 @@ void bind_model(py::module_& m) {
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("arch"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
            py::arg("quant") = py::none(), py::arg("group") = 32, py::arg("head_quant") = py::none(),
-           "Loads the weights named by `sources`: [(role, layer, parts, prequant, group)] with parts\n"
+           "Loads the weights named by `sources`, an iterable of (role, layer, parts, prequant, group) with parts\n"
            "[(file, tensor, transpose)] or [(name, numpy array, transpose)], and for a pre-quantized\n"
            "role (prequant a QuantType, else None) one part (file, base name, False) or\n"
            "(name, (codes, scale, min or None), False).")

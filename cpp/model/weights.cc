@@ -132,6 +132,8 @@ bool quantizable(const Matrix& m, QuantType t, int64_t group) {
   return t != QuantType::None && group % kActBlock == 0 && m.cols % group == 0 && m.cols % kQ4Chunk == 0;
 }
 
+}  // namespace
+
 // One tensor a part names: its bytes, from a mapped file or from caller memory.
 struct SourceTensor {
   const uint8_t* data = nullptr;
@@ -185,8 +187,6 @@ class SourceFiles {
  private:
   std::map<std::string, std::shared_ptr<SafetensorsFile>> files_;
 };
-
-}  // namespace
 
 void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
                      const std::function<void(const std::string&, int64_t, const Matrix&)>& fn) {
@@ -264,107 +264,117 @@ void quantize_matrix(Matrix& m, QuantType type, int64_t group, ThreadPool* pool)
   m.group = group;
 }
 
-ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
-                          const QuantSpec& quant) {
+WeightLoader::WeightLoader(const ArchSpec& spec, DType dtype, const QuantSpec& quant)
+    : spec_(spec), dtype_(dtype), quant_(quant), files_(std::make_unique<SourceFiles>()) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw Error(Error::Kind::InvalidInput, "", "dtype", "weights can be float32, bfloat16 or float16");
-  ModelWeights w;
-  w.layers.resize(size_t(spec.n_layers));
+  w_.layers.resize(size_t(spec.n_layers));
   // Quantizing at load is CPU work (the Q6 head above all: ~14 ns per value on one core).
-  std::unique_ptr<ThreadPool> pool;
   if (quant.n_threads > 1 && (quant.type != QuantType::None || quant.head_type != QuantType::None))
-    pool = std::make_unique<ThreadPool>(quant.n_threads);
-  SourceFiles files;
-  std::set<std::pair<std::string, int64_t>> seen;
+    pool_ = std::make_unique<ThreadPool>(quant.n_threads);
+}
 
-  for (const WeightSource& src : sources) {
-    const RoleDef* role = find_role(src.role);
-    const std::string where = src.role + (src.layer >= 0 ? " (layer " + std::to_string(src.layer) + ")" : "");
-    if (!role) throw Error(Error::Kind::InvalidInput, "", src.role, "unknown weight role");
-    if (role->per_layer != (src.layer >= 0) || src.layer >= spec.n_layers)
-      throw Error(Error::Kind::InvalidInput, "", where, "layer index out of range");
-    if (!role->needed(spec)) throw Error(Error::Kind::InvalidInput, "", where, "role not used by this architecture");
-    if (!seen.insert({src.role, src.layer}).second)
-      throw Error(Error::Kind::InvalidInput, "", where, "given twice");
-    if (src.parts.empty()) throw Error(Error::Kind::InvalidInput, "", where, "no source tensors");
+WeightLoader::~WeightLoader() = default;
 
-    Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr);
-    const bool head = src.role == "embed" || src.role == "lm_head";
-    // The position table is a lookup, read one row per token: quantizing it saves no time.
-    const QuantType qt = src.role == "pos_embed" ? QuantType::None : head ? quant.head_type : quant.type;
-    Matrix probe;
-    probe.cols = t.cols;
-    const bool quantize = t.m && quantizable(probe, qt, quant.group);
-    const DType load_type = quantize ? DType::F32 : dtype;
-    if (t.m) {
-      t.m->dtype = load_type;
-      t.m->rows = t.rows;
-      t.m->cols = t.cols;
-      t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(load_type));
-    } else {
-      t.v->assign(size_t(t.rows), 0.f);
-    }
+void WeightLoader::add(const WeightSource& src) {
+  const ArchSpec& spec = spec_;
+  const QuantSpec& quant = quant_;
+  ModelWeights& w = w_;
+  SourceFiles& files = *files_;
+  const RoleDef* role = find_role(src.role);
+  const std::string where = src.role + (src.layer >= 0 ? " (layer " + std::to_string(src.layer) + ")" : "");
+  if (!role) throw Error(Error::Kind::InvalidInput, "", src.role, "unknown weight role");
+  if (role->per_layer != (src.layer >= 0) || src.layer >= spec.n_layers)
+    throw Error(Error::Kind::InvalidInput, "", where, "layer index out of range");
+  if (!role->needed(spec)) throw Error(Error::Kind::InvalidInput, "", where, "role not used by this architecture");
+  if (!seen_.insert({src.role, src.layer}).second) throw Error(Error::Kind::InvalidInput, "", where, "given twice");
+  if (src.parts.empty()) throw Error(Error::Kind::InvalidInput, "", where, "no source tensors");
 
-    if (src.prequant != QuantType::None) {
-      if (!t.m || src.parts.size() != 1)
-        throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
-      load_prequantized(src, files, src.parts[0], t);
-      continue;
-    }
-    int64_t row = 0;
-    for (const WeightPart& part : src.parts) {
-      SourceTensor st;
-      if (!files.find(part, 0, "", &st))
-        throw Error(Error::Kind::Tensor, part.path, part.tensor, "tensor not found (needed for " + where + ")");
-      if (st.dtype != DType::F32 && st.dtype != DType::BF16 && st.dtype != DType::F16 && st.dtype != DType::F64)
-        throw Error(Error::Kind::Tensor, st.file, st.name,
-                    std::string("dtype ") + dtype_name(st.dtype) + " is not a float type (needed for " + where + ")");
-      // The part's logical shape [rows, cols] after the optional transpose.
-      const auto& sh = *st.shape;
-      int64_t prow, pcol;
-      bool ok;
-      if (t.cols == 0) {
-        ok = sh.size() == 1;
-        prow = ok ? sh[0] : 0;
-        pcol = 0;
-      } else {
-        ok = sh.size() == 2;
-        prow = ok ? (part.transpose ? sh[1] : sh[0]) : 0;
-        pcol = ok ? (part.transpose ? sh[0] : sh[1]) : 0;
-        ok = ok && pcol == t.cols;
-      }
-      ok = ok && row + prow <= t.rows;
-      if (!ok) {
-        std::string expected = t.cols == 0 ? "[" + std::to_string(t.rows) + "]"
-                                           : (part.transpose ? "[" + std::to_string(t.cols) + ", rows]"
-                                                             : "[rows, " + std::to_string(t.cols) + "]");
-        throw Error(Error::Kind::Tensor, st.file, st.name,
-                    "shape " + shape_str(sh) + " does not fit " + where + " of " + spec.family + ": expected " +
-                        expected + " with " + std::to_string(t.rows) + " rows in all");
-      }
-      copy_part(st.data, st.dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
-                t.norm ? spec.norm_weight_offset : 0.f);
-      st.done();
-      row += prow;
-    }
-    if (row != t.rows) {
-      std::string names;
-      for (const WeightPart& p : src.parts) names += (names.empty() ? "" : " + ") + p.tensor;
-      throw Error(Error::Kind::Tensor, src.parts[0].path, names,
-                  "gives " + std::to_string(row) + " rows for " + where + ", expected " + std::to_string(t.rows));
-    }
-    if (quantize) quantize_matrix(*t.m, qt, quant.group, pool.get());
+  Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr);
+  const bool head = src.role == "embed" || src.role == "lm_head";
+  // The position table is a lookup, read one row per token: quantizing it saves no time.
+  const QuantType qt = src.role == "pos_embed" ? QuantType::None : head ? quant.head_type : quant.type;
+  Matrix probe;
+  probe.cols = t.cols;
+  const bool quantize = t.m && quantizable(probe, qt, quant.group);
+  const DType load_type = quantize ? DType::F32 : dtype_;
+  if (t.m) {
+    t.m->dtype = load_type;
+    t.m->rows = t.rows;
+    t.m->cols = t.cols;
+    t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(load_type));
+  } else {
+    t.v->assign(size_t(t.rows), 0.f);
   }
 
+  if (src.prequant != QuantType::None) {
+    if (!t.m || src.parts.size() != 1)
+      throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
+    load_prequantized(src, files, src.parts[0], t);
+    return;
+  }
+  int64_t row = 0;
+  for (const WeightPart& part : src.parts) {
+    SourceTensor st;
+    if (!files.find(part, 0, "", &st))
+      throw Error(Error::Kind::Tensor, part.path, part.tensor, "tensor not found (needed for " + where + ")");
+    if (st.dtype != DType::F32 && st.dtype != DType::BF16 && st.dtype != DType::F16 && st.dtype != DType::F64)
+      throw Error(Error::Kind::Tensor, st.file, st.name,
+                  std::string("dtype ") + dtype_name(st.dtype) + " is not a float type (needed for " + where + ")");
+    // The part's logical shape [rows, cols] after the optional transpose.
+    const auto& sh = *st.shape;
+    int64_t prow, pcol;
+    bool ok;
+    if (t.cols == 0) {
+      ok = sh.size() == 1;
+      prow = ok ? sh[0] : 0;
+      pcol = 0;
+    } else {
+      ok = sh.size() == 2;
+      prow = ok ? (part.transpose ? sh[1] : sh[0]) : 0;
+      pcol = ok ? (part.transpose ? sh[0] : sh[1]) : 0;
+      ok = ok && pcol == t.cols;
+    }
+    ok = ok && row + prow <= t.rows;
+    if (!ok) {
+      std::string expected = t.cols == 0 ? "[" + std::to_string(t.rows) + "]"
+                                         : (part.transpose ? "[" + std::to_string(t.cols) + ", rows]"
+                                                           : "[rows, " + std::to_string(t.cols) + "]");
+      throw Error(Error::Kind::Tensor, st.file, st.name,
+                  "shape " + shape_str(sh) + " does not fit " + where + " of " + spec.family + ": expected " +
+                      expected + " with " + std::to_string(t.rows) + " rows in all");
+    }
+    copy_part(st.data, st.dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
+              t.norm ? spec.norm_weight_offset : 0.f);
+    st.done();
+    row += prow;
+  }
+  if (row != t.rows) {
+    std::string names;
+    for (const WeightPart& p : src.parts) names += (names.empty() ? "" : " + ") + p.tensor;
+    throw Error(Error::Kind::Tensor, src.parts[0].path, names,
+                "gives " + std::to_string(row) + " rows for " + where + ", expected " + std::to_string(t.rows));
+  }
+  if (quantize) quantize_matrix(*t.m, qt, quant.group, pool_.get());
+}
+
+ModelWeights WeightLoader::finish() {
   for (const RoleDef& role : kRoles) {
-    if (!role.needed(spec)) continue;
-    const int64_t n = role.per_layer ? spec.n_layers : 1;
+    if (!role.needed(spec_)) continue;
+    const int64_t n = role.per_layer ? spec_.n_layers : 1;
     for (int64_t l = 0; l < n; ++l)
-      if (!seen.count({role.name, role.per_layer ? l : -1}))
+      if (!seen_.count({role.name, role.per_layer ? l : -1}))
         throw Error(Error::Kind::Tensor, "", role.name,
                     "no tensor given for this weight" + (role.per_layer ? " in layer " + std::to_string(l) : std::string()));
   }
-  return w;
+  return std::move(w_);
+}
+
+ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
+                          const QuantSpec& quant) {
+  WeightLoader loader(spec, dtype, quant);
+  for (const WeightSource& src : sources) loader.add(src);
+  return loader.finish();
 }
 
 }  // namespace llmos

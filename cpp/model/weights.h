@@ -6,7 +6,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -118,5 +121,27 @@ void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
 
 ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
                           const QuantSpec& quant = QuantSpec());
+
+class SourceFiles;
+
+// load_weights one source at a time, so a caller can compute each source just before it is
+// added and free it just after (the model then never exists twice in memory).
+class WeightLoader {
+ public:
+  WeightLoader(const ArchSpec& spec, DType dtype, const QuantSpec& quant = QuantSpec());
+  ~WeightLoader();
+  void add(const WeightSource& src);
+  // Throws Error(Tensor) for a role the spec needs that no source gave.
+  ModelWeights finish();
+
+ private:
+  ArchSpec spec_;
+  DType dtype_;
+  QuantSpec quant_;
+  std::unique_ptr<ThreadPool> pool_;     // quantizing at load, when n_threads > 1
+  std::unique_ptr<SourceFiles> files_;   // each file opened once per load
+  std::set<std::pair<std::string, int64_t>> seen_;
+  ModelWeights w_;
+};
 
 }  // namespace llmos
