@@ -46,34 +46,30 @@ class CpuBackend:
         choice = parse_quant(quant)
         quant_method = "llmos" if prequant else None
         converted = None
-        try:
-            if hf is not None:
-                # AWQ / GPTQ: the blocks are repacked into llmos's format and loaded through the
-                # same pre-quantized path (see quant/hf_import.py); float parts stay float.
-                converted = hf_import.convert(hf, family, arch, locations, path, threads=threads)
-                sources, saved = converted.sources, converted.choice
-                quant_method = hf.method
-            else:
-                sources, saved = [], parse_quant(prequant["__quant__"]) if prequant else None
-                for role, layer, parts in family.tensors(arch):
-                    if (role, layer) in prequant:
-                        file, base, qtype, group = prequant[(role, layer)]
-                        sources.append((role, layer, [(file, base, False)], qtype, group))
-                    else:
-                        sources.append(float_source(locations, role, layer, parts, path))
-            to_quantize = choice
-            if saved is not None:
-                if choice is not None and choice.name != saved.name:
-                    how = f" with {hf.label}" if hf is not None else ""
-                    raise InvalidInputError(f"quant: {path} is already quantized{how} as {saved.name}, not {quant} "
-                                            "(load it without quant=)", field="quant")
-                choice, to_quantize = saved, None
-            q = to_quantize
-            core = _core.Model(arch.to_core(_core), sources, dtype, threads,
-                               q.type if q else None, q.group if q else 32, q.head_type if q else None)
-        finally:
-            if converted is not None:
-                converted.cleanup()
+        if hf is not None:
+            # AWQ / GPTQ: the blocks are repacked into llmos's format and loaded through the
+            # same pre-quantized path (see quant/hf_import.py); float parts stay float.
+            converted = hf_import.convert(hf, family, arch, locations, path, threads=threads)
+            sources, saved = converted.sources, converted.choice
+            quant_method = hf.method
+        else:
+            sources, saved = [], parse_quant(prequant["__quant__"]) if prequant else None
+            for role, layer, parts in family.tensors(arch):
+                if (role, layer) in prequant:
+                    file, base, qtype, group = prequant[(role, layer)]
+                    sources.append((role, layer, [(file, base, False)], qtype, group))
+                else:
+                    sources.append(float_source(locations, role, layer, parts, path))
+        to_quantize = choice
+        if saved is not None:
+            if choice is not None and choice.name != saved.name:
+                how = f" with {hf.label}" if hf is not None else ""
+                raise InvalidInputError(f"quant: {path} is already quantized{how} as {saved.name}, not {quant} "
+                                        "(load it without quant=)", field="quant")
+            choice, to_quantize = saved, None
+        q = to_quantize
+        core = _core.Model(arch.to_core(_core), converted.drain() if converted else sources, dtype, threads,
+                           q.type if q else None, q.group if q else 32, q.head_type if q else None)
         return cls(core, path, family, arch, dtype, choice, quant_method, saved is not None)
 
     @property

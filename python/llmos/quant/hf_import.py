@@ -37,19 +37,16 @@ A role that mixes quantized and float modules (modules_to_not_convert, GPTQModel
 loads as float, dequantized exactly. The embedding, the LM head (unless GPTQ quantized it),
 norms and biases stay float as the checkpoint stores them.
 
-The blocks reach the core exactly as a checkpoint written by llmos.quantize does: one small
-safetensors file per role (`llmos.<role>[.<layer>].codes / .scale / .min`) in a temporary
-folder (TMPDIR), read through the core's pre-quantized path and deleted once loaded. Peak
-memory stays near the model's own size plus one role.
+The blocks reach the core as numpy arrays through the same pre-quantized path as a checkpoint
+written by llmos.quantize; nothing is written to disk. The core takes the roles one at a time
+and each is freed once copied (Converted.drain), so peak memory stays near the model's own
+size plus one role.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +56,7 @@ import numpy as np
 from llmos import _core
 from llmos.io.checkpoint import find, float_source, resolve
 from llmos.io.config import ConfigReader
-from llmos.errors import ConfigError, DiskFullError, QuantizationWarning, TensorError, UnsupportedModelError
+from llmos.errors import ConfigError, QuantizationWarning, TensorError, UnsupportedModelError
 from llmos.quant.names import TYPES, QuantChoice, QuantType
 
 Q8, Q4, Q4ASYM = QuantType.Q8, QuantType.Q4, QuantType.Q4Asym
@@ -477,57 +474,52 @@ def _choice(used: list[tuple[int, int]]) -> QuantChoice | None:
 
 @dataclass
 class Converted:
-    sources: list          # the core Model's sources, every role of the architecture
+    sources: list          # the core Model's sources, every role of the architecture, in order
     choice: QuantChoice | None
-    tmpdir: str
 
-    def cleanup(self) -> None:
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+    def drain(self):
+        """The sources in order, each forgotten as it is taken: the core copies one role, then
+        its arrays are freed, so the converted blocks and the loaded model never both fill memory."""
+        self.sources.reverse()
+        while self.sources:
+            yield self.sources.pop()
 
 
 def convert(hq: HfQuant, family, arch, locations: dict[str, str], model_dir: str, threads: int = 1) -> Converted:
-    """The core sources for an AWQ / GPTQ checkpoint; the converted blocks are written to a
-    temporary folder that the caller removes (Converted.cleanup) once the core has loaded.
-    Roles are repacked on up to `threads` threads (numpy releases the GIL), at most 4 so that
-    only a few roles are in memory at once."""
+    """The core sources for an AWQ / GPTQ checkpoint, the converted blocks as numpy arrays.
+    Roles are repacked on up to `threads` threads (numpy releases the GIL), at most 4."""
     reader = _Reader(hq, locations, model_dir)
-    tmp = tempfile.mkdtemp(prefix="llmos-hfquant-")
-    pool = ThreadPoolExecutor(max_workers=max(1, min(threads, 4)))
-    try:
-        roles = list(family.tensors(arch))
-        pending = {}
-        for i, (role, layer, parts) in enumerate(roles):
-            if role in MATRIX_ROLES:
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, 4))) as pool:
+        try:
+            roles = list(family.tensors(arch))
+            pending = {}
+            for i, (role, layer, parts) in enumerate(roles):
+                if role in MATRIX_ROLES:
+                    what = role if layer < 0 else f"{role} of layer {layer}"
+                    plan = _plan(reader, role, layer, parts, what)
+                    if plan is not None:
+                        pending[i] = pool.submit(_matrix_source, reader, arch, role, layer, plan, what)
+            total = len(pending)
+            sources, used, fallback, as_float = [], [], [], []
+            for i, (role, layer, parts) in enumerate(roles):
                 what = role if layer < 0 else f"{role} of layer {layer}"
-                plan = _plan(reader, role, layer, parts, what)
-                if plan is not None:
-                    pending[i] = pool.submit(_matrix_source, reader, tmp, arch, role, layer, plan, what)
-        sources, used, fallback, as_float = [], [], [], []
-        for i, (role, layer, parts) in enumerate(roles):
-            what = role if layer < 0 else f"{role} of layer {layer}"
-            if i in pending:
-                source, kind, info = pending[i].result()
-                sources.append(source)
-                if kind == "blocks":
-                    used.append(info)
-                elif kind == "fallback":
-                    used.append((Q8, FALLBACK_GROUP))
-                    fallback.append((what, info))
-                else:
-                    as_float.append((what, info))
-                continue
-            sources.append(float_source(locations, role, layer, parts, model_dir))
-        _warn(hq, model_dir, len(pending), fallback, as_float)
-        return Converted(sources, _choice(used), tmp)
-    except BaseException as e:
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise DiskFullError(f"{tmp}: no space left for the converted blocks of {model_dir} "
-                                "(TMPDIR chooses where they go)", file=tmp) from None
-        raise
-    finally:
-        pool.shutdown(wait=True)
+                if i in pending:
+                    source, kind, info = pending.pop(i).result()
+                    sources.append(source)
+                    if kind == "blocks":
+                        used.append(info)
+                    elif kind == "fallback":
+                        used.append((Q8, FALLBACK_GROUP))
+                        fallback.append((what, info))
+                    else:
+                        as_float.append((what, info))
+                    continue
+                sources.append(float_source(locations, role, layer, parts, model_dir))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    _warn(hq, model_dir, total, fallback, as_float)
+    return Converted(sources, _choice(used))
 
 
 def _warn(hq: HfQuant, model_dir: str, total: int, fallback: list, as_float: list) -> None:
@@ -576,7 +568,7 @@ def _plan(reader: _Reader, role: str, layer: int, parts, what: str):
     return plan if any(kind == "q" for kind, _, _ in plan) else None
 
 
-def _matrix_source(reader: _Reader, tmp: str, arch, role: str, layer: int, plan, what: str):
+def _matrix_source(reader: _Reader, arch, role: str, layer: int, plan, what: str):
     """(source, kind, info): the role's blocks ("blocks", (type, group)), its int8
     re-quantization ("fallback", reason) or its float weights ("float", reason)."""
     rows, cols = _role_shape(arch, role)
@@ -594,39 +586,26 @@ def _matrix_source(reader: _Reader, tmp: str, arch, role: str, layer: int, plan,
                 raise TensorError(f"{file}: tensor '{tensor}': shape {list(w.shape)} does not fit {what}: "
                                   f"expected {cols} inputs", file=file, field=tensor)
             loaded.append(np.ascontiguousarray(w.T) if transpose else w)
+    # The label names the arrays in messages, the core's included.
+    label = " + ".join(p.name if isinstance(p, _Module) else n for p, (_, n, _) in zip(loaded, plan))
     got_rows = sum(p.rows if isinstance(p, _Module) else p.shape[0] for p in loaded)
     if got_rows != rows:
-        names = " + ".join(p.name if isinstance(p, _Module) else n for p, (_, n, _) in zip(loaded, plan))
         first = reader.find(plan[0][1] + (".qweight" if plan[0][0] == "q" else ""))
         file = first[0] if first else reader.model_dir
-        raise TensorError(f"{file}: {names} give {got_rows} outputs for {what} of {arch.family}, expected {rows}",
-                          file=file, field=names)
+        raise TensorError(f"{file}: {label} give {got_rows} outputs for {what} of {arch.family}, expected {rows}",
+                          file=file, field=label)
 
-    base = f"llmos.{role}" + (f".{layer}" if layer >= 0 else "")
-    out_file = os.path.join(tmp, base + ".safetensors")
     if all(isinstance(p, _Module) for p in loaded):
         blocks = _blocks(loaded, cols)
         if not isinstance(blocks, str):
             qtype, group, codes, scale, mn = blocks
-            tensors = {base + ".codes": codes, base + ".scale": scale}
-            if mn is not None:
-                tensors[base + ".min"] = mn
-            _save(tensors, out_file)
-            return (role, layer, [(out_file, base, False)], qtype, group), "blocks", (qtype, group)
+            return (role, layer, [(label, (codes, scale, mn), False)], qtype, group), "blocks", (qtype, group)
         reason = blocks
         w = np.concatenate([p.dequantize() for p in loaded])
         if cols % 64 == 0:
             codes, scale = _quantize_q8(w, FALLBACK_GROUP)
-            _save({base + ".codes": codes, base + ".scale": scale}, out_file)
-            return (role, layer, [(out_file, base, False)], Q8, FALLBACK_GROUP), "fallback", reason
+            return (role, layer, [(label, (codes, scale, None), False)], Q8, FALLBACK_GROUP), "fallback", reason
     else:
         reason = "the role mixes quantized and float modules"
         w = np.concatenate([p.dequantize() if isinstance(p, _Module) else p for p in loaded])
-    _save({base: w}, out_file)
-    return (role, layer, [(out_file, base, False)], None, 0), "float", reason
-
-
-def _save(tensors: dict[str, np.ndarray], path: str) -> None:
-    from safetensors.numpy import save_file
-
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path)
+    return (role, layer, [(label, w, False)], None, 0), "float", reason
