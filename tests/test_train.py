@@ -324,19 +324,30 @@ def test_full_disk_while_writing_loses_nothing(checkpoint, tmp_path, monkeypatch
     assert r.train_loss is not None
 
 
-def test_merged_adapter_is_cached_for_load(checkpoint, tmp_path, monkeypatch, load_llmos):
-    import os
-
-    from llmos.adapters.lora import merged
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # gpt2: Conv1D weights, merged transposed
+def test_load_with_an_adapter_merges_in_memory(kind, checkpoint, tmp_path, monkeypatch, llmos):
+    """llmos.load(base, adapter=...) gives the trained model's logits and writes no merged
+    checkpoint: only the base's identity hash is cached."""
+    import torch
+    from llmos.adapters.lora import apply_adapter
+    from llmos.errors import AdapterError
     from llmos.train import train
 
-    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))
-    base, adapter = checkpoint("llama"), tmp_path / "adapter"
+    home = tmp_path / "home"
+    monkeypatch.setenv("LLMOS_HOME", str(home))
+    base, adapter = checkpoint(kind), tmp_path / "adapter"
     r = train(str(base), str(_text_file(tmp_path)), out=str(adapter), lora="r=2,alpha=4", keep_adapter=True,
               max_steps=2, lr=1e-2, max_seq_len=32, batch_size=4, progress=False)
-    folder = merged(str(base), str(adapter))
-    assert folder.startswith(str(tmp_path / "home"))
-    stamp = os.stat(os.path.join(folder, "model.safetensors")).st_mtime_ns
-    assert merged(str(base), str(adapter)) == folder
-    assert os.stat(os.path.join(folder, "model.safetensors")).st_mtime_ns == stamp  # not merged again
-    _logits_match(r.model, folder, load_llmos)
+    m = llmos.load(str(base), threads=1, adapter=str(adapter))
+    ids = m.tokenizer.encode(PROBE)
+    with torch.no_grad():
+        ref = r.model.eval()(torch.tensor([ids])).logits[0].float().numpy()
+    np.testing.assert_allclose(m.logits(ids), ref, atol=1e-4, rtol=0)
+    assert not np.allclose(m.logits(ids), llmos.load(str(base), threads=1).logits(ids), atol=1e-4)
+    on_disk = llmos.load(apply_adapter(str(base), str(adapter), str(tmp_path / "applied")), threads=1)
+    np.testing.assert_allclose(m.logits(ids), on_disk.logits(ids), atol=1e-5, rtol=0)
+    assert sorted(p.name for p in (home / "cache").iterdir()) == ["identity"]
+    assert len(list((home / "cache" / "identity").iterdir())) == 1
+    assert llmos.load(str(base), threads=1, adapter=str(adapter)).logits(ids).tolist() == m.logits(ids).tolist()
+    with pytest.raises(AdapterError, match="different base model"):
+        llmos.load(str(checkpoint(kind, seed=7)), adapter=str(adapter))

@@ -14,5 +14,5 @@ def home() -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    """$LLMOS_HOME/cache/<kind>: derived files that can be rebuilt (merged LoRA models...)."""
+    """$LLMOS_HOME/cache/<kind>: derived files that can be rebuilt (the weight hashes of LoRA base models...)."""
     return home() / "cache" / kind

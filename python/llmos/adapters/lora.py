@@ -1,11 +1,12 @@
-"""LoRA adapters: their file format, and merging them into a checkpoint (numpy only; the torch
-side that trains them is llmos/train/lora.py).
+"""LoRA adapters: their file format, and merging them into a base checkpoint, in memory as the
+core loads it (`prepare_merge`) or into a new checkpoint folder (`apply_adapter`). The torch side
+that trains them is llmos/train/lora.py.
 
 An adapter folder holds ``adapter_model.safetensors`` (``<module>.lora_A.weight`` [r, in] and
 ``<module>.lora_B.weight`` [out, r] for every adapted module, float32) and ``adapter_config.json``
 (r, alpha, the modules, and the identity of the base model: the sha256 of its weights plus its
-shape-defining config fields). ``apply_adapter`` refuses a base whose identity differs, so an
-adapter is never silently merged into the wrong weights.
+shape-defining config fields). A base whose identity differs is refused, so an adapter is never
+silently merged into the wrong weights.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from llmos import _core
 from llmos.errors import AdapterError, InvalidInputError, ModelFileError
-from llmos.io.files import sha256_file
+from llmos.io.files import sha256_file, write_json_atomic
 from llmos.paths import cache_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -100,13 +103,40 @@ def base_identity(folder: str) -> dict:
             "config": {k: cfg[k] for k in _IDENTITY_FIELDS if k in cfg}}
 
 
+def cached_base_identity(folder: str) -> dict:
+    """base_identity, kept in $LLMOS_HOME/cache/identity: hashing a large model's weights at
+    every load with an adapter would take longer than the load. The key is the folder and every
+    file's name, size and modification time (a file rewritten in place with the same size within
+    the same mtime tick would be missed)."""
+    key = hashlib.sha256(os.path.abspath(folder).encode())
+    for n in sorted(os.listdir(folder)):
+        p = os.path.join(folder, n)
+        if os.path.isfile(p):
+            st = os.stat(p)
+            key.update(f"\n{n}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    path = cache_dir("identity") / f"{key.hexdigest()[:32]}.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    identity = base_identity(folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, identity)
+    except OSError:
+        pass  # a read-only home only costs the hash next time
+    return identity
+
+
 # ---- adapter files ----------------------------------------------------------------------------
 
 
 def read_adapter(adapter_dir: str) -> tuple[dict, dict]:
-    """(adapter_config, tensors) of an adapter folder; AdapterError when it is not one."""
+    """(adapter_config, tensors as float32 numpy arrays) of an adapter folder; AdapterError when
+    it is not one."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     cfg_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
     w_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
@@ -174,20 +204,12 @@ def _tensor_name(name: str, available) -> str | None:
     return next((c for c in cands if c in available), None)
 
 
-def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identity: bool = True) -> str:
-    """Writes ``base_dir`` with the adapter merged into its weights to ``out_dir`` (a complete
-    checkpoint folder: config, tokenizer, chat template and generation config come from the base).
-
-    Raises AdapterError when the adapter was made for another base model: a module or shape it
-    needs is missing, or (``check_identity``) the base's weights are not the ones it was trained
-    on.
-    """
-    import torch  # the merge runs in torch for now; the inference path needs torch only here
+def _check(base_dir: str, adapter_dir: str, cfg: dict, tensors: dict, check_identity: bool) -> dict:
+    """{file name: {tensor name: module}} of the base tensors the adapter changes; AdapterError
+    when the adapter was made for another base model: a module or shape it needs is missing, or
+    (check_identity) the base's weights are not the ones it was trained on."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    base_dir, adapter_dir = os.fspath(base_dir), os.fspath(adapter_dir)
-    cfg, tensors = read_adapter(adapter_dir)
     files = weight_files(base_dir)
     if not files:
         raise ModelFileError(f"{base_dir}: no .safetensors weights", file=base_dir)
@@ -195,7 +217,7 @@ def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identi
     trained_on = want.get("name_or_path", "another model")
     shapes: dict[str, tuple[str, tuple]] = {}
     for fname in files:
-        with safe_open(os.path.join(base_dir, fname), "pt") as f:
+        with safe_open(os.path.join(base_dir, fname), "numpy") as f:
             for key in f.keys():
                 shapes[key] = (fname, tuple(f.get_slice(key).get_shape()))
     plan: dict[str, dict[str, str]] = {}
@@ -214,7 +236,7 @@ def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identi
                                f"is {list(shape)}, the adapter needs {list(need)}", file=adapter_dir, field=key)
         plan.setdefault(shapes[key][0], {})[key] = name
     if check_identity:
-        have = base_identity(base_dir)
+        have = cached_base_identity(base_dir)
         if have["weights_sha256"] != want.get("weights_sha256"):
             raise AdapterError(
                 f"adapter {adapter_dir} was trained for {trained_on} (weights sha256 "
@@ -222,6 +244,67 @@ def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identi
                 f"{have['weights_sha256'][:12]}...: it is a different base model (merge anyway with "
                 "check_identity=False only if these are the same weights saved differently)",
                 file=adapter_dir, field="base_model")
+    return plan
+
+
+@dataclass(frozen=True)
+class AdapterMerge:
+    """An adapter checked against its base: for each base tensor it changes, the factors B
+    [out, r] and A [r, in] whose product, times `scale`, is added (transposed for a Conv1D
+    weight stored [in, out])."""
+
+    factors: dict[str, tuple[np.ndarray, np.ndarray, bool]]
+    scale: float
+
+    def merged(self, file: str, tensor: str) -> np.ndarray:
+        """Base tensor `tensor` of `file` with the adapter added, float32."""
+        b, a, transposed = self.factors[tensor]
+        w = _core.safetensors_read_tensor(file, tensor)
+        if w.dtype == np.uint16:  # bfloat16 bits
+            w = (w.astype(np.uint32) << 16).view(np.float32)
+        delta = (b @ a) * np.float32(self.scale)
+        return w.astype(np.float32) + (delta.T if transposed else delta)
+
+    def sources(self, sources):
+        """The core's sources with each adapted tensor replaced by its merged array, made when
+        the core reaches its role: one merged role at a time is in memory."""
+        for role, layer, parts, prequant, group in sources:
+            if prequant is None and any(tensor in self.factors for _, tensor, _ in parts):
+                parts = [(tensor, self.merged(file, tensor), tr) if tensor in self.factors else (file, tensor, tr)
+                         for file, tensor, tr in parts]
+            yield role, layer, parts, prequant, group
+
+
+def prepare_merge(base_dir: str, adapter_dir: str, *, check_identity: bool = True) -> AdapterMerge:
+    """The adapter in ``adapter_dir``, checked against the checkpoint ``base_dir``, to merge as the
+    core loads it (``llmos.load(path, adapter=...)``): nothing is written but the base's identity
+    hash in the cache. Raises AdapterError as apply_adapter does."""
+    base_dir, adapter_dir = os.fspath(base_dir), os.fspath(adapter_dir)
+    cfg, tensors = read_adapter(adapter_dir)
+    plan = _check(base_dir, adapter_dir, cfg, tensors, check_identity)
+    transposed = set(cfg.get("transposed_modules") or [])
+    factors = {key: (tensors[f"{name}.lora_B.weight"].astype(np.float32),
+                     tensors[f"{name}.lora_A.weight"].astype(np.float32), name in transposed)
+               for keys in plan.values() for key, name in keys.items()}
+    return AdapterMerge(factors, float(cfg["lora_alpha"]) / float(cfg["r"]))
+
+
+def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identity: bool = True) -> str:
+    """Writes ``base_dir`` with the adapter merged into its weights to ``out_dir`` (a complete
+    checkpoint folder: config, tokenizer, chat template and generation config come from the base).
+
+    Raises AdapterError when the adapter was made for another base model: a module or shape it
+    needs is missing, or (``check_identity``) the base's weights are not the ones it was trained
+    on.
+    """
+    import torch  # the merge into files runs in torch, which keeps each tensor's dtype
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    base_dir, adapter_dir = os.fspath(base_dir), os.fspath(adapter_dir)
+    cfg, tensors = read_adapter(adapter_dir)
+    plan = _check(base_dir, adapter_dir, cfg, tensors, check_identity)
+    files = weight_files(base_dir)
     scale = float(cfg["lora_alpha"]) / float(cfg["r"])
     transposed = set(cfg.get("transposed_modules") or [])
     out = Path(out_dir)
@@ -244,7 +327,8 @@ def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identi
                     t = f.get_tensor(key)
                     if key in plan.get(fname, {}):
                         name = plan[fname][key]
-                        delta = (tensors[f"{name}.lora_B.weight"] @ tensors[f"{name}.lora_A.weight"]) * scale
+                        delta = (torch.from_numpy(tensors[f"{name}.lora_B.weight"])
+                                 @ torch.from_numpy(tensors[f"{name}.lora_A.weight"])) * scale
                         if name in transposed:
                             delta = delta.t()
                         t = (t.to(torch.float32) + delta).to(t.dtype)
@@ -254,30 +338,3 @@ def apply_adapter(base_dir: str, adapter_dir: str, out_dir: str, *, check_identi
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def merged_cache_dir(base_dir: str, adapter_dir: str) -> str:
-    """Where `merged` keeps the merge of this base and adapter. The key is every file's name,
-    size and modification time in both folders (cheap to compute at each load; a file
-    rewritten in place with the same size within the same mtime tick would be missed)."""
-    key = hashlib.sha256()
-    for d in (base_dir, adapter_dir):
-        for n in sorted(os.listdir(d)):
-            p = os.path.join(d, n)
-            if os.path.isfile(p):
-                st = os.stat(p)
-                key.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    label = _SAFE.sub("-", os.path.basename(os.path.abspath(adapter_dir)))[:40] or "adapter"
-    return str(cache_dir("merged") / f"{label}-{key.hexdigest()[:16]}")
-
-
-def merged(base_dir: str, adapter_dir: str) -> str:
-    """A checkpoint folder of ``base_dir`` with ``adapter_dir`` merged (cached: the merge runs
-    once per base/adapter pair). This is what ``llmos.load(path, adapter=...)`` loads."""
-    out = merged_cache_dir(base_dir, adapter_dir)
-    if not os.path.isfile(os.path.join(out, "config.json")):
-        apply_adapter(base_dir, adapter_dir, out)
-    return out

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from llmos import _core
+from llmos.adapters.lora import AdapterMerge
 from llmos.arch.families import Architecture, Family
 from llmos.errors import InvalidInputError, SafetensorsError
 from llmos.io.checkpoint import float_source, tensor_locations
@@ -39,7 +40,8 @@ class CpuBackend:
 
     @classmethod
     def load(cls, path: str, cfg: ConfigReader, family: Family, arch: Architecture, dtype: str, threads: int,
-             quant: str | None = None) -> "CpuBackend":
+             quant: str | None = None, adapter: AdapterMerge | None = None) -> "CpuBackend":
+        """adapter: a LoRA adapter to merge into the float weights as they load."""
         locations = tensor_locations(path)
         prequant = _prequantized_roles(locations)
         hf = None if prequant else hf_import.read_config(cfg)
@@ -67,8 +69,11 @@ class CpuBackend:
                 raise InvalidInputError(f"quant: {path} is already quantized{how} as {saved.name}, not {quant} "
                                         "(load it without quant=)", field="quant")
             choice, to_quantize = saved, None
+        stream = converted.drain() if converted else sources
+        if adapter is not None:
+            stream = adapter.sources(stream)
         q = to_quantize
-        core = _core.Model(arch.to_core(_core), converted.drain() if converted else sources, dtype, threads,
+        core = _core.Model(arch.to_core(_core), stream, dtype, threads,
                            q.type if q else None, q.group if q else 32, q.head_type if q else None)
         return cls(core, path, family, arch, dtype, choice, quant_method, saved is not None)
 

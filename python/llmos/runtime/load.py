@@ -1,12 +1,11 @@
-"""`llmos.load`: from a name or a folder to a `Model` — the registry lookup, a LoRA merge,
-then the backend that fits the folder (the C++ core for safetensors checkpoints,
+"""`llmos.load`: from a name or a folder to a `Model` — the registry lookup, then the backend that fits the folder (the C++ core for safetensors checkpoints,
 onnxruntime for ONNX decoders), the tokenizer and the decoding defaults."""
 
 from __future__ import annotations
 
 import os
 
-from llmos.adapters.lora import merged
+from llmos.adapters.lora import prepare_merge
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
@@ -35,24 +34,26 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     or an AWQ / GPTQ one (`quantization_config` in config.json), whose blocks go straight
     into llmos's int4 / int8 formats (llmos/quant/hf_import.py; `Model.quant_method` says which).
     quant= may then only repeat the checkpoint's own format (`Model.quant.name`).
-    adapter: a LoRA adapter folder (llmos train --lora) merged into the weights first
-    (cached under $LLMOS_HOME/cache/merged); an adapter for another base model is refused.
+    adapter: a LoRA adapter folder (llmos train --lora) merged into the weights as they load,
+    in memory; an adapter for another base model is refused.
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
     `path` may also name a model in the local registry (`llmos ls`).
     """
     path = resolve(path)
-    if adapter is not None:
-        path = merged(path, os.fspath(adapter))
     threads = check_threads(threads)
     if is_onnx_model(path):
+        if adapter is not None:
+            raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
+                                    "checkpoint", field="adapter")
         return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
-    return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant)
+    return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
 
 
-def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
-    """A safetensors checkpoint folder on the C++ core."""
+def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None,
+                    adapter: str | None = None) -> Model:
+    """A safetensors checkpoint folder on the C++ core, with a LoRA adapter merged if given."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ModelFileError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)", file=path)
@@ -67,7 +68,8 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
     # The tokenizer is checked before the (slower) weight load so a bad folder fails fast.
     tokenizer = Tokenizer.from_dir(path)
     defaults = generation_defaults(path, cfg)
-    backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant)
+    merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
+    backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant, adapter=merge)
     return Model(backend, tokenizer, arch, defaults, path)
 
 
