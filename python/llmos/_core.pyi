@@ -1,0 +1,303 @@
+"""Type stub of llmos._core, the C++ core (cpp/bindings/). Every public name of the module is here
+and nothing else (tests/test_binding_names.py checks both directions and every argument name).
+
+The public API is the llmos package; only its own modules import _core. Every call that computes
+releases the GIL. Errors arrive as the classes of llmos.errors.
+"""
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# ---- architecture (bind_arch.cc) ------------------------------------------------------------
+
+class NormKind(enum.Enum):
+    """Which normalization the decoder applies."""
+
+    LayerNorm = ...
+    RMSNorm = ...
+
+class Activation(enum.Enum):
+    """The MLP's activation (kernel_activate takes its value)."""
+
+    Silu = ...
+    GeluErf = ...
+    GeluTanh = ...
+    Relu = ...
+
+class Rope:
+    """RoPE frequencies and scaling; the C++ twin of llmos.arch.rope.Rope."""
+
+    rotary_dim: int
+    """Leading dims of each head that rotate; 0: no RoPE."""
+    inv_freq: list[float]
+    """[rotary_dim / 2] inverse frequencies, any scaling applied."""
+    inv_freq_long: list[float]
+    """longrope: replaces inv_freq in a forward whose sequence exceeds long_after; [] if unused."""
+    long_after: int
+    """longrope: the sequence length past which inv_freq_long applies."""
+    attention_scaling: float
+    """Multiplies cos and sin (yarn, longrope)."""
+    dynamic: bool
+    """Dynamic NTK: the base stretches once the sequence grows past dynamic_max_positions."""
+    dynamic_base: float
+    """Dynamic NTK: the unscaled rope base."""
+    dynamic_factor: float
+    """Dynamic NTK: the scaling factor."""
+    dynamic_max_positions: int
+    """Dynamic NTK: the length the model was trained for."""
+    def __init__(self) -> None:
+        """No RoPE (rotary_dim 0)."""
+
+class Architecture:
+    """Every switch of the generic decoder; the C++ twin of llmos.arch.families.Architecture."""
+
+    family: str
+    """The model family, for messages only."""
+    vocab_size: int
+    """Rows of the embedding and the LM head."""
+    hidden_size: int
+    """Width of the residual stream."""
+    num_layers: int
+    """Decoder layers."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key / value heads (num_heads for MHA, fewer for GQA / MQA)."""
+    head_dim: int
+    """Width of each head."""
+    intermediate_size: int
+    """Width of the MLP."""
+    max_position_embeddings: int
+    """The context length the model accepts."""
+    norm: NormKind
+    """RMSNorm or LayerNorm."""
+    norm_eps: float
+    """Epsilon of every norm."""
+    norm_weight_offset: float
+    """Added to every norm weight at load (Gemma stores w - 1)."""
+    norm_bias: bool
+    """LayerNorm with bias (GPT-2)."""
+    learned_positions: bool
+    """An absolute position embedding table (GPT-2)."""
+    rope: Rope
+    """Rotary position embedding (rotary_dim 0 when none)."""
+    qkv_bias: bool
+    """Bias on the q, k and v projections."""
+    o_bias: bool
+    """Bias on the attention output projection."""
+    qk_norm: bool
+    """RMSNorm over head_dim on q and k before RoPE (Qwen3)."""
+    gated_mlp: bool
+    """act(gate) * up rather than act(up)."""
+    mlp_bias: bool
+    """Bias on the MLP projections."""
+    activation: Activation
+    """The MLP's activation."""
+    post_attn_norm: bool
+    """A norm on the attention output before the residual add (Gemma 2)."""
+    post_ffn_norm: bool
+    """A norm on the MLP output before the residual add (Gemma 2)."""
+    tie_word_embeddings: bool
+    """The LM head shares the embedding matrix."""
+    embed_scale: float
+    """Multiplies the embeddings (Gemma: sqrt(hidden_size))."""
+    attn_scale: float
+    """Multiplies q.k; 0 means 1 / sqrt(head_dim)."""
+    attn_softcap: float
+    """cap * tanh(score / cap) on attention scores; 0: off (Gemma 2)."""
+    final_softcap: float
+    """The same cap on the logits; 0: off (Gemma 2)."""
+    sliding_window: list[int]
+    """[num_layers]: 0 for full attention, W to attend to the last W keys."""
+    def __init__(self) -> None:
+        """Every field at its default; llmos.arch.families.Architecture.to_core fills one."""
+    def validate(self) -> None:
+        """Raises InvalidInputError naming the first inconsistent field."""
+
+# ---- quantized formats (bind_quant.cc) ------------------------------------------------------
+
+class QuantType(enum.IntEnum):
+    """A block-quantized weight format (cpp/quant/qformat.h); its numbers are saved in the
+    metadata of llmos.quantize's checkpoints. None stands for a float matrix."""
+
+    Q8 = 1
+    Q4 = 2
+    Q4Asym = 3
+    Q6 = 4
+
+def quantize_dequantize(w: npt.ArrayLike, quant: QuantType, group: int) -> npt.NDArray[np.float32]:
+    """W [rows, k] after a round trip through a quantized format (k a multiple of 64 and group)."""
+
+# ---- kernels (bind_kernels.cc) --------------------------------------------------------------
+
+def memory_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> float:
+    """Memory read bandwidth in GB/s, the best of `reps` reads of `mbytes` MiB (benchmarks)."""
+
+def cpu_isa() -> str:
+    """The ISA the kernels use: scalar, avx2, avx512 or amx (LLMOS_CPU_ISA can lower it)."""
+
+def cpu_best_isa() -> str:
+    """The widest ISA this CPU and OS support."""
+
+# `isa` names one kernel table: scalar, avx2, avx512, amx (if this CPU has it), or emu16 (the
+# shared SIMD algorithms over a portable 16-lane vector).
+
+def kernel_matmul(isa: str, x: npt.ArrayLike, w: npt.NDArray[Any], w_dtype: str,
+                  prefill: bool = False) -> npt.NDArray[np.float32]:
+    """x [n, k] @ W^T with one ISA's kernel; W [rows, k] float32, or uint16 / float16 holding
+    the bits of w_dtype (bfloat16, float16); prefill picks the many-token kernel."""
+
+def kernel_qmatmul(isa: str, x: npt.ArrayLike, w: npt.ArrayLike, quant: QuantType, group: int,
+                   prefill: bool = True) -> npt.NDArray[np.float32]:
+    """x [n, k] @ W^T with W [rows, k] quantized first, through the forward pass's dispatch."""
+
+def kernel_attention(isa: str, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, start: int, p0: int,
+                     window: int, scale: float, softcap: float = 0.0) -> npt.NDArray[np.float32]:
+    """One attention block: q [1..16, D] at positions p0.., keys and values [len, D] from start."""
+
+def kernel_activate(isa: str, act: int, x: npt.ArrayLike,
+                    up: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
+    """act(x), act(x) * up when up is given, or softmax(x) for act == -1 (act: an Activation value)."""
+
+# ---- token choice (bind_sampling.cc) --------------------------------------------------------
+
+class DecodeOptions:
+    """Every option of token choice, with transformers' names (cpp/sampling/options.h)."""
+
+    max_new_tokens: int
+    """Tokens to generate at most."""
+    min_new_tokens: int
+    """EOS is blocked before this many new tokens."""
+    min_length: int
+    """EOS is blocked before this total length, prompt included."""
+    eos_token_ids: list[int]
+    """Tokens that end a sequence."""
+    sequence_bias: list[tuple[list[int], float]]
+    """(tokens, bias): the last token gets the bias when the others end the sequence."""
+    logit_bias: list[tuple[int, float]]
+    """(token, bias) added to the logits."""
+    encoder_repetition_penalty: float
+    """> 0, on the prompt's tokens (> 1 favours them); 1: off."""
+    repetition_penalty: float
+    """> 0; 1: off."""
+    presence_penalty: float
+    """Subtracted once from every token generated so far (OpenAI)."""
+    frequency_penalty: float
+    """Subtracted per time a token was generated (OpenAI)."""
+    no_repeat_ngram_size: int
+    """No n-gram of this size occurs twice; 0: off."""
+    encoder_no_repeat_ngram_size: int
+    """No n-gram of the prompt of this size is repeated; 0: off."""
+    bad_words_ids: list[list[int]]
+    """Token sequences never generated."""
+    forced_bos_token_id: int
+    """The only choice after a one-token prompt; -1: off."""
+    forced_eos_token_ids: list[int]
+    """The only choices for the last token."""
+    remove_invalid_values: bool
+    """nan becomes 0 and +-inf +-FLT_MAX."""
+    exponential_decay_length_penalty: tuple[int, float]
+    """(start, factor): EOS is favoured more and more after start; factor 1: off."""
+    suppress_tokens: list[int]
+    """Tokens never generated."""
+    begin_suppress_tokens: list[int]
+    """Tokens banned for the first new token only."""
+    do_sample: bool
+    """Sample rather than take the best token."""
+    temperature: float
+    """Divides the logits when sampling."""
+    top_h: float
+    """Top-h (entropy-bounded) truncation; 0: off."""
+    top_k: int
+    """Keep the k best tokens; 0: off."""
+    top_p: float
+    """Keep the smallest set of tokens with this much probability; 1: off."""
+    min_p: float
+    """Drop tokens below min_p times the best one's probability; 0: off."""
+    typical_p: float
+    """Locally typical sampling; 1: off."""
+    epsilon_cutoff: float
+    """Drop tokens below this probability; 0: off."""
+    eta_cutoff: float
+    """Eta sampling's entropy-dependent cutoff; 0: off."""
+    seed: int
+    """Seed of the sampler's random numbers."""
+    renormalize_logits: bool
+    """log_softmax after every processor and warper."""
+    num_beams: int
+    """Beam search with this many beams; 1: off."""
+    length_penalty: float
+    """Beam scores are divided by length ** length_penalty."""
+    early_stopping: int
+    """Beam search: 0 False, 1 True, 2 "never"."""
+    num_return_sequences: int
+    """Sequences returned per prompt."""
+    logprobs: bool
+    """Return the log-probability of each chosen token."""
+    top_logprobs: int
+    """Return this many best alternatives per token, with log-probabilities."""
+    def __init__(self) -> None:
+        """Greedy decoding of 16 tokens."""
+    def validate(self, vocab_size: int) -> None:
+        """Raises InvalidInputError naming the first option out of range."""
+
+def process_logits(options: DecodeOptions, sequence: Sequence[int], prompt_len: int,
+                   logits: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """One row of logits through the processors (and warpers when sampling), as the decode loop
+    applies them after `sequence`, whose first prompt_len tokens are the prompt."""
+
+class Sampler:
+    """The processors, warpers and sampler of generate(), one token at a time (ONNX decode loops)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """The length every row of logits must have."""
+    def __init__(self, options: DecodeOptions, prompt: Sequence[int], vocab_size: int) -> None:
+        """A sampler continuing `prompt`, seeded with options.seed."""
+    def next(self, logits: npt.ArrayLike) -> tuple[int, float, list[tuple[int, float]]]:
+        """Processes one row of vocab_size logits and picks the next token: (token, logprob, top_logprobs)."""
+
+# ---- the model (bind_model.cc) --------------------------------------------------------------
+
+class Model:
+    """A decoder with its weights, thread pool and scratch; calls from several threads serialize."""
+
+    @property
+    def n_threads(self) -> int:
+        """Compute threads."""
+    @property
+    def isa(self) -> str:
+        """The ISA of its kernels."""
+    def __init__(self, arch: Architecture, sources: Iterable[tuple[Any, ...]], dtype: str, n_threads: int,
+                 quant: QuantType | None = None, group: int = 32, head_quant: QuantType | None = None) -> None:
+        """Loads the weights: sources yields (role, layer, parts, prequant, group), each taken and let
+        go in turn; a part is (file, tensor, transpose) or (name, array, transpose), and a
+        pre-quantized role (prequant a QuantType) has one part (file, base name, False) or
+        (name, (codes, scale, min or None), False). dtype: float32, bfloat16 or float16; quant and
+        head_quant quantize the layers and the embedding / LM head at load, in groups of `group`."""
+    def quantized_matrices(self) -> list[tuple[str, int, QuantType, int, npt.NDArray[np.uint8],
+                                               npt.NDArray[np.uint16], npt.NDArray[np.uint16] | None]]:
+        """(role, layer, type, group, codes, scale bits, min bits or None) of each quantized matrix."""
+    def logits(self, token_ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """[n, vocab] logits of every position of token_ids, in a fresh context."""
+    def generate(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
+                 on_token: Callable[[int, int], bool] | None = None) -> list[dict[str, Any]]:
+        """Decodes every prompt together (or by beam search): per sequence a dict of prompt_index,
+        tokens, finish_reason, logprobs, top_logprobs and score. on_token(sequence, token) returning
+        True ends that sequence."""
+
+# ---- safetensors (bind_io.cc) ---------------------------------------------------------------
+
+def safetensors_read_header(path: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """(tensors, metadata) of a validated .safetensors file: tensors in header order as dicts of
+    name, dtype, shape and data_offsets."""
+
+def safetensors_parse_bytes(data: bytes, name: str = "<bytes>") -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """safetensors_read_header for an in-memory image; name labels it in messages."""
+
+def safetensors_read_tensor(path: str, name: str) -> npt.NDArray[Any]:
+    """A copy of one tensor (bfloat16 as uint16 bits, FP8 as uint8 bits)."""
