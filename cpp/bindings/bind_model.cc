@@ -91,7 +91,7 @@ WeightSource source_arg(py::handle obj, std::vector<py::array>& keep) {
 // Sources are taken one at a time from any iterable, each loaded without the GIL and then
 // let go: a caller that hands over a generator, or a list it empties as it is read, never
 // holds its arrays and the core's copy of the whole model at once.
-std::unique_ptr<Model> make_model(const ArchSpec& arch, const py::iterable& sources, const std::string& dtype,
+std::unique_ptr<Model> make_model(const Architecture& arch, const py::iterable& sources, const std::string& dtype,
                                   int n_threads, std::optional<QuantType> quant, int64_t group,
                                   std::optional<QuantType> head_quant) {
   const DType dt = dtype_arg(dtype);

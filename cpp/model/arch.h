@@ -1,6 +1,7 @@
 // The architecture description: every switch by which the supported decoder-only families
-// differ. Python (python/llmos/families.py) fills one from config.json; the decoder in
-// model/decoder.cc reads nothing else. A new family is a new mapping in Python.
+// differ. Python reads config.json into llmos.arch.families.Architecture (and rope.Rope),
+// whose fields these are under the same names, and copies it here field by field; the
+// decoder in model/decoder.cc reads nothing else. A new family is a new mapping in Python.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,7 @@ namespace llmos {
 enum class NormKind { LayerNorm, RMSNorm };
 enum class Activation { Silu, GeluErf, GeluTanh, Relu };
 
-struct RopeSpec {
+struct Rope {
   int64_t rotary_dim = 0;           // leading dims of each head that rotate; 0 = no RoPE
   std::vector<float> inv_freq;      // [rotary_dim / 2], scaling (linear, llama3, yarn...) applied
   // longrope: inv_freq_long replaces inv_freq in a forward whose sequence length exceeds
@@ -28,16 +29,16 @@ struct RopeSpec {
   int64_t dynamic_max_positions = 0;
 };
 
-struct ArchSpec {
+struct Architecture {
   std::string family;               // for messages only
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
-  int64_t n_layers = 0;
-  int64_t n_heads = 0;
-  int64_t n_kv_heads = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t intermediate_size = 0;
-  int64_t max_positions = 0;        // the context length the model accepts
+  int64_t max_position_embeddings = 0;  // the context length the model accepts
 
   NormKind norm = NormKind::RMSNorm;
   float norm_eps = 1e-6f;
@@ -45,23 +46,23 @@ struct ArchSpec {
   bool norm_bias = false;           // LayerNorm with bias (GPT-2)
 
   bool learned_positions = false;   // GPT-2: absolute position embedding table
-  RopeSpec rope;
+  Rope rope;
 
   bool qkv_bias = false;
   bool o_bias = false;
   bool qk_norm = false;             // Qwen3: RMSNorm over head_dim on q and k before RoPE
   bool gated_mlp = true;            // act(gate) * up  vs  act(up)
   bool mlp_bias = false;
-  Activation act = Activation::Silu;
+  Activation activation = Activation::Silu;
   bool post_attn_norm = false;      // Gemma 2: norm on the attention output before the residual add
   bool post_ffn_norm = false;       // Gemma 2: norm on the MLP output before the residual add
 
-  bool tied_lm_head = false;        // lm_head shares the embedding matrix
+  bool tie_word_embeddings = false; // lm_head shares the embedding matrix
   float embed_scale = 1.0f;         // Gemma: sqrt(hidden_size)
   float attn_scale = 0.0f;          // multiplies q.k; 0 means 1/sqrt(head_dim)
   float attn_softcap = 0.0f;        // Gemma 2: cap * tanh(score / cap); 0 = off
   float final_softcap = 0.0f;       // Gemma 2: on the logits; 0 = off
-  std::vector<int64_t> sliding_window;  // [n_layers]; 0 = full attention, W = attend to the last W keys
+  std::vector<int64_t> sliding_window;  // [num_layers]; 0 = full attention, W = attend to the last W keys
 
   // Throws InvalidInput naming the field when the description is inconsistent.
   void validate() const;

@@ -26,8 +26,8 @@ void add_rows(float* dst, const float* src, int64_t count) {
 }  // namespace
 
 Session::Session(const Model& model) : spec_(&model.spec()) {
-  k_.resize(size_t(spec_->n_layers));
-  v_.resize(size_t(spec_->n_layers));
+  k_.resize(size_t(spec_->num_layers));
+  v_.resize(size_t(spec_->num_layers));
 }
 
 void Session::copy_from(const Session& other) {
@@ -35,8 +35,8 @@ void Session::copy_from(const Session& other) {
   if (&other == this) return;
   n_past_ = 0;
   reserve(other.n_past_);
-  const int64_t D = spec_->head_dim, Nkv = spec_->n_kv_heads;
-  for (int64_t l = 0; l < spec_->n_layers; ++l)
+  const int64_t D = spec_->head_dim, Nkv = spec_->num_kv_heads;
+  for (int64_t l = 0; l < spec_->num_layers; ++l)
     for (int64_t h = 0; h < Nkv; ++h) {
       const size_t bytes = size_t(other.n_past_ * D) * sizeof(float);
       std::memcpy(k_[size_t(l)].as<float>() + h * capacity_ * D, other.k_[size_t(l)].as<float>() + h * other.capacity_ * D, bytes);
@@ -48,10 +48,10 @@ void Session::copy_from(const Session& other) {
 
 void Session::reserve(int64_t n_total) {
   if (n_total <= capacity_) return;
-  int64_t cap = std::max<int64_t>(n_total, std::min<int64_t>(2 * capacity_, spec_->max_positions));
+  int64_t cap = std::max<int64_t>(n_total, std::min<int64_t>(2 * capacity_, spec_->max_position_embeddings));
   cap = std::max<int64_t>(cap, 16);
-  const int64_t D = spec_->head_dim, Nkv = spec_->n_kv_heads;
-  for (int64_t l = 0; l < spec_->n_layers; ++l) {
+  const int64_t D = spec_->head_dim, Nkv = spec_->num_kv_heads;
+  for (int64_t l = 0; l < spec_->num_layers; ++l) {
     for (Buffer* b : {&k_[size_t(l)], &v_[size_t(l)]}) {
       Buffer grown(size_t(Nkv * cap * D) * sizeof(float));
       for (int64_t h = 0; h < Nkv && n_past_ > 0; ++h)
@@ -63,7 +63,7 @@ void Session::reserve(int64_t n_total) {
   capacity_ = cap;
 }
 
-Model::Model(ArchSpec spec, ModelWeights weights, int n_threads)
+Model::Model(Architecture spec, ModelWeights weights, int n_threads)
     : spec_(std::move(spec)), w_(std::move(weights)), pool_(n_threads), kernels_(&llmos::kernels()) {
   spec_.validate();
 }
@@ -105,7 +105,7 @@ void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matr
 }
 
 void Model::rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s) {
-  const RopeSpec& rope = spec_.rope;
+  const Rope& rope = spec_.rope;
   const int64_t half = rope.rotary_dim / 2;
   if (half == 0) return;
   s.cos.resize(size_t(b.n * half) * sizeof(float));
@@ -142,7 +142,7 @@ void Model::rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scr
 void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* out) {
   // Per (query block, head), one call of the attention kernel (kernels.h AttnBlock), so the
   // keys are read once per block of up to kQueryBlock queries instead of once per query.
-  const int64_t D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
+  const int64_t D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D, group = Nq / Nkv;
   const int64_t window = spec_.sliding_window[size_t(layer)];
   const float scale = spec_.attn_scale > 0 ? spec_.attn_scale : 1.0f / std::sqrt(float(D));
@@ -185,10 +185,10 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
         throw Error(Error::Kind::InvalidInput, "", "token_ids",
                     "token id " + std::to_string(ch.tokens[i]) + " at index " + std::to_string(i) +
                         " is outside the vocabulary [0, " + std::to_string(spec_.vocab_size) + ")");
-    if (ch.session->n_past_ + ch.n > spec_.max_positions)
+    if (ch.session->n_past_ + ch.n > spec_.max_position_embeddings)
       throw Error(Error::Kind::Context, "", "token_ids",
                   "sequence of " + std::to_string(ch.session->n_past_ + ch.n) + " tokens exceeds the context of " +
-                      std::to_string(spec_.max_positions));
+                      std::to_string(spec_.max_position_embeddings));
     for (const SeqChunk& other : chunks)
       if (&other != &ch && other.session == ch.session)
         throw Error(Error::Kind::InvalidInput, "", "session", "appears twice in one batch");
@@ -198,7 +198,7 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
   // longrope switches to the long factors once a sequence outgrows long_after. Keys cached
   // before the switch were rotated with the short ones, so, as transformers does for
   // Phi-3, such a sequence is run again from its first token, on its own.
-  const RopeSpec& rope = spec_.rope;
+  const Rope& rope = spec_.rope;
   const int64_t V = spec_.vocab_size;
   std::vector<SeqChunk> rest;
   float* out = logits;
@@ -269,7 +269,7 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
   plan_batch(chunks, batch_, scratch_);
   embed(batch_, scratch_);
   rope_tables(chunks, batch_, scratch_);
-  for (int64_t l = 0; l < spec_.n_layers; ++l) {
+  for (int64_t l = 0; l < spec_.num_layers; ++l) {
     attention_block(l, batch_, scratch_);
     mlp_block(l, batch_, scratch_);
   }
@@ -283,7 +283,7 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
 }
 
 void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s) {
-  const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size;
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
 
@@ -377,7 +377,7 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
   // Per token: q and k heads normed (qk_norm) and rotated in place; k and v appended to the
   // token's session cache at its position.
   const LayerWeights& L = w_.layers[size_t(layer)];
-  const int64_t D = spec_.head_dim, Nq = spec_.n_heads, Nkv = spec_.n_kv_heads;
+  const int64_t D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D;
   const int64_t half = spec_.rope.rotary_dim / 2;
   const float* cos_t = s.cos.as<float>();
@@ -419,10 +419,10 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
   matmul(h, b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
   pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.act), up + t * U, up + t * U + F, act + t * F, F);
+      if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
       else {
         std::memcpy(act + t * F, up + t * U, size_t(F) * 4);
-        kernels_->activate(int(spec_.act), act + t * F, F);
+        kernels_->activate(int(spec_.activation), act + t * F, F);
       }
     }
   });

@@ -1,5 +1,5 @@
 // The generic decoder-only transformer: one forward pass for every supported family,
-// driven by ArchSpec. A Session holds one sequence's KV cache; the Model holds the weights,
+// driven by Architecture. A Session holds one sequence's KV cache; the Model holds the weights,
 // the thread pool and the scratch space, and is shared by sessions.
 //
 // One forward call may carry several sequences (a batch): their tokens are stacked so each
@@ -39,11 +39,11 @@ class Session {
   friend class Model;
   void reserve(int64_t n_total);
 
-  const ArchSpec* spec_;
+  const Architecture* spec_;
   int64_t n_past_ = 0;
   int64_t capacity_ = 0;           // positions the cache holds now; grows by doubling
   std::vector<int32_t> history_;   // every token in the cache (longrope re-prefill)
-  std::vector<Buffer> k_, v_;      // per layer: [n_kv_heads, capacity, head_dim] float32
+  std::vector<Buffer> k_, v_;      // per layer: [num_kv_heads, capacity, head_dim] float32
 };
 
 // A run of new tokens for one sequence.
@@ -55,9 +55,9 @@ struct SeqChunk {
 
 class Model {
  public:
-  Model(ArchSpec spec, ModelWeights weights, int n_threads);
+  Model(Architecture spec, ModelWeights weights, int n_threads);
 
-  const ArchSpec& spec() const { return spec_; }
+  const Architecture& spec() const { return spec_; }
   int n_threads() const { return pool_.size(); }
   const KernelTable& kernels() const { return *kernels_; }
   ThreadPool& pool() { return pool_; }
@@ -66,7 +66,7 @@ class Model {
   // Appends each chunk's tokens to its session and runs them through the model.
   // logits receives, per chunk in order, [n, vocab] rows when all_logits, else one row
   // for the chunk's last token. Throws InvalidInput for a token id out of range and
-  // Context when a sequence would exceed spec.max_positions; nothing is changed then.
+  // Context when a sequence would exceed spec.max_position_embeddings; nothing is changed then.
   void forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
   void forward(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
     forward({SeqChunk{&s, tokens, n}}, logits, all_logits);
@@ -122,7 +122,7 @@ class Model {
   void rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv);
   void attention(int64_t layer, const Batch& b, const float* qkv, float* out);
 
-  ArchSpec spec_;
+  Architecture spec_;
   ModelWeights w_;
   ThreadPool pool_;
   const KernelTable* kernels_;

@@ -12,14 +12,14 @@ namespace llmos {
 namespace {
 
 void check_prompts(const Model& model, const std::vector<std::vector<int32_t>>& prompts, const DecodeOptions& o) {
-  const ArchSpec& spec = model.spec();
+  const Architecture& spec = model.spec();
   if (prompts.empty()) throw Error(Error::Kind::InvalidInput, "", "prompt", "no prompts given");
   for (const auto& p : prompts) {
     if (p.empty()) throw Error(Error::Kind::InvalidInput, "", "prompt", "needs at least one token");
-    if (int64_t(p.size()) + o.max_new_tokens > spec.max_positions)
+    if (int64_t(p.size()) + o.max_new_tokens > spec.max_position_embeddings)
       throw Error(Error::Kind::Context, "", "max_new_tokens",
                   "prompt of " + std::to_string(p.size()) + " tokens plus " + std::to_string(o.max_new_tokens) +
-                      " new tokens exceeds the context of " + std::to_string(spec.max_positions));
+                      " new tokens exceeds the context of " + std::to_string(spec.max_position_embeddings));
     for (int32_t t : p)
       if (t < 0 || t >= spec.vocab_size)
         throw Error(Error::Kind::InvalidInput, "", "prompt",

@@ -19,63 +19,63 @@ struct Target {
   Matrix* m = nullptr;
   Vector* v = nullptr;
   int64_t rows = 0, cols = 0;
-  bool norm = false;  // receives ArchSpec::norm_weight_offset
+  bool norm = false;  // receives Architecture::norm_weight_offset
 };
 
 struct RoleDef {
   const char* name;
   bool per_layer;
-  bool (*needed)(const ArchSpec&);
-  Target (*target)(const ArchSpec&, ModelWeights&, LayerWeights*);
+  bool (*needed)(const Architecture&);
+  Target (*target)(const Architecture&, ModelWeights&, LayerWeights*);
 };
 
-int64_t qkv_rows(const ArchSpec& s) { return (s.n_heads + 2 * s.n_kv_heads) * s.head_dim; }
-int64_t up_rows(const ArchSpec& s) { return (s.gated_mlp ? 2 : 1) * s.intermediate_size; }
-bool always(const ArchSpec&) { return true; }
+int64_t qkv_rows(const Architecture& s) { return (s.num_heads + 2 * s.num_kv_heads) * s.head_dim; }
+int64_t up_rows(const Architecture& s) { return (s.gated_mlp ? 2 : 1) * s.intermediate_size; }
+bool always(const Architecture&) { return true; }
 
 const RoleDef kRoles[] = {
     {"embed", false, always,
-     [](const ArchSpec& s, ModelWeights& w, LayerWeights*) { return Target{&w.embed, nullptr, s.vocab_size, s.hidden_size}; }},
-    {"pos_embed", false, [](const ArchSpec& s) { return s.learned_positions; },
-     [](const ArchSpec& s, ModelWeights& w, LayerWeights*) { return Target{&w.pos_embed, nullptr, s.max_positions, s.hidden_size}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.embed, nullptr, s.vocab_size, s.hidden_size}; }},
+    {"pos_embed", false, [](const Architecture& s) { return s.learned_positions; },
+     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.pos_embed, nullptr, s.max_position_embeddings, s.hidden_size}; }},
     {"final_norm.weight", false, always,
-     [](const ArchSpec& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_w, s.hidden_size, 0, true}; }},
-    {"final_norm.bias", false, [](const ArchSpec& s) { return s.norm_bias; },
-     [](const ArchSpec& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_b, s.hidden_size, 0}; }},
-    {"lm_head", false, [](const ArchSpec& s) { return !s.tied_lm_head; },
-     [](const ArchSpec& s, ModelWeights& w, LayerWeights*) { return Target{&w.lm_head, nullptr, s.vocab_size, s.hidden_size}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_w, s.hidden_size, 0, true}; }},
+    {"final_norm.bias", false, [](const Architecture& s) { return s.norm_bias; },
+     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_b, s.hidden_size, 0}; }},
+    {"lm_head", false, [](const Architecture& s) { return !s.tie_word_embeddings; },
+     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.lm_head, nullptr, s.vocab_size, s.hidden_size}; }},
     {"attn_norm.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_w, s.hidden_size, 0, true}; }},
-    {"attn_norm.bias", true, [](const ArchSpec& s) { return s.norm_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_w, s.hidden_size, 0, true}; }},
+    {"attn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_b, s.hidden_size, 0}; }},
     {"qkv.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{&l->qkv, nullptr, qkv_rows(s), s.hidden_size}; }},
-    {"qkv.bias", true, [](const ArchSpec& s) { return s.qkv_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->qkv_b, qkv_rows(s), 0}; }},
-    {"q_norm.weight", true, [](const ArchSpec& s) { return s.qk_norm; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->q_norm_w, s.head_dim, 0, true}; }},
-    {"k_norm.weight", true, [](const ArchSpec& s) { return s.qk_norm; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->k_norm_w, s.head_dim, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->qkv, nullptr, qkv_rows(s), s.hidden_size}; }},
+    {"qkv.bias", true, [](const Architecture& s) { return s.qkv_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->qkv_b, qkv_rows(s), 0}; }},
+    {"q_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->q_norm_w, s.head_dim, 0, true}; }},
+    {"k_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->k_norm_w, s.head_dim, 0, true}; }},
     {"o.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{&l->o, nullptr, s.hidden_size, s.n_heads * s.head_dim}; }},
-    {"o.bias", true, [](const ArchSpec& s) { return s.o_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->o_b, s.hidden_size, 0}; }},
-    {"attn_post_norm.weight", true, [](const ArchSpec& s) { return s.post_attn_norm; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_post_norm_w, s.hidden_size, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->o, nullptr, s.hidden_size, s.num_heads * s.head_dim}; }},
+    {"o.bias", true, [](const Architecture& s) { return s.o_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->o_b, s.hidden_size, 0}; }},
+    {"attn_post_norm.weight", true, [](const Architecture& s) { return s.post_attn_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_post_norm_w, s.hidden_size, 0, true}; }},
     {"ffn_norm.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_w, s.hidden_size, 0, true}; }},
-    {"ffn_norm.bias", true, [](const ArchSpec& s) { return s.norm_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_w, s.hidden_size, 0, true}; }},
+    {"ffn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_b, s.hidden_size, 0}; }},
     {"up.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{&l->up, nullptr, up_rows(s), s.hidden_size}; }},
-    {"up.bias", true, [](const ArchSpec& s) { return s.mlp_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->up_b, up_rows(s), 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->up, nullptr, up_rows(s), s.hidden_size}; }},
+    {"up.bias", true, [](const Architecture& s) { return s.mlp_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->up_b, up_rows(s), 0}; }},
     {"down.weight", true, always,
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{&l->down, nullptr, s.hidden_size, s.intermediate_size}; }},
-    {"down.bias", true, [](const ArchSpec& s) { return s.mlp_bias; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->down_b, s.hidden_size, 0}; }},
-    {"ffn_post_norm.weight", true, [](const ArchSpec& s) { return s.post_ffn_norm; },
-     [](const ArchSpec& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_post_norm_w, s.hidden_size, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->down, nullptr, s.hidden_size, s.intermediate_size}; }},
+    {"down.bias", true, [](const Architecture& s) { return s.mlp_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->down_b, s.hidden_size, 0}; }},
+    {"ffn_post_norm.weight", true, [](const Architecture& s) { return s.post_ffn_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_post_norm_w, s.hidden_size, 0, true}; }},
 };
 
 const RoleDef* find_role(const std::string& name) {
@@ -188,12 +188,12 @@ class SourceFiles {
   std::map<std::string, std::shared_ptr<SafetensorsFile>> files_;
 };
 
-void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
+void for_each_matrix(const Architecture& spec, const ModelWeights& w,
                      const std::function<void(const std::string&, int64_t, const Matrix&)>& fn) {
   ModelWeights& mw = const_cast<ModelWeights&>(w);  // target() only locates; nothing is written
   for (const RoleDef& role : kRoles) {
     if (!role.needed(spec)) continue;
-    for (int64_t l = role.per_layer ? 0 : -1; l < (role.per_layer ? spec.n_layers : 0); ++l) {
+    for (int64_t l = role.per_layer ? 0 : -1; l < (role.per_layer ? spec.num_layers : 0); ++l) {
       Target t = role.target(spec, mw, l >= 0 ? &mw.layers[size_t(l)] : nullptr);
       if (t.m) fn(role.name, l, *t.m);
     }
@@ -264,11 +264,11 @@ void quantize_matrix(Matrix& m, QuantType type, int64_t group, ThreadPool* pool)
   m.group = group;
 }
 
-WeightLoader::WeightLoader(const ArchSpec& spec, DType dtype, const QuantSpec& quant)
+WeightLoader::WeightLoader(const Architecture& spec, DType dtype, const QuantSpec& quant)
     : spec_(spec), dtype_(dtype), quant_(quant), files_(std::make_unique<SourceFiles>()) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw Error(Error::Kind::InvalidInput, "", "dtype", "weights can be float32, bfloat16 or float16");
-  w_.layers.resize(size_t(spec.n_layers));
+  w_.layers.resize(size_t(spec.num_layers));
   // Quantizing at load is CPU work (the Q6 head above all: ~14 ns per value on one core).
   if (quant.n_threads > 1 && (quant.type != QuantType::None || quant.head_type != QuantType::None))
     pool_ = std::make_unique<ThreadPool>(quant.n_threads);
@@ -277,14 +277,14 @@ WeightLoader::WeightLoader(const ArchSpec& spec, DType dtype, const QuantSpec& q
 WeightLoader::~WeightLoader() = default;
 
 void WeightLoader::add(const WeightSource& src) {
-  const ArchSpec& spec = spec_;
+  const Architecture& spec = spec_;
   const QuantSpec& quant = quant_;
   ModelWeights& w = w_;
   SourceFiles& files = *files_;
   const RoleDef* role = find_role(src.role);
   const std::string where = src.role + (src.layer >= 0 ? " (layer " + std::to_string(src.layer) + ")" : "");
   if (!role) throw Error(Error::Kind::InvalidInput, "", src.role, "unknown weight role");
-  if (role->per_layer != (src.layer >= 0) || src.layer >= spec.n_layers)
+  if (role->per_layer != (src.layer >= 0) || src.layer >= spec.num_layers)
     throw Error(Error::Kind::InvalidInput, "", where, "layer index out of range");
   if (!role->needed(spec)) throw Error(Error::Kind::InvalidInput, "", where, "role not used by this architecture");
   if (!seen_.insert({src.role, src.layer}).second) throw Error(Error::Kind::InvalidInput, "", where, "given twice");
@@ -361,7 +361,7 @@ void WeightLoader::add(const WeightSource& src) {
 ModelWeights WeightLoader::finish() {
   for (const RoleDef& role : kRoles) {
     if (!role.needed(spec_)) continue;
-    const int64_t n = role.per_layer ? spec_.n_layers : 1;
+    const int64_t n = role.per_layer ? spec_.num_layers : 1;
     for (int64_t l = 0; l < n; ++l)
       if (!seen_.count({role.name, role.per_layer ? l : -1}))
         throw Error(Error::Kind::Tensor, "", role.name,
@@ -370,7 +370,7 @@ ModelWeights WeightLoader::finish() {
   return std::move(w_);
 }
 
-ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
+ModelWeights load_weights(const Architecture& spec, const std::vector<WeightSource>& sources, DType dtype,
                           const QuantSpec& quant) {
   WeightLoader loader(spec, dtype, quant);
   for (const WeightSource& src : sources) loader.add(src);

@@ -58,10 +58,10 @@ using Vector = std::vector<float>;
 
 struct LayerWeights {
   Vector attn_norm_w, attn_norm_b;
-  Matrix qkv;          // [(n_heads + 2 n_kv_heads) * head_dim, hidden]
+  Matrix qkv;          // [(num_heads + 2 num_kv_heads) * head_dim, hidden]
   Vector qkv_b;
   Vector q_norm_w, k_norm_w;  // [head_dim]
-  Matrix o;            // [hidden, n_heads * head_dim]
+  Matrix o;            // [hidden, num_heads * head_dim]
   Vector o_b;
   Vector attn_post_norm_w;
   Vector ffn_norm_w, ffn_norm_b;
@@ -74,7 +74,7 @@ struct LayerWeights {
 
 struct ModelWeights {
   Matrix embed;        // [vocab, hidden]
-  Matrix pos_embed;    // [max_positions, hidden] (learned positions only)
+  Matrix pos_embed;    // [max_position_embeddings, hidden] (learned positions only)
   Vector final_norm_w, final_norm_b;
   Matrix lm_head;      // [vocab, hidden]; empty when tied to embed
   std::vector<LayerWeights> layers;
@@ -116,10 +116,10 @@ struct WeightSource {
 // BF16 or F16) for matrices. Throws Error(Tensor) naming file (if any) and tensor for a
 // missing, misshapen or non-float tensor, and for a required role that has no source.
 // Calls fn(role, layer, matrix) for every matrix the spec uses (for saving a quantized model).
-void for_each_matrix(const ArchSpec& spec, const ModelWeights& w,
+void for_each_matrix(const Architecture& spec, const ModelWeights& w,
                      const std::function<void(const std::string&, int64_t, const Matrix&)>& fn);
 
-ModelWeights load_weights(const ArchSpec& spec, const std::vector<WeightSource>& sources, DType dtype,
+ModelWeights load_weights(const Architecture& spec, const std::vector<WeightSource>& sources, DType dtype,
                           const QuantSpec& quant = QuantSpec());
 
 class SourceFiles;
@@ -128,14 +128,14 @@ class SourceFiles;
 // added and free it just after (the model then never exists twice in memory).
 class WeightLoader {
  public:
-  WeightLoader(const ArchSpec& spec, DType dtype, const QuantSpec& quant = QuantSpec());
+  WeightLoader(const Architecture& spec, DType dtype, const QuantSpec& quant = QuantSpec());
   ~WeightLoader();
   void add(const WeightSource& src);
   // Throws Error(Tensor) for a role the spec needs that no source gave.
   ModelWeights finish();
 
  private:
-  ArchSpec spec_;
+  Architecture spec_;
   DType dtype_;
   QuantSpec quant_;
   std::unique_ptr<ThreadPool> pool_;     // quantizing at load, when n_threads > 1
