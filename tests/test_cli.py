@@ -80,3 +80,64 @@ def test_documented_python_names_resolve_after_import_llmos():
             "assert callable(llmos.default_model.load_default)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _llmos(*args, timeout=300):
+    """The `llmos` command as a user runs it (python -m llmos: the same entry point)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "llmos", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_command_checks_the_temperature_the_same_way(tmp_path):
+    from llmos.runtime.default_model import default_model_path
+
+    model = default_model_path()
+    for args in (["run", "Hi"], ["generate", "--model", model, "Hi"]):
+        out = _llmos(*args, "--temperature", "-1", "--max-new-tokens", "4")
+        assert out.returncode == 2 and out.stdout == "", (args, out.stdout)
+        assert "temperature" in out.stderr and "Traceback" not in out.stderr
+    greedy = [_llmos(*args, "--temperature", "0", "--max-new-tokens", "6").stdout
+              for args in (["run", "Hi"], ["generate", "--model", model, "Hi"])]
+    assert greedy[0] == "Hi" + greedy[1]  # run echoes the prompt, generate prints only the new text
+
+
+def test_a_foreign_flag_gets_the_close_llmos_flag():
+    out = _llmos("run", "Hi", "--max-tokens", "5")
+    assert out.returncode == 2 and "did you mean --max-new-tokens?" in out.stderr
+
+
+def test_a_missing_path_says_it_does_not_exist(tmp_path):
+    out = _llmos("generate", "--model", "./nope-not-here", "Hi")
+    assert out.returncode == 2 and "./nope-not-here: no such file or folder" in out.stderr
+    assert "llmos pull" not in out.stderr
+    out = _llmos("generate", "--model", "some-org/some-model", "Hi")
+    assert out.returncode == 2 and "llmos pull some-org/some-model" in out.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LLMOS_HOME=str(tmp_path))
+    for i in range(3):
+        subprocess.run([sys.executable, "-m", "llmos", "import", os.fspath(_bundled()), "--name", f"m{i}"],
+                       check=True, capture_output=True, env=env, timeout=300)
+    # The reader is gone before llmos writes, as with `llmos ls | head -0`: every write fails.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run([sys.executable, "-m", "llmos", "ls"], stdout=write_end, stderr=subprocess.PIPE,
+                             env=env, timeout=120, text=True)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    assert out.returncode == 141
+
+
+def _bundled():
+    from llmos.runtime.default_model import default_model_path
+
+    return default_model_path()

@@ -6,52 +6,55 @@ from __future__ import annotations
 import sys
 
 from llmos.runtime.default_model import default_model_path
+from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.load import load
 
 
-def _generate(args) -> int:
-    model = load(args.model, dtype=args.dtype, threads=args.threads)
-    options = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None)
+def _decoding_options(args) -> GenerationConfig:
+    """The decoding flags of `generate` and `run`, checked in one place (GenerationConfig, as
+    the Python API checks them): --temperature 0 is greedy, a negative one is an error."""
+    options = {}
+    for name in ("max_new_tokens", "seed", "top_k", "top_p", "stop"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
     if args.temperature is not None:
-        options.update(temperature=args.temperature, do_sample=args.temperature > 0)
         if args.temperature == 0:
-            options["temperature"] = None
-    if args.top_k is not None:
-        options["top_k"] = args.top_k
-    if args.top_p is not None:
-        options["top_p"] = args.top_p
+            options["do_sample"] = False
+        else:
+            options.update(temperature=args.temperature, do_sample=True)
+    return GenerationConfig.from_dict(options)
+
+
+def _stream(model, prompt: str, options: GenerationConfig, *, echo: bool) -> int:
     out = sys.stdout
-    for piece in model.stream(args.prompt, **options):
+    pieces = model.stream(prompt, options)  # checks the options against the model before any output
+    if echo:
+        out.write(prompt)
+        out.flush()
+    for piece in pieces:
         out.write(piece)
         out.flush()
     out.write("\n")
     return 0
+
+
+def _generate(args) -> int:
+    options = _decoding_options(args)
+    model = load(args.model, dtype=args.dtype, threads=args.threads)
+    return _stream(model, args.prompt, options, echo=False)
 
 
 def _run(args) -> int:
-    path = default_model_path() if args.model is None else args.model
-    model = load(path, threads=args.threads)
-    options = {}
-    if args.max_new_tokens is not None:
-        options["max_new_tokens"] = args.max_new_tokens
-    if args.temperature is not None:
-        options.update(do_sample=args.temperature > 0, temperature=args.temperature if args.temperature > 0 else None)
-    if args.seed is not None:
-        options["seed"] = args.seed
-    out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
-    for piece in model.stream(args.prompt, **options):
-        out.write(piece)
-        out.flush()
-    out.write("\n")
-    return 0
-
+    options = _decoding_options(args)
+    model = load(default_model_path() if args.model is None else args.model, threads=args.threads)
+    return _stream(model, args.prompt, options, echo=True)
 
 
 def add_generate_commands(subparsers) -> None:
     """Adds `generate` and `run` to the `llmos` parser's subparsers."""
-    g = subparsers.add_parser("generate", help="continue a prompt, streaming the text to the terminal")
+    g = subparsers.add_parser("generate", help="continue a prompt, streaming the text to the terminal",
+                              description="Prints only the new text (for scripts), then a newline.")
     g.add_argument("prompt")
     g.add_argument("--model", required=True,
                    help="registry name or checkpoint folder (config.json, *.safetensors, tokenizer.json)")
@@ -65,7 +68,9 @@ def add_generate_commands(subparsers) -> None:
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(run=_generate)
 
-    p = subparsers.add_parser("run", help="continue a prompt with the bundled default model (no download)")
+    p = subparsers.add_parser("run", help="continue a prompt with the bundled default model (no download)",
+                              description="Prints the prompt and its continuation as one text (to read), "
+                                          "then a newline.")
     p.add_argument("prompt")
     p.add_argument("--model", default=None, help="another model (registry name or folder)")
     p.add_argument("--max-new-tokens", type=int, default=None)

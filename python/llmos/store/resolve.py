@@ -29,9 +29,12 @@ def resolve(name_or_path: str | os.PathLike) -> str:
             return str(path.parent)
         text = os.fspath(name_or_path)
         hint = ""
-        if isinstance(name_or_path, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text):
+        # ORG/NAME looks like a Hub repository; ./x, ../x, ~/x and /x are plainly paths.
+        if (isinstance(name_or_path, str) and not text.startswith((".", "~", "/"))
+                and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text)):
             hint = f" (to download it from the Hugging Face Hub: llmos pull {text})"
-        raise ModelFileError(f"{text}: no such model folder{hint}", file=text)
+        what = "a file, not a model folder" if path.exists() else "no such file or folder"
+        raise ModelFileError(f"{text}: {what}{hint}", file=text)
     if not isinstance(name_or_path, str):
         raise InvalidInputError(f"model: expected a name or a folder path, got {type(name_or_path).__name__}",
                                 field="model")
