@@ -141,3 +141,45 @@ def _bundled():
     from llmos.runtime.default_model import default_model_path
 
     return default_model_path()
+
+
+_BLOCKING = """
+import sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: not installed here")
+        return None
+
+sys.meta_path.insert(0, Block())
+from llmos.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _without(blocked: str, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _BLOCKING, blocked, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_missing_extra_is_named_before_any_work(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "Once upon a time", "reference": "there was a house"}\n')
+    model = _bundled()
+    cases = [
+        ("torch,transformers", ["train", model, "--data", str(data)], "llmos[train]"),
+        ("onnx,onnxruntime", ["export-onnx", model, str(tmp_path / "out")], "llmos[onnx]"),
+        ("sacrebleu", ["eval", model, "--metric", "bleu", "--data", str(data)], "llmos[eval]"),
+        ("rouge_score", ["eval", model, "--metric", "rouge", "--data", str(data)], "llmos[eval]"),
+    ]
+    for blocked, args, extra in cases:
+        out = _without(blocked, *args)
+        assert out.returncode == 2, (args, out.stderr[-1500:])
+        assert f"pip install '{extra}'" in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
+        assert out.stdout == ""
+    assert not (tmp_path / "out").exists()

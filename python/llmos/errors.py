@@ -86,7 +86,8 @@ class DiskFullError(LlmosError, OSError):
 
 
 class NotAvailableError(LlmosError):
-    """The operation needs a part of llmos that this build does not have yet."""
+    """The operation needs a part of llmos that is not installed (an optional extra: the
+    message names the `pip install` that adds it)."""
 
 
 class DatasetError(InvalidInputError):

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmos.extras import require
+
 
 def _export(args) -> int:
+    require("onnx", "llmos export-onnx")
     from llmos.registry import operations as registry
     from llmos.onnx.export import export_onnx
 
@@ -21,6 +24,7 @@ def _export(args) -> int:
 
 
 def _convert(args) -> int:
+    require("onnx", "llmos convert-onnx")
     from llmos.onnx.convert import convert_onnx
 
     print(convert_onnx(args.onnx_model, args.out_dir, verify=not args.no_verify), file=sys.stdout)

@@ -10,6 +10,7 @@ import json
 import os
 
 from llmos.errors import InvalidInputError
+from llmos.extras import require
 from llmos.paths import home
 
 def _set_threads(n: int | None) -> None:
@@ -31,6 +32,7 @@ def _checkpoint_dir(args, out_label: str) -> str | None:
 
 
 def _train(args) -> int:
+    require("train", "llmos train")
     from llmos.train import trainer as T
 
     _set_threads(args.threads)

@@ -18,12 +18,14 @@ from typing import Any, Sequence
 
 from llmos.errors import DatasetError, InvalidInputError
 from llmos.evaluate.metrics import SCORERS
+from llmos.extras import require
 from llmos.evaluate.perplexity import as_model, perplexity
 from llmos.io.jsonl import read_jsonl
 
 GENERATION_METRICS = ("bleu", "chrf", "rouge", "exact")
 METRICS = ("perplexity",) + GENERATION_METRICS
 DEFAULT_MAX_NEW_TOKENS = 128
+_METRIC_PACKAGES = {"bleu": ("sacrebleu",), "chrf": ("sacrebleu",), "rouge": ("rouge_score",)}
 
 
 
@@ -89,6 +91,8 @@ def evaluate(model, metric: str, data: str, *, chat: bool = False, stride: int |
     """`llmos eval`: scores ``model`` (name, folder or Model) on the JSONL file ``data``."""
     if metric not in METRICS:
         raise InvalidInputError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}", field="metric")
+    if metric in _METRIC_PACKAGES:  # before any output is generated
+        require("eval", f"--metric {metric}", _METRIC_PACKAGES[metric])
     ref = model if isinstance(model, str) else getattr(model, "path", None)
     m = as_model(model, threads)
     if metric == "perplexity":

@@ -11,11 +11,14 @@ The onnx / onnxruntime packages are imported only when one of these is used.
 from __future__ import annotations
 
 from llmos.backends.onnx.layout import find_onnx_file, is_onnx_model
+from llmos.extras import require
 
 __all__ = ["export_onnx", "convert_onnx", "is_onnx_model", "find_onnx_file"]
 
 
 def __getattr__(name):
+    if name in ("export_onnx", "convert_onnx"):
+        require("onnx", f"llmos.{name}")
     if name == "export_onnx":
         from llmos.onnx.export import export_onnx
 

@@ -11,6 +11,7 @@ from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
 from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
 from llmos.errors import InvalidInputError, ModelFileError
+from llmos.extras import require
 from llmos.io.config import ConfigReader, read_json
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.model import Model
@@ -75,6 +76,7 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
 
 def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
     """An ONNX decoder folder on onnxruntime."""
+    require("onnx", f"{path}: an ONNX model", ("onnx", "onnxruntime"))
     from llmos.backends.onnx import backend as onnx_backend  # imports onnxruntime: only when used
 
     if quant is not None:
