@@ -183,3 +183,28 @@ def test_a_missing_extra_is_named_before_any_work(tmp_path):
         assert f"pip install '{extra}'" in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
         assert out.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_the_bundled_model_is_named_default(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LLMOS_HOME=str(tmp_path / "home"))
+
+    def llmos_cmd(*args):
+        return subprocess.run([sys.executable, "-m", "llmos", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    out = llmos_cmd("show", "default")
+    assert out.returncode == 0 and "llama" in out.stdout, out.stderr
+    gen = llmos_cmd("generate", "--model", "default", "Once upon a time", "--max-new-tokens", "5",
+                    "--temperature", "0")
+    same = llmos_cmd("generate", "--model", _bundled(), "Once upon a time", "--max-new-tokens", "5",
+                     "--temperature", "0")
+    assert gen.returncode == 0 and gen.stdout == same.stdout and len(gen.stdout.strip()) > 0
+    refused = llmos_cmd("import", _bundled(), "--name", "default")
+    assert refused.returncode == 2 and "reserved" in refused.stderr
+    assert not (tmp_path / "home" / "models" / "default").exists()  # not copied into the registry
+    listed = llmos_cmd("ls")
+    assert listed.returncode == 0 and "default:" not in listed.stdout

@@ -16,3 +16,12 @@ def home() -> Path:
 def cache_dir(kind: str) -> Path:
     """$LLMOS_HOME/cache/<kind>: derived files that can be rebuilt (the weight hashes of LoRA base models...)."""
     return home() / "cache" / kind
+
+
+# The model that ships inside the package (runtime/default_model/): its registry name, which
+# resolves to that folder everywhere a model name is accepted and cannot name an entry.
+BUNDLED_MODEL_NAME = "default"
+
+
+def bundled_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "runtime" / "default_model"

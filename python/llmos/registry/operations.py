@@ -36,7 +36,7 @@ from llmos.runtime.quantize import quantize as quantize_checkpoint
 from llmos.store.build import Build, clean_stale, lock, tmp_dir
 from llmos.store.files import INDEX_FILE, is_side_file, model_files, now, weight_files
 from llmos.store.manifest import MANIFEST, Entry, iter_entries, read_manifest
-from llmos.store.names import DEFAULT_TAG, TAG_RE, entry_dir, parse_ref, slug
+from llmos.store.names import DEFAULT_TAG, TAG_RE, check_new_name, entry_dir, parse_ref, slug
 from llmos.store.resolve import entry_for, resolve
 from llmos.text.tokenizer import Tokenizer
 from llmos.version import __version__
@@ -119,6 +119,7 @@ def import_model(path: str | os.PathLike, name: str | None = None) -> Entry:
         ref_name, tag = slug(base), DEFAULT_TAG
     else:
         ref_name, tag = parse_ref(name)
+    check_new_name(ref_name)
     with Build("import", f"importing {src}") as b:
         b.check_space(sum((folder / f).stat().st_size for f in files))
         for rel in files:
@@ -148,7 +149,8 @@ def pull_target(repo_id: str, revision: str | None = None, name: str | None = No
     """(name, tag) that `pull` with these arguments writes."""
     repo, revision = _split_repo(repo_id, revision)
     if name is not None:
-        return parse_ref(name)
+        ref_name, tag = parse_ref(name)
+        return check_new_name(ref_name), tag
     return slug(repo.rsplit("/", 1)[-1]), (slug(revision, TAG_RE) if revision else DEFAULT_TAG)
 
 
@@ -303,6 +305,7 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
     parent = entry_for(name_or_path)
     if name is not None:
         ref_name, tag = parse_ref(name)
+        check_new_name(ref_name)
     elif parent.name is not None:
         ref_name, tag = parent.name, quant if parent.tag == DEFAULT_TAG else slug(f"{parent.tag}-{quant}", TAG_RE)
     else:

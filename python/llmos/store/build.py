@@ -18,7 +18,7 @@ from llmos.io.files import copy_hashed, fsync_dir, is_disk_full, sha256_file, wr
 from llmos.paths import home
 from llmos.store.files import describe, now
 from llmos.store.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Entry, read_manifest
-from llmos.store.names import entry_dir
+from llmos.store.names import check_new_name, entry_dir
 from llmos.version import __version__
 
 HOST = socket.gethostname().replace("~", "-")
@@ -175,6 +175,7 @@ class Build:
 
     def publish(self, name: str, tag: str, source: dict, lineage: list[dict],
                 overrides: dict | None = None) -> Entry:
+        check_new_name(name)
         files = sorted(self.hashes)
         info = describe(self.dir, files, self.hashes)
         if overrides:

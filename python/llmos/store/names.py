@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from llmos.errors import InvalidInputError
-from llmos.paths import home
+from llmos.paths import BUNDLED_MODEL_NAME, bundled_model_dir, home
 
 DEFAULT_TAG = "latest"
 
@@ -50,3 +50,12 @@ def entry_dir(name: str, tag: str) -> Path:
 def looks_like_path(text: str) -> bool:
     return (os.sep in text or (os.altsep is not None and os.altsep in text) or text.startswith(("~", "."))
             or os.path.isabs(text) or text.lower().endswith(".onnx"))
+
+
+def check_new_name(name: str) -> str:
+    """`name` (from parse_ref) if an entry may be created under it; the bundled model's name
+    is reserved."""
+    if name == BUNDLED_MODEL_NAME:
+        raise InvalidInputError(f"model name '{name}' is reserved for the bundled model (it already resolves to "
+                                f"{bundled_model_dir()}); choose another name", field="name")
+    return name

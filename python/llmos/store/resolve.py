@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 from llmos.errors import InvalidInputError, ModelFileError, ModelNotFoundError
-from llmos.paths import home
+from llmos.paths import BUNDLED_MODEL_NAME, bundled_model_dir, home
 from llmos.store.files import describe, model_files
 from llmos.store.manifest import MANIFEST, Entry, iter_entries, read_manifest
-from llmos.store.names import entry_dir, looks_like_path, parse_ref
+from llmos.store.names import DEFAULT_TAG, entry_dir, looks_like_path, parse_ref
 
 def resolve(name_or_path: str | os.PathLike) -> str:
     """The folder of a model given by registry name (``name[:tag]``) or by path.
@@ -44,6 +44,12 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         if os.path.isdir(name_or_path):
             return name_or_path
         raise
+    if (name, tag) == (BUNDLED_MODEL_NAME, DEFAULT_TAG):
+        bundled = bundled_model_dir()
+        if not (bundled / "model.safetensors").is_file():
+            raise ModelFileError(f"{bundled}: the bundled default model is missing from this installation",
+                                 file=str(bundled))
+        return str(bundled)
     folder = entry_dir(name, tag)
     if (folder / MANIFEST).is_file():
         return str(folder)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 from llmos.errors import ModelFileError
+from llmos.paths import bundled_model_dir
 from llmos.runtime.load import load
 
-_DIR = os.path.dirname(os.path.abspath(__file__))  # the checkpoint files sit beside this module
+_DIR = str(bundled_model_dir())  # the checkpoint files sit beside this module
 
 
 def default_model_path() -> str:
