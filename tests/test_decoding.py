@@ -302,3 +302,13 @@ def test_max_new_tokens_beyond_context_is_refused(checkpoint, load_llmos):
     m = load_llmos(checkpoint("llama"))
     with pytest.raises(ContextLengthError):
         m.generate(_prompt(m), max_new_tokens=m.config.max_position_embeddings)
+
+
+def test_process_logits_runs_the_whole_chain_renormalize_included():
+    logits = np.random.default_rng(3).normal(size=64).astype(np.float32) * 4
+    plain = _core_processed(logits, top_k=10)
+    renormalized = _core_processed(logits, top_k=10, renormalize_logits=True)
+    kept = np.isfinite(plain)
+    assert np.array_equal(kept, np.isfinite(renormalized))
+    lse = float(np.log(np.exp(renormalized[kept].astype(np.float64)).sum()))
+    assert abs(lse) < 1e-5 and abs(float(np.log(np.exp(plain[kept].astype(np.float64)).sum()))) > 0.1

@@ -74,8 +74,8 @@ void bind_sampling(py::module_& m) {
   m.def(
       "process_logits",
       [](const DecodeOptions& o, std::vector<int32_t> sequence, int64_t prompt_len, FloatArray logits) {
-        // For tests: one row of logits through the processors (and the warpers when
-        // sampling), as the decode loop applies them at this point of the sequence.
+        // For tests: one row of logits through the whole chain the decode loop applies at this
+        // point of the sequence (processors, warpers when sampling, renormalize_logits).
         require(logits.ndim() == 1, "logits", "expected a 1-d array of vocab_size scores");
         const int64_t V = int64_t(logits.size());
         o.validate(V);
@@ -89,8 +89,7 @@ void bind_sampling(py::module_& m) {
           TokenHistory h(std::vector<int32_t>(sequence.begin(), sequence.begin() + prompt_len), V);
           for (size_t i = size_t(prompt_len); i < sequence.size(); ++i) h.push(sequence[i]);
           std::copy(lp, lp + V, op);
-          apply_processors(o, h, op, V);
-          if (o.do_sample) apply_warpers(o, op, V, 1);
+          process_scores(o, h, op, V, 1);
         }
         return out;
       },
