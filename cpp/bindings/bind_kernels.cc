@@ -2,7 +2,6 @@
 // compare each ISA's kernels with the scalar ones.
 #include <pybind11/stl.h>
 
-#include <cstring>
 #include <optional>
 
 #include "bindings/bindings.h"
@@ -80,12 +79,7 @@ void bind_kernels(py::module_& m) {
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          Matrix mat;
-          mat.rows = rows;
-          mat.cols = k;
-          mat.data.resize(size_t(rows * k) * 4);
-          std::memcpy(mat.data.data(), wp, size_t(rows * k) * 4);
-          quantize_matrix(mat, quant, group);
+          const Matrix mat = quantized_copy(wp, rows, k, quant, group);
           // The forward pass's own dispatch on one thread, as for a run of `prefill` tokens
           // (at any n) or of decode tokens.
           ThreadPool pool(1);

@@ -5,7 +5,6 @@
 // QuantType argument that may be "not quantized" is optional and None is never a member.
 #include <pybind11/native_enum.h>
 
-#include <cstring>
 
 #include "bindings/bindings.h"
 #include "core/errors.h"
@@ -35,12 +34,7 @@ void bind_quant(py::module_& m) {
         float* op = out.mutable_data();
         {
           py::gil_scoped_release nogil;
-          Matrix mat;
-          mat.rows = rows;
-          mat.cols = cols;
-          mat.data.resize(size_t(rows * cols) * 4);
-          std::memcpy(mat.data.data(), wp, mat.data.size());
-          quantize_matrix(mat, quant, group);
+          const Matrix mat = quantized_copy(wp, rows, cols, quant, group);
           for (int64_t r = 0; r < rows; ++r) mat.row(r, op + r * cols);
         }
         return out;

@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
+#include "model/weights.h"
 #include "quant/qformat.h"
 
 namespace py = pybind11;
@@ -37,6 +38,8 @@ std::string shape_str(const py::array& a);                  // "[2, 3]", for mes
 
 DType dtype_arg(const std::string& name);                   // float32 | bfloat16 | float16
 int64_t group_arg(int64_t group, const std::string& field);  // a positive multiple of 32
+// For the test bindings: a copy of the float32 matrix w [rows, cols], quantized. Call without the GIL.
+Matrix quantized_copy(const float* w, int64_t rows, int64_t cols, QuantType quant, int64_t group);
 // A 1-d sequence of token ids, each within int32.
 std::vector<int32_t> token_ids_arg(const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& a,
                                    const std::string& field);

@@ -1,5 +1,7 @@
 #include "bindings/bindings.h"
 
+#include <cstring>
+
 #include "core/errors.h"
 
 namespace llmos::binding {
@@ -36,6 +38,16 @@ std::vector<int32_t> token_ids_arg(const py::array_t<int64_t, py::array::c_style
     ids[i] = int32_t(p[i]);
   }
   return ids;
+}
+
+Matrix quantized_copy(const float* w, int64_t rows, int64_t cols, QuantType quant, int64_t group) {
+  Matrix mat;
+  mat.rows = rows;
+  mat.cols = cols;
+  mat.data.resize(size_t(rows * cols) * 4);
+  std::memcpy(mat.data.data(), w, mat.data.size());
+  quantize_matrix(mat, quant, group);
+  return mat;
 }
 
 }  // namespace llmos::binding

@@ -72,7 +72,7 @@ class CpuBackend:
         stream = converted.drain() if converted else sources
         if adapter is not None:
             stream = adapter.sources(stream)
-        q = to_quantize
+        q = to_quantize  # what the core quantizes at load: nothing when the blocks came quantized
         core = _core.Model(arch.to_core(_core), stream, dtype, threads,
                            q.type if q else None, q.group if q else 32, q.head_type if q else None)
         return cls(core, path, family, arch, dtype, choice, quant_method, saved is not None)

@@ -12,10 +12,10 @@ from typing import Any
 from llmos import _core
 from llmos.arch.families import family_for
 from llmos.errors import InvalidInputError, ModelFileError, ModelFormatError
+from llmos.io.checkpoint import INDEX_FILE
 from llmos.io.config import ConfigReader, read_json
 from llmos.text.tokenizer import Tokenizer
 
-INDEX_FILE = "model.safetensors.index.json"
 
 
 # The files that make up a model besides its weights: what the runtime, the tokenizer and the
