@@ -1,0 +1,90 @@
+"""Every resource limit llmos enforces on caller input, in one place.
+
+The server will put llmos in front of strangers, so work a caller asks for (beams, returned
+sequences, batch size, stop strings, threads, chat-template rendering, hub downloads...) is
+checked against these bounds *before* any of it is spent, and refused with an error naming
+the argument, the value and the limit.
+
+Each limit is a field of :class:`Limits`. The process-wide values are ``llmos.limits.LIMITS``;
+change them for the whole process with :func:`configure` (``llmos.limits.configure(max_beams=64)``)
+or with an environment variable ``LLMOS_LIMIT_<FIELD>`` (``LLMOS_LIMIT_MAX_BEAMS=64``), read
+once at import. docs/architecture.md lists each limit and where it is enforced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+
+from llmos.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on caller-supplied work. Add a field here (with a comment saying what it
+    bounds and where it is checked) rather than a constant in the module that checks it."""
+
+    # --- generation (runtime/generation.py) -------------------------------------------------
+    # num_beams.
+    max_beams: int = 256
+    # num_return_sequences (per prompt) and num_beams * num_return_sequences together.
+    max_return_sequences: int = 256
+    # prompts in one generate() call.
+    max_batch: int = 4096
+    # number of stop strings, and the characters of all of them together.
+    max_stop_strings: int = 256
+    max_stop_chars: int = 65536
+
+    # --- threads (backends/base.py) ---------------------------------------------------------
+    # threads= for a model: more than this is refused (the pool is also capped by the host).
+    max_threads: int = 1024
+
+
+def _from_env(base: Limits) -> Limits:
+    changes = {}
+    for f in fields(base):
+        raw = os.environ.get(f"LLMOS_LIMIT_{f.name.upper()}")
+        if raw is None:
+            continue
+        try:
+            value = type(getattr(base, f.name))(raw)
+        except ValueError:
+            raise InvalidInputError(f"LLMOS_LIMIT_{f.name.upper()}={raw!r} is not a number",
+                                    field=f.name) from None
+        if value <= 0:
+            raise InvalidInputError(f"LLMOS_LIMIT_{f.name.upper()} must be positive, got {raw}", field=f.name)
+        changes[f.name] = value
+    return dataclasses.replace(base, **changes)
+
+
+LIMITS = _from_env(Limits())
+
+
+def configure(**changes) -> Limits:
+    """Change the process-wide limits (unknown names and non-positive values are refused);
+    returns the new :data:`LIMITS`."""
+    global LIMITS
+    known = {f.name for f in fields(Limits)}
+    for name, value in changes.items():
+        if name not in known:
+            raise InvalidInputError(f"unknown limit {name!r}; known: {', '.join(sorted(known))}", field=name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise InvalidInputError(f"limit {name} must be a positive number, got {value!r}", field=name)
+    LIMITS = dataclasses.replace(LIMITS, **changes)
+    return LIMITS
+
+
+def current() -> Limits:
+    """The limits in force now (read this at check time, not at import, so configure() applies)."""
+    return LIMITS
+
+
+def check(name: str, value: int, *, what: str | None = None) -> None:
+    """Refuse ``value`` above the limit ``name`` with an error naming the argument and the limit."""
+    limit = getattr(LIMITS, name)
+    if value > limit:
+        label = what or name
+        raise InvalidInputError(
+            f"{label}={value} is over the limit of {limit} (llmos.limits.{name}; raise it with "
+            f"llmos.limits.configure({name}=...) or LLMOS_LIMIT_{name.upper()})", field=what or name)
