@@ -15,14 +15,16 @@ using namespace llmos;
 using namespace llmos::binding;
 
 void bind_kernels(py::module_& m) {
+  m.attr("MAX_THREADS") = ThreadPool::kMaxThreads;
   m.def(
       "memory_bandwidth",
-      [](int threads, int64_t mbytes, int reps) {
-        require(threads >= 1, "threads", "must be >= 1");
-        require(mbytes >= 1, "mbytes", "must be >= 1");
-        require(reps >= 1, "reps", "must be >= 1");
+      [](int64_t threads, int64_t mbytes, int64_t reps) {
+        require(threads >= 1 && threads <= ThreadPool::kMaxThreads, "threads",
+                "must be from 1 to " + std::to_string(ThreadPool::kMaxThreads));
+        require(mbytes >= 1 && mbytes <= (int64_t(1) << 20), "mbytes", "must be from 1 to 2**20 (1 TiB)");
+        require(reps >= 1 && reps <= 1000, "reps", "must be from 1 to 1000");
         py::gil_scoped_release nogil;
-        return measure_read_bandwidth(threads, size_t(mbytes) << 20, reps);
+        return measure_read_bandwidth(int(threads), size_t(mbytes) << 20, int(reps));
       },
       py::arg("threads"), py::arg("mbytes") = 512, py::arg("reps") = 5, "Memory read bandwidth in GB/s (benchmarks)");
   m.def("cpu_isa", [] { return std::string(isa_name(cpu_active_isa())); }, "ISA the kernels use");

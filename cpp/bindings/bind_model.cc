@@ -92,13 +92,14 @@ WeightSource source_arg(py::handle obj, std::vector<py::array>& keep) {
 // let go: a caller that hands over a generator, or a list it empties as it is read, never
 // holds its arrays and the core's copy of the whole model at once.
 std::unique_ptr<Model> make_model(const Architecture& arch, const py::iterable& sources, const std::string& dtype,
-                                  int n_threads, std::optional<QuantType> quant, int64_t group,
+                                  int64_t n_threads, std::optional<QuantType> quant, int64_t group,
                                   std::optional<QuantType> head_quant) {
   const DType dt = dtype_arg(dtype);
-  require(n_threads >= 1, "n_threads", "must be >= 1");
+  require(n_threads >= 1 && n_threads <= ThreadPool::kMaxThreads, "n_threads",
+          "must be from 1 to " + std::to_string(ThreadPool::kMaxThreads) + ", got " + std::to_string(n_threads));
   group_arg(group, "group");
   arch.validate();
-  const QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), n_threads};
+  const QuantSpec qs{quant.value_or(QuantType::None), group, head_quant.value_or(QuantType::None), int(n_threads)};
   WeightLoader loader(arch, dt, qs);
   // Not a range-for: py::iterator keeps the previous item until the next one is made.
   py::iterator it = py::iter(sources);
@@ -110,7 +111,7 @@ std::unique_ptr<Model> make_model(const Architecture& arch, const py::iterable& 
   }
   if (PyErr_Occurred()) throw py::error_already_set();
   py::gil_scoped_release nogil;
-  return std::make_unique<Model>(arch, loader.finish(), n_threads);
+  return std::make_unique<Model>(arch, loader.finish(), int(n_threads));
 }
 
 }  // namespace

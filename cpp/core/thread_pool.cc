@@ -1,6 +1,13 @@
 #include "core/thread_pool.h"
 
 #include <chrono>
+#include <string>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
+#include "core/errors.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -15,13 +22,43 @@ namespace {
 // How long an idle worker polls for the next job before it sleeps. Decode issues a job
 // every few microseconds, so a short spin saves a futex wake-up per op.
 constexpr auto kSpin = std::chrono::microseconds(200);
+
+int usable_cpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+#endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n > 0 ? int(n) : 1;
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  if (n_threads_ > kMaxThreads)
+    throw Error(Error::Kind::InvalidInput, "", "threads",
+                std::to_string(n_threads) + " is more than the pool's limit of " + std::to_string(kMaxThreads));
+  oversubscribed_ = n_threads_ > usable_cpus();
+  workers_.reserve(size_t(n_threads_ - 1));
+  for (int i = 1; i < n_threads_; ++i) {
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::exception& e) {  // std::system_error, or std::bad_alloc for its state
+      // The members (the condition variable above all) must not be destroyed under
+      // running workers, so the ones started leave before the constructor throws.
+      stop_and_join();
+      throw Error(Error::Kind::InvalidInput, "", "threads",
+                  "could not start thread " + std::to_string(i + 1) + " of " + std::to_string(n_threads_) + " (" +
+                      e.what() + "); ask for fewer threads");
+    }
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_and_join(); }
+
+void ThreadPool::stop_and_join() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -29,6 +66,12 @@ ThreadPool::~ThreadPool() {
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::wait_step() const {
+  if (oversubscribed_) std::this_thread::yield();
+  else LLMOS_PAUSE();
 }
 
 void ThreadPool::drain(const std::function<void(int64_t)>* task, int64_t n) {
@@ -54,7 +97,7 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& task) 
     std::unique_lock<std::mutex> lock(mu_);
     while (active_.load(std::memory_order_acquire) != 0) {
       lock.unlock();
-      LLMOS_PAUSE();
+      wait_step();
       lock.lock();
     }
     task_ = &task;
@@ -68,17 +111,17 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& task) 
   // Wait for the tasks other threads took, and for every worker to leave drain() so the
   // next job cannot be mixed up with a straggler from this one.
   while (done_.load(std::memory_order_acquire) < n_tasks || active_.load(std::memory_order_acquire) != 0)
-    LLMOS_PAUSE();
+    wait_step();
 }
 
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    auto spin_until = std::chrono::steady_clock::now() + kSpin;
+    auto spin_until = std::chrono::steady_clock::now() + (oversubscribed_ ? std::chrono::microseconds(0) : kSpin);
     int polls = 0;
     while (generation_.load(std::memory_order_acquire) == seen) {
       LLMOS_PAUSE();
-      if (++polls % 64 == 0 && std::chrono::steady_clock::now() > spin_until) {
+      if ((oversubscribed_ || ++polls % 64 == 0) && std::chrono::steady_clock::now() > spin_until) {
         std::unique_lock<std::mutex> lock(mu_);
         wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
         break;

@@ -5,6 +5,13 @@
 // then sleep on a condition variable, so an idle model costs no CPU.
 // run() is not reentrant and must be called from one thread at a time (the model's
 // owner serializes calls).
+//
+// A pool has at most kMaxThreads threads (more is refused: Error(InvalidInput) naming
+// "threads"). When a worker cannot be started (thread or memory limits), the ones already
+// started are stopped and joined and the constructor throws Error(InvalidInput) naming
+// "threads", so a caller gets an error rather than a half-built pool.
+// A pool larger than the CPUs this process may run on does not spin: spinning threads
+// would take the CPU from the ones holding work.
 #pragma once
 
 #include <atomic>
@@ -19,6 +26,8 @@ namespace llmos {
 
 class ThreadPool {
  public:
+  static constexpr int kMaxThreads = 1024;
+
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -49,9 +58,12 @@ class ThreadPool {
 
  private:
   void worker_loop();
+  void stop_and_join();
+  void wait_step() const;
   void drain(const std::function<void(int64_t)>* task, int64_t n);
 
   int n_threads_;
+  bool oversubscribed_ = false;  // more threads than CPUs: sleep at once, yield while waiting
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable wake_;

@@ -9,11 +9,13 @@ No backend imports `Model`.
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from llmos import limits
 from llmos.errors import InvalidInputError
 
 # on_token(sequence index, token id) -> True to stop that sequence. Called from the decode
@@ -63,9 +65,13 @@ def physical_cores() -> int:
 
 
 def check_threads(threads) -> int:
-    """`threads` as given (an integer >= 1), or the physical core count for None."""
+    """`threads` as given (an integer from 1 to llmos.limits.max_threads), or the physical core
+    count (within that limit) for None. Checked here, before the core starts any thread: the
+    core refuses more than its own pool limit too, but a Python int beyond C int would reach it
+    as a bare TypeError."""
     if threads is None:
-        return physical_cores()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        return min(physical_cores(), limits.current().max_threads)
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise InvalidInputError(f"threads: expected an integer >= 1, got {threads!r}", field="threads")
-    return threads
+    limits.check("max_threads", int(threads), what="threads")
+    return int(threads)
