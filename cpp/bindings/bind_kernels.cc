@@ -15,7 +15,6 @@ using namespace llmos;
 using namespace llmos::binding;
 
 void bind_kernels(py::module_& m) {
-  m.attr("MAX_THREADS") = ThreadPool::kMaxThreads;
   m.def(
       "memory_bandwidth",
       [](int64_t threads, int64_t mbytes, int64_t reps) {
@@ -72,8 +71,9 @@ void bind_kernels(py::module_& m) {
         const KernelTable& kt = kernels_named(isa);
         group_arg(group, "group");
         require(x.ndim() == 2, "x", "expected x [n, k], w [rows, k], k a multiple of 64 and group");
-        require(w.ndim() == 2 && w.shape(1) == x.shape(1) && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
-                "expected x [n, k], w [rows, k], k a multiple of 64 and group");
+        require(w.ndim() == 2 && w.shape(0) > 0 && w.shape(1) == x.shape(1) && w.shape(1) > 0 && w.shape(1) % 64 == 0 &&
+                    w.shape(1) % group == 0,
+                "w", "expected x [n, k], w [rows, k], rows > 0, k a positive multiple of 64 and group");
         const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
         py::array_t<float> y({n, rows});
         const float* xp = x.data();
@@ -98,6 +98,9 @@ void bind_kernels(py::module_& m) {
          float scale, float softcap) {
         // For tests: one AttnBlock (kernels.h) with one ISA's attention kernel.
         const KernelTable& kt = kernels_named(isa);
+        // Positions within int32 first, so the shape check below cannot overflow.
+        require(start >= 0 && start <= INT32_MAX, "start", "must be a position from 0 to 2**31-1");
+        require(p0 >= 0 && p0 <= INT32_MAX, "p0", "must be a position from 0 to 2**31-1");
         if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || q.shape(1) != k.shape(1) || k.shape(0) != v.shape(0) ||
             k.shape(1) != v.shape(1) || q.shape(0) < 1 || q.shape(0) > 16 || start < 0 ||
             p0 + q.shape(0) != start + k.shape(0) || p0 < start)

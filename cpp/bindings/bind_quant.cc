@@ -26,8 +26,8 @@ void bind_quant(py::module_& m) {
       [](FloatArray w, QuantType quant, int64_t group) {
         // For tests: W after a round trip through the quantized format.
         group_arg(group, "group");
-        require(w.ndim() == 2 && w.shape(1) % 64 == 0 && w.shape(1) % group == 0, "w",
-                "expected [rows, k], k a multiple of 64 and group");
+        require(w.ndim() == 2 && w.shape(0) > 0 && w.shape(1) > 0 && w.shape(1) % 64 == 0 && w.shape(1) % group == 0,
+                "w", "expected [rows, k], rows > 0, k a positive multiple of 64 and group, got " + shape_str(w));
         const int64_t rows = w.shape(0), cols = w.shape(1);
         py::array_t<float> out({rows, cols});
         const float* wp = w.data();

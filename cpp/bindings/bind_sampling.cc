@@ -15,6 +15,10 @@ using namespace llmos::binding;
 
 namespace {
 
+// The history keeps a byte per vocabulary entry, allocated up front; no released model's
+// vocabulary is within a factor of 50 of this.
+constexpr int64_t kMaxVocab = int64_t(1) << 24;
+
 // The same processors, warpers and sampler as generate(), one token at a time.
 // next() runs without the GIL, so the mutex keeps two Python threads from sharing one
 // history at once.
@@ -97,7 +101,8 @@ void bind_sampling(py::module_& m) {
 
   py::class_<PySampler>(m, "Sampler", "The processors, warpers and sampler of generate(), one token at a time")
       .def(py::init([](const DecodeOptions& o, std::vector<int32_t> prompt, int64_t vocab_size) {
-             require(vocab_size > 0, "vocab_size", "must be > 0");
+             require(vocab_size > 0 && vocab_size <= kMaxVocab, "vocab_size",
+                     "must be from 1 to " + std::to_string(kMaxVocab) + ", got " + std::to_string(vocab_size));
              o.validate(vocab_size);
              for (int32_t t : prompt)
                require(t >= 0 && t < vocab_size, "prompt", "token id " + std::to_string(t) + " out of range");

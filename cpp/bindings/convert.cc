@@ -45,7 +45,7 @@ Matrix quantized_copy(const float* w, int64_t rows, int64_t cols, QuantType quan
   mat.rows = rows;
   mat.cols = cols;
   mat.data.resize(size_t(rows * cols) * 4);
-  std::memcpy(mat.data.data(), w, mat.data.size());
+  if (mat.data.size() > 0) std::memcpy(mat.data.data(), w, mat.data.size());  // an empty vector's data() may be null
   quantize_matrix(mat, quant, group);
   return mat;
 }

@@ -249,7 +249,7 @@ void quantize_matrix(Matrix& m, QuantType type, int64_t group, ThreadPool* pool)
   const int64_t ng = m.cols / group, rb = quant_row_bytes(type, m.cols);
   Buffer codes(size_t(m.rows * rb)), scale(size_t(m.rows * ng) * 2), min;
   if (type == QuantType::Q4Asym) min.resize(size_t(m.rows * ng) * 2);
-  std::memset(codes.data(), 0, codes.size());
+  if (codes.size() > 0) std::memset(codes.data(), 0, codes.size());  // an empty Buffer's data() is null
   auto rows = [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       quantize_row(type, group, m.data.as<float>() + r * m.cols, m.cols, codes.data() + r * rb,

@@ -134,9 +134,6 @@ def quantize_dequantize(w: npt.ArrayLike, quant: QuantType, group: int) -> npt.N
 
 # ---- kernels (bind_kernels.cc) --------------------------------------------------------------
 
-MAX_THREADS: int
-"""The most threads a pool may have (Model n_threads, memory_bandwidth threads); more is refused."""
-
 def memory_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> float:
     """Memory read bandwidth in GB/s, the best of `reps` reads of `mbytes` MiB (benchmarks)."""
 
