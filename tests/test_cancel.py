@@ -8,7 +8,7 @@ timeout). The stop comes from a timer thread or, for SIGINT, from the parent of 
 that runs the call on its main thread (the only thread Python delivers signals to). The bound,
 STOP_BOUND_S, is generous for a loaded CI machine; the measured latency is printed (run with -s).
 The core checks every ~10 ms of work per thread (cpp/model/decoder.cc kCheckWork) and polls
-Python's signal handlers every 10 ms (cpp/bindings/bind_model.cc kSignalPoll): expect tens of ms.
+Python's signal handlers every 20 ms (cpp/bindings/bind_model.cc kSignalPoll): expect tens of ms.
 """
 
 from __future__ import annotations
@@ -150,6 +150,21 @@ def test_closing_a_stream_stops_its_worker(models):
     stream.close()
     assert time.perf_counter() - t < STOP_BOUND_S
     assert not [t for t in threading.enumerate() if t.name == "llmos-stream"]
+
+
+def test_cancel_token_stops_an_onnx_model(checkpoint, llmos, tmp_path_factory):
+    """The ONNX backend's decode loop (Python around onnxruntime) checks the token every step."""
+    out = tmp_path_factory.mktemp("onnx")
+    llmos.export_onnx(str(checkpoint("llama")), str(out))
+    model = llmos.load(str(out), threads=1)
+    assert model.backend.name == "onnx"
+    before = model.generate([11, 12, 13], **PROBE).token_ids
+    token = llmos.CancelToken()
+    latency, exc = _stop_during(lambda: CALLS["batch"](model, cancel=token), token.cancel)
+    print(f"\nonnx batch: CancelToken.cancel() -> {type(exc).__name__} in {latency * 1e3:.1f} ms")
+    assert isinstance(exc, llmos.errors.CancelledError), exc
+    assert latency < STOP_BOUND_S
+    assert model.generate([11, 12, 13], **PROBE).token_ids == before
 
 
 # ---- SIGINT -------------------------------------------------------------------------------------

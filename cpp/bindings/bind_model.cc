@@ -118,7 +118,10 @@ std::unique_ptr<Model> make_model(const Architecture& arch, const py::iterable& 
 // Python runs signal handlers only on the main thread, and only when that thread runs
 // Python; a call that computes without the GIL would hear Ctrl-C only when it returns.
 unsigned long main_thread_id = 0;
-constexpr std::chrono::milliseconds kSignalPoll{10};
+// Taking the GIL is ~1 us when no other thread holds it, but up to the switch interval (5 ms)
+// when another thread runs Python: 20 ms between polls bounds that stall to a fifth, and
+// leaves Ctrl-C well within 100 ms.
+constexpr std::chrono::milliseconds kSignalPoll{20};
 
 // The CancelCheck of a call made from Python: the caller's token (may be null), and on the
 // main thread a hook that takes the GIL every kSignalPoll to run pending signal handlers,

@@ -51,11 +51,10 @@ class CancelCheck {
   void operator()() {
     if (token_ && token_->cancelled())
       throw Error(Error::Kind::Cancelled, "", "cancel", "the call was cancelled by its CancelToken");
-    if (!hook_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_poll_) return;
-    next_poll_ = now + interval_;
+    if (!hook_ || std::chrono::steady_clock::now() < next_poll_) return;
     hook_();
+    // Counted from the hook's end: a hook that waits (for the GIL) cannot take most of the time.
+    next_poll_ = std::chrono::steady_clock::now() + interval_;
   }
 
  private:

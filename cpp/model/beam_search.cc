@@ -111,6 +111,7 @@ class BeamSearch {
     acc_.resize(size_t(B_ * V_));
     model_.forward(*sessions_[0], prompt.data(), p0_, logits_.data(), false, &check_);
     for (int64_t b = 1; b < B_; ++b) {
+      check_();
       sessions_[size_t(b)]->copy_from(*sessions_[0]);
       std::copy(logits_.begin(), logits_.begin() + V_, logits_.begin() + b * V_);
     }
