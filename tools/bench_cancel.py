@@ -19,11 +19,13 @@ A ~0.5B model with random weights (Qwen2-0.5B's shapes):
         --set intermediate_size=4864 --set num_hidden_layers=24 --set num_attention_heads=14 \\
         --set num_key_value_heads=2 --set vocab_size=151936 --set max_position_embeddings=32768
 
-Measured (that model, bf16, --threads 2, AVX2 EPYC shared by other jobs, load average ~9 on
-2 cores): a 2048-token prefill stops 2-8 ms after cancel()/SIGINT (worst 17 ms), 64 sequences
-decoding together 28-36 ms (worst 46 ms), beam search (8 beams) 3-10 ms (worst 18 ms); the model
-gives the same tokens afterwards. Decode tokens/s unchanged within noise (0.317 vs 0.332 s per
-token median, this build vs the one before the checks).
+Measured (that model, bf16, --threads 2, AVX2 EPYC shared with other jobs, load average 17-36
+on 2 cores; 5 stops each): a 2048-token prefill stops 3-6 ms after cancel()/SIGINT (worst
+16 ms), 64 sequences decoding together 10-22 ms (worst 28 ms), beam search (8 beams) 2-6 ms
+(worst 16 ms); the model gives the same tokens afterwards. Against the build before the checks
+(interleaved runs, load ~7-10): decode 0.317 vs 0.332 s/token median (no cost within noise);
+a 256-token prefill 5.00 vs 4.88 s best, 6.7 vs 5.7 s median at 2 threads (the slices add pool
+handoffs, which an oversubscribed host makes slow), 5.17 vs 5.21 s median at 1 thread.
 """
 
 from __future__ import annotations
