@@ -1,12 +1,14 @@
 // The model (model/decoder.h, model/generate.h): loading weights, logits, and the decode
-// loops.
+// loops; and CancelToken (core/cancel.h), which stops them.
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <optional>
 
 #include "bindings/bindings.h"
+#include "core/cancel.h"
 #include "core/cpu_features.h"
 #include "core/errors.h"
 #include "model/decoder.h"
@@ -114,9 +116,45 @@ std::unique_ptr<Model> make_model(const Architecture& arch, const py::iterable& 
   return std::make_unique<Model>(arch, loader.finish(), int(n_threads));
 }
 
+// Python runs signal handlers only on the main thread, and only when that thread runs
+// Python; a call that computes without the GIL would hear Ctrl-C only when it returns.
+unsigned long main_thread_id = 0;
+// Taking the GIL is ~1 us when no other thread holds it, but up to the switch interval (5 ms)
+// when another thread runs Python: 20 ms between polls bounds that stall to a fifth, and
+// leaves Ctrl-C well within 100 ms.
+constexpr std::chrono::milliseconds kSignalPoll{20};
+
+// The CancelCheck of a call made from Python: the caller's token (may be null), and on the
+// main thread a hook that takes the GIL every kSignalPoll to run pending signal handlers,
+// whose exception (KeyboardInterrupt) then ends the call. The hook runs inside forward(),
+// with the model's mutex held: no thread may wait for that mutex while holding the GIL, so
+// every binding releases the GIL before calling into the model, and a signal handler must
+// not call the model whose call it interrupts.
+CancelCheck cancel_check(std::shared_ptr<const CancelToken> token) {
+  CancelCheck::Hook hook;
+  if (PyThread_get_thread_ident() == main_thread_id)
+    hook = [] {
+      py::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    };
+  return CancelCheck(std::move(token), std::move(hook), kSignalPoll);
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
+  main_thread_id = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+
+  py::class_<CancelToken, std::shared_ptr<CancelToken>>(
+      m, "CancelToken",
+      "Stops a running call: cancel() from any thread ends the generate() it was passed to within\n"
+      "milliseconds, with llmos.errors.CancelledError. A token cancelled once stays cancelled; one made\n"
+      "with a parent is also cancelled when its parent is.")
+      .def(py::init([](std::shared_ptr<CancelToken> parent) { return std::make_shared<CancelToken>(std::move(parent)); }),
+           py::arg("parent") = py::none())
+      .def("cancel", &CancelToken::cancel, "Asks every call using this token (or a child of it) to stop.")
+      .def("cancelled", &CancelToken::cancelled, "Whether cancel() was called on this token or an ancestor.");
+
   py::class_<Model>(m, "Model")
       .def(py::init(&make_model), py::arg("arch"), py::arg("sources"), py::arg("dtype"), py::arg("n_threads"),
            py::arg("quant") = py::none(), py::arg("group") = 32, py::arg("head_quant") = py::none(),
@@ -163,27 +201,30 @@ void bind_model(py::module_& m) {
             const int64_t n = int64_t(toks.size()), V = m.spec().vocab_size;
             py::array_t<float> out({n, V});
             float* op = out.mutable_data();
+            CancelCheck check = cancel_check(nullptr);
             {
               py::gil_scoped_release nogil;
               Session s(m);
-              m.forward(s, toks.data(), n, op, true);
+              m.forward(s, toks.data(), n, op, true, &check);
             }
             return out;
           },
           py::arg("token_ids"), "[n, vocab] float32 logits of every position, in a fresh context")
       .def(
           "generate",
-          [](Model& m, std::vector<std::vector<int32_t>> prompts, const DecodeOptions& o, py::object on_token) {
+          [](Model& m, std::vector<std::vector<int32_t>> prompts, const DecodeOptions& o, py::object on_token,
+             std::shared_ptr<CancelToken> cancel) {
             TokenCallback cb;
             if (!on_token.is_none())
               cb = [&on_token](int64_t seq, int32_t t) {
                 py::gil_scoped_acquire gil;
                 return on_token(seq, t).cast<bool>();
               };
+            CancelCheck check = cancel_check(std::move(cancel));
             std::vector<SequenceResult> rs;
             {
               py::gil_scoped_release nogil;
-              rs = generate(m, prompts, o, cb);
+              rs = generate(m, prompts, o, cb, &check);
             }
             py::list out;
             for (const SequenceResult& r : rs) {
@@ -198,7 +239,8 @@ void bind_model(py::module_& m) {
             }
             return out;
           },
-          py::arg("prompts"), py::arg("options"), py::arg("on_token") = py::none(),
+          py::arg("prompts"), py::arg("options"), py::arg("on_token") = py::none(), py::arg("cancel") = py::none(),
           "Decodes every prompt together (one forward per step), or by beam search. "
-          "on_token(sequence, id) -> bool (stop that sequence) is called per token when given.");
+          "on_token(sequence, id) -> bool (stop that sequence) is called per token when given; "
+          "a CancelToken `cancel` stops the call (CancelledError), as Ctrl-C does on the main thread.");
 }

@@ -26,15 +26,36 @@ struct Candidate {
   int32_t token;
 };
 
-// Indices of the k largest values, largest first; ties keep the lower index first.
-std::vector<int64_t> topk_indices(const std::vector<float>& v, int64_t k) {
-  std::vector<int64_t> idx(v.size());
+// Orders indices into v by value, largest first; ties put the lower index first.
+struct Better {
+  const float* v;
+  bool operator()(int64_t a, int64_t b) const { return v[a] > v[b] || (v[a] == v[b] && a < b); }
+};
+
+// Indices of the k largest of v[0, n), in Better's order.
+std::vector<int64_t> topk_indices(const float* v, int64_t n, int64_t k) {
+  std::vector<int64_t> idx(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
-  auto better = [&](int64_t a, int64_t b) { return v[size_t(a)] > v[size_t(b)] || (v[size_t(a)] == v[size_t(b)] && a < b); };
-  k = std::min<int64_t>(k, int64_t(v.size()));
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+  k = std::min(k, n);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), Better{v});
   idx.resize(size_t(k));
   return idx;
+}
+
+std::vector<int64_t> topk_indices(const std::vector<float>& v, int64_t k) { return topk_indices(v.data(), int64_t(v.size()), k); }
+
+// topk_indices of v [rows, cols], found row by row with a cancellation check between rows:
+// each of the k best is among the k best of its row, so the result is the same.
+std::vector<int64_t> topk_rows(const std::vector<float>& v, int64_t rows, int64_t cols, int64_t k, CancelCheck& check) {
+  std::vector<int64_t> cand;
+  for (int64_t r = 0; r < rows; ++r) {
+    check();
+    for (int64_t i : topk_indices(v.data() + r * cols, cols, k)) cand.push_back(r * cols + i);
+  }
+  k = std::min(k, int64_t(cand.size()));
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), Better{v.data()});
+  cand.resize(size_t(k));
+  return cand;
 }
 
 // The continuations kept at one step, best first: the top `keep` (beam, token) pairs.
@@ -51,8 +72,8 @@ struct Step {
 // length-penalized scores.
 class BeamSearch {
  public:
-  BeamSearch(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o)
-      : model_(model), o_(o), V_(model.spec().vocab_size), B_(o.num_beams), p0_(int64_t(prompt.size())),
+  BeamSearch(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o, CancelCheck& check)
+      : model_(model), o_(o), check_(check), V_(model.spec().vocab_size), B_(o.num_beams), p0_(int64_t(prompt.size())),
         max_length_(p0_ + o.max_new_tokens),
         keep_(std::max<int64_t>(2, 1 + int64_t(o.eos_token_ids.size())) * B_),
         rng_(o.seed) {
@@ -88,8 +109,9 @@ class BeamSearch {
     fin_done_.assign(size_t(B_), 0);
     logits_.resize(size_t(B_ * V_));
     acc_.resize(size_t(B_ * V_));
-    model_.forward(*sessions_[0], prompt.data(), p0_, logits_.data(), false);
+    model_.forward(*sessions_[0], prompt.data(), p0_, logits_.data(), false, &check_);
     for (int64_t b = 1; b < B_; ++b) {
+      check_();
       sessions_[size_t(b)]->copy_from(*sessions_[0]);
       std::copy(logits_.begin(), logits_.begin() + V_, logits_.begin() + b * V_);
     }
@@ -99,6 +121,7 @@ class BeamSearch {
   void score_candidates() {
     const int64_t n_eos = int64_t(o_.eos_token_ids.size());
     for (int64_t b = 0; b < B_; ++b) {
+      check_();
       float* row = logits_.data() + b * V_;
       const float lse = log_sum_exp(row, V_);
       for (int64_t v = 0; v < V_; ++v) row[v] -= lse;
@@ -116,12 +139,15 @@ class BeamSearch {
       // then ordered by accumulated score, as transformers sorts its multinomial draws.
       std::vector<float> keyed(acc_);
       std::uniform_real_distribution<double> U(1e-12, 1.0);
-      for (float& k : keyed)
-        if (k != -INFINITY) k += float(-std::log(-std::log(U(rng_))));
-      top = topk_indices(keyed, keep_);
+      for (int64_t b = 0; b < B_; ++b) {
+        check_();
+        for (int64_t v = b * V_; v < (b + 1) * V_; ++v)
+          if (keyed[size_t(v)] != -INFINITY) keyed[size_t(v)] += float(-std::log(-std::log(U(rng_))));
+      }
+      top = topk_rows(keyed, B_, V_, keep_, check_);
       std::stable_sort(top.begin(), top.end(), [&](int64_t a, int64_t b) { return acc_[size_t(a)] > acc_[size_t(b)]; });
     } else {
-      top = topk_indices(acc_, keep_);
+      top = topk_rows(acc_, B_, V_, keep_, check_);
     }
     Step step;
     step.hits.resize(top.size());
@@ -183,6 +209,7 @@ class BeamSearch {
     std::vector<TokenHistory> new_hist;
     std::vector<float> new_running_score;
     for (int64_t b = 0; b < B_; ++b) {
+      check_();  // each copies a whole cache
       const Candidate& k = step.cand[size_t(step.next[size_t(b)])];
       std::vector<int32_t> s = running_[size_t(k.beam)];
       s.push_back(k.token);
@@ -217,7 +244,7 @@ class BeamSearch {
   void forward_beams() {
     std::vector<SeqChunk> chunks;
     for (int64_t b = 0; b < B_; ++b) chunks.push_back({sessions_[size_t(b)].get(), &running_[size_t(b)].back(), 1});
-    model_.forward(chunks, logits_.data(), false);
+    model_.forward(chunks, logits_.data(), false, &check_);
   }
 
   std::vector<SequenceResult> finalize() const {
@@ -236,6 +263,7 @@ class BeamSearch {
 
   Model& model_;
   const DecodeOptions& o_;
+  CancelCheck& check_;
   const int64_t V_, B_, p0_, max_length_, keep_;
   std::mt19937_64 rng_;
   // Running beams: [B] each.
@@ -253,9 +281,11 @@ class BeamSearch {
 
 }  // namespace
 
-std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o) {
+std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& o,
+                                        CancelCheck* cancel) {
   if (o.max_new_tokens == 0) return std::vector<SequenceResult>(size_t(o.num_return_sequences));
-  return BeamSearch(model, prompt, o).run();
+  CancelCheck never;
+  return BeamSearch(model, prompt, o, cancel ? *cancel : never).run();
 }
 
 }  // namespace llmos

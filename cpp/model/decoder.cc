@@ -19,6 +19,11 @@ namespace {
 
 const Vector kNoVector;  // an absent norm bias
 
+// Work between two cancellation checks, per thread, in multiply-adds: about 10 ms.
+// Reading a weight costs about kWeightRead multiply-adds (decode is memory-bound).
+constexpr int64_t kCheckWork = int64_t(1) << 27;
+constexpr int64_t kWeightRead = 8;
+
 void add_rows(float* dst, const float* src, int64_t count) {
   for (int64_t i = 0; i < count; ++i) dst[i] += src[i];
 }
@@ -69,38 +74,61 @@ Model::Model(Architecture spec, ModelWeights weights, int n_threads)
 }
 
 void Model::matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y) {
-  // y: [n, rows] for the n tokens of the runs, one run at a time.
+  // y: [n, rows] for the n tokens of the runs, one run at a time, each in slices of about
+  // kCheckWork per thread with a cancellation check before each.
   const int64_t rows = w.rows, k = w.cols;
+  const int64_t budget = kCheckWork * pool_.size();
   int64_t t = 0;
   for (const TokenRun& run : runs) {
     const float* xr = x + t * k;
     float* yr = y + t * rows;
     t += run.n;
-    if (w.quantized()) {
-      quantized_matmul(*kernels_, pool_, qscratch_, xr, run.n, w.qview(), bias, yr, run.prefill);
+    const bool tiles = run.prefill && !w.quantized() && w.dtype == DType::BF16 && kernels_->matmul_tiles_bf16 &&
+                       rows >= 16 && k % 32 == 0;
+    if (w.quantized() || tiles) {
+      // These kernels take the whole matrix, so the slices are runs of tokens: a token's
+      // result does not depend on the others, and a prefill slice keeps at least
+      // kMinPrefillTokens tokens so it keeps its kernel.
+      int64_t slices = std::max<int64_t>(1, run.n * rows * k / budget);
+      slices = std::min(slices, run.prefill ? std::max<int64_t>(1, run.n / kMinPrefillTokens) : run.n);
+      for (int64_t i = 0, t0 = 0; i < slices; ++i) {
+        const int64_t t1 = run.n * (i + 1) / slices;
+        check_cancel();
+        if (tiles)
+          bf16_matmul_tiles(*kernels_, pool_, qscratch_, xr + t0 * k, t1 - t0, reinterpret_cast<const uint16_t*>(w.data.data()),
+                            rows, k, bias, yr + t0 * rows, gemm_for(*kernels_, w.dtype));
+        else
+          quantized_matmul(*kernels_, pool_, qscratch_, xr + t0 * k, t1 - t0, w.qview(), bias, yr + t0 * rows, run.prefill);
+        t0 = t1;
+      }
       continue;
     }
-    if (run.prefill && w.dtype == DType::BF16 && kernels_->matmul_tiles_bf16 && rows >= 16 && k % 32 == 0) {
-      bf16_matmul_tiles(*kernels_, pool_, qscratch_, xr, run.n, reinterpret_cast<const uint16_t*>(w.data.data()), rows,
-                        k, bias, yr, gemm_for(*kernels_, w.dtype));
-      continue;
-    }
-    // Threads split the output rows. The prefill kernel takes all the run's tokens at once
+    // Float: the slices are runs of output rows, each over all the run's tokens, so every
+    // weight row is still read (and, for the packed GEMM, packed) once per run.
+    // Threads split a slice's rows. The prefill kernel takes all the run's tokens at once
     // (it packs its rows once per call); the row kernel walks the tokens in blocks so a
     // block of x stays in cache while the thread's rows pass over it.
     const MatmulRowsFn fn = run.prefill ? gemm_for(*kernels_, w.dtype) : matmul_for(*kernels_, w.dtype);
     const int64_t block = run.prefill ? run.n : 64;
-    const int64_t grain = std::max<int64_t>(32, ((rows / (pool_.size() * 8)) + 31) & ~int64_t(31));
+    const int64_t min_rows = 64 * pool_.size();
+    const int64_t slices = std::max<int64_t>(1, rows / std::max(min_rows, budget / (k * (run.n + kWeightRead))));
     const void* wd = w.data.data();
-    pool_.parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t t0 = 0; t0 < run.n; t0 += block) {
-        const int64_t nt = std::min(block, run.n - t0);
-        fn(xr + t0 * k, nt, k, wd, r0, r1, yr + t0 * rows + r0, rows);
-        if (bias)
-          for (int64_t i = t0; i < t0 + nt; ++i)
-            for (int64_t r = r0; r < r1; ++r) yr[i * rows + r] += bias[r];
-      }
-    });
+    for (int64_t i = 0, s0 = 0; i < slices; ++i) {
+      const int64_t s1 = rows * (i + 1) / slices;
+      const int64_t grain = std::max<int64_t>(32, (((s1 - s0) / (pool_.size() * 8)) + 31) & ~int64_t(31));
+      check_cancel();
+      pool_.parallel_for(s1 - s0, grain, [&](int64_t a, int64_t b) {
+        const int64_t r0 = s0 + a, r1 = s0 + b;
+        for (int64_t t0 = 0; t0 < run.n; t0 += block) {
+          const int64_t nt = std::min(block, run.n - t0);
+          fn(xr + t0 * k, nt, k, wd, r0, r1, yr + t0 * rows + r0, rows);
+          if (bias)
+            for (int64_t i = t0; i < t0 + nt; ++i)
+              for (int64_t r = r0; r < r1; ++r) yr[i * rows + r] += bias[r];
+        }
+      });
+      s0 = s1;
+    }
   }
 }
 
@@ -148,33 +176,49 @@ void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* ou
   const float scale = spec_.attn_scale > 0 ? spec_.attn_scale : 1.0f / std::sqrt(float(D));
   const float cap_soft = spec_.attn_softcap;
   const KernelTable& kt = *kernels_;
-  const int64_t n_tasks = int64_t(b.qblocks.size()) * Nq;
-  pool_.parallel_for(n_tasks, 1, [&](int64_t task0, int64_t task1) {
-    thread_local std::vector<float> scratch;
-    for (int64_t task = task0; task < task1; ++task) {
-      const auto [t0, nq] = b.qblocks[size_t(task / Nq)];
-      const int64_t h = task % Nq, kvh = h / group;
-      const Session& s = *b.session[size_t(t0)];
-      const int64_t p0 = b.pos[size_t(t0)], cap = s.capacity_;
-      const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0;
-      const int64_t len = p0 + nq - start;  // keys [start, p0 + nq)
-      AttnBlock blk;
-      blk.q = qkv + t0 * QKV + h * D;
-      blk.ldq = QKV;
-      blk.k = s.k_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
-      blk.v = s.v_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
-      blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = p0, blk.window = window;
-      blk.scale = scale, blk.softcap = cap_soft;
-      blk.out = out + t0 * Nq * D + h * D;
-      blk.ldo = Nq * D;
-      scratch.resize(size_t(attend_scratch_floats(len, D)));
-      if (kt.attend) kt.attend(blk, scratch.data());
-      else attend_generic(kt, blk, scratch.data());
+  // The keys a query block attends: (start, len) for [start, p0 + nq).
+  auto key_range = [&](int64_t t0, int64_t nq) {
+    const int64_t p0 = b.pos[size_t(t0)];
+    const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0;
+    return std::make_pair(start, p0 + nq - start);
+  };
+  auto attend_task = [&](int64_t task, std::vector<float>& scratch) {
+    const auto [t0, nq] = b.qblocks[size_t(task / Nq)];
+    const int64_t h = task % Nq, kvh = h / group;
+    const Session& s = *b.session[size_t(t0)];
+    const int64_t cap = s.capacity_;
+    const auto [start, len] = key_range(t0, nq);
+    AttnBlock blk;
+    blk.q = qkv + t0 * QKV + h * D;
+    blk.ldq = QKV;
+    blk.k = s.k_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+    blk.v = s.v_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+    blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = b.pos[size_t(t0)], blk.window = window;
+    blk.scale = scale, blk.softcap = cap_soft;
+    blk.out = out + t0 * Nq * D + h * D;
+    blk.ldo = Nq * D;
+    scratch.resize(size_t(attend_scratch_floats(len, D)));
+    if (kt.attend) kt.attend(blk, scratch.data());
+    else attend_generic(kt, blk, scratch.data());
+  };
+  // Slices of whole query blocks of about kCheckWork per thread, with a cancellation check
+  // before each: a block's work grows with the context.
+  const int64_t n_blocks = int64_t(b.qblocks.size());
+  const int64_t budget = kCheckWork * pool_.size();
+  for (int64_t q0 = 0, q1 = 0; q0 < n_blocks; q0 = q1) {
+    for (int64_t work = 0; q1 < n_blocks && (q1 == q0 || work < budget); ++q1) {
+      const auto [t0, nq] = b.qblocks[size_t(q1)];
+      work += 2 * Nq * nq * key_range(t0, nq).second * D;
     }
-  });
+    check_cancel();
+    pool_.parallel_for((q1 - q0) * Nq, 1, [&](int64_t task0, int64_t task1) {
+      thread_local std::vector<float> scratch;
+      for (int64_t task = task0; task < task1; ++task) attend_task(q0 * Nq + task, scratch);
+    });
+  }
 }
 
-void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
+void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, CancelCheck* cancel) {
   if (chunks.empty()) throw Error(Error::Kind::InvalidInput, "", "token_ids", "no sequences given");
   for (const SeqChunk& ch : chunks) {
     if (ch.session->spec_ != &spec_)
@@ -195,6 +239,11 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
   }
 
   std::lock_guard<std::mutex> lock(mu_);
+  cancel_ = cancel;
+  struct ForgetCancel {
+    CancelCheck*& c;
+    ~ForgetCancel() { c = nullptr; }
+  } forget{cancel_};
   // longrope switches to the long factors once a sequence outgrows long_after. Keys cached
   // before the switch were rotated with the short ones, so, as transformers does for
   // Phi-3, such a sequence is run again from its first token, on its own.
@@ -266,6 +315,7 @@ void Model::forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, b
 // One forward of the stacked tokens: embed, then per layer an attention block and an MLP
 // block, each adding its output to the residual stream x, then the LM head.
 void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
+  check_cancel();
   plan_batch(chunks, batch_, scratch_);
   embed(batch_, scratch_);
   rope_tables(chunks, batch_, scratch_);

@@ -9,6 +9,12 @@
 // Thread-safety: a Model may be used from several threads; forward() serializes on the
 // model's mutex (the pool and the scratch run one job at a time). A Session belongs to
 // one caller at a time.
+//
+// Cancellation: forward() polls its CancelCheck between slices of work of about kCheckWork
+// multiply-adds per thread (a matmul's rows or tokens, attention's query blocks), so a check
+// comes every few milliseconds whatever the model or input size. A cancelled forward leaves
+// the Model as it was and each session as after its last completed piece (n_past counts only
+// cached positions; keys written past it are overwritten by the next forward).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +23,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/cancel.h"
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/quantized_matmul.h"
@@ -67,9 +74,11 @@ class Model {
   // logits receives, per chunk in order, [n, vocab] rows when all_logits, else one row
   // for the chunk's last token. Throws InvalidInput for a token id out of range and
   // Context when a sequence would exceed spec.max_position_embeddings; nothing is changed then.
-  void forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
-  void forward(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits) {
-    forward({SeqChunk{&s, tokens, n}}, logits, all_logits);
+  // cancel (may be null) is polled throughout; what it throws ends the forward.
+  void forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, CancelCheck* cancel = nullptr);
+  void forward(Session& s, const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+               CancelCheck* cancel = nullptr) {
+    forward({SeqChunk{&s, tokens, n}}, logits, all_logits, cancel);
   }
 
  private:
@@ -117,6 +126,9 @@ class Model {
   void head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits);
 
   // What the blocks are made of.
+  void check_cancel() {
+    if (cancel_) (*cancel_)();
+  }
   void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
   void norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out);
   void rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv);
@@ -128,6 +140,7 @@ class Model {
   const KernelTable* kernels_;
   std::mutex mu_;
   // Per-forward state, valid while mu_ is held.
+  CancelCheck* cancel_ = nullptr;
   Batch batch_;
   Scratch scratch_;
   QuantScratch qscratch_;  // int8 activations for quantized matmuls

@@ -34,13 +34,15 @@ bool is_eos(const DecodeOptions& o, int32_t t) {
 }  // namespace
 
 std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
-                                     const DecodeOptions& o, const TokenCallback& on_token) {
+                                     const DecodeOptions& o, const TokenCallback& on_token, CancelCheck* cancel) {
   o.validate(model.spec().vocab_size);
   check_prompts(model, prompts, o);
+  CancelCheck never;
+  CancelCheck& check = cancel ? *cancel : never;
   if (o.num_beams > 1) {
     std::vector<SequenceResult> all;
     for (size_t i = 0; i < prompts.size(); ++i)
-      for (SequenceResult& r : beam_search(model, prompts[i], o)) {
+      for (SequenceResult& r : beam_search(model, prompts[i], o, &check)) {
         r.prompt_index = int64_t(i);
         all.push_back(std::move(r));
       }
@@ -56,6 +58,7 @@ std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector
   std::vector<std::unique_ptr<TokenHistory>> hist;
   std::vector<std::unique_ptr<Sampler>> samplers;
   for (int64_t i = 0; i < n_seq; ++i) {
+    check();
     const auto& p = prompts[size_t(i / o.num_return_sequences)];
     res[size_t(i)].prompt_index = i / o.num_return_sequences;
     sessions.push_back(std::make_unique<Session>(model));
@@ -81,10 +84,11 @@ std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector
     }
     prefill = false;
     logits.resize(chunks.size() * size_t(V));
-    model.forward(chunks, logits.data(), false);
+    model.forward(chunks, logits.data(), false, &check);
 
     std::vector<int64_t> still;
     for (size_t c = 0; c < live.size(); ++c) {
+      check();  // sampling a large vocabulary for thousands of sequences takes a while too
       const int64_t i = live[c];
       SequenceResult& r = res[size_t(i)];
       TokenLogprobs lp;

@@ -1,7 +1,9 @@
 // The decode loops, all in C++: sampling/greedy over a batch of sequences (one forward per
 // step for every live sequence), and beam search with transformers' semantics.
 // An optional callback sees each token (for streaming and stop strings) and may end that
-// sequence; without one, no Python runs until generation is over.
+// sequence; without one, no Python runs until generation is over. An optional CancelCheck is
+// polled at every step, for every sequence and inside each forward (model/decoder.h); what
+// it throws ends the call, and the Model stays as it was.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/cancel.h"
 #include "model/decoder.h"
 #include "sampling/options.h"
 
@@ -32,8 +35,10 @@ using TokenCallback = std::function<bool(int64_t, int32_t)>;
 // Runs greedy/sampled decoding, or beam search when options.num_beams > 1.
 // Returns num_return_sequences results per prompt, in prompt order.
 std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
-                                     const DecodeOptions& options, const TokenCallback& on_token);
+                                     const DecodeOptions& options, const TokenCallback& on_token,
+                                     CancelCheck* cancel = nullptr);
 
-std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& options);
+std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& options,
+                                        CancelCheck* cancel = nullptr);
 
 }  // namespace llmos

@@ -12,8 +12,8 @@ import importlib
 from llmos import errors
 from llmos.version import __version__
 
-__all__ = ["load", "quantize", "Model", "Generation", "GenerationConfig", "errors", "export_onnx", "convert_onnx",
-           "registry", "train", "evaluate", "default_model", "onnx", "__version__"]
+__all__ = ["load", "quantize", "Model", "Generation", "GenerationConfig", "CancelToken", "errors", "export_onnx",
+           "convert_onnx", "registry", "train", "evaluate", "default_model", "onnx", "__version__"]
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
@@ -21,6 +21,7 @@ _LAZY = {
     "Model": ("llmos.runtime.model", "Model"),
     "Generation": ("llmos.runtime.generation", "Generation"),
     "GenerationConfig": ("llmos.runtime.generation", "GenerationConfig"),
+    "CancelToken": ("llmos.runtime.model", "CancelToken"),
     "quantize": ("llmos.runtime.quantize", "quantize"),
     "export_onnx": ("llmos.onnx", "export_onnx"),
     "convert_onnx": ("llmos.onnx", "convert_onnx"),

@@ -263,8 +263,22 @@ class Sampler:
 
 # ---- the model (bind_model.cc) --------------------------------------------------------------
 
+class CancelToken:
+    """Stops a running call: cancel() from any thread ends the generate() it was passed to within
+    milliseconds, with llmos.errors.CancelledError. A token cancelled once stays cancelled; one made
+    with a parent is also cancelled when its parent is."""
+
+    def __init__(self, parent: CancelToken | None = None) -> None:
+        """A token of its own, cancelled also when `parent` is."""
+    def cancel(self) -> None:
+        """Asks every call using this token (or a child of it) to stop."""
+    def cancelled(self) -> bool:
+        """Whether cancel() was called on this token or an ancestor."""
+
 class Model:
-    """A decoder with its weights, thread pool and scratch; calls from several threads serialize."""
+    """A decoder with its weights, thread pool and scratch; calls from several threads serialize.
+    Its calls on the main thread run pending signal handlers every few milliseconds, so Ctrl-C
+    raises KeyboardInterrupt promptly; the model stays usable after either way of stopping."""
 
     @property
     def n_threads(self) -> int:
@@ -285,10 +299,11 @@ class Model:
     def logits(self, token_ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """[n, vocab] logits of every position of token_ids, in a fresh context."""
     def generate(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
-                 on_token: Callable[[int, int], bool] | None = None) -> list[dict[str, Any]]:
+                 on_token: Callable[[int, int], bool] | None = None,
+                 cancel: CancelToken | None = None) -> list[dict[str, Any]]:
         """Decodes every prompt together (or by beam search): per sequence a dict of prompt_index,
         tokens, finish_reason, logprobs, top_logprobs and score. on_token(sequence, token) returning
-        True ends that sequence."""
+        True ends that sequence; cancel.cancel() ends the call (CancelledError)."""
 
 # ---- safetensors (bind_io.cc) ---------------------------------------------------------------
 

@@ -61,6 +61,11 @@ class ContextLengthError(InvalidInputError):
     """The prompt (plus the tokens to generate) does not fit the model's context."""
 
 
+class CancelledError(LlmosError):
+    """A call was stopped by its ``llmos.CancelToken`` (Ctrl-C raises KeyboardInterrupt instead).
+    The model stays usable: the next call gives what it gives on a freshly loaded model."""
+
+
 class ModelNotFoundError(LlmosError, KeyError):
     """No registry entry has this name (``suggestions`` holds the closest names)."""
 

@@ -39,9 +39,12 @@ class Backend(Protocol):
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """[n, vocab] float32 logits for every position of `ids` (int64), fresh context."""
 
-    def generate(self, prompts: Sequence[Sequence[int]], options, on_token: Optional[OnToken] = None) -> list[dict]:
+    def generate(self, prompts: Sequence[Sequence[int]], options, on_token: Optional[OnToken] = None,
+                 cancel=None) -> list[dict]:
         """The whole decode loop for a batch: `options` is a `_core.DecodeOptions`; returns one
-        dict per sequence (prompt_index, tokens, finish_reason, logprobs, top_logprobs, score)."""
+        dict per sequence (prompt_index, tokens, finish_reason, logprobs, top_logprobs, score).
+        cancel: a `_core.CancelToken` (or None), polled at every step; once it is cancelled the
+        call raises CancelledError. Ctrl-C on the main thread must end the call as promptly."""
 
 
 def physical_cores() -> int:

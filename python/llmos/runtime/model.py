@@ -3,6 +3,10 @@
 Everything per token runs in the backend (the C++ core, or onnxruntime for an ONNX model);
 this file only prepares inputs once per call and turns token ids into text. Create a Model
 with `llmos.load` (runtime/load.py).
+
+Stopping: every call returns within milliseconds of Ctrl-C (KeyboardInterrupt) on the main
+thread, and generate / stream / chat take `cancel=`, a CancelToken whose cancel() from any
+thread ends the call with CancelledError. The model stays usable after either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputErro
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
 from llmos.text.tokenizer import Tokenizer
+
+# The token is the core's own, so the flag it sets is read by the decode loop without Python.
+CancelToken = _core.CancelToken
 
 
 class Model:
@@ -116,7 +123,8 @@ class Model:
         ids = self._ids(token_ids, field="token_ids")
         return self.backend.logits(np.asarray(ids, dtype=np.int64))
 
-    def generate(self, prompt, generation_config: GenerationConfig | None = None, **options):
+    def generate(self, prompt, generation_config: GenerationConfig | None = None, *,
+                 cancel: CancelToken | None = None, **options):
         """Continues `prompt`: a string or a list of token ids.
 
         Options: every field of llmos.GenerationConfig (transformers' names: max_new_tokens,
@@ -127,18 +135,23 @@ class Model:
 
         Returns a Generation; a list of prompts gives a list, decoded together (one forward
         per step for all of them); num_return_sequences > 1 gives a list per prompt.
+        cancel: a CancelToken; its cancel() from another thread ends the call (CancelledError).
         """
+        _check_cancel(cancel)
         batch = _is_batch(prompt)
         prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
         cfg, explicit = self._config(generation_config, options)
-        per_prompt = self._decode(prompts, cfg, explicit)
+        per_prompt = self._decode(prompts, cfg, explicit, cancel)
         out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
         return out if batch else out[0]
 
-    def stream(self, prompt, generation_config: GenerationConfig | None = None, **options) -> Iterator[str]:
+    def stream(self, prompt, generation_config: GenerationConfig | None = None, *,
+               cancel: CancelToken | None = None, **options) -> Iterator[str]:
         """Yields the new text piece by piece as tokens are produced. Every piece is valid
         UTF-8, nothing yielded is later cut by a stop string, and the pieces join into the
-        `.text` that generate() returns for the same options and seed."""
+        `.text` that generate() returns for the same options and seed. Closing the iterator
+        stops the decode loop at once; cancel.cancel() makes the next piece a CancelledError."""
+        _check_cancel(cancel)
         if _is_batch(prompt):
             raise InvalidInputError("stream: takes one prompt, not a list", field="prompt")
         ids = self._ids(prompt)
@@ -147,7 +160,7 @@ class Model:
             raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
         core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
                                           self.config.max_position_embeddings, explicit_limit=explicit)
-        return self._stream(ids, core_opts, stop)
+        return self._stream(ids, core_opts, stop, cancel)
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False, **options):
         """Renders `messages` with the checkpoint's chat template and generates the reply."""
@@ -165,7 +178,8 @@ class Model:
 
     # ---- internals --------------------------------------------------------------------
 
-    def _decode(self, prompts: list[list[int]], cfg: GenerationConfig, explicit: bool) -> list[list[Generation]]:
+    def _decode(self, prompts: list[list[int]], cfg: GenerationConfig, explicit: bool,
+                cancel: CancelToken | None = None) -> list[list[Generation]]:
         """Runs the core's decode loop; prompts that need the same options go together."""
         groups: dict[int, list[int]] = {}
         opts_by_len = {}
@@ -193,7 +207,7 @@ class Model:
             group_prompts = [prompts[i] for i in members]
             texts: dict[int, list[str]] = {}
             callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
-            raw = self.backend.generate(group_prompts, core_opts, callback)
+            raw = self.backend.generate(group_prompts, core_opts, callback, cancel)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
                 if stop:
@@ -221,7 +235,7 @@ class Model:
             if seq not in per_seq:
                 texts[seq] = []
                 prompt = prompts[seq // core_opts.num_return_sequences]
-                per_seq[seq] = self._text_callback(prompt, core_opts, stop, texts[seq].append, lambda: False)
+                per_seq[seq] = self._text_callback(prompt, core_opts, stop, texts[seq].append)
             return per_seq[seq](token)
 
         return on_token
@@ -236,7 +250,7 @@ class Model:
         both = self.tokenizer.decode(list(prompt) + list(new))
         return both[len(before):] if both.startswith(before) else self.tokenizer.decode(new)
 
-    def _text_callback(self, ids, core_opts, stop: list[str], emit, cancelled):
+    def _text_callback(self, ids, core_opts, stop: list[str], emit):
         """A per-token callback for the core: detokenizes incrementally, finds stop strings
         across token boundaries, and emits only text that is final."""
         decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True, prefix_ids=ids)
@@ -257,21 +271,23 @@ class Model:
                     text += matcher.flush()
             if text:
                 emit(text)
-            return stopped or cancelled()
+            return stopped
 
         return on_token
 
-    def _stream(self, ids, core_opts, stop: list[str]) -> Iterator[str]:
+    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
-        # back through a queue. Closing the iterator early stops the loop at the next token.
+        # back through a queue. The loop's token is a child of the caller's, cancelled when
+        # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
+        # worker is done within milliseconds, even in the middle of a long prefill.
         q: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        own = CancelToken(cancel)
         done = object()
-        on_token = self._text_callback(ids, core_opts, stop, q.put, cancel.is_set)
+        on_token = self._text_callback(ids, core_opts, stop, q.put)
 
         def work():
             try:
-                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok))
+                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own)
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)
@@ -287,8 +303,14 @@ class Model:
                     raise item
                 yield item
         finally:
-            cancel.set()
+            own.cancel()
             worker.join()
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None and not isinstance(cancel, CancelToken):
+        raise InvalidInputError(f"cancel: expected an llmos.CancelToken or None, got {type(cancel).__name__}",
+                                field="cancel")
 
 
 def _is_batch(prompt) -> bool:

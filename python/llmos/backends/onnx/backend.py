@@ -16,7 +16,7 @@ import numpy as np
 
 from llmos import _core
 from llmos.io.config import ConfigReader, read_json
-from llmos.errors import InvalidInputError, LlmosError, ModelFileError, ModelFormatError
+from llmos.errors import CancelledError, InvalidInputError, LlmosError, ModelFileError, ModelFormatError
 from llmos.arch.families import Architecture, family_for
 from llmos.backends.onnx import layout
 from llmos.backends.onnx.layout import DecoderLayout
@@ -169,8 +169,9 @@ class OnnxBackend:
                                    "every position", file=self.file, field="logits")
         return out
 
-    def generate(self, prompts, options, on_token=None) -> list[dict]:
-        """Greedy / sampled decoding of each prompt, as cpp/model/generate.cc does it."""
+    def generate(self, prompts, options, on_token=None, cancel=None) -> list[dict]:
+        """Greedy / sampled decoding of each prompt, as cpp/model/generate.cc does it. `cancel`
+        is checked before each onnxruntime run (one run is not interrupted)."""
         if options.num_beams > 1:
             raise InvalidInputError("num_beams: beam search is not available for ONNX models (use num_beams=1)",
                                     field="num_beams")
@@ -196,6 +197,7 @@ class OnnxBackend:
                     if options.max_new_tokens == 0:
                         continue
                     state = self.new_state(len(prompt) + options.max_new_tokens)
+                    _check_cancelled(cancel)
                     row = self._forward(prompt, state)[-1]
                     while True:
                         tok, logprob, top = sampler.next(row[:V])
@@ -211,10 +213,16 @@ class OnnxBackend:
                         elif len(res["tokens"]) >= options.max_new_tokens:
                             res["finish_reason"] = "length"
                         else:
+                            _check_cancelled(cancel)
                             row = self._forward([tok], state)[-1]
                             continue
                         break
         return results
+
+
+def _check_cancelled(cancel) -> None:
+    if cancel is not None and cancel.cancelled():
+        raise CancelledError("the call was cancelled by its CancelToken", field="cancel")
 
 
 def _minimal_architecture(family: str, vocab: int, layers: int, heads: int, kv_heads: int, head_dim: int,
