@@ -22,6 +22,7 @@ const char* error_class(Error::Kind k) {
     case Error::Kind::Tensor: return "TensorError";
     case Error::Kind::InvalidInput: return "InvalidInputError";
     case Error::Kind::Context: return "ContextLengthError";
+    case Error::Kind::Numerical: return "NumericalError";
   }
   return "LlmosError";
 }

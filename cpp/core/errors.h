@@ -16,6 +16,7 @@ class Error : public std::runtime_error {
     Tensor,       // a tensor is missing, misshapen or has a bad dtype  -> errors.TensorError
     InvalidInput, // a caller-supplied value is out of range            -> errors.InvalidInputError
     Context,      // a sequence does not fit the context                -> errors.ContextLengthError
+    Numerical,    // the model computed NaN or infinity                 -> errors.NumericalError
   };
 
   // file: path of the offending file ("" when none); field: header field, tensor name or

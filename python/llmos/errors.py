@@ -61,6 +61,12 @@ class ContextLengthError(InvalidInputError):
     """The prompt (plus the tokens to generate) does not fit the model's context."""
 
 
+class NumericalError(LlmosError):
+    """The model computed NaN or infinity (``field`` says where, e.g. the logits of a decode
+    step): the weights hold non-finite values or the activations overflowed the dtype.
+    ``llmos verify`` finds non-finite weights."""
+
+
 class ModelNotFoundError(LlmosError, KeyError):
     """No registry entry has this name (``suggestions`` holds the closest names)."""
 
