@@ -178,9 +178,9 @@ def _num(name, value, *, integer=False, low=None, high=None, low_open=False, hig
             finite = False
         if not finite:
             raise InvalidInputError(f"{name}: expected a finite number (within float32), got {value!r}", field=name)
-        # What the core will see: a positive number too small for float32 is 0 there.
-        value = struct.unpack("f", struct.pack("f", value))[0] if value else value
-    if low is not None and (value <= low if low_open else value < low):
+    # The lower bound holds for what the core will see: a positive number too small for float32 is 0 there.
+    seen = struct.unpack("f", struct.pack("f", value))[0] if not integer and value else value
+    if low is not None and (seen <= low if low_open else seen < low):
         raise InvalidInputError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value}", field=name)
     if high is not None and (value >= high if high_open else value > high):
         raise InvalidInputError(f"{name}: must be {'<' if high_open else '<='} {high}, got {value}", field=name)
