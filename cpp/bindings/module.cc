@@ -23,6 +23,7 @@ const char* error_class(Error::Kind k) {
     case Error::Kind::InvalidInput: return "InvalidInputError";
     case Error::Kind::Context: return "ContextLengthError";
     case Error::Kind::Cancelled: return "CancelledError";
+    case Error::Kind::Numerical: return "NumericalError";
   }
   return "LlmosError";
 }

@@ -17,6 +17,7 @@ class Error : public std::runtime_error {
     InvalidInput, // a caller-supplied value is out of range            -> errors.InvalidInputError
     Context,      // a sequence does not fit the context                -> errors.ContextLengthError
     Cancelled,    // the caller's CancelToken stopped the call            -> errors.CancelledError
+    Numerical,    // the model computed NaN or infinity                 -> errors.NumericalError
   };
 
   // file: path of the offending file ("" when none); field: header field, tensor name or

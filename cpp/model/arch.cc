@@ -1,5 +1,8 @@
 #include "model/arch.h"
 
+#include <cmath>
+#include <utility>
+
 #include "core/errors.h"
 
 namespace llmos {
@@ -8,18 +11,45 @@ namespace {
 void require(bool ok, const char* field, const std::string& what) {
   if (!ok) throw Error(Error::Kind::InvalidInput, "", field, what);
 }
+
+// A caller of the core (not only llmos.load, which checks the config against the checkpoint's
+// tensors first) may pass any numbers: each dimension is bounded, and every product the loader
+// and the decoder form from them fits int64 and size_t with room to spare, so that no
+// size computation wraps into a small allocation that is then overrun.
+constexpr int64_t kMaxDim = int64_t(1) << 31;
+constexpr int64_t kMaxLayers = int64_t(1) << 16;
+constexpr int64_t kMaxElements = int64_t(1) << 40;  // of one weight matrix
+
+void require_dim(int64_t v, const char* field) {
+  require(v > 0 && v <= kMaxDim, field, "must be in [1, " + std::to_string(kMaxDim) + "], got " + std::to_string(v));
+}
+
+void require_product(int64_t a, int64_t b, const char* field, const std::string& what) {
+  int64_t p = 0;
+  require(!__builtin_mul_overflow(a, b, &p) && p <= kMaxElements, field,
+          what + " would have " + std::to_string(a) + " x " + std::to_string(b) + " elements, more than " +
+              std::to_string(kMaxElements));
+}
 }  // namespace
 
 void Architecture::validate() const {
-  require(vocab_size > 0, "vocab_size", "must be > 0");
-  require(hidden_size > 0, "hidden_size", "must be > 0");
-  require(num_layers > 0, "num_hidden_layers", "must be > 0");
-  require(num_heads > 0, "num_attention_heads", "must be > 0");
-  require(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "num_key_value_heads",
-          "must be > 0 and divide num_attention_heads (" + std::to_string(num_heads) + "), got " +
+  require_dim(vocab_size, "vocab_size");
+  require_dim(hidden_size, "hidden_size");
+  require(num_layers > 0 && num_layers <= kMaxLayers, "num_hidden_layers",
+          "must be in [1, " + std::to_string(kMaxLayers) + "], got " + std::to_string(num_layers));
+  require_dim(num_heads, "num_attention_heads");
+  require_dim(num_kv_heads, "num_key_value_heads");
+  require_dim(head_dim, "head_dim");
+  require_dim(intermediate_size, "intermediate_size");
+  require_product(vocab_size, hidden_size, "vocab_size", "the embedding");
+  require_product(num_heads + 2 * num_kv_heads, head_dim, "head_dim", "a head's q, k and v rows");
+  require_product((num_heads + 2 * num_kv_heads) * head_dim, hidden_size, "hidden_size", "the qkv matrix");
+  require_product(2 * intermediate_size, hidden_size, "intermediate_size", "the MLP matrix");
+  if (learned_positions) require_product(max_position_embeddings, hidden_size, "max_position_embeddings",
+                                         "the position table");
+  require(num_heads % num_kv_heads == 0, "num_key_value_heads",
+          "must divide num_attention_heads (" + std::to_string(num_heads) + "), got " +
               std::to_string(num_kv_heads));
-  require(head_dim > 0, "head_dim", "must be > 0");
-  require(intermediate_size > 0, "intermediate_size", "must be > 0");
   require(max_position_embeddings > 0, "max_position_embeddings", "must be > 0");
   require(rope.rotary_dim >= 0 && rope.rotary_dim <= head_dim && rope.rotary_dim % 2 == 0, "rotary_dim",
           "must be even and within [0, head_dim]");
@@ -30,7 +60,15 @@ void Architecture::validate() const {
   require(!(rope.dynamic && rope.rotary_dim <= 2), "rope_scaling", "dynamic RoPE needs rotary_dim > 2");
   require(int64_t(sliding_window.size()) == num_layers, "sliding_window", "needs one entry per layer");
   for (int64_t w : sliding_window) require(w >= 0, "sliding_window", "must be >= 0");
-  require(norm_eps > 0, "norm_eps", "must be > 0");
+  require(norm_eps > 0 && std::isfinite(norm_eps), "norm_eps", "must be a finite number > 0");
+  // NaN or infinite scales make every logit NaN: refused here rather than found at decode time.
+  for (const auto& [v, field] : {std::pair{embed_scale, "embed_scale"}, {attn_scale, "attn_scale"},
+                                 {attn_softcap, "attn_softcap"}, {final_softcap, "final_softcap"},
+                                 {norm_weight_offset, "norm_weight_offset"},
+                                 {rope.attention_scaling, "attention_scaling"}})
+    require(std::isfinite(v), field, "must be finite");
+  for (float f : rope.inv_freq) require(std::isfinite(f), "inv_freq", "must be finite");
+  for (float f : rope.inv_freq_long) require(std::isfinite(f), "inv_freq_long", "must be finite");
 }
 
 }  // namespace llmos

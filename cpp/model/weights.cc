@@ -266,6 +266,7 @@ void quantize_matrix(Matrix& m, QuantType type, int64_t group, ThreadPool* pool)
 
 WeightLoader::WeightLoader(const Architecture& spec, DType dtype, const QuantSpec& quant)
     : spec_(spec), dtype_(dtype), quant_(quant), files_(std::make_unique<SourceFiles>()) {
+  spec.validate();  // bounds num_layers before the per-layer table below is made
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw Error(Error::Kind::InvalidInput, "", "dtype", "weights can be float32, bfloat16 or float16");
   w_.layers.resize(size_t(spec.num_layers));
@@ -294,25 +295,17 @@ void WeightLoader::add(const WeightSource& src) {
   const bool head = src.role == "embed" || src.role == "lm_head";
   // The position table is a lookup, read one row per token: quantizing it saves no time.
   const QuantType qt = src.role == "pos_embed" ? QuantType::None : head ? quant.head_type : quant.type;
-  Matrix probe;
-  probe.cols = t.cols;
-  const bool quantize = t.m && quantizable(probe, qt, quant.group);
-  const DType load_type = quantize ? DType::F32 : dtype_;
-  if (t.m) {
-    t.m->dtype = load_type;
-    t.m->rows = t.rows;
-    t.m->cols = t.cols;
-    t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(load_type));
-  } else {
-    t.v->assign(size_t(t.rows), 0.f);
-  }
-
   if (src.prequant != QuantType::None) {
     if (!t.m || src.parts.size() != 1)
       throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
     load_prequantized(src, files, src.parts[0], t);
     return;
   }
+  // Every part is found and its shape checked before the destination is allocated, so that
+  // what is allocated is no larger than the tensors given (a config that claims a huge
+  // dimension meets a tensor that does not have it, not an allocation of that size).
+  struct Found { SourceTensor st; int64_t rows, cols; bool transpose; };
+  std::vector<Found> found;
   int64_t row = 0;
   for (const WeightPart& part : src.parts) {
     SourceTensor st;
@@ -335,7 +328,7 @@ void WeightLoader::add(const WeightSource& src) {
       pcol = ok ? (part.transpose ? sh[0] : sh[1]) : 0;
       ok = ok && pcol == t.cols;
     }
-    ok = ok && row + prow <= t.rows;
+    ok = ok && prow >= 0 && row + prow <= t.rows;
     if (!ok) {
       std::string expected = t.cols == 0 ? "[" + std::to_string(t.rows) + "]"
                                          : (part.transpose ? "[" + std::to_string(t.cols) + ", rows]"
@@ -344,9 +337,7 @@ void WeightLoader::add(const WeightSource& src) {
                   "shape " + shape_str(sh) + " does not fit " + where + " of " + spec.family + ": expected " +
                       expected + " with " + std::to_string(t.rows) + " rows in all");
     }
-    copy_part(st.data, st.dtype, prow, t.cols == 0 ? 1 : pcol, part.transpose, t, row, load_type,
-              t.norm ? spec.norm_weight_offset : 0.f);
-    st.done();
+    found.push_back({st, prow, t.cols == 0 ? 1 : pcol, part.transpose});
     row += prow;
   }
   if (row != t.rows) {
@@ -354,6 +345,26 @@ void WeightLoader::add(const WeightSource& src) {
     for (const WeightPart& p : src.parts) names += (names.empty() ? "" : " + ") + p.tensor;
     throw Error(Error::Kind::Tensor, src.parts[0].path, names,
                 "gives " + std::to_string(row) + " rows for " + where + ", expected " + std::to_string(t.rows));
+  }
+
+  Matrix probe;
+  probe.cols = t.cols;
+  const bool quantize = t.m && quantizable(probe, qt, quant.group);
+  const DType load_type = quantize ? DType::F32 : dtype_;
+  if (t.m) {
+    t.m->dtype = load_type;
+    t.m->rows = t.rows;
+    t.m->cols = t.cols;
+    t.m->data.resize(size_t(t.rows) * size_t(t.cols) * dtype_size(load_type));
+  } else {
+    t.v->assign(size_t(t.rows), 0.f);
+  }
+  row = 0;
+  for (const Found& f : found) {
+    copy_part(f.st.data, f.st.dtype, f.rows, f.cols, f.transpose, t, row, load_type,
+              t.norm ? spec.norm_weight_offset : 0.f);
+    f.st.done();
+    row += f.rows;
   }
   if (quantize) quantize_matrix(*t.m, qt, quant.group, pool_.get());
 }

@@ -3,11 +3,41 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
+
+#include "core/errors.h"
 
 namespace llmos {
 
+namespace {
+
+// NaN or +inf scores mean the model's arithmetic broke down (non-finite weights, or
+// activations that overflowed): argmax would quietly pick token 0, often EOS, and the
+// caller would see an empty answer. One pass over the row, next to the vocab-sized matmul
+// that made it. -inf is legitimate (a banned token).
+void check_finite(const float* scores, int64_t vocab, const TokenHistory& h) {
+  bool bad = false;
+  for (int64_t i = 0; i < vocab; ++i) bad |= !(scores[i] < INFINITY);  // NaN compares false
+  if (!bad) return;
+  int64_t nan = 0, inf = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    nan += std::isnan(scores[i]);
+    inf += scores[i] == INFINITY;
+  }
+  throw Error(Error::Kind::Numerical, "", "logits",
+              "the logits of generation step " + std::to_string(h.n_generated()) + " (after " +
+                  std::to_string(h.tokens().size()) + " tokens) hold " + std::to_string(nan) + " NaN and " +
+                  std::to_string(inf) + " +inf of " + std::to_string(vocab) +
+                  " values: the weights hold non-finite values or the activations overflowed "
+                  "(`llmos verify` scans the weights)");
+}
+
+}  // namespace
+
 void process_scores(const DecodeOptions& o, const TokenHistory& h, float* scores, int64_t vocab, int64_t min_keep) {
   apply_processors(o, h, scores, vocab);
+  // After the processors, so that remove_invalid_values may still repair a row, as asked.
+  check_finite(scores, vocab, h);
   if (o.do_sample) apply_warpers(o, scores, vocab, min_keep);
   if (o.renormalize_logits) {
     const float lse = log_sum_exp(scores, vocab);

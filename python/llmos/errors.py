@@ -66,6 +66,12 @@ class CancelledError(LlmosError):
     The model stays usable: the next call gives what it gives on a freshly loaded model."""
 
 
+class NumericalError(LlmosError):
+    """The model computed NaN or infinity (``field`` says where, e.g. the logits of a decode
+    step): the weights hold non-finite values or the activations overflowed the dtype.
+    ``llmos verify`` finds non-finite weights."""
+
+
 class ModelNotFoundError(LlmosError, KeyError):
     """No registry entry has this name (``suggestions`` holds the closest names)."""
 

@@ -40,6 +40,20 @@ class Limits:
     # threads= for a model: more than this is refused (the pool is also capped by the host).
     max_threads: int = 1024
 
+    # --- checkpoint files (io/config.py, arch/families.py) ----------------------------------
+    # Bytes of a JSON side file read whole into memory (io/config.py read_side_file):
+    # config.json and generation_config.json; model.safetensors.index.json (one entry per
+    # tensor, so larger); tokenizer_config.json (may carry chat templates and added tokens).
+    max_config_bytes: int = 4 << 20
+    max_index_bytes: int = 64 << 20
+    max_tokenizer_config_bytes: int = 16 << 20
+    # num_hidden_layers of a config.json, before the checkpoint's tensors are even looked at
+    # (per-layer tables are built from it); the tensors then bound it exactly.
+    max_layers: int = 4096
+    # Any one dimension of a config.json (hidden_size, intermediate_size, vocab_size, head_dim,
+    # attention heads): the rope tables are built from them before the tensors are read.
+    max_model_dim: int = 1 << 22
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

@@ -118,7 +118,9 @@ def _layer_windows(cfg: ConfigReader, n_layers: int, uniform_window: int) -> lis
     if types is None:
         return [uniform_window] * n_layers
     if not isinstance(types, list) or len(types) != n_layers:
-        raise cfg.error("layer_types", f"expected a list of {n_layers} entries")
+        got = f"{len(types)} entries" if isinstance(types, list) else repr(types)
+        raise cfg.error("layer_types", f"expected a list of {n_layers} entries (one per layer: num_hidden_layers), "
+                                       f"got {got}")
     window = cfg.int("sliding_window", 0, minimum=0)
     out = []
     for t in types:
@@ -133,23 +135,26 @@ def _layer_windows(cfg: ConfigReader, n_layers: int, uniform_window: int) -> lis
     return out
 
 
+DIM = "max_model_dim"  # the llmos.limits field that bounds each dimension of a config
+
+
 def _decoder_dims(cfg: ConfigReader) -> dict:
-    hidden = cfg.int("hidden_size")
-    heads = cfg.int("num_attention_heads")
-    kv = cfg.int("num_key_value_heads", heads)
-    head_dim = cfg.int("head_dim", 0, minimum=0) or hidden // heads
+    hidden = cfg.int("hidden_size", limit=DIM)
+    heads = cfg.int("num_attention_heads", limit=DIM)
+    kv = cfg.int("num_key_value_heads", heads, limit=DIM)
+    head_dim = cfg.int("head_dim", 0, minimum=0, limit=DIM) or hidden // heads
     if cfg.raw("head_dim") is None and hidden % heads:
         raise cfg.error("hidden_size", f"{hidden} is not divisible by num_attention_heads {heads}")
     if heads % kv:
         raise cfg.error("num_key_value_heads", f"{kv} does not divide num_attention_heads {heads}")
     return dict(
-        vocab_size=cfg.int("vocab_size"),
+        vocab_size=cfg.int("vocab_size", limit=DIM),
         hidden_size=hidden,
-        num_layers=cfg.int("num_hidden_layers"),
+        num_layers=cfg.int("num_hidden_layers", limit="max_layers"),
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
-        intermediate_size=cfg.int("intermediate_size"),
+        intermediate_size=cfg.int("intermediate_size", limit=DIM),
         max_position_embeddings=cfg.int("max_position_embeddings", 2048),
     )
 
@@ -186,7 +191,7 @@ def _mistral(cfg: ConfigReader) -> Architecture:
 def _qwen2(cfg: ConfigReader) -> Architecture:
     # Older configs lack layer_types: sliding layers are those from max_window_layers on.
     if not cfg.has("layer_types") and cfg.bool("use_sliding_window", False) and cfg.has("sliding_window"):
-        n, first = cfg.int("num_hidden_layers"), cfg.int("max_window_layers", 0, minimum=0)
+        n, first = cfg.int("num_hidden_layers", limit="max_layers"), cfg.int("max_window_layers", 0, minimum=0)
         cfg = ConfigReader({**cfg.data, "layer_types": [
             "sliding_attention" if i >= first else "full_attention" for i in range(n)]}, cfg.path)
     return _llama_like(cfg, "qwen2", qkv_bias=True, window=0)
@@ -194,7 +199,7 @@ def _qwen2(cfg: ConfigReader) -> Architecture:
 
 def _qwen3(cfg: ConfigReader) -> Architecture:
     if not cfg.has("layer_types") and cfg.bool("use_sliding_window", False) and cfg.has("sliding_window"):
-        n, first = cfg.int("num_hidden_layers"), cfg.int("max_window_layers", 0, minimum=0)
+        n, first = cfg.int("num_hidden_layers", limit="max_layers"), cfg.int("max_window_layers", 0, minimum=0)
         cfg = ConfigReader({**cfg.data, "layer_types": [
             "sliding_attention" if i >= first else "full_attention" for i in range(n)]}, cfg.path)
     return _llama_like(cfg, "qwen3", qkv_bias=cfg.bool("attention_bias", False), window=0, qk_norm=True)
@@ -228,23 +233,23 @@ def _gemma2(cfg: ConfigReader) -> Architecture:
 
 
 def _gpt2(cfg: ConfigReader) -> Architecture:
-    hidden = cfg.int("n_embd")
-    heads = cfg.int("n_head")
+    hidden = cfg.int("n_embd", limit=DIM)
+    heads = cfg.int("n_head", limit=DIM)
     if hidden % heads:
         raise cfg.error("n_embd", f"{hidden} is not divisible by n_head {heads}")
     if cfg.bool("scale_attn_by_inverse_layer_idx", False):
         raise UnsupportedModelError(f"{cfg.path}: field 'scale_attn_by_inverse_layer_idx': true is not supported",
                                     file=cfg.path, field="scale_attn_by_inverse_layer_idx")
-    n_layers = cfg.int("n_layer")
+    n_layers = cfg.int("n_layer", limit="max_layers")
     return Architecture(
         family="gpt2",
-        vocab_size=cfg.int("vocab_size"),
+        vocab_size=cfg.int("vocab_size", limit=DIM),
         hidden_size=hidden,
         num_layers=n_layers,
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=hidden // heads,
-        intermediate_size=cfg.int("n_inner", 4 * hidden),
+        intermediate_size=cfg.int("n_inner", 4 * hidden, limit=DIM),
         max_position_embeddings=cfg.int("n_positions", 1024),
         norm="layernorm",
         norm_eps=cfg.float("layer_norm_epsilon", 1e-5, positive=True),
@@ -336,9 +341,7 @@ FAMILIES: dict[str, Family] = {
 
 
 def family_for(cfg: ConfigReader) -> Family:
-    model_type = cfg.raw("model_type")
-    if model_type is None:
-        raise ConfigError(f"{cfg.path}: field 'model_type': required but missing", file=cfg.path, field="model_type")
+    model_type = cfg.str("model_type")
     if model_type not in FAMILIES:
         raise UnsupportedModelError(
             f"{cfg.path}: model_type '{model_type}' is not supported; supported model types: "

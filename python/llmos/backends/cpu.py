@@ -10,8 +10,9 @@ import numpy as np
 from llmos import _core
 from llmos.adapters.lora import AdapterMerge
 from llmos.arch.families import Architecture, Family
+from llmos.arch.shapes import check_against_tensors
 from llmos.errors import InvalidInputError, SafetensorsError
-from llmos.io.checkpoint import float_source, tensor_locations
+from llmos.io.checkpoint import float_source, tensor_locations, tensor_shapes
 from llmos.io.config import ConfigReader
 from llmos.quant import hf_import
 from llmos.quant.names import QuantChoice, parse_quant
@@ -55,6 +56,9 @@ class CpuBackend:
             sources, saved = converted.sources, converted.choice
             quant_method = hf.method
         else:
+            # Nothing is allocated for the weights before the config agrees with the tensors.
+            check_against_tensors(cfg.path, family, arch, tensor_shapes(locations), locations,
+                                  skip=prequant.keys())
             sources, saved = [], parse_quant(prequant["__quant__"]) if prequant else None
             for role, layer, parts in family.tensors(arch):
                 if (role, layer) in prequant:

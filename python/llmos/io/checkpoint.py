@@ -18,7 +18,7 @@ def tensor_locations(model_dir: str) -> dict[str, str]:
     index_path = os.path.join(model_dir, INDEX_FILE)
     single_path = os.path.join(model_dir, SINGLE_FILE)
     if os.path.exists(index_path):
-        index = read_json(index_path)
+        index = read_json(index_path, limit="max_index_bytes")
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -91,3 +91,14 @@ def float_source(locations: dict[str, str], role: str, layer: int, parts, model_
         file, tensor = resolve(locations, name, model_dir, what)
         resolved.append((file, tensor, transpose))
     return (role, layer, resolved, None, 0)
+
+
+def tensor_shapes(locations: dict[str, str]) -> dict[str, list[int]]:
+    """The shape of every tensor of the checkpoint, from the safetensors headers (no data read)."""
+    out: dict[str, list[int]] = {}
+    for path in sorted(set(locations.values())):
+        tensors, _ = _core.safetensors_read_header(path)
+        for t in tensors:
+            if locations.get(t["name"]) == path:
+                out[t["name"]] = list(t["shape"])
+    return out

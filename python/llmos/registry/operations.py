@@ -28,6 +28,7 @@ from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
 from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, ModelFileError
 from llmos.io.config import read_json
+from llmos.io.finite import nonfinite_tensors
 from llmos.io.files import sha256_file
 from llmos.paths import home
 from llmos.registry import hub
@@ -281,7 +282,9 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
         p = folder / rel
         try:
             if rel.endswith(".safetensors"):
-                _core.safetensors_read_header(str(p))
+                for tensor, count in nonfinite_tensors(str(p)):
+                    report.problems.append(f"{rel}: tensor '{tensor}' holds {count} NaN or infinite values "
+                                           "(the model would fail with NumericalError)")
             elif rel.endswith(".json"):
                 with open(p, "rb") as f:
                     json.loads(f.read().decode("utf-8"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,13 +159,28 @@ class GenerationConfig:
         return self.DEFAULTS.get(name) if v is None else v
 
 
+# The core holds integer options as 64-bit integers and numbers as float32: beyond these, a
+# value would not convert (a pybind TypeError) or would become infinity or 0 there.
+_INT64_MAX = 2**63 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _num(name, value, *, integer=False, low=None, high=None, low_open=False, high_open=False):
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise InvalidInputError(f"{name}: expected {kind}, got {value!r}", field=name)
-    if not integer and not math.isfinite(value):
-        raise InvalidInputError(f"{name}: expected a finite number, got {value!r}", field=name)
-    if low is not None and (value <= low if low_open else value < low):
+    if integer and (value < -_INT64_MAX - 1 or (high is None and value > _INT64_MAX)):
+        raise InvalidInputError(f"{name}: {value} does not fit a 64-bit integer", field=name)
+    if not integer:
+        try:
+            finite = math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise InvalidInputError(f"{name}: expected a finite number (within float32), got {value!r}", field=name)
+    # The lower bound holds for what the core will see: a positive number too small for float32 is 0 there.
+    seen = struct.unpack("f", struct.pack("f", value))[0] if not integer and value else value
+    if low is not None and (seen <= low if low_open else seen < low):
         raise InvalidInputError(f"{name}: must be {'>' if low_open else '>='} {low}, got {value}", field=name)
     if high is not None and (value >= high if high_open else value > high):
         raise InvalidInputError(f"{name}: must be {'<' if high_open else '<='} {high}, got {value}", field=name)

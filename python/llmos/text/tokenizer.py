@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from llmos.errors import ChatTemplateError, ConfigError, InvalidInputError, TokenizerError, TokenizerFileMissingError
+from llmos.errors import (ChatTemplateError, ConfigError, InvalidInputError, LlmosError, TokenizerError,
+                          TokenizerFileMissingError)
+from llmos.io.config import read_side_file
 
 __all__ = ["Tokenizer"]
 
@@ -86,9 +88,11 @@ def _is_interrupt(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
-def _read_json(path: Path, error: type, *, what: str) -> Any:
+def _read_json(path: Path, error: type, *, what: str, limit: str = "max_tokenizer_config_bytes") -> Any:
     try:
-        raw = path.read_bytes()
+        raw = read_side_file(str(path), limit=limit, error=error)
+    except LlmosError:
+        raise
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror or e}", file=str(path)) from e
     try:
@@ -103,10 +107,11 @@ def _read_json(path: Path, error: type, *, what: str) -> Any:
         raise error(f"{what} {path} is nested too deeply to parse", file=str(path)) from e
 
 
-def _read_optional_json_object(path: Path, error: type, *, what: str) -> dict[str, Any] | None:
-    if not path.is_file():
+def _read_optional_json_object(path: Path, error: type, *, what: str,
+                               limit: str = "max_tokenizer_config_bytes") -> dict[str, Any] | None:
+    if not path.exists():
         return None
-    data = _read_json(path, error, what=what)
+    data = _read_json(path, error, what=what, limit=limit)  # refuses a FIFO, device or folder
     if not isinstance(data, dict):
         raise error(f"{what} {path} must hold a JSON object, got {type(data).__name__}", file=str(path))
     return data
@@ -224,9 +229,11 @@ class _TokenizerFiles:
         cfg_file = path / TOKENIZER_CONFIG_FILE
         cfg = _read_optional_json_object(cfg_file, TokenizerError, what="tokenizer config") or {}
         model_cfg_file = path / MODEL_CONFIG_FILE
-        model_cfg = _read_optional_json_object(model_cfg_file, ConfigError, what="model config") or {}
+        model_cfg = _read_optional_json_object(model_cfg_file, ConfigError, what="model config",
+                                               limit="max_config_bytes") or {}
         gen_cfg_file = path / GENERATION_CONFIG_FILE
-        gen_cfg = _read_optional_json_object(gen_cfg_file, ConfigError, what="generation config")
+        gen_cfg = _read_optional_json_object(gen_cfg_file, ConfigError, what="generation config",
+                                             limit="max_config_bytes")
         return cls(path, tok_file, tok_text, tok_json, cfg_file, cfg, model_cfg_file, model_cfg, gen_cfg_file, gen_cfg)
 
 
