@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from llmos import _core
+from llmos import _core, limits
 from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
 from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
@@ -75,6 +76,10 @@ class Model:
     # ---- inputs -----------------------------------------------------------------------
 
     def _ids(self, prompt, *, field: str = "prompt") -> list[int]:
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            # A bytes object is a sequence of ints, which would pass for token ids.
+            raise InvalidInputError(f"{field}: bytes are not accepted; pass text (data.decode('utf-8')) or a list "
+                                    "of token ids", field=field)
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, np.ndarray) and prompt.ndim == 1 and np.issubdtype(prompt.dtype, np.integer):
@@ -107,7 +112,13 @@ class Model:
                                         f"{type(generation_config).__name__}", field="generation_config")
             user = generation_config.merged(user)
         explicit = user.max_new_tokens is not None or user.max_length is not None
-        return self.generation_config.merged(user), explicit
+        cfg = self.generation_config.merged(user)
+        if user.max_length is not None and cfg.max_new_tokens is not None:
+            # transformers' rule, and its warning: max_new_tokens wins, even from generation_config.json.
+            source = "" if user.max_new_tokens is not None else " (from generation_config.json)"
+            warnings.warn(f"both max_new_tokens={cfg.max_new_tokens}{source} and max_length={user.max_length} are "
+                          "set; max_new_tokens takes precedence, as in transformers", UserWarning, stacklevel=3)
+        return cfg, explicit
 
     # ---- API --------------------------------------------------------------------------
 
@@ -129,8 +140,14 @@ class Model:
         per step for all of them); num_return_sequences > 1 gives a list per prompt.
         """
         batch = _is_batch(prompt)
-        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
+        if batch:
+            limits.check("max_batch", len(prompt), what="number of prompts")
         cfg, explicit = self._config(generation_config, options)
+        if batch:
+            per = max(_int_or_1(cfg.get("num_beams")), _int_or_1(cfg.get("num_return_sequences")))
+            limits.check("max_sequences", len(prompt) * per,
+                         what="sequences (prompts x max(num_beams, num_return_sequences))")
+        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
         per_prompt = self._decode(prompts, cfg, explicit)
         out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
         return out if batch else out[0]
@@ -289,6 +306,11 @@ class Model:
         finally:
             cancel.set()
             worker.join()
+
+
+def _int_or_1(value) -> int:
+    """An option's value for sizing before it is checked (to_core_options checks and names it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _is_batch(prompt) -> bool:
