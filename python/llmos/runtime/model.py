@@ -18,6 +18,7 @@ from llmos import _core, limits
 from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
 from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
+from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
 from llmos.text.tokenizer import Tokenizer
@@ -166,9 +167,33 @@ class Model:
                                           self.config.max_position_embeddings, explicit_limit=explicit)
         return self._stream(ids, core_opts, stop)
 
-    def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False, **options):
-        """Renders `messages` with the checkpoint's chat template and generates the reply."""
-        ids = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
+             truncate: str | None = None, **options):
+        """Renders `messages` with the checkpoint's chat template and generates the reply.
+
+        When the conversation (plus max_new_tokens if given, else one new token) does not fit
+        the context: truncate=None or "error" raises ContextLengthError saying how many tokens
+        over it is; truncate="oldest" drops the oldest turns (a user message and what follows
+        it), keeping the leading system message and the last turn.
+        """
+        max_new = options.get("max_new_tokens")
+        if max_new is None and isinstance(options.get("generation_config"), GenerationConfig):
+            max_new = options["generation_config"].max_new_tokens
+        reserve = max_new if isinstance(max_new, int) and not isinstance(max_new, bool) and max_new > 0 else 1
+        ctx = self.config.max_position_embeddings
+
+        def encode(msgs):
+            return self.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=True)
+
+        encoded = {}  # by length: each candidate history has a different one
+
+        def n_tokens(msgs):
+            encoded[len(msgs)] = encode(msgs)
+            return len(encoded[len(msgs)])
+
+        kept = fit_conversation(messages, n_tokens, ctx - reserve, truncate=truncate,
+                                need=f" in the model's context of {ctx} with {reserve} new token(s)")
+        ids = encoded.get(len(kept)) or encode(kept)
         return self.stream(ids, **options) if stream else self.generate(ids, **options)
 
     def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = False, **extra):
