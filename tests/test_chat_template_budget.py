@@ -90,7 +90,7 @@ def test_hostile_template_is_stopped_by_its_budget(case):
     assert out["type"] == "ChatTemplateError", f"{case}: {out}"
     assert out["field"] == limit and f"llmos.limits.{limit}" in out["message"], f"{case}: {out}"
     assert out["file"] == "evil.jinja" and "evil.jinja" in out["message"]
-    assert took < 20, f"{case}: stopped only after {took:.1f} s"
+    assert took < 30, f"{case}: stopped only after {took:.1f} s"
 
 
 def test_long_real_conversation_renders_within_budget():

@@ -323,6 +323,7 @@ def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separator
         b.fits(indent, f"tojson(indent={indent})")
     elif isinstance(indent, str):
         b.fits(len(indent), "tojson(indent=...)")
+    b.sized(value, "tojson()")  # refuses deeply shared structures before the slower encoding below
     encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
     pieces, size = [], 0
     for piece in encoder.iterencode(value):
