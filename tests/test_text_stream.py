@@ -277,6 +277,22 @@ def test_stop_matcher_memory_is_linear_in_the_stops():
     assert m.feed("ab" * 300) == ("", True) and m.matched == stop
 
 
+def test_stop_matchers_of_one_request_share_their_tables():
+    """A batch makes one matcher per sequence; thousands of copies of the tables would add up."""
+    import tracemalloc
+
+    n, sequences = 20_000, 1000
+    stops = ["ab" * (n // 2), "x" * n]
+    tracemalloc.start()
+    try:
+        matchers = [StopMatcher(list(stops)) for _ in range(sequences)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 * n + 2000 * sequences, f"peak {peak} bytes for {sequences} matchers"
+    assert all(m.feed("ab" * n) == ("", True) for m in matchers[:3])
+
+
 @pytest.mark.parametrize("bad", [[""], ["ok", ""], [3], "", 5, {"a"}])
 def test_stop_matcher_validation(bad):
     with pytest.raises(InvalidInputError) as info:

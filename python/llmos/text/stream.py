@@ -9,6 +9,7 @@ stop string and holds back only what could still turn into one.
 from __future__ import annotations
 
 from array import array
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from llmos.errors import InvalidInputError
@@ -198,7 +199,7 @@ class StopMatcher:
             if not s:
                 raise InvalidInputError(f"stop[{i}] is empty: stop strings must be non-empty", field=f"stop[{i}]")
         self._stops = tuple(dict.fromkeys(stops))
-        self._failure = [_failure_table(s) for s in self._stops]
+        self._failure = _failure_tables(self._stops)
         # Per stop string: the length of the longest suffix of the text so far that is a prefix of it.
         self._state = [0] * len(self._stops)
         self._held = ""
@@ -271,10 +272,17 @@ class StopMatcher:
         return buf[: pending[0]], True
 
 
+@lru_cache(maxsize=4)
+def _failure_tables(stops: tuple[str, ...]) -> tuple[array, ...]:
+    """The tables of one request's stop strings, shared (read-only) by the matchers of all its
+    sequences: a batch of thousands would otherwise hold thousands of copies."""
+    return tuple(_failure_table(s) for s in stops)
+
+
 def _failure_table(s: str) -> array:
     """KMP's failure function: fail[i] is the length of the longest proper prefix of s[:i + 1]
     that is also its suffix."""
-    fail = array("l", [0]) * len(s)
+    fail = array("i", [0]) * len(s)
     k = 0
     for i in range(1, len(s)):
         while k and s[i] != s[k]:
