@@ -296,7 +296,9 @@ class Model:
             if matcher is not None:
                 text, stopped = matcher.feed(text)
                 if last and not stopped:
+                    # A stop string held back while a longer one might still complete is final now.
                     text += matcher.flush()
+                    stopped = matcher.stopped
             if text:
                 emit(text)
             return stopped or cancelled()
