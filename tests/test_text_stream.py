@@ -246,6 +246,53 @@ def test_stop_matcher_examples():
     assert StopMatcher("END").stops == ("END",)
 
 
+def test_stop_matcher_waits_for_an_earlier_start():
+    """A stop string that completes while a longer one that started earlier may still complete
+    is not final: the cut is where the whole text's first occurrence starts, however it is split."""
+    for pieces in (["ab", "c", "d"], ["a", "b", "c", "d"], ["abcd"]):
+        m, emitted, _ = _run_matcher(["bcd", "c"], pieces)
+        assert "".join(emitted) == "a" and m.matched == "bcd", pieces
+    m, emitted, _ = _run_matcher(["bcd", "c"], ["ab", "c", "x"])
+    assert "".join(emitted) == "ab" and m.matched == "c"
+    # the stream ends while the longer one is still possible: flush() cuts at the shorter one
+    m, emitted, stopped_at = _run_matcher(["bcd", "c"], ["ab", "c"])
+    assert stopped_at is None and "".join(emitted) == "ab" and m.stopped and m.matched == "c"
+
+
+def test_stop_matcher_memory_is_linear_in_the_stops():
+    """Storing every prefix of every stop string costs O(n^2) (1.8 GB for 60,000 characters)."""
+    import tracemalloc
+
+    n = 20_000
+    stop = "ab" * (n // 2)
+    tracemalloc.start()
+    try:
+        m = StopMatcher([stop, "x" * n])
+        emitted = [m.feed("ab" * 37) for _ in range(n // 74)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not any(stopped for _, stopped in emitted)
+    assert peak < 64 * n, f"peak {peak} bytes for {2 * n} stop characters (limit {64 * n})"
+    assert m.feed("ab" * 300) == ("", True) and m.matched == stop
+
+
+def test_stop_matchers_of_one_request_share_their_tables():
+    """A batch makes one matcher per sequence; thousands of copies of the tables would add up."""
+    import tracemalloc
+
+    n, sequences = 20_000, 1000
+    stops = ["ab" * (n // 2), "x" * n]
+    tracemalloc.start()
+    try:
+        matchers = [StopMatcher(list(stops)) for _ in range(sequences)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 * n + 2000 * sequences, f"peak {peak} bytes for {sequences} matchers"
+    assert all(m.feed("ab" * n) == ("", True) for m in matchers[:3])
+
+
 @pytest.mark.parametrize("bad", [[""], ["ok", ""], [3], "", 5, {"a"}])
 def test_stop_matcher_validation(bad):
     with pytest.raises(InvalidInputError) as info:

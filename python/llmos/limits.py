@@ -36,6 +36,21 @@ class Limits:
     max_stop_strings: int = 256
     max_stop_chars: int = 65536
 
+    # --- generation requests (runtime/model.py) ---------------------------------------------
+    # sequences decoded together by one generate() call: prompts x max(num_beams, num_return_sequences).
+    max_sequences: int = 4096
+
+    # --- chat templates (text/chat_template.py), per rendering --------------------------------
+    # characters produced (every output piece, also into {% set %} blocks and macro bodies), and
+    # the length of any one string or list the template builds.
+    max_template_chars: int = 1 << 23
+    # loop iterations, all loops together.
+    max_template_loop_iterations: int = 1_000_000
+    # wall-clock seconds, checked at every loop iteration, output piece and call.
+    max_template_seconds: float = 10.0
+    # bits of any integer the template computes (`**`, `*`).
+    max_template_int_bits: int = 1 << 16
+
     # --- threads (backends/base.py) ---------------------------------------------------------
     # threads= for a model: more than this is refused (the pool is also capped by the host).
     max_threads: int = 1024

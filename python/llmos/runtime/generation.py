@@ -15,7 +15,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmos.errors import InvalidInputError
+from llmos import limits
+from llmos.errors import ContextLengthError, InvalidInputError
 
 # When neither max_new_tokens nor max_length is set (transformers would stop at 20 tokens
 # in all, prompt included, which is rarely what a caller wants).
@@ -187,6 +188,12 @@ def _num(name, value, *, integer=False, low=None, high=None, low_open=False, hig
     return value
 
 
+def _short(value, n: int = 80) -> str:
+    """repr() of a caller's value, cut so that an error message stays readable."""
+    r = repr(value)
+    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
+
+
 def _token_list(name, value, vocab_size) -> list[int]:
     ids = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -291,7 +298,6 @@ def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: in
     room = context - prompt_len
     if max_new > room:
         if explicit_limit:
-            from llmos.errors import ContextLengthError
             raise ContextLengthError(
                 f"max_new_tokens: prompt of {prompt_len} tokens plus {max_new} new tokens exceeds the model's "
                 f"context of {context} tokens", field="max_new_tokens")
@@ -334,6 +340,7 @@ def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: in
     _transformers_extras(o, cfg, vocab_size)
 
     o.num_beams = _num("num_beams", g("num_beams"), integer=True, low=1)
+    limits.check("max_beams", o.num_beams, what="num_beams")
     groups = _num("num_beam_groups", g("num_beam_groups"), integer=True, low=1)
     diversity = _num("diversity_penalty", g("diversity_penalty"))
     if groups > 1 or diversity != 0.0:
@@ -346,6 +353,7 @@ def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: in
         raise InvalidInputError(f"early_stopping: expected True, False or 'never', got {es!r}", field="early_stopping")
     o.early_stopping = 2 if es == "never" else int(es)
     o.num_return_sequences = _num("num_return_sequences", g("num_return_sequences"), integer=True, low=1)
+    limits.check("max_return_sequences", o.num_return_sequences, what="num_return_sequences")
     if o.num_beams > 1 and o.num_return_sequences > o.num_beams:
         raise InvalidInputError(f"num_return_sequences: {o.num_return_sequences} is more than num_beams "
                                 f"({o.num_beams})", field="num_return_sequences")
@@ -366,7 +374,10 @@ def to_core_options(core, cfg: GenerationConfig, prompt_len: int, vocab_size: in
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise InvalidInputError(f"stop: expected a non-empty string or a list of them, got {cfg.stop!r}", field="stop")
+        raise InvalidInputError(f"stop: expected a non-empty string or a list of them, got {_short(cfg.stop)}",
+                                field="stop")
+    limits.check("max_stop_strings", len(stop), what="len(stop)")
+    limits.check("max_stop_chars", sum(len(s) for s in stop), what="stop characters")
     if stop and o.num_beams > 1:
         raise InvalidInputError("stop: stop strings are not supported with beam search", field="stop")
     o.validate(vocab_size)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from llmos import _core
+from llmos import _core, limits
 from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
 from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
+from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
 from llmos.text.tokenizer import Tokenizer
@@ -82,6 +84,10 @@ class Model:
     # ---- inputs -----------------------------------------------------------------------
 
     def _ids(self, prompt, *, field: str = "prompt") -> list[int]:
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            # A bytes object is a sequence of ints, which would pass for token ids.
+            raise InvalidInputError(f"{field}: bytes are not accepted; pass text (data.decode('utf-8')) or a list "
+                                    "of token ids", field=field)
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, np.ndarray) and prompt.ndim == 1 and np.issubdtype(prompt.dtype, np.integer):
@@ -114,7 +120,13 @@ class Model:
                                         f"{type(generation_config).__name__}", field="generation_config")
             user = generation_config.merged(user)
         explicit = user.max_new_tokens is not None or user.max_length is not None
-        return self.generation_config.merged(user), explicit
+        cfg = self.generation_config.merged(user)
+        if user.max_length is not None and cfg.max_new_tokens is not None:
+            # transformers' rule, and its warning: max_new_tokens wins, even from generation_config.json.
+            source = "" if user.max_new_tokens is not None else " (from generation_config.json)"
+            warnings.warn(f"both max_new_tokens={cfg.max_new_tokens}{source} and max_length={user.max_length} are "
+                          "set; max_new_tokens takes precedence, as in transformers", UserWarning, stacklevel=3)
+        return cfg, explicit
 
     # ---- API --------------------------------------------------------------------------
 
@@ -139,8 +151,14 @@ class Model:
         """
         _check_cancel(cancel)
         batch = _is_batch(prompt)
-        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
+        if batch:
+            limits.check("max_batch", len(prompt), what="number of prompts")
         cfg, explicit = self._config(generation_config, options)
+        if batch:
+            per = max(_int_or_1(cfg.get("num_beams")), _int_or_1(cfg.get("num_return_sequences")))
+            limits.check("max_sequences", len(prompt) * per,
+                         what="sequences (prompts x max(num_beams, num_return_sequences))")
+        prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
         per_prompt = self._decode(prompts, cfg, explicit, cancel)
         out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
         return out if batch else out[0]
@@ -162,9 +180,33 @@ class Model:
                                           self.config.max_position_embeddings, explicit_limit=explicit)
         return self._stream(ids, core_opts, stop, cancel)
 
-    def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False, **options):
-        """Renders `messages` with the checkpoint's chat template and generates the reply."""
-        ids = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
+             truncate: str | None = None, **options):
+        """Renders `messages` with the checkpoint's chat template and generates the reply.
+
+        When the conversation (plus max_new_tokens if given, else one new token) does not fit
+        the context: truncate=None or "error" raises ContextLengthError saying how many tokens
+        over it is; truncate="oldest" drops the oldest turns (a user message and what follows
+        it), keeping the leading system message and the last turn.
+        """
+        max_new = options.get("max_new_tokens")
+        if max_new is None and isinstance(options.get("generation_config"), GenerationConfig):
+            max_new = options["generation_config"].max_new_tokens
+        reserve = max_new if isinstance(max_new, int) and not isinstance(max_new, bool) and max_new > 0 else 1
+        ctx = self.config.max_position_embeddings
+
+        def encode(msgs):
+            return self.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=True)
+
+        encoded = {}  # by length: each candidate history has a different one
+
+        def n_tokens(msgs):
+            encoded[len(msgs)] = encode(msgs)
+            return len(encoded[len(msgs)])
+
+        kept = fit_conversation(messages, n_tokens, ctx - reserve, truncate=truncate,
+                                need=f" in the model's context of {ctx} with {reserve} new token(s)")
+        ids = encoded.get(len(kept)) or encode(kept)
         return self.stream(ids, **options) if stream else self.generate(ids, **options)
 
     def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = False, **extra):
@@ -268,7 +310,9 @@ class Model:
             if matcher is not None:
                 text, stopped = matcher.feed(text)
                 if last and not stopped:
+                    # A stop string held back while a longer one might still complete is final now.
                     text += matcher.flush()
+                    stopped = matcher.stopped
             if text:
                 emit(text)
             return stopped
@@ -311,6 +355,11 @@ def _check_cancel(cancel) -> None:
     if cancel is not None and not isinstance(cancel, CancelToken):
         raise InvalidInputError(f"cancel: expected an llmos.CancelToken or None, got {type(cancel).__name__}",
                                 field="cancel")
+
+
+def _int_or_1(value) -> int:
+    """An option's value for sizing before it is checked (to_core_options checks and names it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _is_batch(prompt) -> bool:

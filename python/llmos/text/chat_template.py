@@ -17,19 +17,15 @@ offered as ``thinking``, everything is converted to plain JSON-like data).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from llmos.errors import ChatTemplateError, InvalidInputError
+from llmos.text import template_budget
 
 __all__ = ["ChatTemplate"]
-
-# Guards against templates that try to exhaust memory or CPU with one expression.
-_MAX_REPEAT_LEN = 1 << 24
-_MAX_POW_EXPONENT = 4096
 
 # Names a message's reasoning is passed under; the first is the standard one.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -60,22 +56,10 @@ def _make_environment() -> Any:
         def _body(self, caller: Any) -> str:
             return caller()
 
-    class Environment(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**"})
-
+    # Rendering work (loops, output size, big values, time) is bounded by template_budget.
+    class Environment(template_budget.environment_class(ImmutableSandboxedEnvironment)):
         def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
             raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "*":
-                for seq, count in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                        if len(seq) * max(count, 0) > _MAX_REPEAT_LEN:
-                            raise SecurityError("chat template tried to build a value that is too large")
-            elif operator == "**":
-                if isinstance(right, (int, float)) and abs(right) > _MAX_POW_EXPONENT:
-                    raise SecurityError("chat template tried to compute a power that is too large")
-            return super().call_binop(context, operator, left, right)
 
     class TemplateDict:
         # Stands in for the builtin ``dict`` type, whose attributes (mro(), ...) a template could misuse.
@@ -111,11 +95,8 @@ def _make_environment() -> Any:
             raise TypeError(f"strftime_now() needs a format string, got {type(format).__name__}")
         return datetime.now().strftime(format)
 
-    def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
     env = Environment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
+    template_budget.install(env)  # also the tojson that does not HTML-escape, as transformers'
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["dict"] = TemplateDict()
@@ -292,7 +273,14 @@ class ChatTemplate:
         context.update(self._special_tokens)
         context.update(_plain(extra))
         try:
-            return self._template.render(**context)
+            with template_budget.budgeted():
+                return self._template.render(**context)
+        except template_budget.OverBudget as e:
+            raise ChatTemplateError(f"chat template {self._where} was stopped: {e}", file=self._origin,
+                                    field=e.limit) from None
+        except MemoryError:
+            raise ChatTemplateError(f"chat template {self._where} was stopped: out of memory while rendering",
+                                    file=self._origin) from None
         except _TemplateRaised as e:
             raise ChatTemplateError(str(e), file=self._origin) from None
         except SecurityError as e:

@@ -8,6 +8,8 @@ stop string and holds back only what could still turn into one.
 
 from __future__ import annotations
 
+from array import array
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from llmos.errors import InvalidInputError
@@ -173,6 +175,13 @@ class StopMatcher:
     be taken back; the tail that could still grow into a stop string is held. When a stop string
     appears, everything from its start on is dropped and ``stopped`` is True (later feeds return
     ``("", True)``). ``flush()`` returns the held tail at the end of a stream that did not stop.
+
+    The cut is where the whole text's first occurrence starts, however the text is split into
+    pieces: a stop string that completes while a longer one that started earlier is still possible
+    is decided only once that one completes or fails (or at ``flush()``).
+
+    Memory is linear in the stop strings: one Knuth–Morris–Pratt failure table per stop string and
+    a held tail no longer than the longest stop; each character fed costs amortized O(1) per stop.
     """
 
     def __init__(self, stop: Sequence[str] | str | None):
@@ -190,9 +199,12 @@ class StopMatcher:
             if not s:
                 raise InvalidInputError(f"stop[{i}] is empty: stop strings must be non-empty", field=f"stop[{i}]")
         self._stops = tuple(dict.fromkeys(stops))
-        self._prefixes = frozenset(s[:i] for s in self._stops for i in range(1, len(s)))
-        self._longest_prefix = max((len(s) for s in self._stops), default=1) - 1
+        self._failure = _failure_tables(self._stops)
+        # Per stop string: the length of the longest suffix of the text so far that is a prefix of it.
+        self._state = [0] * len(self._stops)
         self._held = ""
+        # (start in _held, stop string) of the earliest occurrence found but not yet final.
+        self._pending: tuple[int, str] | None = None
         self._stopped = False
         self._matched: str | None = None
 
@@ -217,26 +229,65 @@ class StopMatcher:
         if not self._stops:
             return text, False
         buf = self._held + text
-        # Earlier text never held the start of a stop string (it would have been kept back),
-        # so searching the held tail plus the new text finds every possible occurrence.
-        first = -1
-        for s in self._stops:
-            i = buf.find(s)
-            if i != -1 and (first == -1 or i < first):
-                first, self._matched = i, s
-        if first != -1:
-            self._stopped = True
-            self._held = ""
-            return buf[:first], True
-        keep = 0
-        for k in range(min(self._longest_prefix, len(buf)), 0, -1):
-            if buf[-k:] in self._prefixes:
-                keep = k
-                break
-        self._held = buf[len(buf) - keep :]
-        return buf[: len(buf) - keep], False
+        end = len(self._held)
+        pending = self._pending
+        states, stops, failures = self._state, self._stops, self._failure
+        longest = max(states)
+        for ch in text:
+            end += 1
+            longest = 0
+            for k, s in enumerate(stops):
+                st, fail = states[k], failures[k]
+                while st and s[st] != ch:
+                    st = fail[st - 1]
+                if s[st] == ch:
+                    st += 1
+                if st == len(s):
+                    if pending is None or end - st < pending[0]:
+                        pending = (end - st, s)
+                    st = fail[st - 1]
+                states[k] = st
+                if st > longest:
+                    longest = st
+            # Final once no occurrence still in progress started before the one found.
+            if pending is not None and end - longest >= pending[0]:
+                return self._stop(buf, pending)
+        keep = longest if pending is None else max(longest, len(buf) - pending[0])
+        cut = len(buf) - keep
+        self._held = buf[cut:]
+        self._pending = None if pending is None else (pending[0] - cut, pending[1])
+        return buf[:cut], False
 
     def flush(self) -> str:
-        """The held-back tail (empty after a stop)."""
+        """The held-back tail (empty after a stop); cut before a stop string found in it."""
+        if self._pending is not None:
+            out, _ = self._stop(self._held, self._pending)
+            return out
         out, self._held = self._held, ""
         return out
+
+    def _stop(self, buf: str, pending: tuple[int, str]) -> tuple[str, bool]:
+        self._stopped, self._matched = True, pending[1]
+        self._held, self._pending = "", None
+        return buf[: pending[0]], True
+
+
+@lru_cache(maxsize=4)
+def _failure_tables(stops: tuple[str, ...]) -> tuple[array, ...]:
+    """The tables of one request's stop strings, shared (read-only) by the matchers of all its
+    sequences: a batch of thousands would otherwise hold thousands of copies."""
+    return tuple(_failure_table(s) for s in stops)
+
+
+def _failure_table(s: str) -> array:
+    """KMP's failure function: fail[i] is the length of the longest proper prefix of s[:i + 1]
+    that is also its suffix."""
+    fail = array("i", [0]) * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        fail[i] = k
+    return fail
