@@ -64,11 +64,18 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     # A crash of an older llmos can leave the entry moved aside in tmp/: put it back and look again.
-    if clean_stale():
+    if _recovered():
         folder = current_folder(entry_dir(name, tag))
         if folder is not None:
             return str(folder)
     raise _not_found(name, tag)
+
+
+def _recovered() -> bool:
+    try:
+        return clean_stale()
+    except OSError:  # a registry this user may read but not write: nothing to recover from here
+        return False
 
 
 @contextlib.contextmanager
