@@ -6,7 +6,9 @@ snapshot download: ``GET /api/models/{repo}/revision/{rev}`` (model info: the co
 ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` with ``X-Repo-Commit``, ``ETag``
 (``X-Linked-Etag``/``X-Linked-Size`` for LFS files), ``Content-Length`` and ``Range``
 support. It can drop a connection mid-file, serve corrupted bytes, or miss a file, and it
-records every request so tests can see what was (re)downloaded.
+records every request so tests can see what was (re)downloaded. As a hostile server it can
+also never answer, ask for a long Retry-After, paginate forever, trickle a file out, or list
+files with unsafe names, bad sizes or a body that is not JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -38,6 +41,14 @@ class FakeHub:
         self.corrupt: set[str] = set()        # files served with one byte flipped
         self.missing: set[str] = set()        # files listed but answering 404
         self.requests: list[tuple[str, str, str | None]] = []
+        # Hostile behaviours, each bounded by `stopped` so the server always shuts down.
+        self.hang: set[str] = set()           # "revision" / "tree" / "resolve": never answer
+        self.retry_after: str | None = None   # model info answers 429 with this Retry-After
+        self.endless_pages = False            # every listing page links to a next one
+        self.trickle: dict[str, float] = {}   # file -> seconds between single bytes
+        self.tree_items: list | None = None   # extra entries in the listing
+        self.tree_body: bytes | None = None   # the listing's raw body instead
+        self.stopped = threading.Event()
         self._lock = threading.Lock()
         hub = self
 
@@ -63,6 +74,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc):
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -102,6 +114,20 @@ class FakeHub:
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "models"] and len(parts) == 4:  # model info without a revision: main
             parts += ["revision", "main"]
+        kind = parts[4] if parts[:2] == ["api", "models"] and len(parts) >= 6 else (
+            "resolve" if len(parts) >= 5 and parts[2] == "resolve" else None)
+        if kind in self.hang:
+            self.stopped.wait(30)  # a server that never answers (until the test ends)
+            return
+        if kind == "revision" and self.retry_after is not None:
+            return self._send(h, 429, b"slow down", {"Retry-After": self.retry_after}, head)
+        if kind == "tree" and (self.tree_body is not None or self.endless_pages):
+            page = int(url.query.rsplit("page=", 1)[-1]) if "page=" in url.query else 0
+            body = self.tree_body if self.tree_body is not None else b"[]"
+            headers = {"Content-Type": "application/json"}
+            if self.endless_pages:
+                headers["Link"] = f'<{self.url}{url.path}?recursive=true&page={page + 1}>; rel="next"'
+            return self._send(h, 200, body, headers, head)
         if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
             repo, kind, rev = "/".join(parts[2:4]), parts[4], parts[5]
             files = self.repos.get(repo)
@@ -120,7 +146,7 @@ class FakeHub:
                 if self._is_lfs(p):
                     item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 tree.append(item)
-            return self._json(h, tree, head)
+            return self._json(h, tree + list(self.tree_items or []), head)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, rev, file = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
             files = self.repos.get(repo)
@@ -156,6 +182,22 @@ class FakeHub:
                 h.send_header(k, v)
             h.send_header("Content-Length", str(total))
             h.end_headers()
+            return
+        if file in self.trickle:
+            h.send_response(200)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(total))
+            h.end_headers()
+            for i in range(total):
+                if self.stopped.wait(self.trickle[file]):
+                    break
+                try:
+                    h.wfile.write(body[i:i + 1])
+                    h.wfile.flush()
+                except OSError:
+                    break
+            h.close_connection = True
             return
         if file in self.drop_once and not rng:
             self.drop_once.discard(file)
@@ -338,13 +380,13 @@ def test_offline_mode_is_a_clear_error(fake_hub, registry, llmos, monkeypatch):
 def test_disk_full_during_download(fake_hub, registry, llmos, hub_env, monkeypatch):
     import errno
 
-    from huggingface_hub import file_download
+    from llmos.registry import hub
 
-    def http_get_then_disk_full(url, temp_file, **kwargs):
-        temp_file.write(b"\0" * 100)
+    def write_then_disk_full(f, data):
+        f.write(data[:100])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(file_download, "http_get", http_get_then_disk_full)
+    monkeypatch.setattr(hub, "_write_chunk", write_then_disk_full)
     with pytest.raises(llmos.errors.DiskFullError, match="no space left"):
         registry.pull(REPO, progress=False)
     _no_half_entries(hub_env)
@@ -361,3 +403,104 @@ def test_pull_verb(fake_hub, capsys, llmos):
         args = parser.parse_args(["pull", REPO, "--quiet"])
         assert args.run(args) == 0
         assert expected in capsys.readouterr().out
+
+
+# ---- a hostile hub: every wait is bounded, every bad answer is an llmos error ---------------------
+
+
+@pytest.fixture
+def small_limits(llmos, monkeypatch):
+    """Hub limits small enough that each hostile case ends in about a second, and an alarm that
+    fails the test instead of hanging the suite if a bound does not hold."""
+    import signal
+
+    from llmos import limits
+
+    monkeypatch.setattr(limits, "LIMITS", limits.LIMITS)  # configure() below is undone after the test
+    limits.configure(hub_timeout_s=0.5, hub_max_retries=2, hub_max_retry_after_s=5, hub_max_pages=4,
+                     hub_min_rate_bytes_s=1000, hub_rate_window_s=0.6)
+
+    def hung(*_):
+        raise TimeoutError("llmos pull did not return within 20 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield limits
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _pull_fails(registry, llmos, match: str, hub_env, max_s: float = 5.0):
+    t0 = time.monotonic()
+    with pytest.raises(llmos.errors.DownloadError, match=match) as info:
+        registry.pull(REPO, progress=False)
+    assert time.monotonic() - t0 < max_s
+    _no_half_entries(hub_env)
+    return info.value
+
+
+@pytest.mark.parametrize("kind", ["revision", "tree", "resolve"])
+def test_a_server_that_never_answers_times_out(fake_hub, registry, llmos, hub_env, small_limits, kind):
+    fake_hub.hang.add(kind)
+    _pull_fails(registry, llmos, r"no answer within 0.5 s .*hub_timeout_s", hub_env)
+
+
+def test_a_long_retry_after_is_refused_not_slept(fake_hub, registry, llmos, hub_env, small_limits):
+    fake_hub.retry_after = "100000"
+    e = _pull_fails(registry, llmos, r"wait 100000 s .*Retry-After.*hub_max_retry_after_s", hub_env, max_s=2)
+    assert e.field == "hub_max_retry_after_s"
+    fake_hub.retry_after = "0"  # a short one is honoured, then the tries run out
+    _pull_fails(registry, llmos, r"failed 2 time\(s\), last: HTTP 429", hub_env, max_s=3)
+
+
+def test_endless_pagination_stops_at_the_page_limit(fake_hub, registry, llmos, hub_env, small_limits):
+    fake_hub.endless_pages = True
+    _pull_fails(registry, llmos, r"past 4 pages .*hub_max_pages", hub_env)
+    assert len([r for r in fake_hub.requests if "/tree/" in r[1]]) == 4
+
+
+def test_a_trickle_is_abandoned_below_the_minimum_rate(fake_hub, registry, llmos, hub_env, small_limits):
+    fake_hub.trickle["model.safetensors"] = 0.1  # 10 bytes/s; the limit is 1000
+    e = _pull_fails(registry, llmos, r"model.safetensors: .* slower than the minimum of 1000 bytes/s", hub_env)
+    assert e.field == "hub_min_rate_bytes_s"
+
+
+@pytest.mark.parametrize("item, match, field", [
+    ({"type": "file", "path": "..\\..\\x.safetensors", "size": 4, "oid": "0" * 40}, "not a relative path", "path"),
+    ({"type": "file", "path": "../x.safetensors", "size": 4, "oid": "0" * 40}, "not a relative path", "path"),
+    ({"type": "file", "path": "/etc/x.safetensors", "size": 4, "oid": "0" * 40}, "not a relative path", "path"),
+    ({"type": "file", "path": "a.safetensors", "size": "abc", "oid": "0" * 40}, "size 'abc'", "size"),
+    ({"type": "file", "path": "a.safetensors", "size": 4, "oid": "nothex"}, "object id", "oid"),
+    ({"type": "file", "path": "a.safetensors", "size": 4, "oid": "0" * 40, "lfs": {"oid": 5}}, "LFS sha256",
+     "lfs.oid"),
+    ("just a string", "not an object", "tree"),
+])
+def test_bad_listings_are_download_errors(fake_hub, registry, llmos, hub_env, small_limits, item, match, field):
+    fake_hub.tree_items = [item]
+    e = _pull_fails(registry, llmos, match, hub_env)
+    assert e.field == field
+    assert not any(p.name == "x.safetensors" for p in hub_env.parent.rglob("*"))
+
+
+@pytest.mark.parametrize("body", [b"<html>not json</html>", b'{"a": 1}', b"[1, 2"])
+def test_a_listing_that_is_not_a_json_list(fake_hub, registry, llmos, hub_env, small_limits, body):
+    fake_hub.tree_body = body
+    _pull_fails(registry, llmos, "not JSON|not a JSON list", hub_env)
+
+
+def test_pull_verb_against_a_hung_server_exits_with_the_error(fake_hub, hub_env, tmp_path):
+    """`llmos pull` as a user runs it, with the limits set from the environment."""
+    import os
+    import subprocess
+    import sys
+
+    fake_hub.hang.add("tree")
+    env = {**os.environ, "LLMOS_LIMIT_HUB_TIMEOUT_S": "0.5", "LLMOS_LIMIT_HUB_MAX_RETRIES": "1",
+           "HF_HUB_OFFLINE": "0"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "llmos", "pull", REPO, "--quiet"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no answer within 0.5 s" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - t0 < 30
+    _no_half_entries(hub_env)

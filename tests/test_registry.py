@@ -74,7 +74,10 @@ def test_import_records_manifest_and_loads(home, registry, tiny, llmos, load_llm
     import checkpoints
 
     entry = registry.import_model(tiny, name="tiny")
-    assert entry.ref == "tiny:latest" and Path(entry.path) == home / "models" / "tiny" / "latest"
+    assert entry.ref == "tiny:latest"
+    # Each version in its own folder; `current` says which one the name means.
+    tag_dir = home / "models" / "tiny" / "latest"
+    assert Path(entry.path) == tag_dir / "versions" / (tag_dir / "current").read_text().strip()
     m = json.loads((Path(entry.path) / registry.MANIFEST).read_text())
     assert m == entry.manifest
     assert m["source"] == {"kind": "import", "path": str(tiny.resolve())}
@@ -99,7 +102,7 @@ def test_names_tags_and_listing(home, registry, tiny, capsys):
     registry.import_model(tiny, name="Tiny-Llama")  # names are case-insensitive
     registry.import_model(tiny, name="tiny-llama:v2")
     assert [e.ref for e in registry.list_models()] == ["tiny-llama:latest", "tiny-llama:v2"]
-    assert registry.resolve("TINY-LLAMA:V2").endswith(os.path.join("tiny-llama", "v2"))
+    assert Path(registry.resolve("TINY-LLAMA:V2")).parent.parent == home / "models" / "tiny-llama" / "v2"
     code, out, _ = _cli(capsys, "ls")
     assert code == 0 and "tiny-llama:latest" in out and "tiny-llama:v2" in out and "llama" in out
     for bad in ("bad name", "a/b:c", ":tag", "name:", "x" * 81, "-lead"):
@@ -222,14 +225,16 @@ def test_reimport_replaces_and_disk_full_keeps_old_entry(home, registry, tiny, t
 
     monkeypatch.setattr(store_build, "copy_hashed", copy_then_disk_full)
     with pytest.raises(llmos.errors.DiskFullError, match="no space left .* nothing was changed") as info:
-        registry.import_model(other, name="tiny")
+        registry.import_model(other, name="tiny", force=True)
     assert isinstance(info.value, OSError)
     monkeypatch.undo()
     monkeypatch.setenv("LLMOS_HOME", str(home))
     assert registry.show("tiny").digest == old.digest and registry.verify("tiny").ok
     _no_leftovers(home)
 
-    new = registry.import_model(other, name="tiny")
+    with pytest.raises(InvalidInputError, match="already exists.*--force"):
+        registry.import_model(other, name="tiny")
+    new = registry.import_model(other, name="tiny", force=True)
     assert new.digest != old.digest and registry.show("tiny").digest == new.digest
     assert [e.ref for e in registry.list_models()] == ["tiny:latest"]
     _no_leftovers(home)

@@ -69,6 +69,23 @@ class Limits:
     # attention heads): the rope tables are built from them before the tensors are read.
     max_model_dim: int = 1 << 22
 
+    # --- Hugging Face Hub downloads (registry/hub.py) ---------------------------------------
+    # seconds one request may wait to connect, or for its next bytes.
+    hub_timeout_s: float = 30.0
+    # longest Retry-After waited for; a server asking for more is refused, not slept on.
+    hub_max_retry_after_s: float = 60.0
+    # tries of one request after a 429, a 5xx, a timeout or a dropped connection.
+    hub_max_retries: int = 5
+    # pages of a repository's file listing followed (Link: rel="next").
+    hub_max_pages: int = 1000
+    # files in a repository's listing.
+    hub_max_files: int = 100_000
+    # bytes of one JSON answer (model info, one page of the listing).
+    hub_max_json_bytes: int = 64 << 20
+    # a transfer averaging fewer bytes per second than this over hub_rate_window_s is abandoned.
+    hub_min_rate_bytes_s: float = 1024.0
+    hub_rate_window_s: float = 30.0
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

@@ -27,7 +27,7 @@ def _quant_text(entry) -> str:
 def _import(args) -> int:
     from llmos.registry import operations as registry
 
-    entry = registry.import_model(args.path, name=args.name)
+    entry = registry.import_model(args.path, name=args.name, force=args.force)
     print(f"imported {args.path} as {entry.ref} ({len(entry.files)} files, {_size(entry.size)})")
     return 0
 
@@ -169,7 +169,7 @@ def _verify(args) -> int:
 def _quantize(args) -> int:
     from llmos.registry import operations as registry
 
-    entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name)
+    entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name, force=args.force)
     print(f"wrote {entry.ref} ({_quant_text(entry)}, {_size(entry.size)}) from {args.model}")
     return 0
 
@@ -182,6 +182,7 @@ def add_registry_commands(subparsers) -> None:
     p = subparsers.add_parser("import", help="copy a model folder or FILE.onnx into the registry")
     p.add_argument("path", metavar="DIR|FILE.onnx")
     p.add_argument("--name", help="name[:tag] for the entry (default: the folder's name)")
+    p.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     p.set_defaults(run=_import)
 
     p = subparsers.add_parser("pull", help="download a model from the Hugging Face Hub (HF_ENDPOINT honoured)")
@@ -203,7 +204,7 @@ def add_registry_commands(subparsers) -> None:
     p.set_defaults(run=_show)
 
     p = subparsers.add_parser("rm", help="delete a model from the registry")
-    p.add_argument("model", metavar="NAME")
+    p.add_argument("model", metavar="NAME", help="registry name (name[:tag]); paths are refused")
     p.set_defaults(run=_rm)
 
     p = subparsers.add_parser("verify", help="check a model's files against their checksums")
@@ -216,5 +217,6 @@ def add_registry_commands(subparsers) -> None:
     p.add_argument("--to", required=True, choices=["int8", "int4"])
     p.add_argument("--group", type=int, default=32, choices=[32, 64, 128], help="block size (default 32)")
     p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format)")
+    p.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     p.set_defaults(run=_quantize)
 

@@ -37,7 +37,8 @@ def _train(args) -> int:
 
     _set_threads(args.threads)
     common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, eval_data=args.eval,
-                  max_steps=args.max_steps, seed=args.seed, device=args.device, progress=not args.quiet)
+                  max_steps=args.max_steps, seed=args.seed, device=args.device, progress=not args.quiet,
+                  force=args.force)
     if args.from_scratch:
         if not args.config or not args.tokenizer_from:
             raise InvalidInputError("--from-scratch needs --config small.json and --tokenizer-from DATA")
@@ -96,6 +97,7 @@ def add_train_commands(subparsers) -> None:
     p.add_argument("--eval", metavar="FILE", action="append", help="held-out data whose loss is reported")
     p.add_argument("--out", metavar="NAME", help="registry name, or a folder path (contains '/'); "
                                                 "default NAME-ft / NAME-lora")
+    p.add_argument("--force", action="store_true", help="replace the registry entry --out if it exists")
     p.add_argument("--from-scratch", action="store_true", help="train a new model and tokenizer")
     p.add_argument("--config", metavar="small.json", help="with --from-scratch: the model's LlamaConfig fields")
     p.add_argument("--tokenizer-from", metavar="DATA", action="append",

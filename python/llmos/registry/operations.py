@@ -2,14 +2,16 @@
 
 Layout::
 
-    $LLMOS_HOME/models/<name>/<tag>/        one entry: the model's files + llmos-manifest.json
-    $LLMOS_HOME/downloads/<org>--<repo>/    files of an unfinished pull, kept so that the next
-                                            pull of the same repository resumes
-    $LLMOS_HOME/tmp/                        entries being built
+    $LLMOS_HOME/models/<name>/<tag>/versions/<id>/   one version: the model's files + llmos-manifest.json
+    $LLMOS_HOME/models/<name>/<tag>/current          which version the name means now
+    $LLMOS_HOME/downloads/<org>--<repo>/             files of an unfinished pull, kept so that the
+                                                     next pull of the same repository resumes
+    $LLMOS_HOME/tmp/                                 versions being built
 
-An entry appears only by one rename of a finished folder (files and manifest written and
-fsynced first), so a crash, Ctrl-C or a full disk leaves the old entry or the new one, never
-a mix. Whatever a dead process left in tmp/ is removed the next time the registry is used.
+A version is finished (files and manifest written and fsynced) before it gets its place, and
+`current` changes by one rename, so a crash, Ctrl-C or a full disk leaves the old version or
+the new one, never a mix; a reader keeps the version it resolved (store/versions.py). Whatever
+a dead process left in tmp/ is removed the next time the registry is used.
 
 Every function that takes a model also takes a folder path (see `resolve`).
 """
@@ -34,11 +36,12 @@ from llmos.paths import home
 from llmos.registry import hub
 from llmos.runtime.load import load as load_model
 from llmos.runtime.quantize import quantize as quantize_checkpoint
-from llmos.store.build import Build, clean_stale, lock, tmp_dir
+from llmos.store.build import Build, clean_stale, lock, refuse_existing, tmp_dir
 from llmos.store.files import INDEX_FILE, is_side_file, model_files, now, weight_files
-from llmos.store.manifest import MANIFEST, Entry, iter_entries, read_manifest
-from llmos.store.names import DEFAULT_TAG, TAG_RE, check_new_name, entry_dir, parse_ref, slug
-from llmos.store.resolve import entry_for, resolve
+from llmos.store.manifest import MANIFEST, Entry, read_manifest
+from llmos.store.names import DEFAULT_TAG, TAG_RE, check_new_name, entry_dir, looks_like_path, parse_ref, slug
+from llmos.store.resolve import entry_for, iter_entries, resolve, resolved
+from llmos.store.versions import current_folder, entry_of
 from llmos.text.tokenizer import Tokenizer
 from llmos.version import __version__
 
@@ -86,14 +89,15 @@ def chat_template(name_or_path) -> str:
 def tokenize(name_or_path, text: str) -> list[tuple[int, str, str]]:
     """How the model's tokenizer splits `text`: (id, vocabulary token, decoded text) per token."""
 
-    tok = Tokenizer.from_dir(resolve(name_or_path))
+    with resolved(name_or_path) as folder:
+        tok = Tokenizer.from_dir(folder)
     ids = tok.encode(text, add_special_tokens=False)
     return [(i, tok.id_to_token(i) or "", tok.decode([i], skip_special_tokens=False)) for i in ids]
 
 
 def load(name_or_path, **options):
     """llmos.load for a registry name or a folder."""
-    return load_model(resolve(name_or_path), **options)
+    return load_model(name_or_path, **options)
 
 
 def _lineage_of(folder: Path) -> list[dict]:
@@ -105,11 +109,11 @@ def _lineage_of(folder: Path) -> list[dict]:
     return []
 
 
-def import_model(path: str | os.PathLike, name: str | None = None) -> Entry:
+def import_model(path: str | os.PathLike, name: str | None = None, *, force: bool = False) -> Entry:
     """Copies a model folder (safetensors checkpoint or ONNX decoder) or a FILE.onnx with the
     files beside it into the registry as ``name`` (default: the folder's name, tag 'latest').
-    An existing entry of that name is replaced; until the new one is complete the old one
-    stays."""
+    An existing entry of that name is refused unless ``force``; then it is replaced, and until
+    the new version is complete the old one stays."""
     src = Path(os.path.expanduser(os.fspath(path)))
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or folder", file=str(src))
@@ -121,13 +125,15 @@ def import_model(path: str | os.PathLike, name: str | None = None) -> Entry:
     else:
         ref_name, tag = parse_ref(name)
     check_new_name(ref_name)
+    if not force:
+        refuse_existing(ref_name, tag)  # before copying gigabytes; publish checks again
     with Build("import", f"importing {src}") as b:
         b.check_space(sum((folder / f).stat().st_size for f in files))
         for rel in files:
             b.copy(folder / rel, rel)
         when = now()
         lineage = _lineage_of(folder) + [{"op": "import", "from": str(src.resolve()), "at": when}]
-        return b.publish(ref_name, tag, {"kind": "import", "path": str(src.resolve())}, lineage)
+        return b.publish(ref_name, tag, {"kind": "import", "path": str(src.resolve())}, lineage, replace=force)
 
 
 def _split_repo(repo_id: str, revision: str | None) -> tuple[str, str | None]:
@@ -164,8 +170,8 @@ def pull(repo_id: str, revision: str | None = None, name: str | None = None, *, 
     repo, revision = _split_repo(repo_id, revision)
     ref_name, tag = pull_target(repo_id, revision, name)
     snap = hub.resolve_snapshot(repo, revision)
-    current = entry_dir(ref_name, tag)
-    if (current / MANIFEST).is_file():
+    current = current_folder(entry_dir(ref_name, tag))
+    if current is not None:
         try:
             m = read_manifest(current)
             if (m.get("source", {}).get("commit") == snap.commit and m.get("source", {}).get("repo_id") == repo
@@ -206,33 +212,58 @@ def pull(repo_id: str, revision: str | None = None, name: str | None = None, *, 
         source = {"kind": "hub", "repo_id": repo, "revision": revision, "commit": snap.commit,
                   "endpoint": snap.endpoint}
         lineage = [{"op": "pull", "from": f"hf://{repo}@{snap.commit}", "endpoint": snap.endpoint, "at": now()}]
-        entry = b.publish(ref_name, tag, source, lineage)
+        entry = b.publish(ref_name, tag, source, lineage, replace=True)  # a pull updates its entry
     shutil.rmtree(staging, ignore_errors=True)
     return entry
 
 
 def remove(name: str) -> Entry:
-    """Deletes a registry entry (only entries: a folder outside the registry is never deleted)."""
-    entry = entry_for(name)
-    if entry.name is None:
-        raise InvalidInputError(f"{entry.path}: not a registry entry; `rm` only removes models in {home()}",
-                                field="name")
-    target = Path(entry.path)
+    """Deletes a registry entry, given by name. A path is refused, even one that leads to an
+    entry (a link the user made, say): `rm` never deletes what a path names."""
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and looks_like_path(name)):
+        raise InvalidInputError(_path_not_name(os.fspath(name)), field="name")
+    ref_name, tag = parse_ref(name)
+    tag_dir = entry_dir(ref_name, tag)
+    if not tag_dir.is_dir():
+        if os.path.isdir(name):
+            raise InvalidInputError(f"{name}: not a registry entry; `rm` only removes models in {home()}",
+                                    field="name")
+        resolve(name)  # ModelNotFoundError with the closest names (or an entry put back by recovery)
     with lock():
+        folder = current_folder(tag_dir)
+        try:
+            manifest = read_manifest(folder) if folder is not None else {"files": {}}
+        except LlmosError as e:  # a broken entry can still be removed
+            manifest = {"problem": str(e), "files": {}}
         # Renamed out of models/ first so that a crash mid-delete never leaves a half entry.
         trash = tmp_dir("removed")
-        os.rename(target, trash / "entry")
+        os.rename(tag_dir, trash / "entry")
         with contextlib.suppress(OSError):
-            target.parent.rmdir()  # the name's folder, once its last tag is gone
+            tag_dir.parent.rmdir()  # the name's folder, once its last tag is gone
     shutil.rmtree(trash, ignore_errors=True)
-    return entry
+    return Entry(ref_name, tag, str(folder or tag_dir), manifest)
+
+
+def _path_not_name(text: str) -> str:
+    real = Path(os.path.expanduser(text)).resolve()
+    hit = entry_of(real, (home() / "models").resolve())
+    if hit is None and real.parent.name == "versions":
+        hit = entry_of(real.parent.parent, (home() / "models").resolve())
+    if hit is not None:
+        return (f"{text}: `rm` takes a registry name, not a path; this path leads to the entry '{hit[0]}:{hit[1]}' "
+                f"(remove the entry with `llmos rm {hit[0]}:{hit[1]}`, or the path itself with your file manager)")
+    return f"{text}: not a registry entry; `rm` takes a registry name and only removes models in {home()}"
 
 
 def verify(name_or_path) -> VerifyReport:
     """Re-reads every file: sizes and sha256 against the manifest, files missing or added, and
     the structure of the safetensors files and JSON side files. A folder outside the registry
     (no manifest) gets the structural checks only."""
-    folder = Path(resolve(name_or_path))
+    with resolved(name_or_path) as path:
+        return _verify(name_or_path, Path(path))
+
+
+def _verify(name_or_path, folder: Path) -> VerifyReport:
     entry_ref = name_or_path if isinstance(name_or_path, str) else str(folder)
     report = VerifyReport(ref=str(entry_ref), path=str(folder))
     manifest = None
@@ -296,16 +327,23 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
             report.problems.append(f"{rel}: cannot read ({e.strerror})")
 
 
-def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None) -> Entry:
+def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None, *,
+             force: bool = False) -> Entry:
     """Writes a quantized copy of a model as a new entry (the original stays), through
-    ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'."""
+    ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'.
+    An existing entry of the new name (the model's own, too) is replaced only with ``force``."""
     if to not in ("int8", "int4"):
         raise InvalidInputError(f"--to: expected int8 or int4, got {to!r}", field="to")
     if isinstance(group, bool) or not isinstance(group, int) or group not in _QUANT_GROUPS:
         raise InvalidInputError(f"--group: expected one of {', '.join(map(str, _QUANT_GROUPS))}, got {group!r}",
                                 field="group")
     quant = to if group == 32 else f"{to}-g{group}"
-    parent = entry_for(name_or_path)
+    with resolved(name_or_path) as folder:  # the source version stays while it is read
+        return _quantize(folder, to, group, quant, name, force)
+
+
+def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, force: bool) -> Entry:
+    parent = entry_for(folder)
     if name is not None:
         ref_name, tag = parse_ref(name)
         check_new_name(ref_name)
@@ -313,6 +351,8 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
         ref_name, tag = parent.name, quant if parent.tag == DEFAULT_TAG else slug(f"{parent.tag}-{quant}", TAG_RE)
     else:
         ref_name, tag = slug(Path(parent.path).resolve().name), quant
+    if not force:
+        refuse_existing(ref_name, tag)
     src = Path(parent.path)
     with Build("quantize", f"quantizing {parent.ref}") as b:
         quantize_checkpoint(str(src), str(b.dir), quant=quant)
@@ -330,9 +370,10 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
         source = {"kind": "quantize", "from": parent.ref, "from_digest": parent.digest}
         return b.publish(ref_name, tag, source, parent.lineage + [step],
                          overrides={"quantization": {"method": "llmos", "quant": quant, "scheme": to,
-                                                     "group": group}})
+                                                     "group": group}}, replace=force)
 
 
 def export_onnx(name_or_path, out_dir: str | os.PathLike, **options):
     """Exports a model as an ONNX decoder folder through ``llmos.export_onnx``."""
-    return onnx_ops.export_onnx(resolve(name_or_path), os.fspath(out_dir), **options)
+    with resolved(name_or_path) as folder:
+        return onnx_ops.export_onnx(folder, os.fspath(out_dir), **options)

@@ -15,7 +15,7 @@ from llmos.extras import require
 from llmos.io.config import ConfigReader, read_json
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.model import Model
-from llmos.store.resolve import resolve
+from llmos.store.resolve import resolved
 from llmos.text.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,14 +42,15 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
     `path` may also name a model in the local registry (`llmos ls`).
     """
-    path = resolve(path)
     threads = check_threads(threads)
-    if is_onnx_model(path):
-        if adapter is not None:
-            raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
-                                    "checkpoint", field="adapter")
-        return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
-    return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
+    # One version of a registry entry, kept whole while it loads even if the name is replaced.
+    with resolved(path) as path:
+        if is_onnx_model(path):
+            if adapter is not None:
+                raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
+                                        "checkpoint", field="adapter")
+            return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
+        return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
 
 
 def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None,

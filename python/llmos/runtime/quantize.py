@@ -11,6 +11,7 @@ weights. llmos.load reads it by mmap and copies the blocks as they are: no re-qu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,8 +25,8 @@ from llmos import _core
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
-from llmos.errors import InvalidInputError
-from llmos.io.files import hash_file
+from llmos.errors import DiskFullError, InvalidInputError
+from llmos.io.files import hash_file, is_disk_full
 from llmos.io.checkpoint import resolve, tensor_locations
 from llmos.io.config import ConfigReader, read_json
 from llmos.quant.names import parse_quant
@@ -91,7 +92,9 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".llmos-quantize-", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata=metadata)
+        weights = os.path.join(tmp, "model.safetensors")
+        save_file(tensors, weights, metadata=metadata)
+        _check_written(weights)
         for name in SIDE_FILES:
             src = os.path.join(m.path, name)
             if os.path.exists(src):
@@ -99,10 +102,35 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
         if os.path.exists(out_dir):
             os.rmdir(out_dir)
         os.replace(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(e):
+            raise DiskFullError(f"no space left on the disk holding {parent} while writing the quantized model to "
+                                f"{out_dir}; nothing was written (the partial files were removed). Free up space "
+                                "or write elsewhere", file=out_dir) from e
         raise
     return out_dir
+
+
+def _check_written(path: str) -> None:
+    """safetensors can drop the error of its last buffered write (a full disk then leaves a short
+    file and no exception): fsync, and read the header back, which checks the data's length."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    try:
+        _core.safetensors_read_header(path)
+    except Exception as e:
+        raise OSError(errno.ENOSPC, f"{path} is incomplete after writing ({e})", path) from e
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """A full disk, whether it arrives as an OSError or as safetensors' SafetensorError (which
+    carries the io error only in its text: 'IoError(Os { code: 28, kind: StorageFull ...')."""
+    if is_disk_full(e):
+        return True
+    text = str(e)
+    return type(e).__name__ == "SafetensorError" and ("StorageFull" in text or "code: 28," in text
+                                                      or "No space left" in text or "QuotaExceeded" in text)
 
 
 def _load_cpu(path: str, threads: int | None, quant: str) -> CpuBackend:

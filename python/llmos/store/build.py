@@ -1,6 +1,7 @@
-"""Writing the registry: entries are built in tmp/ and appear by one rename (`Build.publish`);
-a lock serializes publish / remove / cleanup between processes, and what dead processes left
-behind is cleaned up (or put back) the next time the registry is used."""
+"""Writing the registry: a version is built in tmp/, renamed under its entry's versions/ and
+made current by one pointer switch (`Build.publish`, see store/versions.py); a lock serializes
+publish / remove / cleanup between processes, and what dead processes left behind is cleaned
+up (or put back) the next time the registry is used."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from llmos.errors import DiskFullError, LlmosError, ModelFileError
+from llmos.errors import DiskFullError, InvalidInputError, LlmosError, ModelFileError
 from llmos.io.files import copy_hashed, fsync_dir, is_disk_full, sha256_file, write_json_atomic
 from llmos.paths import home
 from llmos.store.files import describe, now
 from llmos.store.manifest import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Entry, read_manifest
-from llmos.store.names import check_new_name, entry_dir
+from llmos.store.names import NAME_RE, TAG_RE, check_new_name, entry_dir
+from llmos.store.versions import VERSIONS, collect, current_folder, new_id, switch
 from llmos.version import __version__
 
 HOST = socket.gethostname().replace("~", "-")
@@ -57,22 +59,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def tmp_name(op: str) -> Path:
+    """A fresh path in tmp/ (not created) that clean_stale removes once this process is gone."""
+    return home() / "tmp" / f"{op}~{HOST}~{os.getpid()}~{secrets.token_hex(4)}"
+
+
 def tmp_dir(op: str) -> Path:
-    tmp = home() / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / f"{op}~{HOST}~{os.getpid()}~{secrets.token_hex(4)}"
+    path = tmp_name(op)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir()
     return path
 
 
-def clean_stale() -> None:
-    """Removes what dead processes left in tmp/; an entry that a crash had moved aside while
-    replacing it (and not yet replaced) is put back."""
-    tmp = home() / "tmp"
-    if not tmp.is_dir():
-        return
+def clean_stale() -> bool:
+    """Removes what dead processes left in tmp/ and versions that no reader needs any more; an
+    entry that an older llmos had moved aside while replacing it (and not yet replaced) is put
+    back. True when an entry was put back."""
+    root = home()
+    restored = False
+    if not (root / "tmp").is_dir() and not (root / "models").is_dir():
+        return restored
     with lock():
-        for d in list(tmp.iterdir()):
+        tmp = root / "tmp"
+        for d in list(tmp.iterdir()) if tmp.is_dir() else []:
             parts = d.name.split("~")
             if len(parts) == 4 and parts[2].isdigit():
                 op, host, pid = parts[0], parts[1], int(parts[2])
@@ -85,18 +94,44 @@ def clean_stale() -> None:
                     except OSError:
                         continue
                 if op == "replaced" and _restore(d):
+                    restored = True
                     continue
             shutil.rmtree(d, ignore_errors=True)
+        trash = None
+        for tag_dir in _tag_dirs(root / "models"):
+            if (tag_dir / VERSIONS).is_dir() or current_folder(tag_dir) is None:
+                trash = trash or tmp_name("collected")
+                collect(tag_dir, trash)
+        for name_dir in _name_dirs(root / "models"):
+            with contextlib.suppress(OSError):
+                name_dir.rmdir()  # a name whose last tag is gone
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    return restored
+
+
+def _name_dirs(models: Path) -> list[Path]:
+    if not models.is_dir():
+        return []
+    return [d for d in models.iterdir() if d.is_dir() and NAME_RE.fullmatch(d.name)]
+
+
+def _tag_dirs(models: Path) -> list[Path]:
+    return [t for n in _name_dirs(models) for t in n.iterdir() if t.is_dir() and TAG_RE.fullmatch(t.name)]
 
 
 def _restore(aside: Path) -> bool:
+    """Puts back an entry that a crash of an older llmos left in tmp/ (its flat layout) when the
+    name has no complete version now."""
     try:
         m = read_manifest(aside)
         target = entry_dir(m["name"], m["tag"])
     except (LlmosError, KeyError, TypeError):
         return False
-    if target.exists():
+    if current_folder(target) is not None:
         return False
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)  # nothing complete in it (checked above)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(aside, target)
     return True
@@ -174,7 +209,9 @@ class Build:
                     self.hashes[rel] = sha256_file(p)
 
     def publish(self, name: str, tag: str, source: dict, lineage: list[dict],
-                overrides: dict | None = None) -> Entry:
+                overrides: dict | None = None, *, replace: bool = False) -> Entry:
+        """Makes the built folder the current version of ``name:tag``. An existing entry is
+        refused unless `replace`; its version stays readable until the new one is current."""
         check_new_name(name)
         files = sorted(self.hashes)
         info = describe(self.dir, files, self.hashes)
@@ -188,23 +225,30 @@ class Build:
         for rel in files:  # fsync of each file was done when written; the folders need it too
             fsync_dir((self.dir / rel).parent)
         fsync_dir(self.dir)
-        target = entry_dir(name, tag)
-        with lock():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            aside = None
-            if target.exists():
-                # A folder cannot be renamed over a non-empty one: move the old entry aside
-                # first. A crash between the two renames is repaired by clean_stale.
-                aside = home() / "tmp" / f"replaced~{HOST}~{os.getpid()}~{secrets.token_hex(4)}"
-                os.rename(target, aside)
-            try:
-                os.rename(self.dir, target)
-            except BaseException:
-                if aside is not None:
-                    os.rename(aside, target)
-                raise
-            fsync_dir(target.parent)
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
-        self.dir = None
-        return Entry(name, tag, str(target), manifest)
+        tag_dir = entry_dir(name, tag)
+        vid = new_id()
+        trash = tmp_name("retired")
+        try:
+            with lock():
+                if not replace:
+                    refuse_existing(name, tag)
+                versions = tag_dir / VERSIONS
+                versions.mkdir(parents=True, exist_ok=True)
+                os.rename(self.dir, versions / vid)
+                self.dir = None
+                fsync_dir(versions)
+                # A crash before this line leaves a version that is not current: invisible, and
+                # collected by the next cleanup. After it, the new version is the entry.
+                switch(tag_dir, vid)
+                collect(tag_dir, trash)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+        return Entry(name, tag, str(versions / vid), manifest)
+
+
+def refuse_existing(name: str, tag: str) -> None:
+    """InvalidInputError when ``name:tag`` already names a model (writers replace it only when
+    asked: force=True, `--force`)."""
+    if current_folder(entry_dir(name, tag)) is not None:
+        raise InvalidInputError(f"a model named '{name}:{tag}' already exists in {home()}; pass --force "
+                                "(force=True) to replace it, or choose another name", field="name")

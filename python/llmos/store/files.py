@@ -183,6 +183,21 @@ def _quantization_of(config: dict) -> dict | None:
     return out
 
 
+def quantized_as(folder: Path) -> str | None:
+    """How a checkpoint folder's weights are quantized ("llmos int4", "awq"...), or None for
+    float weights: what `llmos quantize` recorded in the safetensors metadata, else config.json's
+    quantization_config. Reads headers only."""
+    config = read_json(str(folder / "config.json"), required=False) or {}
+    q = _quantization_of(config) if isinstance(config, dict) else None
+    if q is not None:
+        return str(q["method"])
+    for p in sorted(folder.glob("*.safetensors")):
+        _, metadata = _core.safetensors_read_header(str(p))
+        if (metadata or {}).get("llmos_quant"):
+            return f"llmos {metadata['llmos_quant']}"
+    return None
+
+
 def _relative_origin(origin: str | None, folder: Path) -> str | None:
     if not origin:
         return origin

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from llmos.errors import LlmosError, ModelFormatError
+from llmos.errors import ModelFormatError
 from llmos.io.config import read_json
-from llmos.paths import home
-from llmos.store.names import NAME_RE, TAG_RE
 
 MANIFEST = "llmos-manifest.json"
 
@@ -97,20 +94,3 @@ def read_manifest(folder: Path) -> dict:
         raise ModelFormatError(f"{path}: manifest version {data.get('version')} is newer than this llmos "
                                f"understands ({MANIFEST_VERSION}); upgrade llmos", file=str(path), field="version")
     return data
-
-
-def iter_entries() -> Iterator[Entry]:
-    models = home() / "models"
-    if not models.is_dir():
-        return
-    for name_dir in sorted(models.iterdir()):
-        if not name_dir.is_dir() or not NAME_RE.fullmatch(name_dir.name):
-            continue
-        for tag_dir in sorted(name_dir.iterdir()):
-            if not TAG_RE.fullmatch(tag_dir.name) or not (tag_dir / MANIFEST).is_file():
-                continue
-            try:
-                manifest = read_manifest(tag_dir)
-            except LlmosError as e:
-                manifest = {"problem": str(e), "files": {}}
-            yield Entry(name_dir.name, tag_dir.name, str(tag_dir), manifest)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
-from llmos.errors import InvalidInputError, ModelFileError, ModelNotFoundError
+from llmos.errors import InvalidInputError, LlmosError, ModelFileError, ModelNotFoundError
 from llmos.paths import BUNDLED_MODEL_NAME, bundled_model_dir, home
+from llmos.store.build import clean_stale
 from llmos.store.files import describe, model_files
-from llmos.store.manifest import MANIFEST, Entry, iter_entries, read_manifest
-from llmos.store.names import DEFAULT_TAG, entry_dir, looks_like_path, parse_ref
+from llmos.store.manifest import MANIFEST, Entry, read_manifest
+from llmos.store.names import DEFAULT_TAG, NAME_RE, TAG_RE, entry_dir, looks_like_path, parse_ref
+from llmos.store.versions import CURRENT, current_folder, entry_of, pinned
 
 def resolve(name_or_path: str | os.PathLike) -> str:
     """The folder of a model given by registry name (``name[:tag]``) or by path.
@@ -24,6 +28,10 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     if isinstance(name_or_path, os.PathLike) or (isinstance(name_or_path, str) and looks_like_path(name_or_path)):
         path = Path(os.path.expanduser(os.fspath(name_or_path)))
         if path.is_dir():
+            if (path / CURRENT).is_file():  # an entry's own folder: its current version
+                folder = current_folder(path)
+                if folder is not None:
+                    return str(folder)
             return str(path)
         if path.is_file() and path.suffix.lower() == ".onnx":
             return str(path.parent)
@@ -50,12 +58,53 @@ def resolve(name_or_path: str | os.PathLike) -> str:
             raise ModelFileError(f"{bundled}: the bundled default model is missing from this installation",
                                  file=str(bundled))
         return str(bundled)
-    folder = entry_dir(name, tag)
-    if (folder / MANIFEST).is_file():
+    folder = current_folder(entry_dir(name, tag))
+    if folder is not None:
         return str(folder)
     if os.path.isdir(name_or_path):
         return name_or_path
+    # A crash of an older llmos can leave the entry moved aside in tmp/: put it back and look again.
+    if _recovered():
+        folder = current_folder(entry_dir(name, tag))
+        if folder is not None:
+            return str(folder)
     raise _not_found(name, tag)
+
+
+def _recovered() -> bool:
+    try:
+        return clean_stale()
+    except OSError:  # a registry this user may read but not write: nothing to recover from here
+        return False
+
+
+@contextlib.contextmanager
+def resolved(name_or_path) -> Iterator[str]:
+    """`resolve`, with the folder kept from deletion until the block ends: a reader of a
+    registry entry reads one whole version even while another process replaces the entry."""
+    with pinned(lambda: resolve(name_or_path)) as folder:
+        yield folder
+
+
+def iter_entries() -> Iterator[Entry]:
+    """Every entry with a complete version (an unreadable manifest: ``manifest['problem']``)."""
+    models = home() / "models"
+    if not models.is_dir():
+        return
+    for name_dir in sorted(models.iterdir()):
+        if not name_dir.is_dir() or not NAME_RE.fullmatch(name_dir.name):
+            continue
+        for tag_dir in sorted(name_dir.iterdir()):
+            if not TAG_RE.fullmatch(tag_dir.name):
+                continue
+            folder = current_folder(tag_dir)
+            if folder is None:
+                continue
+            try:
+                manifest = read_manifest(folder)
+            except LlmosError as e:
+                manifest = {"problem": str(e), "files": {}}
+            yield Entry(name_dir.name, tag_dir.name, str(folder), manifest)
 
 
 def _not_found(name: str, tag: str) -> ModelNotFoundError:
@@ -82,11 +131,11 @@ def _not_found(name: str, tag: str) -> ModelNotFoundError:
 
 
 def entry_for(name_or_path) -> Entry:
-    folder = Path(resolve(name_or_path))
-    models = (home() / "models").resolve()
-    real = folder.resolve()
-    if real.parent.parent == models and (folder / MANIFEST).is_file():
-        return Entry(real.parent.name, real.name, str(folder), read_manifest(folder))
-    if (folder / MANIFEST).is_file():  # an entry folder copied elsewhere still carries its manifest
-        return Entry(None, None, str(folder), read_manifest(folder))
-    return Entry(None, None, str(folder), describe(folder, model_files(folder), hashes=None))
+    with resolved(name_or_path) as path:
+        folder = Path(path)
+        hit = entry_of(folder.resolve(), (home() / "models").resolve())
+        if hit is not None and (folder / MANIFEST).is_file():
+            return Entry(hit[0], hit[1], str(folder), read_manifest(folder))
+        if (folder / MANIFEST).is_file():  # an entry folder copied elsewhere still carries its manifest
+            return Entry(None, None, str(folder), read_manifest(folder))
+        return Entry(None, None, str(folder), describe(folder, model_files(folder), hashes=None))

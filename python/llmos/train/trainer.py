@@ -33,6 +33,8 @@ from llmos.adapters.lora import LoraSpec, replace_dir
 from llmos.io.config import read_json
 from llmos.io.files import atomic_file
 from llmos.registry import operations as registry
+from llmos.store.build import refuse_existing
+from llmos.store.files import quantized_as
 from llmos.store.names import parse_ref
 from llmos.store.resolve import resolve
 from llmos.text.tokenizer import Tokenizer
@@ -104,6 +106,24 @@ def resolve_model(name_or_path) -> str:
     """The folder of a model given by registry name or path."""
 
     return resolve(name_or_path)
+
+
+def _refuse_quantized(base_dir: str, model) -> None:
+    """Training needs the float weights: transformers would not read quantized blocks and
+    would start from random weights instead."""
+    quant = quantized_as(Path(base_dir))
+    if quant is not None:
+        raise InvalidInputError(
+            f"{os.fspath(model)}: the weights are quantized ({quant}); training needs the float weights. Train "
+            "the model it was quantized from (`llmos show` lists it under lineage), then quantize the result",
+            field="model")
+
+
+def _refuse_existing_out(out, default_name: str, force: bool) -> None:
+    """A registry name that is taken is refused before training starts, unless ``force``."""
+    if force or (out is not None and looks_like_path(os.fspath(out))):
+        return
+    refuse_existing(*parse_ref(out or default_name))
 
 
 # ---- the training loop --------------------------------------------------------------------------
@@ -365,7 +385,7 @@ def save_checkpoint_folder(model, out_dir: str | os.PathLike, *, carry_from: str
     return str(out)
 
 
-def _publish(folder: str, name: str, lineage: dict) -> tuple[str, str]:
+def _publish(folder: str, name: str, lineage: dict, force: bool = False) -> tuple[str, str]:
     """Imports ``folder`` into the registry as ``name``; returns (entry folder, ref)."""
 
     import inspect
@@ -375,7 +395,7 @@ def _publish(folder: str, name: str, lineage: dict) -> tuple[str, str]:
     # folder has none, so pass the training step where the registry accepts it.
     if "lineage" in inspect.signature(registry.import_model).parameters:
         kwargs["lineage"] = [lineage]
-    entry = registry.import_model(folder, name=name, **kwargs)
+    entry = registry.import_model(folder, name=name, force=force, **kwargs)
     return entry.path, entry.ref
 
 
@@ -423,7 +443,7 @@ def _check_common(epochs, batch_size, max_seq_len, lr):
 
 
 def _finish(out: str | None, default_name: str, build: Callable[[str], str], lineage: dict,
-            checkpoint_dir: Path | None) -> tuple[str, str]:
+            checkpoint_dir: Path | None, force: bool = False) -> tuple[str, str]:
     """Writes the output through ``build(folder)``: to the folder ``out`` when it is a path, else
     into the registry as ``out`` (or ``default_name``)."""
     if out is not None and looks_like_path(os.fspath(out)):
@@ -436,7 +456,7 @@ def _finish(out: str | None, default_name: str, build: Callable[[str], str], lin
     staging = staging_root / "output"
     try:
         build(str(staging))
-        return _publish(str(staging), name, lineage)
+        return _publish(str(staging), name, lineage, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if checkpoint_dir is None:
@@ -457,7 +477,8 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
           batch_size: int = 8, eval_data=None, checkpoint_dir: str | None = None, save_every: int | None = None,
           save_every_s: float = 300.0, max_steps: int | None = None, seed: int = 0, device: str | None = None,
           save_dtype: str | None = None, warmup: int | None = None, weight_decay: float = 0.0,
-          progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+          force: bool = False) -> TrainResult:
     """Fine-tunes ``model`` (registry name or folder) on ``data`` (.txt / .jsonl file or files).
 
     lora: a LoraSpec or ``"r=16,alpha=32"`` for LoRA (else every weight is trained); with
@@ -465,6 +486,8 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
     merged into the weights. out: a folder path, or a registry name (default: NAME-ft / NAME-lora).
     eval_data: file(s) whose loss is reported after training. save_dtype: dtype of the written
     weights (default: the base's). checkpoint_dir: where resumable state goes (none if None).
+    force: replace the registry entry ``out`` if it exists (else it is refused before training).
+    A quantized base is refused: train its float original.
     """
     torch = _torch()
     transformers = _quiet_transformers()
@@ -477,6 +500,10 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
         raise InvalidInputError("an adapter is written to a folder: give out as a path (e.g. ./my-adapter)",
                                 field="out")
     base_dir = resolve_model(model)
+    _refuse_quantized(base_dir, model)
+    default = f"{_registry_stem(base_dir, os.fspath(model))}-{'lora' if spec else 'ft'}"
+    if not keep_adapter:
+        _refuse_existing_out(out, default, force)
     tok = Tokenizer.from_dir(base_dir)
     dataset = _load_data(data, tok, max_seq_len, "data")
     evalset = _load_data(eval_data, tok, max_seq_len, "eval") if eval_data is not None else None
@@ -529,8 +556,7 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
             return save_checkpoint_folder(merged_net.cpu() if merged_net is net else merged_net, folder,
                                           carry_from=base_dir, dtype=save_dtype or base_dtype, card=card)
 
-        default = f"{_registry_stem(base_dir, base_name)}-{'lora' if spec else 'ft'}"
-        path, ref = _finish(out, default, build, lineage, ckpt)
+        path, ref = _finish(out, default, build, lineage, ckpt, force)
     _done(ckpt)
     return TrainResult(path=path, ref=ref, steps=stats["steps"], epochs=epochs, train_loss=stats["train_loss"],
                        eval_loss=stats["eval_loss"], seconds=stats["seconds"], tokens=stats["tokens"],
@@ -637,13 +663,14 @@ def train_from_scratch(config: str, tokenizer_from, data, *, out: str | None = N
                        save_every_s: float = 300.0, max_steps: int | None = None, seed: int = 0,
                        device: str | None = None, save_dtype: str = "float32", warmup: int | None = None,
                        weight_decay: float = 0.1, progress: bool = True,
-                       on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+                       on_step: Callable[[int, float], None] | None = None, force: bool = False) -> TrainResult:
     """Trains a new byte-level BPE tokenizer on ``tokenizer_from`` and a new Llama model of the
     architecture in ``config`` (a JSON file of LlamaConfig fields) on ``data``."""
     torch = _torch()
     transformers = _quiet_transformers()
 
     _check_common(epochs, batch_size, max_seq_len, lr)
+    _refuse_existing_out(out, "scratch", force)
     fields, gen = read_scratch_config(config)
     if max_seq_len > fields["max_position_embeddings"]:
         raise InvalidInputError(f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings "
@@ -705,7 +732,7 @@ def train_from_scratch(config: str, tokenizer_from, data, *, out: str | None = N
             return save_checkpoint_folder(net.cpu(), folder, carry_from=str(tok_dir), dtype=save_dtype, card=card,
                                           generation_config=generation)
 
-        path, ref = _finish(out, "scratch", build, lineage, ckpt)
+        path, ref = _finish(out, "scratch", build, lineage, ckpt, force)
     finally:
         if tmp_tok is not None:
             shutil.rmtree(tmp_tok, ignore_errors=True)
