@@ -208,6 +208,17 @@ def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, p
     return outs[0]
 
 
+def gqa_supports(head_dim: int, rotary_dim: int) -> bool:
+    """Whether onnxruntime's GroupQueryAttention runs these heads. It refuses, at run time
+    only, a head size that is not a multiple of 8, and with rotary a head size that is not a
+    multiple of 16 (its rotary cache check: cos/sin width <= head_size / 16 * 8 and a multiple
+    of 8); measured on onnxruntime 1.32's CPU kernel. Rope over part of the head is not
+    expressible at all (do_rotary rotates the whole head)."""
+    if head_dim % 8:
+        return False
+    return rotary_dim == 0 or (rotary_dim == head_dim and head_dim % 16 == 0)
+
+
 @dataclass
 class _AttentionInputs:
     """What every layer's attention reads, built once per graph."""
@@ -271,9 +282,9 @@ class _DecoderGraph:
         if rotary_dim:
             cos_t, sin_t = rope_tables(arch)
         # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
-        # fused kernel too; layers it cannot express (sliding windows, partial rope) keep the
-        # standard-op attention.
-        fused_ok = self.precision == "int4" and rotary_dim in (0, D)
+        # fused kernel too; layers it cannot express (sliding windows, partial rope, head sizes
+        # its kernel refuses) keep the standard-op attention.
+        fused_ok = self.precision == "int4" and gqa_supports(D, rotary_dim)
         standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
         scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
         out = _AttentionInputs(scale=scale, standard=standard)
