@@ -1,5 +1,5 @@
-"""export_onnx of a checkpoint llmos quantized (llmos.quantize / `llmos quantize`): the README's
-two commands work, and the graph computes with llmos's own blocks.
+"""export_onnx of a checkpoint llmos quantized (llmos.quantize / `llmos quantize`) or of a model
+quantized at load: the README's two commands work, and the graph computes with llmos's own blocks.
 
 Bounds (max |logits difference| against llmos running the quantized checkpoint):
   fp32              1e-4 absolute: the blocks dequantized exactly as the core does.
@@ -144,3 +144,17 @@ def test_malformed_blocks_name_the_tensor(quantized, llmos, tmp_path):
     save_file(tensors, str(bad / "model.safetensors"), metadata=meta)
     with pytest.raises(llmos.errors.TensorError, match=r"model\.safetensors: tensor 'llmos\.down\.weight\.1\.scale'"):
         llmos.export_onnx(str(bad), str(tmp_path / "out"), precision="int4")
+
+
+@pytest.mark.parametrize("quant", ["int4", "int4-asym", "int8"])
+def test_model_quantized_at_load_exports_its_blocks(quant, checkpoint, llmos, load_llmos, tmp_path):
+    """llmos.load(..., quant=...) then export_onnx(model): the graph holds the model's blocks."""
+    model = llmos.load(str(checkpoint("llama")), threads=1, quant=quant)
+    folder = str(tmp_path / "out")
+    llmos.export_onnx(model, folder, precision="int4", accuracy_level=0)
+    if quant == "int8":  # layers quantized to 4 bits: held to the export's own weights
+        ref = load_llmos(llmos.convert_onnx(folder, str(tmp_path / "dequantized"), verify=False)).logits(PROMPT)
+    else:
+        ref = model.logits(PROMPT)
+    assert np.abs(llmos.load(folder, threads=1).logits(PROMPT) - ref).max() <= FP32_BOUND
+    assert _nbits(folder)["lm_head.q8"]["bits"] == 8

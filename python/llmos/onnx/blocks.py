@@ -106,26 +106,34 @@ def _as_float16_bits(a: np.ndarray, file: str, name: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def read_blocks(file: str, base: str, qtype: _core.QuantType, group: int) -> Blocks:
-    """The matrix stored under `base` (llmos.<role>[.<layer>]) in `file`, its shapes checked."""
-    codes = _core.safetensors_read_tensor(file, base + ".codes")
+def make_blocks(qtype: _core.QuantType, group: int, codes: np.ndarray, scale: np.ndarray, mn: np.ndarray | None,
+                where: str, base: str) -> Blocks:
+    """Blocks from codes and float16 scales (and mins), their shapes checked; `where` and
+    `base` name them in errors."""
     if codes.dtype != np.uint8 or codes.ndim != 2:
-        raise TensorError(f"{file}: tensor '{base}.codes' must be uint8 [rows, bytes], got {codes.dtype} "
-                          f"{list(codes.shape)}", file=file, field=base + ".codes")
+        raise TensorError(f"{where}: tensor '{base}.codes' must be uint8 [rows, bytes], got {codes.dtype} "
+                          f"{list(codes.shape)}", file=where, field=base + ".codes")
     rows, nbytes = codes.shape
     cols = nbytes if qtype == Q8 else nbytes // _CHUNK_BYTES[qtype] * CHUNK
     if group not in (32, 64, 128) or cols == 0 or cols % group or (qtype != Q8 and nbytes % _CHUNK_BYTES[qtype]):
-        raise TensorError(f"{file}: tensor '{base}.codes' ({qtype.name} [{rows}, {nbytes}]) does not hold whole "
-                          f"groups of {group}", file=file, field=base + ".codes")
-    scale = _as_float16_bits(_core.safetensors_read_tensor(file, base + ".scale"), file, base + ".scale")
-    mn = None
-    if qtype == Q4_ASYM:
-        mn = _as_float16_bits(_core.safetensors_read_tensor(file, base + ".min"), file, base + ".min")
+        raise TensorError(f"{where}: tensor '{base}.codes' ({qtype.name} [{rows}, {nbytes}]) does not hold whole "
+                          f"groups of {group}", file=where, field=base + ".codes")
+    scale = _as_float16_bits(scale, where, base + ".scale")
+    mn = _as_float16_bits(mn, where, base + ".min") if qtype == Q4_ASYM else None
     for name, a in ((".scale", scale), (".min", mn)):
         if a is not None and a.shape != (rows, cols // group):
-            raise TensorError(f"{file}: tensor '{base}{name}' has shape {list(a.shape)}, expected "
-                              f"[{rows}, {cols // group}] for codes [{rows}, {nbytes}]", file=file, field=base + name)
+            raise TensorError(f"{where}: tensor '{base}{name}' has shape {list(a.shape)}, expected "
+                              f"[{rows}, {cols // group}] for codes [{rows}, {nbytes}]", file=where, field=base + name)
     return Blocks(qtype, group, cols, codes, scale, mn)
+
+
+def read_blocks(file: str, base: str, qtype: _core.QuantType, group: int) -> Blocks:
+    """The matrix stored under `base` (llmos.<role>[.<layer>]) in `file`."""
+    def read(suffix):
+        return _core.safetensors_read_tensor(file, base + suffix)
+
+    return make_blocks(qtype, group, read(".codes"), read(".scale"), read(".min") if qtype == Q4_ASYM else None,
+                       file, base)
 
 
 def prequantized(locations: dict[str, str]) -> dict:

@@ -16,11 +16,11 @@ import onnx
 
 from llmos.errors import InvalidInputError, ModelFormatError
 from llmos.backends.onnx import layout
-from llmos.onnx.blocks import Blocks
+from llmos.onnx.blocks import Blocks, make_blocks
 from llmos.onnx.decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
 from llmos.onnx.graph import MIN_OPSET
 from llmos.onnx.quant import DEFAULT_BLOCK_SIZE, check_block_size
-from llmos.onnx.roles import read_checkpoint
+from llmos.onnx.roles import read_checkpoint, role_key
 
 from llmos.backends.onnx.layout import DEFAULT_OPSET  # noqa: E402  (re-exported)
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
@@ -42,6 +42,17 @@ def _source_path(model_or_path) -> str:
         raise InvalidInputError(f"{path}: is already an ONNX model; export_onnx reads a safetensors checkpoint "
                                 "(convert_onnx turns an ONNX decoder into one)", field="model_or_path")
     return path
+
+
+def _loaded_blocks(model_or_path) -> dict[str, Blocks]:
+    """The blocks of an llmos.Model quantized at load (llmos.load(..., quant="int4")), by role
+    key: the export computes with them rather than quantizing the float checkpoint its own way."""
+    backend = getattr(model_or_path, "backend", None)
+    if getattr(model_or_path, "quant", None) is None or not hasattr(backend, "quantized_matrices"):
+        return {}
+    return {role_key(role, layer): make_blocks(qtype, group, codes, scale, mn, backend.path,
+                                               f"llmos.{role_key(role, layer)}")
+            for role, layer, qtype, group, codes, scale, mn in backend.quantized_matrices()}
 
 
 def _default_block_size(model_or_path, weights: dict) -> int:
@@ -75,7 +86,8 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     `block_size` along the input dimension; embeddings stay float32). block_size defaults
     to the group size of an int4-quantized llmos.Model passed in (llmos.load(..., quant=
     "int4-g64")) or of a checkpoint written by llmos.quantize, else 32, the llmos int4 default.
-    A checkpoint written by llmos.quantize exports too: fp32 / fp16 dequantize its blocks;
+    A checkpoint written by llmos.quantize, or an llmos.Model quantized at load, exports with
+    llmos's own blocks: fp32 / fp16 dequantize them;
     int4 writes its 4-bit blocks (of the block size) and its 8-bit embedding / LM head
     (int8, int6) as they are (MatMulNBits, 4 and 8 bits), leaves the matrices llmos left
     float in float, and quantizes the rest (an int8 checkpoint's layers) to 4 bits, so the
@@ -100,6 +112,7 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
         raise InvalidInputError(f"accuracy_level: expected 0..4, got {accuracy_level!r}", field="accuracy_level")
 
     arch, _, config, weights = read_checkpoint(src)
+    weights.update(_loaded_blocks(model_or_path))
     if block_size is None:
         block_size = _default_block_size(model_or_path, weights)
     from llmos.version import __version__
