@@ -46,8 +46,9 @@ def add_onnx_commands(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 / fp16 (standard ONNX ops) or int4 (onnxruntime MatMulNBits); default fp32")
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    e.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
-                   help=f"int4 quantization block along the input dimension (default {DEFAULT_BLOCK_SIZE})")
+    e.add_argument("--block-size", type=int, default=None,
+                   help="int4 quantization block along the input dimension (default: the group of a model "
+                        f"`llmos quantize` wrote, else {DEFAULT_BLOCK_SIZE})")
     e.add_argument("--external-data", action="store_true",
                    help="store the weights in model.onnx.data (automatic past 2 GB)")
     e.set_defaults(run=_export)

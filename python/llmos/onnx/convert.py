@@ -5,7 +5,7 @@ MatMul / Gemm / MatMulNBits / Gather / norm node is named after its module, eith
 own name (onnxruntime-genai builder: "model.layers.0.attn.qkv_proj.MatMul.weight", our
 export: "layers.0.qkv.weight") or by its node's scope (torch exporter / optimum:
 "/model/layers.0/self_attn/q_proj/MatMul" over "onnx::MatMul_123"). Orientation follows the
-consumer (MatMul holds [in, out], Gemm transB and MatMulNBits [out, in]); 4-bit MatMulNBits
+consumer (MatMul holds [in, out], Gemm transB and MatMulNBits [out, in]); 4- and 8-bit MatMulNBits
 weights are dequantized. The architecture comes from config.json when the folder has one,
 else from genai_config.json and the graph (attention attributes, rope caches, norms).
 Anything weight-like left unmapped, or a role left empty, is an error that names it.
@@ -27,7 +27,7 @@ from llmos.arch.families import family_for
 from llmos.backends.onnx import layout
 from llmos.onnx.decoder import rope_tables
 from llmos.runtime.load import load_checkpoint, load_onnx
-from llmos.onnx.quant import dequantize_int4
+from llmos.onnx.quant import dequantize_int4, dequantize_int8
 from llmos.onnx.roles import NORM_ROLES, checkpoint_tensors, role_key, split_key
 
 _LAYER = r"layers\.(\d+)\."
@@ -101,14 +101,15 @@ def _linear_weight(g: _Graph, node, init: str, transposed: bool) -> np.ndarray:
     a = g.inits[init]
     if node.op_type == "MatMulNBits":
         at = g.attrs(node)
-        if at.get("bits", 4) != 4:
-            raise UnsupportedModelError(f"node '{node.name}': MatMulNBits with bits={at.get('bits')} (only 4 is mapped)",
+        bits = at.get("bits", 4)
+        if bits not in (4, 8):
+            raise UnsupportedModelError(f"node '{node.name}': MatMulNBits with bits={bits} (only 4 and 8 are mapped)",
                                         field=node.name)
         scales = g.inits.get(node.input[2])
         zp = g.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if scales is None:
             raise UnsupportedModelError(f"node '{node.name}': scales are not an initializer", field=node.name)
-        return dequantize_int4(a, scales, at["K"], at["block_size"], zp)
+        return (dequantize_int4 if bits == 4 else dequantize_int8)(a, scales, at["K"], at["block_size"], zp)
     w = a.astype(np.float32)
     if transposed:
         w = w.T
@@ -125,7 +126,7 @@ def _collect(g: _Graph, source: str, role_keys: set[str], post_attn_norm: bool):
     raw_norms: set[str] = set()  # role keys whose array is a checkpoint parameter, not folded
     for node, i, init, transposed in g.uses:
         op = node.op_type
-        base = re.sub(r"\.(q4|scales)$", "", init)
+        base = re.sub(r"\.(q4|q8|scales|zero_points)$", "", init)
         half = re.match(r"^(.+\.up\.(?:weight|bias))\.(gate|up)$", base)  # int4 gate / up halves
         if source == "llmos" and half and half.group(1) in role_keys:
             if op in _LINEAR_OPS and i == 1:
@@ -139,7 +140,7 @@ def _collect(g: _Graph, source: str, role_keys: set[str], post_attn_norm: bool):
             if op in _LINEAR_OPS and i == 1:
                 found[(base, "")] = _linear_weight(g, node, init, transposed)
             elif op == "MatMulNBits":
-                pass  # the scales of a weight read above
+                pass  # the scales (and zero points) of a weight read above
             elif op == "Gather" and i == 0:
                 found[(base, "")] = g.inits[init].astype(np.float32)
             elif op in _LINEAR_OPS:

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from llmos.arch.families import ACTIVATIONS, Architecture
 from llmos.backends.onnx import layout
+from llmos.onnx.blocks import Blocks
 from llmos.onnx.graph import MS_DOMAIN, GraphBuilder
 from llmos.onnx.quant import quantize_int4
 
@@ -31,33 +32,64 @@ from llmos.backends.onnx.layout import PRECISIONS  # noqa: E402  (re-exported)
 INT4_ACCURACY_LEVEL = 4
 
 
+def _float(w: np.ndarray | Blocks) -> np.ndarray:
+    return w.dequantize() if isinstance(w, Blocks) else w
+
+
+def _rows(w: np.ndarray | Blocks, start: int, stop: int) -> np.ndarray | Blocks:
+    return w.rows(start, stop) if isinstance(w, Blocks) else w[start:stop]
+
+
 class _Linear:
-    """y = x W^T + b in the export precision. W arrives as [out, in], as the core stores it."""
+    """y = x W^T + b in the export precision. W arrives as [out, in], as the core stores it,
+    or as the Blocks of a checkpoint llmos quantized."""
 
-    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int):
+    def __init__(self, g: GraphBuilder, precision: str, block_size: int, accuracy_level: int,
+                 source_quantized: bool = False):
         self.g, self.precision, self.block_size, self.accuracy_level = g, precision, block_size, accuracy_level
+        # In a checkpoint llmos quantized, a float matrix is one llmos chose to leave float
+        # (its columns do not fill whole blocks); int4 keeps it so, as llmos runs it.
+        self.float_stays_float = source_quantized
 
-    def __call__(self, x: str, name: str, w: np.ndarray, b: np.ndarray | None = None, tag: str = "MatMul") -> str:
+    def keeps(self, w: np.ndarray | Blocks, head: bool) -> bool:
+        """Whether int4 writes llmos's own blocks of `w` (never quantizing twice): 4-bit blocks
+        of the export's block size, and the 8-bit (int8, int6) embedding / LM head that llmos
+        keeps above 4 bits in its int4 models."""
+        if self.precision != "int4" or not isinstance(w, Blocks):
+            return False
+        return w.group == self.block_size if w.bits == 4 else head
+
+    def __call__(self, x: str, name: str, w: np.ndarray | Blocks, b: np.ndarray | None = None, tag: str = "MatMul",
+                 head: bool = False) -> str:
         g = self.g
-        if self.precision == "int4":
-            codes, scales = quantize_int4(w, self.block_size)
+        if self.keeps(w, head):
+            codes, scales, zero_points = w.matmul_nbits()
+            inputs = [x, g.weight(f"{name}.q{w.bits}", codes), g.weight(name + ".scales", scales)]
+            if zero_points is not None:
+                inputs.append(g.weight(name + ".zero_points", zero_points))
+            y = g.op("MatMulNBits", inputs, domain=MS_DOMAIN, tag=tag, K=w.cols, N=w.shape[0], bits=w.bits,
+                     block_size=w.group, accuracy_level=self.accuracy_level)
+            g.metadata.setdefault("kept_blocks", {})[name] = {"bits": w.bits, "block_size": w.group,
+                                                              "zero_points": zero_points is not None}
+        elif self.precision == "int4" and not (self.float_stays_float and not isinstance(w, Blocks)):
+            codes, scales = quantize_int4(_float(w), self.block_size)
             y = g.op("MatMulNBits", [x, g.weight(name + ".q4", codes), g.weight(name + ".scales", scales)],
                      domain=MS_DOMAIN, tag=tag, K=w.shape[1], N=w.shape[0], bits=4, block_size=self.block_size,
                      accuracy_level=self.accuracy_level)
         elif self.precision == "fp16":
-            wt = g.weight(name, np.ascontiguousarray(w.T).astype(np.float16))
+            wt = g.weight(name, np.ascontiguousarray(_float(w).T).astype(np.float16))
             y = g.cast(g.op("MatMul", [g.cast(x, FLOAT16), wt], tag=tag), FLOAT)
         else:
-            y = g.op("MatMul", [x, g.weight(name, np.ascontiguousarray(w.T))], tag=tag)
+            y = g.op("MatMul", [x, g.weight(name, np.ascontiguousarray(_float(w).T))], tag=tag)
         if b is not None:
             y = g.op("Add", [y, g.weight(name.replace(".weight", ".bias"), b)])
         return y
 
-    def tied(self, x: str, embed_name: str, embed: np.ndarray) -> str:
+    def tied(self, x: str, embed_name: str, embed: np.ndarray | Blocks) -> str:
         """The LM head that reuses the input embedding [vocab, hidden]: stored once."""
         g = self.g
         if self.precision == "int4":
-            return self(x, "lm_head", embed, tag="MatMul")
+            return self(x, "lm_head", embed, tag="MatMul", head=True)
         wt = g.op("Transpose", [embed_name], perm=[1, 0])
         if self.precision == "fp16":
             return g.cast(g.op("MatMul", [g.cast(x, FLOAT16), wt]), FLOAT)
@@ -208,6 +240,17 @@ def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, p
     return outs[0]
 
 
+def gqa_supports(head_dim: int, rotary_dim: int) -> bool:
+    """Whether onnxruntime's GroupQueryAttention runs these heads. It refuses, at run time
+    only, a head size that is not a multiple of 8, and with rotary a head size that is not a
+    multiple of 16 (its rotary cache check: cos/sin width <= head_size / 16 * 8 and a multiple
+    of 8); measured on onnxruntime 1.32's CPU kernel. Rope over part of the head is not
+    expressible at all (do_rotary rotates the whole head)."""
+    if head_dim % 8:
+        return False
+    return rotary_dim == 0 or (rotary_dim == head_dim and head_dim % 16 == 0)
+
+
 @dataclass
 class _AttentionInputs:
     """What every layer's attention reads, built once per graph."""
@@ -228,7 +271,8 @@ class _DecoderGraph:
                  block_size: int, accuracy_level: int):
         self.g = GraphBuilder(opset)
         self.arch, self.w, self.precision = arch, weights, precision
-        self.linear = _Linear(self.g, precision, block_size, accuracy_level)
+        self.linear = _Linear(self.g, precision, block_size, accuracy_level,
+                              source_quantized=any(isinstance(v, Blocks) for v in weights.values()))
         self.kv_type = FLOAT16 if precision == "fp16" else FLOAT
         self.fuse_norms = precision == "int4" and arch.norm == "rmsnorm" and not arch.norm_bias
 
@@ -251,7 +295,8 @@ class _DecoderGraph:
         tied LM head reads it)."""
         g, arch, w = self.g, self.arch, self.w
         with g.scope("model/embed_tokens"):
-            embed = w["embed"].astype(np.float16) if self.precision == "fp16" else w["embed"]
+            embed = _float(w["embed"])  # Gather reads floats: llmos's int8 rows, dequantized exactly
+            embed = embed.astype(np.float16) if self.precision == "fp16" else embed
             embed_name = g.weight("embed", embed)
             x = g.op("Gather", [embed_name, ids], axis=0)
             if self.precision == "fp16":
@@ -271,9 +316,9 @@ class _DecoderGraph:
         if rotary_dim:
             cos_t, sin_t = rope_tables(arch)
         # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
-        # fused kernel too; layers it cannot express (sliding windows, partial rope) keep the
-        # standard-op attention.
-        fused_ok = self.precision == "int4" and rotary_dim in (0, D)
+        # fused kernel too; layers it cannot express (sliding windows, partial rope, head sizes
+        # its kernel refuses) keep the standard-op attention.
+        fused_ok = self.precision == "int4" and gqa_supports(D, rotary_dim)
         standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
         scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
         out = _AttentionInputs(scale=scale, standard=standard)
@@ -364,9 +409,10 @@ class _DecoderGraph:
             if arch.gated_mlp and self.precision == "int4":
                 # Two MatMulNBits beat one of twice the width plus a Split (the copy costs more
                 # than the second kernel launch).
-                gate = linear(h, p + "up.weight.gate", wu[:F], None if bu is None else bu[:F],
+                gate = linear(h, p + "up.weight.gate", _rows(wu, 0, F), None if bu is None else bu[:F],
                               tag="gate_proj/MatMul")
-                up = linear(h, p + "up.weight.up", wu[F:], None if bu is None else bu[F:], tag="up_proj/MatMul")
+                up = linear(h, p + "up.weight.up", _rows(wu, F, 2 * F), None if bu is None else bu[F:],
+                            tag="up_proj/MatMul")
                 a = g.op("Mul", [_activation(g, arch.activation, gate), up])
             elif arch.gated_mlp:
                 gate, up = g.split(linear(h, p + "up.weight", wu, bu, tag="gate_up_proj/MatMul"), [F, F], -1)
@@ -388,7 +434,7 @@ class _DecoderGraph:
             if arch.tie_word_embeddings:
                 logits = self.linear.tied(x, embed_name, self.w["embed"])
             else:
-                logits = self.linear(x, "lm_head", self.w["lm_head"])
+                logits = self.linear(x, "lm_head", self.w["lm_head"], head=True)
             if arch.final_softcap > 0:
                 c = g.const(arch.final_softcap)
                 logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])

@@ -16,10 +16,11 @@ import onnx
 
 from llmos.errors import InvalidInputError, ModelFormatError
 from llmos.backends.onnx import layout
+from llmos.onnx.blocks import Blocks, make_blocks
 from llmos.onnx.decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
 from llmos.onnx.graph import MIN_OPSET
 from llmos.onnx.quant import DEFAULT_BLOCK_SIZE, check_block_size
-from llmos.onnx.roles import read_checkpoint
+from llmos.onnx.roles import read_checkpoint, role_key
 
 from llmos.backends.onnx.layout import DEFAULT_OPSET  # noqa: E402  (re-exported)
 # protobuf cannot serialize a message of 2 GiB or more; keep a margin for the graph itself.
@@ -43,6 +44,37 @@ def _source_path(model_or_path) -> str:
     return path
 
 
+def _loaded_blocks(model_or_path) -> dict[str, Blocks]:
+    """The blocks of an llmos.Model quantized at load (llmos.load(..., quant="int4")), by role
+    key: the export computes with them rather than quantizing the float checkpoint its own way."""
+    backend = getattr(model_or_path, "backend", None)
+    if getattr(model_or_path, "quant", None) is None or not hasattr(backend, "quantized_matrices"):
+        return {}
+    return {role_key(role, layer): make_blocks(qtype, group, codes, scale, mn, backend.path,
+                                               f"llmos.{role_key(role, layer)}")
+            for role, layer, qtype, group, codes, scale, mn in backend.quantized_matrices()}
+
+
+def _default_block_size(model_or_path, weights: dict) -> int:
+    """The int4 group of the source: its stored 4-bit blocks, or the quantization an
+    llmos.Model was loaded with ("int4-g64"); else the llmos int4 default."""
+    groups = [w.group for w in weights.values() if isinstance(w, Blocks) and w.bits == 4]
+    if groups:
+        return max(set(groups), key=groups.count)
+    quant = getattr(model_or_path, "quant", None)
+    group = getattr(quant, "group", None) if getattr(quant, "base", "").startswith("int4") else None
+    return group or DEFAULT_BLOCK_SIZE
+
+
+def _source_quantization(weights: dict) -> dict | None:
+    """{type name: number of matrices} of a checkpoint llmos quantized, else None."""
+    counts: dict[str, int] = {}
+    for w in weights.values():
+        if isinstance(w, Blocks):
+            counts[w.type.name] = counts.get(w.type.name, 0) + 1
+    return counts or None
+
+
 def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 block_size: int | None = None, *, accuracy_level: int = INT4_ACCURACY_LEVEL,
                 external_data: bool | None = None, check: bool = True) -> str:
@@ -53,7 +85,13 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     softmax and logits) or "int4" (onnxruntime's MatMulNBits, symmetric 4-bit blocks of
     `block_size` along the input dimension; embeddings stay float32). block_size defaults
     to the group size of an int4-quantized llmos.Model passed in (llmos.load(..., quant=
-    "int4-g64")), else 32, the llmos int4 default.
+    "int4-g64")) or of a checkpoint written by llmos.quantize, else 32, the llmos int4 default.
+    A checkpoint written by llmos.quantize, or an llmos.Model quantized at load, exports with
+    llmos's own blocks: fp32 / fp16 dequantize them;
+    int4 writes its 4-bit blocks (of the block size) and its 8-bit embedding / LM head
+    (int8, int6) as they are (MatMulNBits, 4 and 8 bits), leaves the matrices llmos left
+    float in float, and quantizes the rest (an int8 checkpoint's layers) to 4 bits, so the
+    graph computes with llmos's own weights wherever it can.
     accuracy_level: MatMulNBits compute type for int4: 4 (default) quantizes activations to
     int8 inside the kernel, the fast CPU path; 0 computes in float32 from the 4-bit weights.
     opset: ONNX opset of the standard ops (17 or later).
@@ -68,21 +106,23 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise InvalidInputError(f"opset: expected an integer in [{MIN_OPSET}, {newest}], got {opset!r}", field="opset")
-    if block_size is None:
-        quant = getattr(model_or_path, "quant", None)
-        block_size = getattr(quant, "group", None) if getattr(quant, "base", "").startswith("int4") else None
-        block_size = block_size or DEFAULT_BLOCK_SIZE
-    check_block_size(block_size)
+    if block_size is not None:
+        check_block_size(block_size)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise InvalidInputError(f"accuracy_level: expected 0..4, got {accuracy_level!r}", field="accuracy_level")
 
     arch, _, config, weights = read_checkpoint(src)
+    weights.update(_loaded_blocks(model_or_path))
+    if block_size is None:
+        block_size = _default_block_size(model_or_path, weights)
     from llmos.version import __version__
 
     g = build_decoder(arch, weights, precision, opset, block_size, accuracy_level)
     model = g.model(f"llmos-{arch.family}-{precision}", "llmos", __version__)
     weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
     graph_meta = g.metadata
+    kept = graph_meta.get("kept_blocks", {})
+    source_quant = _source_quantization(weights)
     del weights, g  # the ModelProto holds its own copy of every initializer
 
     out_dir = os.fspath(out_dir)
@@ -113,8 +153,13 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
         "family": arch.family,
         "precision": precision,
         "opset": opset,
-        "int4": {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size, "symmetric": True,
-                 "accuracy_level": accuracy_level} if precision == "int4" else None,
+        "int4": {"op": "com.microsoft.MatMulNBits", "bits": 4, "block_size": block_size,
+                 "symmetric": not any(k["zero_points"] for k in kept.values()),
+                 "accuracy_level": accuracy_level,
+                 # Matrices written from the source's own llmos blocks, not quantized again:
+                 # {name: {bits, block_size, zero_points}} (an int4 entry's int8 LM head has 8 bits).
+                 "kept_blocks": kept} if precision == "int4" else None,
+        "source_quantization": source_quant,
         "kv_cache_dtype": "float16" if precision == "fp16" else "float32",
         # True when present.* may alias a preallocated past buffer (every layer is
         # GroupQueryAttention); the optimum past -> present concatenation always works.

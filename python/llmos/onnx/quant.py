@@ -63,3 +63,18 @@ def dequantize_int4(codes: np.ndarray, scales: np.ndarray, k: int, block_size: i
         zp = np.asarray(zero_points, np.float32).reshape(n, blocks)
     w = (q - zp[..., None]) * scales[..., None]
     return w.reshape(n, blocks * block_size)[:, :k]
+
+
+def dequantize_int8(codes: np.ndarray, scales: np.ndarray, k: int, block_size: int,
+                    zero_points: np.ndarray | None = None) -> np.ndarray:
+    """An 8-bit MatMulNBits weight (codes uint8 [N, K_blocks, block_size]) as [N, K] float32.
+
+    zero_points: absent (128), uint8 one per block, or one value per block of the scales' type.
+    """
+    n, blocks = codes.shape[0], codes.shape[1]
+    q = codes.reshape(n, blocks, block_size).astype(np.float32)
+    scales = np.asarray(scales, np.float32).reshape(n, blocks)
+    zp = np.full((n, blocks), 128.0, np.float32) if zero_points is None else \
+        np.asarray(zero_points, np.float32).reshape(n, blocks)
+    w = (q - zp[..., None]) * scales[..., None]
+    return w.reshape(n, blocks * block_size)[:, :k]

@@ -17,6 +17,7 @@ from llmos.io.checkpoint import resolve, tensor_locations
 from llmos.io.config import ConfigReader, read_json
 from llmos.errors import TensorError
 from llmos.arch.families import Architecture, Family, family_for
+from llmos.onnx.blocks import Blocks, prequantized, read_blocks
 
 # Roles that receive Architecture.norm_weight_offset (the `norm` flag of weights.cc).
 NORM_ROLES = frozenset({"final_norm.weight", "attn_norm.weight", "q_norm.weight", "k_norm.weight",
@@ -52,17 +53,22 @@ def _to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def read_checkpoint(path: str) -> tuple[Architecture, Family, dict, dict[str, np.ndarray]]:
-    """(architecture, family, config.json dict, {role key: float32 array}) of a checkpoint folder."""
+def read_checkpoint(path: str) -> tuple[Architecture, Family, dict, dict[str, np.ndarray | Blocks]]:
+    """(architecture, family, config.json dict, {role key: float32 array}) of a checkpoint folder.
+    A matrix that llmos.quantize stored quantized comes as its Blocks."""
     config_path = os.path.join(path, "config.json")
     raw = read_json(config_path)
     cfg = ConfigReader(raw, config_path)
     family = family_for(cfg)
     arch = family.architecture(cfg)
     locations = tensor_locations(path)
+    quantized = prequantized(locations)
     dtypes: dict[str, dict[str, str]] = {}
-    weights: dict[str, np.ndarray] = {}
+    weights: dict[str, np.ndarray | Blocks] = {}
     for role, layer, parts in family.tensors(arch):
+        if (role, layer) in quantized:
+            weights[role_key(role, layer)] = read_blocks(*quantized[role, layer])
+            continue
         what = role if layer < 0 else f"{role} of layer {layer}"
         arrays = []
         for name, transpose in parts:
