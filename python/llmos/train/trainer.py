@@ -30,9 +30,10 @@ from typing import Any, Callable, Sequence
 
 from llmos.errors import ConfigError, DatasetError, DiskFullError, InvalidInputError, LlmosError
 from llmos.adapters.lora import LoraSpec, replace_dir
-from llmos.io.config import read_json
+from llmos.io.config import ConfigReader, read_json
 from llmos.io.files import atomic_file
 from llmos.registry import operations as registry
+from llmos.runtime.load import checkpoint_dtype
 from llmos.store.names import parse_ref
 from llmos.store.resolve import resolve
 from llmos.text.tokenizer import Tokenizer
@@ -326,11 +327,6 @@ def _copy_carried(src_dir: str, dst: Path, *, names=CARRIED_FILES) -> None:
         shutil.copytree(sub, dst / "additional_chat_templates", dirs_exist_ok=True)
 
 
-def _dtype_name(config) -> str:
-    d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    return str(d).replace("torch.", "")
-
-
 def save_checkpoint_folder(model, out_dir: str | os.PathLike, *, carry_from: str, dtype: str = "float32",
                            card: str | None = None, generation_config: dict | None = None) -> str:
     """Writes ``model`` (a transformers causal LM, adapters already merged) as a checkpoint folder:
@@ -488,7 +484,9 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    base_dtype = _dtype_name(net.config)
+    # From config.json, not net.config: loading in float32 rewrites the latter.
+    base_dtype = checkpoint_dtype(ConfigReader(read_json(os.path.join(base_dir, "config.json")),
+                                               os.path.join(base_dir, "config.json")))
     net.config.use_cache = False
     if spec:
         add_lora(net, spec)
