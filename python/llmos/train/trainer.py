@@ -70,8 +70,8 @@ class TrainResult:
     epochs: int
     train_loss: float | None  # mean loss over the last steps
     eval_loss: float | None
-    seconds: float
-    tokens: int               # input tokens processed in this call
+    seconds: float            # training time, summed over the runs a resumed run continues
+    tokens: int               # input tokens processed, summed the same way
     adapter: bool = False     # the output is a LoRA adapter folder, not a checkpoint
     model: Any = field(default=None, repr=False)  # the trained torch model (adapters not merged)
 
@@ -235,6 +235,8 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
     warmup = run.warmup if run.warmup is not None else min(100, max(1, total // 20))
     step = 0
     resumed_losses: list[float] = []
+    # Time and tokens of the earlier runs this one resumes: the result counts the whole training.
+    earlier_s, earlier_tokens = 0.0, 0
     state_path = run.checkpoint_dir / STATE_FILE if run.checkpoint_dir else None
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -249,11 +251,13 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         resumed_losses = [float(x) for x in state.get("recent_losses", [])]
+        earlier_s, earlier_tokens = float(state.get("elapsed_s", 0.0)), int(state.get("tokens", 0))
 
     def save_state():
         if state_path is None:
             return
         _atomic_torch_save({"fingerprint": run.fingerprint, "step": step, "recent_losses": list(recent),
+                            "elapsed_s": earlier_s + time.time() - t0, "tokens": earlier_tokens + tokens,
                             "trainable": {k: p.detach().cpu() for k, p in params},
                             "optimizer": opt.state_dict()}, state_path)
 
@@ -307,7 +311,8 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
     # The finished state is kept until the output is written: if writing it fails (full disk),
     # the same command again only writes.
     save_state()
-    out = {"steps": step, "total_steps": total, "tokens": tokens, "seconds": time.time() - t0,
+    out = {"steps": step, "total_steps": total, "tokens": earlier_tokens + tokens,
+           "seconds": earlier_s + time.time() - t0,
            "train_loss": sum(recent) / len(recent) if recent else None, "eval_loss": None}
     if eval_data is not None:
         out["eval_loss"] = evaluate_loss(model, eval_data, batch_size=run.batch_size, pad_id=pad_id, device=device)
