@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmos.cli.progress import bar
 from llmos.extras import require
 
 
@@ -17,8 +18,10 @@ def _export(args) -> int:
     from llmos.registry import operations as registry
     from llmos.onnx.export import export_onnx
 
-    path = export_onnx(registry.resolve(args.model), args.out_dir, precision=args.precision, opset=args.opset,
-                       block_size=args.block_size, external_data=True if args.external_data else None)
+    with bar("exporting", "stage", quiet=args.quiet) as progress:
+        path = export_onnx(registry.resolve(args.model), args.out_dir, precision=args.precision, opset=args.opset,
+                           block_size=args.block_size, external_data=True if args.external_data else None,
+                           progress=progress)
     print(path, file=sys.stdout)
     return 0
 
@@ -50,6 +53,7 @@ def add_onnx_commands(subparsers: argparse._SubParsersAction) -> None:
                    help=f"int4 quantization block along the input dimension (default {DEFAULT_BLOCK_SIZE})")
     e.add_argument("--external-data", action="store_true",
                    help="store the weights in model.onnx.data (automatic past 2 GB)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_export)
 
     c = subparsers.add_parser(

@@ -23,6 +23,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
@@ -104,11 +105,12 @@ def _lineage_of(folder: Path) -> list[dict]:
     return []
 
 
-def import_model(path: str | os.PathLike, name: str | None = None) -> Entry:
+def import_model(path: str | os.PathLike, name: str | None = None, *,
+                 progress: Callable[[int, int], None] | None = None) -> Entry:
     """Copies a model folder (safetensors checkpoint or ONNX decoder) or a FILE.onnx with the
     files beside it into the registry as ``name`` (default: the folder's name, tag 'latest').
     An existing entry of that name is replaced; until the new one is complete the old one
-    stays."""
+    stays. progress: called with (bytes copied, bytes to copy)."""
     src = Path(os.path.expanduser(os.fspath(path)))
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or folder", file=str(src))
@@ -121,9 +123,16 @@ def import_model(path: str | os.PathLike, name: str | None = None) -> Entry:
         ref_name, tag = parse_ref(name)
     check_new_name(ref_name)
     with Build("import", f"importing {src}") as b:
-        b.check_space(sum((folder / f).stat().st_size for f in files))
+        total = sum((folder / f).stat().st_size for f in files)
+        b.check_space(total)
+        copied = [0]
+
+        def on_bytes(n: int) -> None:
+            copied[0] += n
+            progress(copied[0], total)
+
         for rel in files:
-            b.copy(folder / rel, rel)
+            b.copy(folder / rel, rel, on_bytes if progress is not None else None)
         when = now()
         lineage = _lineage_of(folder) + [{"op": "import", "from": str(src.resolve()), "at": when}]
         return b.publish(ref_name, tag, {"kind": "import", "path": str(src.resolve())}, lineage)
@@ -293,9 +302,11 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
             report.problems.append(f"{rel}: cannot read ({e.strerror})")
 
 
-def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None) -> Entry:
+def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None, *,
+             progress: Callable[[int, int], None] | None = None) -> Entry:
     """Writes a quantized copy of a model as a new entry (the original stays), through
-    ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'."""
+    ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'.
+    progress: as llmos.quantize reports it."""
     if to not in ("int8", "int4"):
         raise InvalidInputError(f"--to: expected int8 or int4, got {to!r}", field="to")
     if isinstance(group, bool) or not isinstance(group, int) or group not in _QUANT_GROUPS:
@@ -312,7 +323,7 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
         ref_name, tag = slug(Path(parent.path).resolve().name), quant
     src = Path(parent.path)
     with Build("quantize", f"quantizing {parent.ref}") as b:
-        quantize_checkpoint(str(src), str(b.dir), quant=quant)
+        quantize_checkpoint(str(src), str(b.dir), quant=quant, progress=progress)
         # The tokenizer, chat template and licence come along unchanged when the quantizer
         # wrote only weights and config.
         for rel in model_files(src):

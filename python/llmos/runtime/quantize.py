@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -42,15 +43,25 @@ def _sha256(paths) -> str:
     return h.hexdigest()
 
 
-def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | None = None) -> str:
+def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> str:
     """Quantizes the checkpoint at `path` into `out_dir` (created or empty); returns out_dir.
-    Written to a temporary folder first and moved into place, so a failure leaves nothing."""
+    Written to a temporary folder first and moved into place, so a failure leaves nothing.
+    progress: called with (steps done, steps): one step per weight role loaded and quantized
+    by the core, one for writing the file."""
     choice = parse_quant(quant)
     if choice is None:
         raise InvalidInputError("quant: choose int8, int4 or int4-asym", field="quant")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise InvalidInputError(f"{out_dir}: exists and is not empty", field="out_dir")
-    m = _load_cpu(path, threads, choice.name)
+    roles = [0]
+
+    def loaded(done: int, total: int) -> None:
+        roles[0] = total
+        if progress is not None:
+            progress(done, total + 1)
+
+    m = _load_cpu(path, threads, choice.name, loaded)
     if m.prequantized:
         raise InvalidInputError(f"{path}: is already quantized ({m.quant.name})", field="path")
     locations = tensor_locations(m.path)
@@ -92,6 +103,8 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
     tmp = tempfile.mkdtemp(prefix=".llmos-quantize-", dir=parent)
     try:
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata=metadata)
+        if progress is not None:
+            progress(roles[0] + 1, roles[0] + 1)
         for name in SIDE_FILES:
             src = os.path.join(m.path, name)
             if os.path.exists(src):
@@ -105,9 +118,11 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
     return out_dir
 
 
-def _load_cpu(path: str, threads: int | None, quant: str) -> CpuBackend:
+def _load_cpu(path: str, threads: int | None, quant: str,
+              progress: Callable[[int, int], None] | None = None) -> CpuBackend:
     """The checkpoint in the core, float32 weights quantized to `quant` at load."""
     config_path = os.path.join(path, "config.json")
     cfg = ConfigReader(read_json(config_path), config_path)
     family = family_for(cfg)
-    return CpuBackend.load(path, cfg, family, family.architecture(cfg), "float32", check_threads(threads), quant)
+    return CpuBackend.load(path, cfg, family, family.architecture(cfg), "float32", check_threads(threads), quant,
+                           progress=progress)
