@@ -93,3 +93,27 @@ def test_a_trained_model_keeps_the_base_dtype(lora, checkpoint, tmp_path):
     assert dtypes == {"BF16"}
     assert json.loads((out / "config.json").read_text()).get("dtype") == "bfloat16"
     assert os.path.isfile(out / "tokenizer.json")
+
+
+def test_quantize_and_export_onnx_take_an_adapter(adapter, tmp_path, llmos):
+    import numpy as np
+
+    base, folder = adapter
+    merged = llmos.load(str(base), adapter=str(folder), threads=1)
+    ids = merged.tokenizer.encode(CORPUS[:200])
+    want = merged.logits(ids)
+    assert np.abs(want - llmos.load(str(base), threads=1).logits(ids)).max() > 1e-2  # the adapter matters
+
+    out = _llmos("quantize", "./fr-adapter", "--to", "int8", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("wrote fr-adapter:int8 "), out.stderr[-1000:]
+    q = llmos.load("fr-adapter:int8", threads=1).logits(ids)
+    # The same float weights quantized the same way: the blocks, hence the logits, are identical.
+    np.testing.assert_array_equal(q, llmos.load(str(base), adapter=str(folder), quant="int8", threads=1).logits(ids))
+
+    out = _llmos("export-onnx", str(base), "./onnx", "--adapter", "./fr-adapter", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-1000:]
+    np.testing.assert_allclose(llmos.load(str(tmp_path / "onnx"), threads=1).logits(ids), want, atol=1e-4, rtol=0)
+
+    data = tmp_path / "data.txt"
+    out = _llmos("train", "./fr-adapter", "--data", str(data), "--no-resume", "--quiet", cwd=tmp_path)
+    assert out.returncode == 2 and "is a LoRA adapter, not a model" in out.stderr

@@ -172,7 +172,8 @@ def _quantize(args) -> int:
     from llmos.registry import operations as registry
 
     with bar(f"quantizing to {args.to}", "step", quiet=args.quiet) as progress:
-        entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name, progress=progress)
+        entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name, adapter=args.adapter,
+                                  progress=progress)
     print(f"wrote {entry.ref} ({_quant_text(entry)}, {_size(entry.size)}) from {args.model}")
     return 0
 
@@ -219,7 +220,10 @@ def add_registry_commands(subparsers) -> None:
     p.add_argument("model", metavar="NAME", help=model_help)
     p.add_argument("--to", required=True, choices=["int8", "int4"])
     p.add_argument("--group", type=int, default=32, choices=[32, 64, 128], help="block size (default 32)")
-    p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format)")
+    p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format; "
+                                  "with an adapter, the adapter folder's name)")
+    p.add_argument("--adapter", metavar="PATH", default=None,
+                   help="a LoRA adapter folder merged in before quantizing (an adapter folder also works as NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_quantize)
 

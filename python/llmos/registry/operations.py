@@ -27,12 +27,14 @@ from typing import Callable
 
 from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
+from llmos.adapters.lora import apply_adapter, is_adapter_dir
 from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, ModelFileError
+from llmos.extras import require
 from llmos.io.config import read_json
 from llmos.io.files import sha256_file
 from llmos.paths import home
 from llmos.registry import hub
-from llmos.runtime.load import load as load_model
+from llmos.runtime.load import adapter_base, load as load_model
 from llmos.runtime.quantize import quantize as quantize_checkpoint
 from llmos.store.build import Build, clean_stale, lock, tmp_dir
 from llmos.store.files import INDEX_FILE, is_side_file, model_files, now, weight_files
@@ -303,27 +305,36 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
 
 
 def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None, *,
-             progress: Callable[[int, int], None] | None = None) -> Entry:
+             adapter: str | None = None, progress: Callable[[int, int], None] | None = None) -> Entry:
     """Writes a quantized copy of a model as a new entry (the original stays), through
     ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'.
-    progress: as llmos.quantize reports it."""
+    adapter: a LoRA adapter folder merged in first; `name_or_path` may be the adapter folder
+    itself (its base is the one it names). progress: as llmos.quantize reports it."""
     if to not in ("int8", "int4"):
         raise InvalidInputError(f"--to: expected int8 or int4, got {to!r}", field="to")
     if isinstance(group, bool) or not isinstance(group, int) or group not in _QUANT_GROUPS:
         raise InvalidInputError(f"--group: expected one of {', '.join(map(str, _QUANT_GROUPS))}, got {group!r}",
                                 field="group")
     quant = to if group == 32 else f"{to}-g{group}"
+    folder = resolve(name_or_path)
+    if is_adapter_dir(folder):
+        if adapter is not None:
+            raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
+                                    field="adapter")
+        name_or_path, adapter = adapter_base(folder), folder
     parent = entry_for(name_or_path)
     if name is not None:
         ref_name, tag = parse_ref(name)
         check_new_name(ref_name)
+    elif adapter is not None:  # not the base's name: its int8 tag would then hide the adapter
+        ref_name, tag = slug(Path(adapter).resolve().name), quant
     elif parent.name is not None:
         ref_name, tag = parent.name, quant if parent.tag == DEFAULT_TAG else slug(f"{parent.tag}-{quant}", TAG_RE)
     else:
         ref_name, tag = slug(Path(parent.path).resolve().name), quant
     src = Path(parent.path)
     with Build("quantize", f"quantizing {parent.ref}") as b:
-        quantize_checkpoint(str(src), str(b.dir), quant=quant, progress=progress)
+        quantize_checkpoint(str(src), str(b.dir), quant=quant, adapter=adapter, progress=progress)
         # The tokenizer, chat template and licence come along unchanged when the quantizer
         # wrote only weights and config.
         for rel in model_files(src):
@@ -335,12 +346,27 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
             (b.dir / MANIFEST).unlink()
         step = {"op": "quantize", "from": parent.ref, "from_digest": parent.digest, "quant": quant,
                 "scheme": to, "group": group, "llmos_version": __version__, "at": now()}
+        if adapter is not None:
+            step["adapter"] = os.path.abspath(adapter)
         source = {"kind": "quantize", "from": parent.ref, "from_digest": parent.digest}
         return b.publish(ref_name, tag, source, parent.lineage + [step],
                          overrides={"quantization": {"method": "llmos", "quant": quant, "scheme": to,
                                                      "group": group}})
 
 
-def export_onnx(name_or_path, out_dir: str | os.PathLike, **options):
-    """Exports a model as an ONNX decoder folder through ``llmos.export_onnx``."""
-    return onnx_ops.export_onnx(resolve(name_or_path), os.fspath(out_dir), **options)
+def export_onnx(name_or_path, out_dir: str | os.PathLike, *, adapter: str | None = None, **options):
+    """Exports a model as an ONNX decoder folder through ``llmos.export_onnx``. adapter: a LoRA
+    adapter folder merged in first (in torch: the train extra); `name_or_path` may be the
+    adapter folder itself."""
+    folder = resolve(name_or_path)
+    if is_adapter_dir(folder):
+        if adapter is not None:
+            raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
+                                    field="adapter")
+        folder, adapter = adapter_base(folder), folder
+    if adapter is None:
+        return onnx_ops.export_onnx(folder, os.fspath(out_dir), **options)
+    require("train", "exporting a model with a LoRA adapter (the adapter is merged in torch)")
+    with Build("merge", f"merging {adapter} into {folder}") as b:  # scratch space, never published
+        merged = apply_adapter(folder, os.fspath(adapter), str(b.dir / "merged"))
+        return onnx_ops.export_onnx(merged, os.fspath(out_dir), **options)

@@ -22,6 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from llmos import _core
+from llmos.adapters.lora import AdapterMerge, prepare_merge
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
@@ -44,9 +45,10 @@ def _sha256(paths) -> str:
 
 
 def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> str:
+             adapter: str | None = None, progress: Callable[[int, int], None] | None = None) -> str:
     """Quantizes the checkpoint at `path` into `out_dir` (created or empty); returns out_dir.
     Written to a temporary folder first and moved into place, so a failure leaves nothing.
+    adapter: a LoRA adapter folder merged into the weights before they are quantized.
     progress: called with (steps done, steps): one step per weight role loaded and quantized
     by the core, one for writing the file."""
     choice = parse_quant(quant)
@@ -61,7 +63,8 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
         if progress is not None:
             progress(done, total + 1)
 
-    m = _load_cpu(path, threads, choice.name, loaded)
+    merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
+    m = _load_cpu(path, threads, choice.name, loaded, merge)
     if m.prequantized:
         raise InvalidInputError(f"{path}: is already quantized ({m.quant.name})", field="path")
     locations = tensor_locations(m.path)
@@ -85,7 +88,11 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
             by_file.setdefault(file, []).append(tensor)
     for file, names in by_file.items():
         for name in names:
-            arr = _core.safetensors_read_tensor(file, name)
+            # A matrix left in float (it does not fit the blocks) still gets the adapter.
+            if merge is not None and name in merge.factors:
+                arr = merge.merged(file, name)
+            else:
+                arr = _core.safetensors_read_tensor(file, name)
             # bfloat16 comes back as raw uint16 bits: widen to float32, which loads exactly.
             if arr.dtype == np.uint16:
                 arr = (arr.astype(np.uint32) << 16).view(np.float32)
@@ -118,11 +125,11 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
     return out_dir
 
 
-def _load_cpu(path: str, threads: int | None, quant: str,
-              progress: Callable[[int, int], None] | None = None) -> CpuBackend:
+def _load_cpu(path: str, threads: int | None, quant: str, progress: Callable[[int, int], None] | None = None,
+              adapter: AdapterMerge | None = None) -> CpuBackend:
     """The checkpoint in the core, float32 weights quantized to `quant` at load."""
     config_path = os.path.join(path, "config.json")
     cfg = ConfigReader(read_json(config_path), config_path)
     family = family_for(cfg)
     return CpuBackend.load(path, cfg, family, family.architecture(cfg), "float32", check_threads(threads), quant,
-                           progress=progress)
+                           adapter=adapter, progress=progress)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llmos.errors import ConfigError, DatasetError, DiskFullError, InvalidInputError, LlmosError
-from llmos.adapters.lora import LoraSpec, replace_dir
+from llmos.adapters.lora import LoraSpec, is_adapter_dir, replace_dir
 from llmos.io.config import ConfigReader, read_json
 from llmos.io.files import atomic_file
 from llmos.registry import operations as registry
@@ -478,6 +478,10 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
         raise InvalidInputError("an adapter is written to a folder: give out as a path (e.g. ./my-adapter)",
                                 field="out")
     base_dir = resolve_model(model)
+    if is_adapter_dir(base_dir):
+        raise InvalidInputError(f"{base_dir} is a LoRA adapter, not a model: fine-tune its base model (the one "
+                                "its adapter_config.json names), or load it with the adapter merged in",
+                                field="model")
     tok = Tokenizer.from_dir(base_dir)
     dataset = _load_data(data, tok, max_seq_len, "data")
     evalset = _load_data(eval_data, tok, max_seq_len, "eval") if eval_data is not None else None
