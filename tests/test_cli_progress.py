@@ -62,3 +62,14 @@ def test_the_library_reports_progress_up_to_the_total(checkpoint, tmp_path, monk
     total = calls[-1][1]
     assert calls[-1] == (total, total) and total > 2
     assert [d for d, _ in calls] == list(range(1, total + 1))  # one report per role, then the write
+
+
+def test_eval_follows_the_same_rule(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "Once upon a time", "reference": "there was a robot"}\n', encoding="utf-8")
+    args = ("eval", "default", "--metric", "chrf", "--data", str(data), "--max-new-tokens", "3")
+    env = dict(os.environ, LLMOS_HOME=str(tmp_path / "home"))
+    shown = _llmos(*args, env={**env, "LLMOS_PROGRESS": "1"})
+    assert _bar_done(shown.stderr, "generating"), shown.stderr
+    plain = _llmos(*args, env={k: v for k, v in env.items() if k != "LLMOS_PROGRESS"})
+    assert plain.stderr == "" and plain.stdout == shown.stdout  # a pipe gets no bar, the same result

@@ -7,6 +7,7 @@ import json
 import sys
 
 from llmos.cli.generate import ADAPTER_HELP
+from llmos.cli.progress import wanted
 
 METRICS = ("perplexity", "bleu", "chrf", "rouge", "exact")
 
@@ -21,7 +22,7 @@ def _eval(args) -> int:
     if model is None and adapter is not None:
         model, adapter = adapter, None  # the adapter folder loads on the base it names
     result = E.evaluate(model, args.metric, args.data, chat=args.chat, stride=args.stride, threads=args.threads,
-                        progress=not args.quiet and not args.json, adapter=adapter, **gen)
+                        progress=wanted(args.quiet or args.json), adapter=adapter, **gen)
     for warning in result.get("warnings") or ():
         print(f"llmos: warning: {warning}", file=sys.stderr)
     if args.json:

@@ -1,6 +1,6 @@
-"""Progress bars for the CLI verbs that run long without output (quantize, import,
-export-onnx): the library reports `progress(done, total)` and this draws it with tqdm on
-stderr, so stdout keeps only the result.
+"""When the CLI draws progress bars, and the bar for the verbs whose library function reports
+`progress(done, total)` (import, quantize, export-onnx); train and eval draw their own tqdm
+bars under the same rule. Bars go to stderr, so stdout keeps only the result.
 
 A bar is drawn when stderr is a terminal, never with --quiet; LLMOS_PROGRESS=1 draws it
 anyway (logs, tests) and LLMOS_PROGRESS=0 never.
