@@ -218,7 +218,7 @@ def test_reimport_replaces_and_disk_full_keeps_old_entry(home, registry, tiny, t
     other = tmp_checkpoint("llama")
     (other / "README.md").write_text("# tiny, second version\n")
 
-    def copy_then_disk_full(src, dst):
+    def copy_then_disk_full(src, dst, on_bytes=None):
         with open(dst, "xb") as f:
             f.write(Path(src).read_bytes()[:100])
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
@@ -268,7 +268,7 @@ def test_interrupt_leaves_no_entry(home, registry, tiny, monkeypatch):
     real = store_build.copy_hashed
     calls = []
 
-    def interrupted(src, dst):
+    def interrupted(src, dst, on_bytes=None):
         calls.append(src)
         if len(calls) == 3:
             raise KeyboardInterrupt
@@ -365,7 +365,7 @@ def test_quantize_delegates_and_records_lineage(home, registry, tiny, llmos, mon
     parent = registry.import_model(tiny, name="tiny")
     calls = []
 
-    def fake_quantize(path, out_dir, quant):
+    def fake_quantize(path, out_dir, quant, **options):
         calls.append((path, out_dir, quant))
         shutil.copy(Path(path) / "model.safetensors", Path(out_dir) / "model.safetensors")
         shutil.copy(Path(path) / "config.json", Path(out_dir) / "config.json")
@@ -383,7 +383,7 @@ def test_quantize_delegates_and_records_lineage(home, registry, tiny, llmos, mon
     assert q.lineage[-1]["from"] == "tiny:latest" and q.lineage[-1]["from_digest"] == parent.digest
     assert registry.verify("tiny").ok and registry.verify("tiny:int4-g64").ok  # the original stays
 
-    def failing(path, out_dir, quant):
+    def failing(path, out_dir, quant, **options):
         (Path(out_dir) / "model.safetensors").write_bytes(b"half written")
         raise RuntimeError("quantizer crashed")
 

@@ -351,3 +351,31 @@ def test_load_with_an_adapter_merges_in_memory(kind, checkpoint, tmp_path, monke
     assert llmos.load(str(base), threads=1, adapter=str(adapter)).logits(ids).tolist() == m.logits(ids).tolist()
     with pytest.raises(AdapterError, match="different base model"):
         llmos.load(str(checkpoint(kind, seed=7)), adapter=str(adapter))
+
+
+def test_a_resumed_run_reports_the_time_and_tokens_of_all_its_runs(checkpoint, tmp_path):
+    """The summary of a resumed run (`wrote model ... (N steps, T s ...)`) counts the earlier
+    runs too: their time and tokens are kept in the checkpoint."""
+    import time
+
+    from llmos.train import train
+
+    base, data = checkpoint("llama"), _text_file(tmp_path, repeat=3)
+    kw = dict(epochs=1, lr=2e-3, max_seq_len=32, batch_size=4, progress=False, seed=3)
+    straight = train(str(base), str(data), out=str(tmp_path / "a"), **kw)
+    assert straight.steps > 4
+
+    slept = 0.75
+
+    def slow_then_stop(step, loss):
+        time.sleep(slept)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    kw.update(out=str(tmp_path / "b"), checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(KeyboardInterrupt):
+        train(str(base), str(data), on_step=slow_then_stop, **kw)
+    resumed = train(str(base), str(data), **kw)
+    assert resumed.steps == straight.steps
+    assert resumed.tokens == straight.tokens  # every step's tokens, counted once
+    assert resumed.seconds >= 3 * slept  # the interrupted run's time is in the total

@@ -4,9 +4,10 @@ that trains them is llmos/train/lora.py.
 
 An adapter folder holds ``adapter_model.safetensors`` (``<module>.lora_A.weight`` [r, in] and
 ``<module>.lora_B.weight`` [out, r] for every adapted module, float32) and ``adapter_config.json``
-(r, alpha, the modules, and the identity of the base model: the sha256 of its weights plus its
-shape-defining config fields). A base whose identity differs is refused, so an adapter is never
-silently merged into the wrong weights.
+(r, alpha, the modules, and the base model: where it was (its folder, and the name or path it
+was given as) and its identity, the sha256 of its weights plus its shape-defining config fields).
+So an adapter folder loads by itself (`llmos.load('./fr-adapter')` finds its base), and a base
+whose identity differs is refused: an adapter is never silently merged into the wrong weights.
 """
 
 from __future__ import annotations
@@ -132,12 +133,14 @@ def cached_base_identity(folder: str) -> dict:
 # ---- adapter files ----------------------------------------------------------------------------
 
 
-def read_adapter(adapter_dir: str) -> tuple[dict, dict]:
-    """(adapter_config, tensors as float32 numpy arrays) of an adapter folder; AdapterError when
-    it is not one."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def is_adapter_dir(path: str) -> bool:
+    """A folder that holds an adapter rather than a model: adapter_config.json and no config.json."""
+    return (os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+            and not os.path.isfile(os.path.join(path, "config.json")))
 
+
+def read_adapter_config(adapter_dir: str) -> dict:
+    """The checked adapter_config.json of an adapter folder; AdapterError when it is not one."""
     cfg_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
     w_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
     for p in (cfg_path, w_path):
@@ -155,6 +158,27 @@ def read_adapter(adapter_dir: str) -> tuple[dict, dict]:
     for key in ("r", "lora_alpha", "modules", "base_model"):
         if key not in cfg:
             raise AdapterError(f"{cfg_path}: field '{key}' is missing", file=cfg_path, field=key)
+    if not isinstance(cfg["base_model"], dict):
+        raise AdapterError(f"{cfg_path}: field 'base_model': expected an object", file=cfg_path, field="base_model")
+    return cfg
+
+
+def base_candidates(cfg: dict) -> list[str]:
+    """Where the base model an adapter was trained on may be found, most exact first: the
+    folder it was read from, then the name or path it was given as. Which one holds the same
+    weights is for the identity check to say."""
+    want = cfg["base_model"]
+    return [c for c in (want.get("path"), want.get("name_or_path")) if isinstance(c, str) and c]
+
+
+def read_adapter(adapter_dir: str) -> tuple[dict, dict]:
+    """(adapter_config, tensors as float32 numpy arrays) of an adapter folder; AdapterError when
+    it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    cfg = read_adapter_config(adapter_dir)
+    w_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
     try:
         tensors = load_file(w_path)
     except (SafetensorError, OSError) as e:

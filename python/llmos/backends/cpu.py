@@ -4,6 +4,7 @@ quantized, or copied as pre-quantized blocks) into `_core.Model`, which runs eve
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import numpy as np
 
@@ -41,8 +42,10 @@ class CpuBackend:
 
     @classmethod
     def load(cls, path: str, cfg: ConfigReader, family: Family, arch: Architecture, dtype: str, threads: int,
-             quant: str | None = None, adapter: AdapterMerge | None = None) -> "CpuBackend":
-        """adapter: a LoRA adapter to merge into the float weights as they load."""
+             quant: str | None = None, adapter: AdapterMerge | None = None,
+             progress: Callable[[int, int], None] | None = None) -> "CpuBackend":
+        """adapter: a LoRA adapter to merge into the float weights as they load.
+        progress: called with (roles loaded, roles) as the core takes each one."""
         locations = tensor_locations(path)
         prequant = _prequantized_roles(locations)
         hf = None if prequant else hf_import.read_config(cfg)
@@ -73,7 +76,10 @@ class CpuBackend:
                 raise InvalidInputError(f"quant: {path} is already quantized{how} as {saved.name}, not {quant} "
                                         "(load it without quant=)", field="quant")
             choice, to_quantize = saved, None
+        n_roles = len(sources)
         stream = converted.drain() if converted else sources
+        if progress is not None:
+            stream = _reported(stream, n_roles, progress)
         if adapter is not None:
             stream = adapter.sources(stream)
         q = to_quantize  # what the core quantizes at load: nothing when the blocks came quantized
@@ -98,6 +104,14 @@ class CpuBackend:
     def quantized_matrices(self) -> list:
         """The quantized blocks (role, layer, type, group, codes, scale, min), for saving."""
         return self.core.quantized_matrices()
+
+
+def _reported(stream, total: int, progress: Callable[[int, int], None]):
+    """`stream`, calling progress(done, total) once the core has taken each source (it asks for
+    the next one when it has copied the last)."""
+    for done, source in enumerate(stream, start=1):
+        yield source
+        progress(done, total)
 
 
 def _prequantized_roles(locations: dict[str, str]) -> dict:

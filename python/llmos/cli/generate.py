@@ -10,6 +10,10 @@ from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.load import load
 
 
+ADAPTER_HELP = ("a LoRA adapter folder (llmos train --lora ... --adapter-only) merged into the model as it "
+                "loads; an adapter folder also works alone as --model")
+
+
 def _decoding_options(args) -> GenerationConfig:
     """The decoding flags of `generate` and `run`, checked in one place (GenerationConfig, as
     the Python API checks them): --temperature 0 is greedy, a negative one is an error."""
@@ -41,13 +45,17 @@ def _stream(model, prompt: str, options: GenerationConfig, *, echo: bool) -> int
 
 def _generate(args) -> int:
     options = _decoding_options(args)
-    model = load(args.model, dtype=args.dtype, threads=args.threads)
+    model = load(args.model, dtype=args.dtype, threads=args.threads, adapter=args.adapter)
     return _stream(model, args.prompt, options, echo=False)
 
 
 def _run(args) -> int:
     options = _decoding_options(args)
-    model = load(default_model_path() if args.model is None else args.model, threads=args.threads)
+    if args.model is None and args.adapter is not None:
+        model = load(args.adapter, threads=args.threads)  # on the base it names
+    else:
+        model = load(default_model_path() if args.model is None else args.model, threads=args.threads,
+                     adapter=args.adapter)
     return _stream(model, args.prompt, options, echo=True)
 
 
@@ -57,7 +65,9 @@ def add_generate_commands(subparsers) -> None:
                               description="Prints only the new text (for scripts), then a newline.")
     g.add_argument("prompt")
     g.add_argument("--model", required=True,
-                   help="registry name or checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+                   help="registry name, checkpoint folder (config.json, *.safetensors, tokenizer.json) "
+                        "or adapter folder")
+    g.add_argument("--adapter", metavar="PATH", default=None, help=ADAPTER_HELP)
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy; > 0 samples")
     g.add_argument("--top-k", type=int, default=None)
@@ -72,7 +82,9 @@ def add_generate_commands(subparsers) -> None:
                               description="Prints the prompt and its continuation as one text (to read), "
                                           "then a newline.")
     p.add_argument("prompt")
-    p.add_argument("--model", default=None, help="another model (registry name or folder)")
+    p.add_argument("--model", default=None,
+                   help="another model (registry name or folder; default: the bundled one, or --adapter's base)")
+    p.add_argument("--adapter", metavar="PATH", default=None, help=ADAPTER_HELP)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     p.add_argument("--seed", type=int, default=None)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmos.cli.progress import bar
 from llmos.extras import require
 
 
 def _export(args) -> int:
     require("onnx", "llmos export-onnx")
     from llmos.registry import operations as registry
-    from llmos.onnx.export import export_onnx
 
-    path = export_onnx(registry.resolve(args.model), args.out_dir, precision=args.precision, opset=args.opset,
-                       block_size=args.block_size, external_data=True if args.external_data else None)
+    with bar("exporting", "stage", quiet=args.quiet) as progress:
+        path = registry.export_onnx(args.model, args.out_dir, adapter=args.adapter, precision=args.precision,
+                                    opset=args.opset, block_size=args.block_size,
+                                    external_data=True if args.external_data else None, progress=progress)
     print(path, file=sys.stdout)
     return 0
 
@@ -51,6 +53,10 @@ def add_onnx_commands(subparsers: argparse._SubParsersAction) -> None:
                         f"`llmos quantize` wrote, else {DEFAULT_BLOCK_SIZE})")
     e.add_argument("--external-data", action="store_true",
                    help="store the weights in model.onnx.data (automatic past 2 GB)")
+    e.add_argument("--adapter", metavar="PATH", default=None,
+                   help="a LoRA adapter folder merged in first (needs the train extra; an adapter folder also "
+                        "works as MODEL)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=_export)
 
     c = subparsers.add_parser(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from llmos.cli.progress import bar
 from llmos.errors import LlmosError
 
 
@@ -27,7 +28,8 @@ def _quant_text(entry) -> str:
 def _import(args) -> int:
     from llmos.registry import operations as registry
 
-    entry = registry.import_model(args.path, name=args.name, force=args.force)
+    with bar("importing", "B", quiet=args.quiet, unit_scale=True) as progress:
+        entry = registry.import_model(args.path, name=args.name, force=args.force, progress=progress)
     print(f"imported {args.path} as {entry.ref} ({len(entry.files)} files, {_size(entry.size)})")
     return 0
 
@@ -169,7 +171,9 @@ def _verify(args) -> int:
 def _quantize(args) -> int:
     from llmos.registry import operations as registry
 
-    entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name, force=args.force)
+    with bar(f"quantizing to {args.to}", "step", quiet=args.quiet) as progress:
+        entry = registry.quantize(args.model, to=args.to, group=args.group, name=args.name, adapter=args.adapter,
+                                  force=args.force, progress=progress)
     print(f"wrote {entry.ref} ({_quant_text(entry)}, {_size(entry.size)}) from {args.model}")
     return 0
 
@@ -183,6 +187,7 @@ def add_registry_commands(subparsers) -> None:
     p.add_argument("path", metavar="DIR|FILE.onnx")
     p.add_argument("--name", help="name[:tag] for the entry (default: the folder's name)")
     p.add_argument("--force", action="store_true", help="replace an existing entry of that name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_import)
 
     p = subparsers.add_parser("pull", help="download a model from the Hugging Face Hub (HF_ENDPOINT honoured)")
@@ -216,7 +221,11 @@ def add_registry_commands(subparsers) -> None:
     p.add_argument("model", metavar="NAME", help=model_help)
     p.add_argument("--to", required=True, choices=["int8", "int4"])
     p.add_argument("--group", type=int, default=32, choices=[32, 64, 128], help="block size (default 32)")
-    p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format)")
+    p.add_argument("--name", help="name[:tag] for the new entry (default: NAME tagged with the format; "
+                                  "with an adapter, the adapter folder's name)")
+    p.add_argument("--adapter", metavar="PATH", default=None,
+                   help="a LoRA adapter folder merged in before quantizing (an adapter folder also works as NAME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     p.set_defaults(run=_quantize)
 

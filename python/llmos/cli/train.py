@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from llmos.cli.progress import wanted
 from llmos.errors import InvalidInputError
 from llmos.extras import require
 from llmos.paths import home
@@ -37,7 +38,7 @@ def _train(args) -> int:
 
     _set_threads(args.threads)
     common = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, eval_data=args.eval,
-                  max_steps=args.max_steps, seed=args.seed, device=args.device, progress=not args.quiet,
+                  max_steps=args.max_steps, seed=args.seed, device=args.device, progress=wanted(args.quiet),
                   force=args.force)
     if args.from_scratch:
         if not args.config or not args.tokenizer_from:

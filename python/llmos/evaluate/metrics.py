@@ -80,7 +80,12 @@ def _auto_bleu_tokenize(texts: Iterable[str]) -> str:
 def bleu(hypotheses: Sequence[str], references: Sequence, *, tokenize: str | None = None, **options) -> dict:
     """sacrebleu's corpus BLEU. ``references``: one string or a list of strings per hypothesis.
     ``tokenize`` None picks by language (see `_auto_bleu_tokenize`). Returns {"score",
-    "signature", "details"}."""
+    "signature", "details", "warnings"}.
+
+    The score stays the standard one (sacrebleu's default, comparable with published numbers),
+    so texts shorter than four tokens give no 4-gram and a corpus BLEU of 0 (or a smoothed
+    near-0): "warnings" then says so and points to chrF. `effective_order=True` (an option of
+    sacrebleu's BLEU) scores only the n-gram orders present instead; the signature records it."""
     from sacrebleu.metrics import BLEU
 
     refs = _check_pairs(hypotheses, references)
@@ -89,7 +94,20 @@ def bleu(hypotheses: Sequence[str], references: Sequence, *, tokenize: str | Non
     s = metric.corpus_score(list(hypotheses), _streams(refs))
     return {"metric": "bleu", "score": s.score, "signature": str(metric.get_signature()),
             "details": {"precisions": list(s.precisions), "bp": s.bp, "sys_len": s.sys_len, "ref_len": s.ref_len,
-                        "text": str(s)}}
+                        "text": str(s)},
+            "warnings": [] if metric.effective_order else _unmatched_orders(s.counts, s.totals)}
+
+
+def _unmatched_orders(counts: Sequence[int], totals: Sequence[int]) -> list[str]:
+    """The warning for a corpus BLEU that an n-gram order without a single match holds at 0."""
+    for n, (matched, total) in enumerate(zip(counts, totals), start=1):
+        if matched == 0:
+            why = (f"every prediction is shorter than {n} tokens" if total == 0
+                   else f"no {n}-gram of the predictions is in a reference")
+            return [f"BLEU is 0 or near it because {why}: corpus BLEU multiplies the 1- to 4-gram precisions, "
+                    "so one order without a match holds it at 0 whatever else matches (texts under 4 tokens "
+                    "always score 0); report chrF (--metric chrf) for short texts"]
+    return []
 
 
 def chrf(hypotheses: Sequence[str], references: Sequence, **options) -> dict:

@@ -14,11 +14,14 @@ from llmos.runtime.load import load
 from llmos.runtime.model import Model
 
 
-def as_model(model, threads: int | None = None):
-    """An llmos.Model, loading a registry name or folder."""
+def as_model(model, threads: int | None = None, adapter: str | None = None):
+    """An llmos.Model, loading a registry name or folder (with a LoRA adapter merged if given)."""
     if isinstance(model, Model):
+        if adapter is not None:
+            raise InvalidInputError("adapter: a loaded Model already has its weights; load it with "
+                                    "llmos.load(..., adapter=...)", field="adapter")
         return model
-    return load(model, threads=threads)
+    return load(model, threads=threads, adapter=adapter)
 
 
 def _log_softmax64(logits: np.ndarray) -> np.ndarray:

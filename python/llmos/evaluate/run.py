@@ -10,6 +10,8 @@ characters (rouge-score's default tokenizer deletes every non-ASCII character).
 
 Data files are JSONL: ``{"text": ...}`` lines for perplexity, ``{"prompt": ..., "reference": ...}``
 (or ``"messages"`` instead of a prompt, ``"references"`` for several) for the other metrics.
+A file of ``{"prediction": ..., "reference": ...}`` lines is scored as it is, without a model
+(as sacrebleu's command scores a hypothesis file).
 """
 
 from __future__ import annotations
@@ -41,11 +43,24 @@ def read_text_records(path: str) -> list[str]:
     return texts
 
 
+def _references(path: str, line: int, obj: dict) -> list[str]:
+    ref = obj.get("reference", obj.get("references"))
+    refs = [ref] if isinstance(ref, str) else ref
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise DatasetError(f"{path}:{line}: expected 'reference' (a string) or 'references' (a list of "
+                           "strings)", file=path, line=line, field="reference")
+    return refs
+
+
 def read_reference_records(path: str) -> list[dict]:
     """[{"prompt" or "messages", "references": [...]}] from a JSONL file."""
     out = []
     for line, obj in read_jsonl(path):
         rec: dict[str, Any] = {}
+        if "prediction" in obj:
+            raise DatasetError(f"{path}:{line}: the file already holds predictions; score them without a model "
+                               f"(llmos eval --metric METRIC --data {path})", file=path, line=line,
+                               field="prediction")
         if isinstance(obj.get("messages"), list) and obj["messages"]:
             rec["messages"] = obj["messages"]
         elif isinstance(obj.get("prompt"), str):
@@ -53,16 +68,26 @@ def read_reference_records(path: str) -> list[dict]:
         else:
             raise DatasetError(f"{path}:{line}: expected a string 'prompt' (or a 'messages' list)", file=path,
                                line=line, field="prompt")
-        ref = obj.get("reference", obj.get("references"))
-        refs = [ref] if isinstance(ref, str) else ref
-        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-            raise DatasetError(f"{path}:{line}: expected 'reference' (a string) or 'references' (a list of "
-                               "strings)", file=path, line=line, field="reference")
-        rec["references"] = refs
+        rec["references"] = _references(path, line, obj)
         out.append(rec)
     if not out:
         raise DatasetError(f"{path}: no records", file=path)
     return out
+
+
+def read_prediction_records(path: str) -> tuple[list[str], list[list[str]]]:
+    """(predictions, references of each) from a JSONL file of {"prediction", "reference"} lines."""
+    hyps, refs = [], []
+    for line, obj in read_jsonl(path):
+        if not isinstance(obj.get("prediction"), str):
+            raise DatasetError(f"{path}:{line}: expected a string 'prediction' (without a model, the file is "
+                               "scored as it is; give a model to generate from 'prompt' lines)", file=path,
+                               line=line, field="prediction")
+        hyps.append(obj["prediction"])
+        refs.append(_references(path, line, obj))
+    if not hyps:
+        raise DatasetError(f"{path}: no records", file=path)
+    return hyps, refs
 
 
 def generate_all(model, records: Sequence[dict], *, chat: bool = False, progress: bool = False,
@@ -87,14 +112,25 @@ def generate_all(model, records: Sequence[dict], *, chat: bool = False, progress
 
 
 def evaluate(model, metric: str, data: str, *, chat: bool = False, stride: int | None = None,
-             threads: int | None = None, progress: bool = False, **options) -> dict:
-    """`llmos eval`: scores ``model`` (name, folder or Model) on the JSONL file ``data``."""
+             threads: int | None = None, progress: bool = False, adapter: str | None = None, **options) -> dict:
+    """`llmos eval`: scores ``model`` (name, folder or Model, with a LoRA ``adapter`` merged if
+    given) on the JSONL file ``data``. With ``model`` None, ``data`` holds {"prediction",
+    "reference"} lines, which are scored as they are."""
     if metric not in METRICS:
         raise InvalidInputError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}", field="metric")
     if metric in _METRIC_PACKAGES:  # before any output is generated
         require("eval", f"--metric {metric}", _METRIC_PACKAGES[metric])
+    if model is None:
+        if metric == "perplexity":
+            raise InvalidInputError("perplexity needs a model (predictions alone have no likelihood)",
+                                    field="model")
+        if adapter is not None:
+            raise InvalidInputError("adapter: give the model it goes with (or the adapter folder as the model)",
+                                    field="adapter")
+        hyps, refs = read_prediction_records(data)
+        return {"model": None, "data": data, "n": len(hyps), **SCORERS[metric](hyps, refs)}
     ref = model if isinstance(model, str) else getattr(model, "path", None)
-    m = as_model(model, threads)
+    m = as_model(model, threads, adapter)
     if metric == "perplexity":
         r = perplexity(m, read_text_records(data), stride=stride)
         return {"model": ref, "metric": metric, "data": data, "score": r["perplexity"], **r}
@@ -108,7 +144,9 @@ def format_result(r: dict) -> str:
     if r["metric"] == "perplexity":
         return (f"perplexity {r['perplexity']:.4f} (mean NLL {r['nll']:.4f} nats over {r['tokens']} tokens "
                 f"in {r['texts']} texts)")
-    lines = [f"{r['metric']} {r['score']:.2f} over {r['n']} examples"]
+    # ROUGE has several variants: the headline names the one that is the score.
+    name = f"{r['main']} F1 (x100)" if r["metric"] == "rouge" else r["metric"]
+    lines = [f"{name} {r['score']:.2f} over {r['n']} examples"]
     if r["metric"] == "bleu":
         lines.append(r["details"]["text"])
     if r["metric"] == "rouge":

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 _CHUNK = 1 << 20
 
@@ -49,8 +49,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def copy_hashed(src: Path, dst: Path) -> str:
-    """Copies src to a new file dst, fsynced; returns the sha256 of what was copied."""
+def copy_hashed(src: Path, dst: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """Copies src to a new file dst, fsynced; returns the sha256 of what was copied.
+    on_bytes: called with the size of each chunk once it is written (for progress)."""
     h = hashlib.sha256()
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb") as fi, open(dst, "xb") as fo:
@@ -60,6 +61,8 @@ def copy_hashed(src: Path, dst: Path) -> str:
                 break
             h.update(chunk)
             fo.write(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
         fo.flush()
         os.fsync(fo.fileno())
     return h.hexdigest()

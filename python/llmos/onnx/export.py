@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Callable
 
 import onnx
 
@@ -77,7 +78,8 @@ def _source_quantization(weights: dict) -> dict | None:
 
 def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DEFAULT_OPSET,
                 block_size: int | None = None, *, accuracy_level: int = INT4_ACCURACY_LEVEL,
-                external_data: bool | None = None, check: bool = True) -> str:
+                external_data: bool | None = None, check: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> str:
     """Writes `model_or_path` (a checkpoint folder or an `llmos.Model`) as an ONNX decoder
     with KV cache into `out_dir`; returns the path of model.onnx.
 
@@ -98,6 +100,8 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     external_data: store weights in model.onnx.data (default: only past 2 GB, where
     protobuf cannot hold them).
     check: run onnx.checker (full_check) on the written file.
+    progress: called with (stages done, stages) after each stage: read the weights, build the
+    graph, write it, check it.
     """
     src = _source_path(model_or_path)
     if precision not in PRECISIONS:
@@ -111,14 +115,22 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise InvalidInputError(f"accuracy_level: expected 0..4, got {accuracy_level!r}", field="accuracy_level")
 
+    stages = 4 if check else 3
+
+    def stage_done(n: int) -> None:
+        if progress is not None:
+            progress(n, stages)
+
     arch, _, config, weights = read_checkpoint(src)
     weights.update(_loaded_blocks(model_or_path))
     if block_size is None:
         block_size = _default_block_size(model_or_path, weights)
+    stage_done(1)
     from llmos.version import __version__
 
     g = build_decoder(arch, weights, precision, opset, block_size, accuracy_level)
     model = g.model(f"llmos-{arch.family}-{precision}", "llmos", __version__)
+    stage_done(2)
     weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
     graph_meta = g.metadata
     kept = graph_meta.get("kept_blocks", {})
@@ -138,11 +150,13 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
     else:
         onnx.save_model(model, onnx_path)
     del model
+    stage_done(3)
     if check:
         try:
             onnx.checker.check_model(onnx_path, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise ModelFormatError(f"{onnx_path}: the exported graph fails onnx.checker: {e}", file=onnx_path) from None
+        stage_done(4)
 
     for name in SIDE_FILES:
         if os.path.isfile(os.path.join(src, name)):

@@ -25,16 +25,19 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
+from llmos.adapters.lora import apply_adapter, is_adapter_dir
 from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, ModelFileError
+from llmos.extras import require
 from llmos.io.config import read_json
 from llmos.io.finite import nonfinite_tensors
 from llmos.io.files import sha256_file
 from llmos.paths import home
 from llmos.registry import hub
-from llmos.runtime.load import load as load_model
+from llmos.runtime.load import adapter_base, load as load_model
 from llmos.runtime.quantize import quantize as quantize_checkpoint
 from llmos.store.build import Build, clean_stale, lock, refuse_existing, tmp_dir
 from llmos.store.files import INDEX_FILE, is_side_file, model_files, now, weight_files
@@ -109,11 +112,13 @@ def _lineage_of(folder: Path) -> list[dict]:
     return []
 
 
-def import_model(path: str | os.PathLike, name: str | None = None, *, force: bool = False) -> Entry:
+def import_model(path: str | os.PathLike, name: str | None = None, *, force: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> Entry:
     """Copies a model folder (safetensors checkpoint or ONNX decoder) or a FILE.onnx with the
     files beside it into the registry as ``name`` (default: the folder's name, tag 'latest').
     An existing entry of that name is refused unless ``force``; then it is replaced, and until
-    the new version is complete the old one stays."""
+    the new version is complete the old one stays. progress: called with (bytes copied, bytes
+    to copy)."""
     src = Path(os.path.expanduser(os.fspath(path)))
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or folder", file=str(src))
@@ -128,9 +133,16 @@ def import_model(path: str | os.PathLike, name: str | None = None, *, force: boo
     if not force:
         refuse_existing(ref_name, tag)  # before copying gigabytes; publish checks again
     with Build("import", f"importing {src}") as b:
-        b.check_space(sum((folder / f).stat().st_size for f in files))
+        total = sum((folder / f).stat().st_size for f in files)
+        b.check_space(total)
+        copied = [0]
+
+        def on_bytes(n: int) -> None:
+            copied[0] += n
+            progress(copied[0], total)
+
         for rel in files:
-            b.copy(folder / rel, rel)
+            b.copy(folder / rel, rel, on_bytes if progress is not None else None)
         when = now()
         lineage = _lineage_of(folder) + [{"op": "import", "from": str(src.resolve()), "at": when}]
         return b.publish(ref_name, tag, {"kind": "import", "path": str(src.resolve())}, lineage, replace=force)
@@ -328,10 +340,13 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
 
 
 def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None, *,
-             force: bool = False) -> Entry:
+             force: bool = False, adapter: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Entry:
     """Writes a quantized copy of a model as a new entry (the original stays), through
     ``llmos.quantize(path, out_dir, quant=...)``. Default name: same name, tag e.g. 'int4'.
-    An existing entry of the new name (the model's own, too) is replaced only with ``force``."""
+    An existing entry of the new name (the model's own, too) is replaced only with ``force``.
+    adapter: a LoRA adapter folder merged in first; `name_or_path` may be the adapter folder
+    itself (its base is the one it names). progress: as llmos.quantize reports it."""
     if to not in ("int8", "int4"):
         raise InvalidInputError(f"--to: expected int8 or int4, got {to!r}", field="to")
     if isinstance(group, bool) or not isinstance(group, int) or group not in _QUANT_GROUPS:
@@ -339,14 +354,23 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
                                 field="group")
     quant = to if group == 32 else f"{to}-g{group}"
     with resolved(name_or_path) as folder:  # the source version stays while it is read
-        return _quantize(folder, to, group, quant, name, force)
+        if is_adapter_dir(folder):
+            if adapter is not None:
+                raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
+                                        field="adapter")
+            with resolved(adapter_base(folder)) as base:
+                return _quantize(base, to, group, quant, name, force, folder, progress)
+        return _quantize(folder, to, group, quant, name, force, adapter, progress)
 
 
-def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, force: bool) -> Entry:
+def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, force: bool,
+              adapter: str | None, progress: Callable[[int, int], None] | None) -> Entry:
     parent = entry_for(folder)
     if name is not None:
         ref_name, tag = parse_ref(name)
         check_new_name(ref_name)
+    elif adapter is not None:  # not the base's name: its int8 tag would then hide the adapter
+        ref_name, tag = slug(Path(adapter).resolve().name), quant
     elif parent.name is not None:
         ref_name, tag = parent.name, quant if parent.tag == DEFAULT_TAG else slug(f"{parent.tag}-{quant}", TAG_RE)
     else:
@@ -355,7 +379,7 @@ def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, fo
         refuse_existing(ref_name, tag)
     src = Path(parent.path)
     with Build("quantize", f"quantizing {parent.ref}") as b:
-        quantize_checkpoint(str(src), str(b.dir), quant=quant)
+        quantize_checkpoint(str(src), str(b.dir), quant=quant, adapter=adapter, progress=progress)
         # The tokenizer, chat template and licence come along unchanged when the quantizer
         # wrote only weights and config.
         for rel in model_files(src):
@@ -367,13 +391,27 @@ def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, fo
             (b.dir / MANIFEST).unlink()
         step = {"op": "quantize", "from": parent.ref, "from_digest": parent.digest, "quant": quant,
                 "scheme": to, "group": group, "llmos_version": __version__, "at": now()}
+        if adapter is not None:
+            step["adapter"] = os.path.abspath(adapter)
         source = {"kind": "quantize", "from": parent.ref, "from_digest": parent.digest}
         return b.publish(ref_name, tag, source, parent.lineage + [step],
                          overrides={"quantization": {"method": "llmos", "quant": quant, "scheme": to,
                                                      "group": group}}, replace=force)
 
 
-def export_onnx(name_or_path, out_dir: str | os.PathLike, **options):
-    """Exports a model as an ONNX decoder folder through ``llmos.export_onnx``."""
-    with resolved(name_or_path) as folder:
-        return onnx_ops.export_onnx(folder, os.fspath(out_dir), **options)
+def export_onnx(name_or_path, out_dir: str | os.PathLike, *, adapter: str | None = None, **options):
+    """Exports a model as an ONNX decoder folder through ``llmos.export_onnx``. adapter: a LoRA
+    adapter folder merged in first (in torch: the train extra); `name_or_path` may be the
+    adapter folder itself."""
+    with resolved(name_or_path) as folder:  # the source version stays while it is read
+        if is_adapter_dir(folder):
+            if adapter is not None:
+                raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
+                                        field="adapter")
+            folder, adapter = adapter_base(folder), folder
+        if adapter is None:
+            return onnx_ops.export_onnx(folder, os.fspath(out_dir), **options)
+        require("train", "exporting a model with a LoRA adapter (the adapter is merged in torch)")
+        with Build("merge", f"merging {adapter} into {folder}") as b:  # scratch space, never published
+            merged = apply_adapter(folder, os.fspath(adapter), str(b.dir / "merged"))
+            return onnx_ops.export_onnx(merged, os.fspath(out_dir), **options)

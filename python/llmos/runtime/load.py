@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 
-from llmos.adapters.lora import prepare_merge
+from llmos.adapters.lora import base_candidates, is_adapter_dir, prepare_merge, read_adapter_config
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
 from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
-from llmos.errors import InvalidInputError, ModelFileError
+from llmos.errors import AdapterError, InvalidInputError, LlmosError, ModelFileError
 from llmos.extras import require
 from llmos.io.config import ConfigReader, read_json
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.model import Model
-from llmos.store.resolve import resolved
+from llmos.store.resolve import resolve, resolved
 from llmos.text.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -36,7 +36,8 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     into llmos's int4 / int8 formats (llmos/quant/hf_import.py; `Model.quant_method` says which).
     quant= may then only repeat the checkpoint's own format (`Model.quant.name`).
     adapter: a LoRA adapter folder (llmos train --lora) merged into the weights as they load,
-    in memory; an adapter for another base model is refused.
+    in memory; an adapter for another base model is refused. `path` may also be the adapter
+    folder itself: its adapter_config.json names the base, which is loaded with it merged.
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
@@ -45,12 +46,36 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     threads = check_threads(threads)
     # One version of a registry entry, kept whole while it loads even if the name is replaced.
     with resolved(path) as path:
+        if is_adapter_dir(path):
+            if adapter is not None:
+                raise InvalidInputError(f"adapter: {path} is itself an adapter; give its base model as the model "
+                                        "(or load the adapter folder alone)", field="adapter")
+            with resolved(adapter_base(path)) as base:
+                return load_checkpoint(base, dtype=dtype, threads=threads, quant=quant, adapter=path)
         if is_onnx_model(path):
             if adapter is not None:
                 raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
                                         "checkpoint", field="adapter")
             return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
         return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
+
+
+def adapter_base(adapter_dir: str) -> str:
+    """The folder of the base model that the adapter in `adapter_dir` names (the folder it was
+    trained from, else the name or path it was given as); AdapterError when none is found."""
+    cfg = read_adapter_config(adapter_dir)
+    candidates = base_candidates(cfg)
+    for candidate in candidates:
+        try:
+            folder = resolve(candidate)
+        except LlmosError:
+            continue
+        if not is_adapter_dir(folder):
+            return folder
+    named = " or ".join(candidates) or "no base"
+    raise AdapterError(f"{adapter_dir}: the adapter's base model ({named}) is not found; give the base "
+                       f"explicitly: llmos.load(BASE, adapter={adapter_dir!r}), or --model BASE --adapter "
+                       f"{adapter_dir}", file=adapter_dir, field="base_model")
 
 
 def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None,
@@ -64,7 +89,7 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
     family = family_for(cfg)
     arch = family.architecture(cfg)
     if dtype is None:
-        dtype = _checkpoint_dtype(cfg)
+        dtype = checkpoint_dtype(cfg)
     if dtype not in DTYPES:
         raise InvalidInputError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}", field="dtype")
     # The tokenizer is checked before the (slower) weight load so a bad folder fails fast.
@@ -114,7 +139,7 @@ def _onnx_generation_defaults(folder: str, cfg: ConfigReader, genai: dict | None
     return GenerationConfig.from_dict(out, strict=False, source=os.path.join(folder, GENAI_CONFIG))
 
 
-def _checkpoint_dtype(cfg: ConfigReader) -> str:
+def checkpoint_dtype(cfg: ConfigReader) -> str:
     """The dtype the checkpoint was saved in, per config.json (float32 when unknown)."""
     name = cfg.raw("torch_dtype") or cfg.raw("dtype") or "float32"
     return _TORCH_DTYPE_NAMES.get(str(name).replace("torch.", ""), "float32")

@@ -17,11 +17,13 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Callable
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from llmos import _core
+from llmos.adapters.lora import AdapterMerge, prepare_merge
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
@@ -43,15 +45,27 @@ def _sha256(paths) -> str:
     return h.hexdigest()
 
 
-def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | None = None) -> str:
+def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | None = None,
+             adapter: str | None = None, progress: Callable[[int, int], None] | None = None) -> str:
     """Quantizes the checkpoint at `path` into `out_dir` (created or empty); returns out_dir.
-    Written to a temporary folder first and moved into place, so a failure leaves nothing."""
+    Written to a temporary folder first and moved into place, so a failure leaves nothing.
+    adapter: a LoRA adapter folder merged into the weights before they are quantized.
+    progress: called with (steps done, steps): one step per weight role loaded and quantized
+    by the core, one for writing the file."""
     choice = parse_quant(quant)
     if choice is None:
         raise InvalidInputError("quant: choose int8, int4 or int4-asym", field="quant")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise InvalidInputError(f"{out_dir}: exists and is not empty", field="out_dir")
-    m = _load_cpu(path, threads, choice.name)
+    roles = [0]
+
+    def loaded(done: int, total: int) -> None:
+        roles[0] = total
+        if progress is not None:
+            progress(done, total + 1)
+
+    merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
+    m = _load_cpu(path, threads, choice.name, loaded, merge)
     if m.prequantized:
         raise InvalidInputError(f"{path}: is already quantized ({m.quant.name})", field="path")
     locations = tensor_locations(m.path)
@@ -75,7 +89,11 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
             by_file.setdefault(file, []).append(tensor)
     for file, names in by_file.items():
         for name in names:
-            arr = _core.safetensors_read_tensor(file, name)
+            # A matrix left in float (it does not fit the blocks) still gets the adapter.
+            if merge is not None and name in merge.factors:
+                arr = merge.merged(file, name)
+            else:
+                arr = _core.safetensors_read_tensor(file, name)
             # bfloat16 comes back as raw uint16 bits: widen to float32, which loads exactly.
             if arr.dtype == np.uint16:
                 arr = (arr.astype(np.uint32) << 16).view(np.float32)
@@ -95,6 +113,8 @@ def quantize(path: str, out_dir: str, quant: str = "int4", *, threads: int | Non
         weights = os.path.join(tmp, "model.safetensors")
         save_file(tensors, weights, metadata=metadata)
         _check_written(weights)
+        if progress is not None:
+            progress(roles[0] + 1, roles[0] + 1)
         for name in SIDE_FILES:
             src = os.path.join(m.path, name)
             if os.path.exists(src):
@@ -133,9 +153,11 @@ def _out_of_space(e: BaseException) -> bool:
                                                       or "No space left" in text or "QuotaExceeded" in text)
 
 
-def _load_cpu(path: str, threads: int | None, quant: str) -> CpuBackend:
+def _load_cpu(path: str, threads: int | None, quant: str, progress: Callable[[int, int], None] | None = None,
+              adapter: AdapterMerge | None = None) -> CpuBackend:
     """The checkpoint in the core, float32 weights quantized to `quant` at load."""
     config_path = os.path.join(path, "config.json")
     cfg = ConfigReader(read_json(config_path), config_path)
     family = family_for(cfg)
-    return CpuBackend.load(path, cfg, family, family.architecture(cfg), "float32", check_threads(threads), quant)
+    return CpuBackend.load(path, cfg, family, family.architecture(cfg), "float32", check_threads(threads), quant,
+                           adapter=adapter, progress=progress)

@@ -12,7 +12,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from llmos.errors import DiskFullError, InvalidInputError, LlmosError, ModelFileError
 from llmos.io.files import copy_hashed, fsync_dir, is_disk_full, sha256_file, write_json_atomic
@@ -191,8 +191,8 @@ class Build:
                 f"{self.what}: needs {needed / 1e6:.1f} MB but the disk holding {home()} has {free / 1e6:.1f} MB "
                 "free; nothing was written. Free up space or point LLMOS_HOME at a larger disk")
 
-    def copy(self, src: Path, rel: str) -> None:
-        self.hashes[rel] = copy_hashed(src, self.dir / rel)
+    def copy(self, src: Path, rel: str, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.hashes[rel] = copy_hashed(src, self.dir / rel, on_bytes)
 
     def move(self, src: Path, rel: str, sha256: str) -> None:
         dst = self.dir / rel

@@ -111,7 +111,7 @@ def save_adapter(model, spec: LoraSpec, base_dir: str, out_dir: str, *, base_nam
         "modules": sorted(lora_modules(model)),
         # GPT-2's Conv1D stores weights as [in, out]: their delta is merged transposed.
         "transposed_modules": sorted(n for n, m in lora_modules(model).items() if m.conv1d),
-        "base_model": {"name_or_path": base_name or os.path.abspath(base_dir),
+        "base_model": {"name_or_path": base_name or os.path.abspath(base_dir), "path": os.path.abspath(base_dir),
                        **(identity or base_identity(base_dir))},
     }
     out = Path(out_dir)

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from llmos.errors import ConfigError, DatasetError, DiskFullError, InvalidInputError, LlmosError
-from llmos.adapters.lora import LoraSpec, replace_dir
-from llmos.io.config import read_json
+from llmos.adapters.lora import LoraSpec, is_adapter_dir, replace_dir
+from llmos.io.config import ConfigReader, read_json
 from llmos.io.files import atomic_file
 from llmos.registry import operations as registry
 from llmos.store.build import refuse_existing
 from llmos.store.files import quantized_as
+from llmos.runtime.load import checkpoint_dtype
 from llmos.store.names import parse_ref
 from llmos.store.resolve import resolve
 from llmos.text.tokenizer import Tokenizer
@@ -71,8 +72,8 @@ class TrainResult:
     epochs: int
     train_loss: float | None  # mean loss over the last steps
     eval_loss: float | None
-    seconds: float
-    tokens: int               # input tokens processed in this call
+    seconds: float            # training time, summed over the runs a resumed run continues
+    tokens: int               # input tokens processed, summed the same way
     adapter: bool = False     # the output is a LoRA adapter folder, not a checkpoint
     model: Any = field(default=None, repr=False)  # the trained torch model (adapters not merged)
 
@@ -254,6 +255,8 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
     warmup = run.warmup if run.warmup is not None else min(100, max(1, total // 20))
     step = 0
     resumed_losses: list[float] = []
+    # Time and tokens of the earlier runs this one resumes: the result counts the whole training.
+    earlier_s, earlier_tokens = 0.0, 0
     state_path = run.checkpoint_dir / STATE_FILE if run.checkpoint_dir else None
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -268,11 +271,13 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         resumed_losses = [float(x) for x in state.get("recent_losses", [])]
+        earlier_s, earlier_tokens = float(state.get("elapsed_s", 0.0)), int(state.get("tokens", 0))
 
     def save_state():
         if state_path is None:
             return
         _atomic_torch_save({"fingerprint": run.fingerprint, "step": step, "recent_losses": list(recent),
+                            "elapsed_s": earlier_s + time.time() - t0, "tokens": earlier_tokens + tokens,
                             "trainable": {k: p.detach().cpu() for k, p in params},
                             "optimizer": opt.state_dict()}, state_path)
 
@@ -326,7 +331,8 @@ def _fit(model, data: Dataset, run: _Run, *, pad_id: int, eval_data: Dataset | N
     # The finished state is kept until the output is written: if writing it fails (full disk),
     # the same command again only writes.
     save_state()
-    out = {"steps": step, "total_steps": total, "tokens": tokens, "seconds": time.time() - t0,
+    out = {"steps": step, "total_steps": total, "tokens": earlier_tokens + tokens,
+           "seconds": earlier_s + time.time() - t0,
            "train_loss": sum(recent) / len(recent) if recent else None, "eval_loss": None}
     if eval_data is not None:
         out["eval_loss"] = evaluate_loss(model, eval_data, batch_size=run.batch_size, pad_id=pad_id, device=device)
@@ -344,11 +350,6 @@ def _copy_carried(src_dir: str, dst: Path, *, names=CARRIED_FILES) -> None:
     sub = os.path.join(src_dir, "additional_chat_templates")
     if os.path.isdir(sub):
         shutil.copytree(sub, dst / "additional_chat_templates", dirs_exist_ok=True)
-
-
-def _dtype_name(config) -> str:
-    d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    return str(d).replace("torch.", "")
 
 
 def save_checkpoint_folder(model, out_dir: str | os.PathLike, *, carry_from: str, dtype: str = "float32",
@@ -500,6 +501,10 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
         raise InvalidInputError("an adapter is written to a folder: give out as a path (e.g. ./my-adapter)",
                                 field="out")
     base_dir = resolve_model(model)
+    if is_adapter_dir(base_dir):
+        raise InvalidInputError(f"{base_dir} is a LoRA adapter, not a model: fine-tune its base model (the one "
+                                "its adapter_config.json names), or load it with the adapter merged in",
+                                field="model")
     _refuse_quantized(base_dir, model)
     default = f"{_registry_stem(base_dir, os.fspath(model))}-{'lora' if spec else 'ft'}"
     if not keep_adapter:
@@ -515,7 +520,9 @@ def train(model: str, data, *, out: str | None = None, lora: LoraSpec | str | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    base_dtype = _dtype_name(net.config)
+    # From config.json, not net.config: loading in float32 rewrites the latter.
+    base_dtype = checkpoint_dtype(ConfigReader(read_json(os.path.join(base_dir, "config.json")),
+                                               os.path.join(base_dir, "config.json")))
     net.config.use_cache = False
     if spec:
         add_lora(net, spec)
