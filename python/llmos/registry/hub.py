@@ -103,7 +103,7 @@ def _first_line(e: BaseException) -> str:
 
 def resolve_snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
     """The commit that `revision` (default: the main branch) points to, and its files."""
-    from huggingface_hub import RepoFile
+    from huggingface_hub.hf_api import RepoFile  # the top-level name came with huggingface_hub 1.x
 
     api = _api()
     try:
