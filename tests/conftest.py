@@ -40,25 +40,68 @@ import llmos._core as _core_at_collection  # noqa: E402,F401
 
 LLMOS_TEST_THREADS = int(os.environ.get("LLMOS_TEST_THREADS", "1"))
 
+# LLMOS_TEST_REFERENCE_PYTHON names another interpreter that has the reference stack (torch,
+# transformers), for a run on an environment without it (.ci/min-versions: the oldest supported
+# numpy, tokenizers, huggingface_hub...). Then the tests marked `reference` are skipped, each
+# with its reason in the summary, and checkpoints are built by that interpreter. Unset, the
+# reference stack must be importable here.
+REFERENCE_PYTHON = os.environ.get("LLMOS_TEST_REFERENCE_PYTHON") or None
+
 # The test extra's packages are imported here, at collection, so a missing install step fails
 # the run at once instead of skipping the tests that need them. torch stays single-threaded.
 import onnx  # noqa: E402,F401
 import onnxruntime  # noqa: E402,F401
-import torch  # noqa: E402
-
-torch.set_num_threads(int(os.environ.get("LLMOS_TEST_TORCH_THREADS", "1")))
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-import transformers  # noqa: E402
+if REFERENCE_PYTHON is None:
+    import torch  # noqa: E402
 
-transformers.logging.set_verbosity_error()
-transformers.logging.disable_progress_bar()
+    torch.set_num_threads(int(os.environ.get("LLMOS_TEST_TORCH_THREADS", "1")))
+
+    import transformers  # noqa: E402
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+# Markers, set here by file name rather than by decorators in each file. `kernels`: the result
+# depends on the kernels the core dispatches to, so .ci/run repeats these under each forced
+# LLMOS_CPU_ISA. `reference`: needs torch or transformers (the pinned reference stack); every
+# test using the reference_model fixture is one too.
+KERNEL_MODULES = {
+    "test_kernels.py", "test_quant.py", "test_quant_awq_gptq.py", "test_weight_arrays.py", "test_threads.py",
+    "test_reference_agreement.py", "test_reference_variants.py", "test_decoding.py", "test_logits_processors.py",
+    "test_onnx_export.py", "test_onnx_import.py", "test_default_model.py",
+}
+REFERENCE_MODULES = {
+    "test_reference_agreement.py", "test_reference_variants.py", "test_decoding.py", "test_logits_processors.py",
+    "test_quant_awq_gptq.py", "test_onnx_import.py", "test_train.py", "test_tokenizer.py", "test_chat_template.py",
+    "test_text_stream.py",
+}
+REFERENCE_TESTS = {  # file::function, for files whose other tests need only llmos
+    # these damage a checkpoint through safetensors.torch
+    "test_model_errors.py::test_tensor_missing", "test_model_errors.py::test_lm_head_missing_in_untied_model",
+    "test_model_errors.py::test_tensor_wrong_shape", "test_model_errors.py::test_tensor_unusable_dtype",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in KERNEL_MODULES:
+            item.add_marker(pytest.mark.kernels)
+        if (name in REFERENCE_MODULES or f"{name}::{getattr(item, 'originalname', item.name)}" in REFERENCE_TESTS
+                or "reference_model" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.reference)
+        if REFERENCE_PYTHON is not None and item.get_closest_marker("reference"):
+            item.add_marker(pytest.mark.skip(
+                reason="needs the reference stack (torch, transformers): LLMOS_TEST_REFERENCE_PYTHON is set"))
 
 
 def reference_model_uncached(path, dtype=None):
     """The transformers model for checkpoint ``path``, float32 by default, eval, eager attention."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     if dtype is None:
@@ -83,14 +126,25 @@ def checkpoint(tmp_path_factory):
         if key not in cache:
             name = f"{kind}-{dtype}" + ("-sharded" if sharded else "") + (f"-{len(cache)}" if overrides else "")
             out = root / name
-            if sharded:
-                checkpoints.build_sharded_checkpoint(kind, out, dtype, **overrides)
+            builder = "build_sharded_checkpoint" if sharded else "build_checkpoint"
+            if REFERENCE_PYTHON is None:
+                getattr(checkpoints, builder)(kind, out, dtype, **overrides)
             else:
-                checkpoints.build_checkpoint(kind, out, dtype, **overrides)
+                _build_elsewhere(builder, (kind, str(out), dtype), overrides)
             cache[key] = out
         return cache[key]
 
     return get
+
+
+def _build_elsewhere(builder: str, args: tuple, kwargs: dict) -> None:
+    """checkpoints.<builder>(*args, **kwargs) run by REFERENCE_PYTHON (the arguments are literals)."""
+    import subprocess
+
+    code = ("import ast, sys; sys.path.insert(0, sys.argv[1]); import checkpoints; "
+            "getattr(checkpoints, sys.argv[2])(*ast.literal_eval(sys.argv[3]), **ast.literal_eval(sys.argv[4]))")
+    subprocess.run([REFERENCE_PYTHON, "-c", code, str(_TESTS), builder, repr(args), repr(kwargs)],
+                   check=True, timeout=600)
 
 
 @pytest.fixture
