@@ -29,7 +29,7 @@ def test_config_fuzz(checkpoint):
 
 
 def test_generation_options_fuzz(checkpoint):
-    _check(fuzz_inputs.run_guarded("generation", dict(folder=str(checkpoint("llama")), examples=300),
+    _check(fuzz_inputs.run_guarded("generation", dict(folder=str(checkpoint("llama")), examples=300, wild_sizes=True),
                                    timeout=TIMEOUT), 300)
 
 
