@@ -1,0 +1,121 @@
+"""Every command the README prints runs, exactly as printed, as a user would type it.
+
+The README's code blocks are read from the file, so a command added there is run here too.
+The user's world is built around them: a working folder holding the files the commands name
+(`path/to/checkpoint`, `./my-checkpoint`, `chats.jsonl`, `heldout.jsonl`: tiny random-weight
+checkpoints, chat data and text), an empty $LLMOS_HOME, and a local stand-in for the Hugging Face Hub
+(tests/test_hub_pull.py's FakeHub on 127.0.0.1) serving a tiny Qwen2 as the repository the
+README pulls. `llmos` on PATH runs the package under test.
+
+The two `pip install` lines are not run here (installing inside the suite would test another
+copy): the first one's command after `&&` is, and `.ci/run` runs the second one's test command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_hub_pull import FakeHub, _repo_files
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PULLED_REPO = "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def _code_blocks() -> list[str]:
+    return re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+def _python_blocks() -> list[str]:
+    return [b for b in _code_blocks() if re.search(r"^import llmos$", b, flags=re.M)]
+
+
+def _shell_lines() -> list[str]:
+    return [line.strip() for b in _code_blocks() if b not in _python_blocks()
+            for line in b.splitlines() if line.strip()]
+
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."}]
+
+
+@pytest.fixture
+def user_world(checkpoint, tmp_path, llmos):
+    """The working folder, the environment and the hub a README reader would have."""
+    work = tmp_path / "work"
+    (work / "path" / "to").mkdir(parents=True)
+    shutil.copytree(checkpoint("llama"), work / "path" / "to" / "checkpoint")
+    shutil.copytree(checkpoint("qwen2"), work / "my-checkpoint")
+    (work / "chats.jsonl").write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(4)))
+    (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("Blue is a colour.", "So is red.")))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "llmos"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m llmos "$@"\n')
+    shim.chmod(0o755)
+    package_root = str(Path(llmos.__file__).resolve().parent.parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+           "LLMOS_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+           "HF_TOKEN": "hf_test_token_not_real", "LLMOS_PROGRESS": "0"}
+    with FakeHub({PULLED_REPO: _repo_files(checkpoint("qwen2"))}) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        yield work, env
+
+
+def _run(command: str, work: Path, env: dict) -> subprocess.CompletedProcess:
+    out = subprocess.run(["bash", "-c", f"set -e; {command}"], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, f"README command failed: {command}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    assert "Traceback" not in out.stderr, f"{command}\n{out.stderr}"
+    return out
+
+
+def test_the_install_lines_are_what_ci_runs():
+    pip_lines = [line for line in _shell_lines() if line.startswith("pip install")]
+    assert pip_lines == ['pip install . && llmos run "Once upon a time"',
+                         'pip install ".[test]" && python -m pytest'], pip_lines
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'pip install .*"\$wheel\[test\]"', ci) and re.search(r"^python3 -m pytest -q$", ci, flags=re.M)
+
+
+def test_every_readme_command_runs_as_printed(user_world):
+    work, env = user_world
+    lines = _shell_lines()
+    assert any(line.startswith("llmos pull") for line in lines)  # the walk below needs the README's order
+    outputs = {}
+    for line in lines:
+        command = line.split(" && ", 1)[1] if line.startswith("pip install") else line
+        if command.startswith("python -m pytest"):
+            continue  # the README's test command: .ci/run runs it (test_the_install_lines_are_what_ci_runs)
+        outputs[command] = _run(command, work, env).stdout
+    by_verb = {c.split()[1]: out for c, out in outputs.items()}
+    assert by_verb["run"].strip() and by_verb["generate"].strip()
+    assert "mine" in by_verb["import"] and "<|im_start|>" in by_verb["import"]  # ls, then show --template
+    assert (work / "qwen-onnx" / "model.onnx").is_file()
+    result = json.loads(by_verb["eval"].strip().splitlines()[-1])
+    assert math.isfinite(result["perplexity"]) and result["perplexity"] > 1
+    home = Path(env["LLMOS_HOME"]) / "models"
+    assert {p.name for p in home.iterdir() if p.is_dir()} >= {"qwen", "mine", "mine-tuned"}
+
+
+def test_the_python_example_runs_as_printed(user_world):
+    (block,) = _python_blocks()
+    work, env = user_world
+    script = work / "example.py"
+    script.write_text(block + "\nimport json\nprint()\nprint(json.dumps([reply.text, len(beams), len(batch), "
+                              "list(logits.shape), m.config.vocab_size]))\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    reply, n_beams, n_batch, shape, vocab = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isinstance(reply, str) and n_beams == 2 and n_batch == 3
+    assert len(shape) == 2 and shape[0] >= 1 and shape[1] == vocab
