@@ -20,27 +20,10 @@ import numpy as np
 import pytest
 
 from llmos.store import build as store_build
+# The registry tests' fixtures: a temp $LLMOS_HOME, llmos.registry, the tiny llama checkpoint.
+from test_registry import home, registry, tiny  # noqa: F401  (pytest finds fixtures by name)
 
 IDS = [1, 5, 9, 200, 17, 3]
-
-
-@pytest.fixture
-def home(monkeypatch, tmp_path):
-    path = tmp_path / "llmos-home"
-    monkeypatch.setenv("LLMOS_HOME", str(path))
-    return path
-
-
-@pytest.fixture
-def registry(llmos):
-    from llmos import registry
-
-    return registry
-
-
-@pytest.fixture
-def tiny(checkpoint):
-    return checkpoint("llama")
 
 
 def _llmos(*args, timeout=120):
