@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child_env import child_env
+
 # What the fuzz may ask of one example: far more than a tiny model needs, far less than the host has.
 ADDRESS_SPACE_BYTES = 6 << 30
 
@@ -234,9 +236,7 @@ def run_guarded(target: str, kwargs: dict, timeout: float, address_space: int = 
     """Runs TARGETS[target](**kwargs) in a child process limited to `address_space` bytes and
     killed after `timeout` seconds. Returns the completed process (returncode 0: the property
     held; its stdout ends with the number of examples run)."""
-    env = dict(os.environ)
-    python_dir = str(Path(__file__).resolve().parent.parent / "python")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (python_dir, env.get("PYTHONPATH")) if p)
+    env = child_env()
     env.setdefault("LLMOS_TEST_THREADS", "1")
     return subprocess.run([sys.executable, __file__, target, json.dumps(kwargs), str(address_space)],
                           capture_output=True, text=True, timeout=timeout, env=env)

@@ -17,6 +17,7 @@ import pytest
 import tokenizer_factory as tf
 
 from llmos.text.chat_template import ChatTemplate
+from child_env import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHARS, LOOPS, BITS, SECONDS = ("max_template_chars", "max_template_loop_iterations", "max_template_int_bits",
@@ -80,7 +81,7 @@ def test_hostile_template_is_stopped_by_its_budget(case):
     source, limit = CASES[case]
     # Smaller loop and time limits than the defaults keep the cases fast on a loaded machine; only
     # the slow-steps case gets a clock short enough to be what stops it.
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), LLMOS_LIMIT_MAX_TEMPLATE_LOOP_ITERATIONS="200000",
+    env = child_env(LLMOS_LIMIT_MAX_TEMPLATE_LOOP_ITERATIONS="200000",
                LLMOS_LIMIT_MAX_TEMPLATE_SECONDS="1.5" if limit == SECONDS else "30")
     start = time.monotonic()
     p = subprocess.run([sys.executable, "-c", _RUNNER, source], capture_output=True, text=True, timeout=60, env=env)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from child_env import child_env
+
 FAMILY_KINDS = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral_swa", "qwen2": "qwen2", "qwen3": "qwen3",
                 "phi3": "phi3", "gemma": "gemma", "gemma2": "gemma2"}
 GPT2_KEYS = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "intermediate_size": "n_inner"}
@@ -76,7 +78,7 @@ print(json.dumps(out))
 
 
 def run_child(code: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "python"))
+    env = child_env()
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
 

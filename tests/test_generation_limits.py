@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from checkpoints import KINDS
+from child_env import child_env
 
 KIND = "llama"
 THREADS = int(os.environ.get("LLMOS_TEST_THREADS", "1"))
@@ -48,7 +49,7 @@ def huge_results(checkpoint):
                 out[name] = [type(e).__name__, str(e), time.monotonic() - t]
         print(json.dumps(out))
     """)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = child_env()
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])

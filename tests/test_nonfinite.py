@@ -9,7 +9,6 @@ the tensor names it prints.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from child_env import child_env
 
 BAD = "model.layers.1.mlp.down_proj.weight"
 
@@ -59,7 +59,7 @@ def test_remove_invalid_values_still_repairs_the_row(llmos, tmp_checkpoint):
 
 
 def verify(path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "python"))
+    env = child_env()
     return subprocess.run([sys.executable, "-m", "llmos", "verify", str(path), *args], capture_output=True,
                           text=True, timeout=300, env=env)
 

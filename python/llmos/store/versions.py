@@ -54,14 +54,22 @@ def current_id(tag_dir: Path) -> str | None:
     return text if _ID_RE.fullmatch(text) else None
 
 
+_LOOKUP_ATTEMPTS = 16
+
+
 def current_folder(tag_dir: Path) -> Path | None:
     """The folder holding the entry's current version: versions/<id>, or the entry folder itself
     for the layout written before versions existed. None when the entry has no complete version."""
-    vid = current_id(tag_dir)
-    if vid is not None:
-        folder = tag_dir / VERSIONS / vid
-        if (folder / MANIFEST).is_file():
-            return folder
+    for _ in range(_LOOKUP_ATTEMPTS):
+        vid = current_id(tag_dir)
+        if vid is None:
+            break
+        if (tag_dir / VERSIONS / vid / MANIFEST).is_file():
+            return tag_dir / VERSIONS / vid
+        # A writer switched `current` and retired the version just read, between the two reads:
+        # the pointer names another version now, so look again rather than report no entry.
+        if current_id(tag_dir) == vid:
+            break
     if (tag_dir / MANIFEST).is_file():
         return tag_dir
     return None
