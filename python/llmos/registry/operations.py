@@ -29,7 +29,7 @@ from typing import Callable
 
 from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
-from llmos.adapters.lora import apply_adapter, is_adapter_dir
+from llmos.adapters.lora import apply_adapter
 from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, ModelFileError
 from llmos.extras import require
 from llmos.io.config import read_json
@@ -37,7 +37,7 @@ from llmos.io.finite import nonfinite_tensors
 from llmos.io.files import sha256_file
 from llmos.paths import home
 from llmos.registry import hub
-from llmos.runtime.load import adapter_base, load as load_model
+from llmos.runtime.load import base_and_adapter, load as load_model
 from llmos.runtime.quantize import quantize as quantize_checkpoint
 from llmos.store.build import Build, clean_stale, lock, refuse_existing, tmp_dir
 from llmos.store.files import INDEX_FILE, is_side_file, model_files, now, weight_files
@@ -354,13 +354,8 @@ def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None =
                                 field="group")
     quant = to if group == 32 else f"{to}-g{group}"
     with resolved(name_or_path) as folder:  # the source version stays while it is read
-        if is_adapter_dir(folder):
-            if adapter is not None:
-                raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
-                                        field="adapter")
-            with resolved(adapter_base(folder)) as base:
-                return _quantize(base, to, group, quant, name, force, folder, progress)
-        return _quantize(folder, to, group, quant, name, force, adapter, progress)
+        with base_and_adapter(folder, adapter) as (base, adapter):
+            return _quantize(base, to, group, quant, name, force, adapter, progress)
 
 
 def _quantize(folder: str, to: str, group: int, quant: str, name: str | None, force: bool,
@@ -404,14 +399,10 @@ def export_onnx(name_or_path, out_dir: str | os.PathLike, *, adapter: str | None
     adapter folder merged in first (in torch: the train extra); `name_or_path` may be the
     adapter folder itself."""
     with resolved(name_or_path) as folder:  # the source version stays while it is read
-        if is_adapter_dir(folder):
-            if adapter is not None:
-                raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model",
-                                        field="adapter")
-            folder, adapter = adapter_base(folder), folder
-        if adapter is None:
-            return onnx_ops.export_onnx(folder, os.fspath(out_dir), **options)
-        require("train", "exporting a model with a LoRA adapter (the adapter is merged in torch)")
-        with Build("merge", f"merging {adapter} into {folder}") as b:  # scratch space, never published
-            merged = apply_adapter(folder, os.fspath(adapter), str(b.dir / "merged"))
-            return onnx_ops.export_onnx(merged, os.fspath(out_dir), **options)
+        with base_and_adapter(folder, adapter) as (base, adapter):
+            if adapter is None:
+                return onnx_ops.export_onnx(base, os.fspath(out_dir), **options)
+            require("train", "exporting a model with a LoRA adapter (the adapter is merged in torch)")
+            with Build("merge", f"merging {adapter} into {base}") as b:  # scratch space, never published
+                merged = apply_adapter(base, os.fspath(adapter), str(b.dir / "merged"))
+                return onnx_ops.export_onnx(merged, os.fspath(out_dir), **options)

@@ -3,7 +3,9 @@ onnxruntime for ONNX decoders), the tokenizer and the decoding defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 from llmos.adapters.lora import base_candidates, is_adapter_dir, prepare_merge, read_adapter_config
 from llmos.arch.families import family_for
@@ -45,19 +47,29 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     """
     threads = check_threads(threads)
     # One version of a registry entry, kept whole while it loads even if the name is replaced.
-    with resolved(path) as path:
-        if is_adapter_dir(path):
-            if adapter is not None:
-                raise InvalidInputError(f"adapter: {path} is itself an adapter; give its base model as the model "
-                                        "(or load the adapter folder alone)", field="adapter")
-            with resolved(adapter_base(path)) as base:
-                return load_checkpoint(base, dtype=dtype, threads=threads, quant=quant, adapter=path)
+    with resolved(path) as path, base_and_adapter(path, adapter) as (path, adapter):
         if is_onnx_model(path):
             if adapter is not None:
                 raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
                                         "checkpoint", field="adapter")
             return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
         return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
+
+
+@contextlib.contextmanager
+def base_and_adapter(folder: str, adapter: str | None) -> Iterator[tuple[str, str | None]]:
+    """(model folder, adapter) for a model given as `folder` with an optional `adapter`: as given,
+    or, when `folder` is itself an adapter folder, the base it names (kept whole while the block
+    runs) with `folder` as the adapter. An adapter folder given together with another adapter is
+    refused."""
+    if not is_adapter_dir(folder):
+        yield folder, adapter
+        return
+    if adapter is not None:
+        raise InvalidInputError(f"adapter: {folder} is itself an adapter; give its base model as the model "
+                                "(or the adapter folder alone)", field="adapter")
+    with resolved(adapter_base(folder)) as base:
+        yield base, folder
 
 
 def adapter_base(adapter_dir: str) -> str:
