@@ -215,9 +215,7 @@ def check_method(b: Budget, func: Any, args: tuple, kwargs: dict) -> None:
     name = getattr(func, "__name__", "")
     if isinstance(owner, (str, bytes)):
         if name in ("center", "ljust", "rjust", "zfill"):
-            width = _width_arg(args, kwargs, "width")
-            if isinstance(width, int):
-                b.fits(width, f"{name}({width})")
+            _check_count(b, args, kwargs, "width", name)
         elif name == "expandtabs":
             size = _width_arg(args, kwargs, "tabsize")
             if isinstance(size, int):
@@ -228,9 +226,14 @@ def check_method(b: Budget, func: Any, args: tuple, kwargs: dict) -> None:
         elif name == "join" and args:
             b.sized(args[0], "join()")
     elif isinstance(owner, int) and name == "to_bytes":
-        length = _width_arg(args, kwargs, "length")
-        if isinstance(length, int):
-            b.fits(length, f"to_bytes({length})")
+        _check_count(b, args, kwargs, "length", name)
+
+
+def _check_count(b: Budget, args: tuple, kwargs: dict, key: str, name: str) -> None:
+    """The size a method or filter `name` is asked to produce by its argument `key`, when an int."""
+    count = _width_arg(args, kwargs, key)
+    if isinstance(count, int):
+        b.fits(count, f"{name}({count})")
 
 
 def check_replace(b: Budget, s: Any, old: Any, new: Any) -> None:
@@ -264,9 +267,7 @@ def _filter_precheck(b: Budget, name: str, args: tuple, kwargs: dict) -> tuple:
     value = args[0] if args else None
     rest = args[1:]
     if name == "center":
-        width = _width_arg(rest, kwargs, "width")
-        if isinstance(width, int):
-            b.fits(width, f"center({width})")
+        _check_count(b, rest, kwargs, "width", name)
     elif name == "indent":
         width = _width_arg(rest, kwargs, "width")
         lines = value.count("\n") + 1 if isinstance(value, str) else 1
@@ -275,13 +276,9 @@ def _filter_precheck(b: Budget, name: str, args: tuple, kwargs: dict) -> tuple:
     elif name == "format":
         check_printf(b, value, tuple(rest) if rest else kwargs)
     elif name == "batch":
-        count = _width_arg(rest, kwargs, "linecount")
-        if isinstance(count, int):
-            b.fits(count, f"batch({count})")
+        _check_count(b, rest, kwargs, "linecount", name)
     elif name == "slice":
-        count = _width_arg(rest, kwargs, "slices")
-        if isinstance(count, int):
-            b.fits(count, f"slice({count})")
+        _check_count(b, rest, kwargs, "slices", name)
     elif name == "replace" and len(rest) >= 2:
         check_replace(b, b.text(value), rest[0], rest[1])
     elif name == "join":
