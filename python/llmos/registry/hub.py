@@ -351,11 +351,14 @@ def _write_chunk(f, data: bytes) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A byte bar, or None when off (a disabled bar of tqdm 4.42 cannot even be reset)."""
+    if not enabled:
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=0, unit="B", unit_scale=True, desc=desc, disable=not enabled, leave=False)
+    return tqdm(total=total, initial=0, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
 def _download(snap: Snapshot, remote: RemoteFile, part: Path, progress: bool) -> None:
