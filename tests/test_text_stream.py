@@ -212,7 +212,12 @@ def test_stop_matcher_cuts_at_earliest_stop(stops, pieces):
     expected, should_stop = _expected_cut(text, stops)
     m, emitted, stopped_at = _run_matcher(stops, pieces)
     assert "".join(emitted) == expected
-    assert (stopped_at is not None) == should_stop == m.stopped
+    assert m.stopped == should_stop
+    if should_stop and stopped_at is None:
+        # Decided only by flush(): at the end of the text a longer stop string that starts
+        # before the cut was still possible, so no feed could have called the cut final.
+        cut = len(expected)
+        assert any(len(text) - j < len(s) and s.startswith(text[j:]) for s in stops for j in range(cut))
     # nothing emitted is later cut: every emitted prefix is a prefix of the final answer
     so_far = ""
     for piece in emitted:
