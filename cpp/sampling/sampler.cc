@@ -86,7 +86,20 @@ std::vector<std::pair<int32_t, float>> top_logprobs(const float* scores, int64_t
   return out;
 }
 
-int32_t Sampler::next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp) {
+int32_t Sampler::next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp,
+                      const uint32_t* allowed) {
+  if (allowed) {
+    bool any = false;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const bool ok = mask_allows(allowed, int32_t(i));
+      any |= ok;
+      if (!ok) scores[i] = -INFINITY;
+    }
+    if (!any)
+      throw Error(Error::Kind::InvalidInput, "", "constraint",
+                  "the output constraint allows no token after " + std::to_string(h.n_generated()) +
+                      " generated tokens (the grammar cannot continue with this vocabulary)");
+  }
   process_scores(o_, h, scores, vocab, 1);
   const int32_t tok = o_.do_sample ? sample_softmax(scores, vocab, rng_) : argmax(scores, vocab);
   if (lp) {

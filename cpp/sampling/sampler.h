@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "sampling/constraint.h"
 #include "sampling/options.h"
 #include "sampling/processors.h"
 #include "sampling/warpers.h"
@@ -23,7 +24,10 @@ class Sampler {
  public:
   Sampler(const DecodeOptions& o, uint64_t seed) : o_(o), rng_(seed) {}
   // Processes `scores` in place and returns the chosen token; fills *lp when non-null.
-  int32_t next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp);
+  // allowed (mask_words(vocab) words, sampling/constraint.h), when non-null, bans every
+  // token outside it before the processors see the scores.
+  int32_t next(float* scores, int64_t vocab, const TokenHistory& h, TokenLogprobs* lp,
+               const uint32_t* allowed = nullptr);
 
  private:
   const DecodeOptions& o_;
