@@ -6,6 +6,7 @@
 
 #include "bindings/bindings.h"
 #include "core/errors.h"
+#include "sampling/constraint.h"
 #include "sampling/options.h"
 #include "sampling/processors.h"
 #include "sampling/sampler.h"
@@ -32,9 +33,34 @@ struct PySampler {
       : options(o), vocab_size(vocab), history(prompt, vocab), sampler(options, o.seed) {}
 };
 
+// A TokenConstraint written in Python (llmos's structured output over llguidance). The core
+// calls it from its own threads, so each call takes the GIL. The mask reaches Python as a
+// uint32 array over the core's buffer (no copy). The Python object must outlive every call
+// (the caller that passes it to the core keeps a reference until the sequence is done).
+class PyTokenConstraint : public TokenConstraint {
+ public:
+  void fill_mask(uint32_t* allowed, int64_t vocab) override {
+    py::gil_scoped_acquire gil;
+    py::function f = py::get_override(static_cast<const TokenConstraint*>(this), "fill_mask");
+    if (!f) throw Error(Error::Kind::InvalidInput, "", "constraint", "TokenConstraint subclass lacks fill_mask");
+    py::capsule keep(allowed, [](void*) {});
+    py::array_t<uint32_t> view({mask_words(vocab)}, {int64_t(4)}, allowed, keep);
+    f(view, vocab);
+  }
+  void accept(int32_t token) override { PYBIND11_OVERRIDE_PURE(void, TokenConstraint, accept, token); }
+  bool done() const override { PYBIND11_OVERRIDE_PURE(bool, TokenConstraint, done, ); }
+};
+
 }  // namespace
 
 void bind_sampling(py::module_& m) {
+  py::class_<TokenConstraint, PyTokenConstraint, std::shared_ptr<TokenConstraint>>(
+      m, "TokenConstraint",
+      "Base class of output constraints (cpp/sampling/constraint.h): subclass and implement "
+      "fill_mask(allowed: uint32 array of (vocab + 31) // 32 words, zeroed; set bit t % 32 of word t // 32 "
+      "for each allowed token t, vocab), accept(token) and done(). Called from the core's threads.")
+      .def(py::init<>());
+
   py::class_<DecodeOptions>(m, "DecodeOptions", "Every option of token choice (cpp/sampling/options.h)")
       .def(py::init<>())
       .def_readwrite("max_new_tokens", &DecodeOptions::max_new_tokens)
