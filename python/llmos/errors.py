@@ -66,6 +66,15 @@ class CancelledError(LlmosError):
     The model stays usable: the next call gives what it gives on a freshly loaded model."""
 
 
+class BusyError(LlmosError):
+    """The engine's queue is full (max_waiting requests wait already); retry after
+    ``retry_after`` seconds (a server answers 429 with that Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class NumericalError(LlmosError):
     """The model computed NaN or infinity (``field`` says where, e.g. the logits of a decode
     step): the weights hold non-finite values or the activations overflowed the dtype.
