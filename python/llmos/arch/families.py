@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from llmos.io.config import ConfigReader
-from llmos.errors import ConfigError, UnsupportedModelError
+from llmos.errors import UnsupportedModelError
 from llmos.arch.rope import Rope, build_rope
 
 ACTIVATIONS = {

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from llmos import _core
 from llmos import onnx as onnx_ops  # onnx-free until export_onnx is called
 from llmos.adapters.lora import apply_adapter
 from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, ModelFileError
