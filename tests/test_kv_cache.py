@@ -299,3 +299,33 @@ def test_sharing_is_exact_in_every_kv_dtype(load_llmos, checkpoint, dtype):
     _, got_child = paged_run(model, pool, [ids[36:40], ids[40:41]], session=child)
     _, want_child = paged_run(model, pool, [ids[:36], ids[36:40], ids[40:41]])
     np.testing.assert_array_equal(got_child, want_child[36:])
+
+
+def test_dynamic_rope_past_its_base_length(load_llmos, checkpoint):
+    # Dynamic NTK rotates a forward's tokens for that forward's sequence length once it passes
+    # dynamic_max_positions (here lowered to 40 so it happens inside the context): paged stays
+    # bitwise equal to contiguous, and only blocks computed before the scaling are published
+    # (later keys depend on how the sequence was chunked).
+    from llmos.io.checkpoint import float_source, tensor_locations
+
+    path = str(checkpoint("llama_dynamic_rope"))
+    m = load_llmos(path)
+    arch = m.config.to_core(_core)
+    assert arch.rope.dynamic
+    arch.rope.dynamic_max_positions = 40
+    locations = tensor_locations(path)
+    sources = [float_source(locations, role, layer, parts, path)
+               for role, layer, parts in m.backend.family.tensors(m.config)]
+    model = _core.Model(arch, iter(sources), "float32", 1)
+    ids = tokens(60)
+    chunks = [ids[:30]] + [ids[i:i + 1] for i in range(30, 45)] + [ids[45:60]]
+    _, want = contiguous_run(model, chunks)
+    pool = _core.KvPool(model, "float32", BLOCK, 4 * MiB)
+    s, got = paged_run(model, pool, chunks)
+    np.testing.assert_array_equal(got, want)
+    whole = model.logits(ids)  # one forward of 60 tokens: every position rotated for length 60
+    assert not np.array_equal(whole[-1], want[-1])  # so the scaling is in effect
+    s.publish()
+    s.release()
+    assert pool.stats()["blocks_cached"] == 2  # positions 0-31; 32-47 ended past 40
+    assert _core.Session(model, pool).adopt_prefix(ids) == 32
