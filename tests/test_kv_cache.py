@@ -329,3 +329,69 @@ def test_dynamic_rope_past_its_base_length(load_llmos, checkpoint):
     s.release()
     assert pool.stats()["blocks_cached"] == 2  # positions 0-31; 32-47 ended past 40
     assert _core.Session(model, pool).adopt_prefix(ids) == 32
+
+
+def test_random_operations_keep_every_sequence_exact(load_llmos, checkpoint):
+    # A small pool of small blocks under a random mix of new prompts (adopting cached
+    # prefixes), growth, forks, publishes and releases, with exhaustion handled by releasing
+    # another sequence: every sequence's logits stay bitwise those of a contiguous mirror fed
+    # its tokens one at a time (chunks of 1-3 tokens all take the row kernels), and the pool's
+    # block counts add up throughout.
+    model = core(load_llmos, checkpoint, "llama_gqa")
+    T = 4
+    pool = _core.KvPool(model, "float32", T, 24 * _core.KvPool.block_bytes(model, "float32", T))
+    rng = np.random.default_rng(1)
+    base = tokens(24, 7)
+    live: list[tuple[object, object, list[int]]] = []  # (paged session, contiguous mirror, tokens)
+    checked = 0
+
+    def feed(mirror, ids):
+        row = None
+        for t in ids:
+            row = mirror.forward(model, np.array([t]))[0]
+        return row
+
+    for _ in range(150):
+        op = rng.integers(0, 10)
+        if op == 0 or not live:
+            if len(live) >= 6:
+                continue
+            s = _core.Session(model, pool)
+            prompt = list(base[:rng.integers(1, 24)]) + list(tokens(int(rng.integers(0, 4)), int(rng.integers(1e6))))
+            n = s.adopt_prefix(np.array(prompt))
+            assert n % T == 0 and n <= len(prompt) - 1 and list(s.history) == prompt[:n]
+            mirror = _core.Session(model)
+            feed(mirror, prompt[:n])
+            live.append((s, mirror, prompt[:n]))
+        elif op == 1:
+            s, _, _ = live.pop(int(rng.integers(len(live))))
+            s.release()
+        elif op == 2:
+            live[int(rng.integers(len(live)))][0].publish()
+        elif op == 3 and len(live) < 6:
+            parent, pm, ids = live[int(rng.integers(len(live)))]
+            child, cm = _core.Session(model, pool), _core.Session(model)
+            child.fork_from(parent)
+            cm.copy_from(pm)
+            live.append((child, cm, list(ids)))
+        else:
+            s, mirror, ids = live[int(rng.integers(len(live)))]
+            if len(ids) + 3 > 100:
+                continue
+            chunk = list(base[len(ids):len(ids) + 3]) if rng.random() < 0.5 else []
+            chunk = (chunk or list(tokens(3, int(rng.integers(1e6)))))[:int(rng.integers(1, 4))]
+            if not s.reserve_append(len(chunk)):
+                s2, _, _ = live.pop(int(rng.integers(len(live))))
+                s2.release()
+                continue
+            row = s.forward(model, np.array(chunk), all_logits=False)[0]
+            ids.extend(chunk)
+            np.testing.assert_array_equal(row, feed(mirror, chunk))
+            checked += 1
+        st = pool.stats()
+        assert st["blocks_used"] + st["blocks_cached"] <= st["blocks_total"]
+        assert st["blocks_used"] <= sum(s.blocks_held for s, _, _ in live)
+    assert checked > 60 and pool.stats()["prefix_hits"] > 0 and pool.stats()["evictions"] > 0
+    for s, _, _ in live:
+        s.release()
+    assert pool.stats()["blocks_used"] == 0
