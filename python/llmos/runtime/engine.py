@@ -15,9 +15,11 @@ IncrementalDecoder and StopMatcher), into a queue that sync and async consumers 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator
 
@@ -315,6 +317,7 @@ class Engine:
         self._shut = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="llmos-engine", daemon=True)
         self._dispatcher.start()
+        _open_engines.add(self)
 
     def submit(self, prompt, generation_config=None, *, cancel=None, constraint=None, **options) -> Request:
         """Queues `prompt` (a string or token ids) with any option Model.generate takes.
@@ -375,6 +378,7 @@ class Engine:
             time.sleep(0.01)
         self._core.shutdown()
         self._shut = True
+        _open_engines.discard(self)
         if self._dispatcher is not threading.current_thread():
             self._dispatcher.join()
 
@@ -408,3 +412,14 @@ class Engine:
             for req in self._requests.values():
                 req._finish(CancelledError("the engine was closed", field="engine"))
             self._requests.clear()
+
+
+# At exit, Python ends daemon threads as they take the GIL back; one inside the core's poll()
+# would then unwind through C++ and abort the process. Engines left open close first.
+_open_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close()
