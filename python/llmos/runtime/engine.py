@@ -23,7 +23,7 @@ import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator
 
-from llmos import _core, errors
+from llmos import _core, errors, limits
 from llmos.errors import BusyError, CancelledError, InvalidInputError
 from llmos.runtime.generation import Generation, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
@@ -304,12 +304,15 @@ class Engine:
         if kv_dtype not in _KV_BYTES:
             raise InvalidInputError(f"kv_dtype: expected one of {', '.join(_KV_BYTES)}, got {kv_dtype!r}",
                                     field="kv_dtype")
+        limits.check("max_engine_batch_tokens", max_batch_tokens, what="max_batch_tokens")
         c = model.config
         if kv_memory is None:
             per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * _KV_BYTES[kv_dtype]
             kv_memory = min(_DEFAULT_KV_CAP, max_running * c.max_position_embeddings * per_token)
+        kv_bytes = parse_memory(kv_memory)
+        limits.check("max_engine_kv_bytes", kv_bytes, what="kv_memory")
         self._model = model
-        self._core = _core.Engine(model.backend.core, max_batch_tokens, prefill_chunk, parse_memory(kv_memory),
+        self._core = _core.Engine(model.backend.core, max_batch_tokens, prefill_chunk, kv_bytes,
                                   kv_dtype, block_tokens, bool(prefix_cache), max_running, max_waiting)
         self._lock = threading.Lock()
         self._requests: dict[int, Request] = {}
