@@ -365,6 +365,34 @@ def forward_step(model: Model, chunks: Sequence[tuple[Session, npt.ArrayLike]]) 
     """One forward over every (session, token_ids) chunk, never split: [chunks, vocab], each
     chunk's last token."""
 
+# ---- serving engine (bind_engine.cc) --------------------------------------------------------
+
+class Engine:
+    """Continuous batching over one Model (cpp/serving/engine.h); llmos.Engine wraps it. Keeps the
+    model alive; destroying it (or shutdown()) cancels what is left and joins its threads."""
+
+    def __init__(self, model: Model, max_batch_tokens: int, prefill_chunk: int, kv_memory: int, kv_dtype: str,
+                 block_tokens: int, prefix_cache: bool, max_running: int, max_waiting: int) -> None:
+        """Starts the step thread over a KV pool of kv_memory bytes."""
+    def submit(self, prompt: Sequence[int], options: DecodeOptions,
+               constraints: Sequence[TokenConstraint] | None = None,
+               cancel: CancelToken | None = None) -> int | None:
+        """Queues a request; its id, or None when the engine's queue is full."""
+    def poll(self, timeout: float) -> list[tuple[int, int, list[int], list[float], list[list[tuple[int, float]]],
+                                                 str | None, float, tuple[str, str, str] | None]]:
+        """Events of every request since the last call (waits up to timeout s for one):
+        (request, seq, tokens, logprobs, top_logprobs, finish_reason or None, score,
+        (error class, field, message) or None); seq -1 with an error ends the whole request."""
+    def cancel(self, request: int) -> None:
+        """Ends the request within one step (a CancelledError event) and frees its blocks."""
+    def finish(self, request: int, seq: int) -> None:
+        """Ends one sequence as a stop string does, before the next step."""
+    def shutdown(self) -> None:
+        """Stops accepting, cancels every request left, joins the threads."""
+    def stats(self) -> dict[str, int]:
+        """running, waiting, kv_blocks_total, kv_blocks_used, kv_blocks_cached, prefix_queries,
+        prefix_hits, preemptions, steps."""
+
 # ---- safetensors (bind_io.cc) ---------------------------------------------------------------
 
 def safetensors_read_header(path: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
