@@ -25,6 +25,7 @@ from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputErro
 from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
+from llmos.text.structured import constraint_factory
 from llmos.text.tokenizer import Tokenizer
 
 # The token is the core's own, so the flag it sets is read by the decode loop without Python.
@@ -178,7 +179,7 @@ class Model:
             raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
         core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
                                           self.config.max_position_embeddings, explicit_limit=explicit)
-        return self._stream(ids, core_opts, stop, cancel)
+        return self._stream(ids, core_opts, stop, cancel, self._constraints(cfg, core_opts, 1))
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
              truncate: str | None = None, **options):
@@ -249,7 +250,8 @@ class Model:
             group_prompts = [prompts[i] for i in members]
             texts: dict[int, list[str]] = {}
             callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
-            raw = self.backend.generate(group_prompts, core_opts, callback, cancel)
+            constraints = self._constraints(cfg, core_opts, len(group_prompts) * core_opts.num_return_sequences)
+            raw = self.backend.generate(group_prompts, core_opts, callback, cancel, **constraints)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
                 if stop:
@@ -319,7 +321,19 @@ class Model:
 
         return on_token
 
-    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
+    def _constraints(self, cfg: GenerationConfig, core_opts, n_seq: int) -> dict:
+        """The backend's `constraints` argument for structured output ({} when none is asked):
+        one fresh constraint per sequence, after every option has been checked."""
+        factory = constraint_factory(self.tokenizer, cfg, vocab_size=self.config.vocab_size,
+                                     eos_token_ids=core_opts.eos_token_ids)
+        if factory is None:
+            return {}
+        if core_opts.num_beams > 1:
+            raise InvalidInputError(f"{factory.field}: structured output needs num_beams=1", field=factory.field)
+        return {"constraints": [factory() for _ in range(n_seq)]}
+
+    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
+                constraints: dict | None = None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. The loop's token is a child of the caller's, cancelled when
         # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
@@ -331,7 +345,7 @@ class Model:
 
         def work():
             try:
-                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own)
+                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own, **(constraints or {}))
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)
