@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 import jsonschema
@@ -341,3 +342,49 @@ def test_masks_are_right_on_every_tokenizer_style(tmp_path):
                 _validate(text)
             except (ValueError, jsonschema.ValidationError) as e:
                 pytest.fail(f"{style}, seed {seed}: {text!r}: {e}")
+
+
+def test_onnx_backend_applies_the_same_masks(tiny, checkpoint, llmos, tmp_path):
+    """The ONNX loop asks the same constraint between its runs: same tokens as the core."""
+    out = tmp_path / "onnx"
+    llmos.export_onnx(str(checkpoint("llama")), str(out), precision="fp32")
+    onnx_model = llmos.load(str(out), threads=1)
+    assert onnx_model.backend.name == "onnx"
+    with deadline():
+        for seed in range(3):
+            a = tiny.generate("User:", do_sample=True, seed=seed, max_new_tokens=160, guided_json=SCHEMA)
+            b = onnx_model.generate("User:", do_sample=True, seed=seed, max_new_tokens=160, guided_json=SCHEMA)
+            assert b.token_ids == a.token_ids and b.finish_reason == "eos"
+            _validate(b.text)
+        g = onnx_model.generate("Code:", do_sample=True, seed=1, max_new_tokens=40, guided_regex=REGEX)
+    assert re.fullmatch(REGEX, g.text)
+
+
+def test_cancel_while_a_mask_is_computed(tiny, monkeypatch):
+    """A forward cancelled while the helper fills the next mask joins it and raises cleanly."""
+    from llmos import CancelToken
+    from llmos.errors import CancelledError
+    from llmos.text import structured
+
+    token = CancelToken()
+    original_accept, original_fill = structured.GrammarConstraint.accept, structured.GrammarConstraint.fill_mask
+    n = [0]
+
+    def accept(self, t):
+        n[0] += 1
+        if n[0] == 5:
+            token.cancel()  # the next forward stops, while the mask for it is being filled
+        return original_accept(self, t)
+
+    def slow_fill(self, allowed, vocab):
+        time.sleep(0.01)
+        return original_fill(self, allowed, vocab)
+
+    monkeypatch.setattr(structured.GrammarConstraint, "accept", accept)
+    monkeypatch.setattr(structured.GrammarConstraint, "fill_mask", slow_fill)
+    with deadline():
+        with pytest.raises(CancelledError):
+            tiny.generate("User:", max_new_tokens=160, guided_json=SCHEMA, cancel=token)
+    assert n[0] == 5
+    monkeypatch.undo()
+    _validate(tiny.generate("User:", max_new_tokens=160, guided_json=SCHEMA).text)
