@@ -92,6 +92,11 @@ class Limits:
     hub_min_rate_bytes_s: float = 1024.0
     hub_rate_window_s: float = 30.0
 
+    # --- structured output (text/structured.py) ---------------------------------------------
+    # characters of a response_format / guided_json schema, guided_regex or guided_grammar,
+    # checked before the grammar is compiled (llguidance's own parser limits bound the rest).
+    max_grammar_chars: int = 1 << 20
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}
