@@ -108,6 +108,12 @@ void bind_engine(py::module_& m) {
             for (const EngineEvent& ev : evs) {
               py::object err = py::none();
               if (ev.failed) err = py::make_tuple(error_class(ev.error_kind), ev.error_field, ev.error_message);
+              if (ev.exception) try {
+                  std::rethrow_exception(ev.exception);
+                } catch (py::error_already_set& e) {
+                  err = e.value();  // what a Python constraint raised, as it raised it
+                } catch (...) {
+                }
               py::object fin = ev.finished && !ev.failed ? py::object(py::str(finish_name(ev.finish))) : py::none();
               out.append(py::make_tuple(ev.request, ev.seq, ev.tokens, ev.logprobs, ev.top_logprobs, fin, ev.score,
                                         err));
@@ -116,7 +122,7 @@ void bind_engine(py::module_& m) {
           },
           py::arg("timeout"),
           "Events of every request since the last call: (request, seq, tokens, logprobs, top_logprobs, "
-          "finish_reason or None, score, (error class, field, message) or None)")
+          "finish_reason or None, score, (error class, field, message) or an exception or None)")
       .def("cancel", &Engine::cancel, py::arg("request"), py::call_guard<py::gil_scoped_release>())
       .def("finish", &Engine::finish, py::arg("request"), py::arg("seq"), py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())

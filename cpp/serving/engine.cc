@@ -434,10 +434,9 @@ void Engine::step() {
   CancelCheck check(shutdown_token_, nullptr, std::chrono::milliseconds(0));
   try {
     kv_->forward(chunks, logits_.data(), &check);
-  } catch (const std::exception& ex) {
+  } catch (...) {
     if (masks.valid()) masks.wait();
-    const Error* e = dynamic_cast<const Error*>(&ex);
-    const Error err = e ? *e : Error(Error::Kind::Numerical, "", "forward", ex.what());
+    const std::exception_ptr err = std::current_exception();
     for (Seq* s : batch) fail(s->req, err);
     drop_finished();
     return;
@@ -456,10 +455,8 @@ void Engine::step() {
       if (s->index == 0 && r->n() > 1 && !r->forked) fork_siblings(r, row);
       if (s->mask_error) std::rethrow_exception(s->mask_error);
       sample(s, row, s->constraint ? s->mask.data() : nullptr);
-    } catch (const Error& e) {
-      fail(r, e);
-    } catch (const std::exception& e) {
-      fail(r, Error(Error::Kind::InvalidInput, "", "constraint", e.what()));
+    } catch (...) {
+      fail(r, std::current_exception());
     }
   }
   drop_finished();
@@ -537,7 +534,7 @@ void Engine::end_seq(Seq* s, FinishReason why, bool own_event) {
   if (++r->ended == r->n()) r->over = true;
 }
 
-void Engine::fail(Request* r, const Error& err) {
+void Engine::fail(Request* r, const Error& err, std::exception_ptr original) {
   if (r->over) return;
   for (auto& s : r->seqs) {
     if (s->state == Seq::State::Done) continue;
@@ -553,7 +550,21 @@ void Engine::fail(Request* r, const Error& err) {
   e.error_kind = err.kind();
   e.error_field = err.field();
   e.error_message = err.what();
+  e.exception = std::move(original);
   emit(std::move(e));
+}
+
+void Engine::fail(Request* r, std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& err) {
+    fail(r, err);
+    return;
+  } catch (const std::exception& ex) {
+    fail(r, Error(Error::Kind::InvalidInput, "", "constraint", ex.what()), e);
+  } catch (...) {
+    fail(r, Error(Error::Kind::InvalidInput, "", "constraint", "an unknown exception"), e);
+  }
 }
 
 void Engine::drop_finished() {
@@ -620,15 +631,24 @@ void Engine::start_beam(Request* raw) {
         e.score = res[i].score;
         out.push_back(std::move(e));
       }
-    } catch (const std::exception& ex) {
-      const Error* err = dynamic_cast<const Error*>(&ex);
+    } catch (...) {
       EngineEvent e;
       e.request = r->id;
       e.seq = -1;
       e.finished = e.failed = true;
-      e.error_kind = err ? err->kind() : Error::Kind::Numerical;
-      e.error_field = err ? err->field() : "";
-      e.error_message = ex.what();
+      e.exception = std::current_exception();
+      try {
+        std::rethrow_exception(e.exception);
+      } catch (const Error& err) {
+        e.error_kind = err.kind();
+        e.error_field = err.field();
+        e.error_message = err.what();
+        e.exception = nullptr;
+      } catch (const std::exception& ex) {
+        e.error_message = ex.what();
+      } catch (...) {
+        e.error_message = "an unknown exception";
+      }
       out.push_back(std::move(e));
     }
     std::lock_guard<std::mutex> lock(mu_);

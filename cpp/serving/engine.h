@@ -35,6 +35,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -85,6 +86,9 @@ struct EngineEvent {
   bool failed = false;             // the request ended with this error (finished for every sequence)
   Error::Kind error_kind = Error::Kind::InvalidInput;
   std::string error_field, error_message;
+  // An exception that is not an llmos::Error (one a Python constraint raised): the binding
+  // hands the caller the exception itself.
+  std::exception_ptr exception;
 };
 
 struct EngineStats {
@@ -130,7 +134,9 @@ class Engine {
   void fork_siblings(Request* r, const float* row);
   // own_event: emit the sequence's finish (false when the caller's token event carries it).
   void end_seq(Seq* s, FinishReason why, bool own_event = true);
-  void fail(Request* r, const Error& e);
+  // Ends the request with e; `original`, when given, is what was thrown (e describes it).
+  void fail(Request* r, const Error& e, std::exception_ptr original = nullptr);
+  void fail(Request* r, std::exception_ptr e);  // an llmos::Error or anything else
   void drop_finished();
   void start_beam(Request* r);
   void emit(EngineEvent e);

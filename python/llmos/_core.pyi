@@ -392,10 +392,11 @@ class Engine:
                cancel: CancelToken | None = None) -> int | None:
         """Queues a request; its id, or None when the engine's queue is full."""
     def poll(self, timeout: float) -> list[tuple[int, int, list[int], list[float], list[list[tuple[int, float]]],
-                                                 str | None, float, tuple[str, str, str] | None]]:
+                                                 str | None, float, tuple[str, str, str] | BaseException | None]]:
         """Events of every request since the last call (waits up to timeout s for one):
         (request, seq, tokens, logprobs, top_logprobs, finish_reason or None, score,
-        (error class, field, message) or None); seq -1 with an error ends the whole request."""
+        (error class, field, message), or the exception a Python constraint raised, or None); seq -1
+        with an error ends the whole request."""
     def cancel(self, request: int) -> None:
         """Ends the request within one step (a CancelledError event) and frees its blocks."""
     def finish(self, request: int, seq: int) -> None:

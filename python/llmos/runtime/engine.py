@@ -196,6 +196,9 @@ class Request:
 
     def _on_event(self, seq: int, tokens, logprobs, top, finish, score, error) -> bool:
         """Takes one core event; returns True once the request is over."""
+        if isinstance(error, BaseException):  # raised by Python code the core called (a constraint)
+            self._finish(error)
+            return True
         if error is not None:
             cls, field, message = error
             self._finish(getattr(errors, cls, errors.LlmosError)(message, field=field or None))
