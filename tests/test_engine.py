@@ -198,7 +198,12 @@ def test_beam_search_through_submit_equals_generate(model, llmos):
     opts = dict(num_beams=3, num_return_sequences=2, max_new_tokens=10, eos_token_id=[])
     with llmos.Engine(model) as engine:
         got = engine.submit(ids, **opts).result(TIMEOUT)
+        # More groups, one after another and at once (their worker threads are joined as they end).
+        again = [engine.submit(ids, **opts).result(TIMEOUT) for _ in range(2)]
+        again += [r.result(TIMEOUT) for r in [engine.submit(ids, **opts) for _ in range(3)]]
     ref = model.generate(ids, **opts)
+    for g in again:
+        assert [x.token_ids for x in g] == [r.token_ids for r in ref]
     assert [g.token_ids for g in got] == [r.token_ids for r in ref]
     assert [g.score for g in got] == pytest.approx([r.score for r in ref])
     assert [g.text for g in got] == [r.text for r in ref]

@@ -655,10 +655,24 @@ void Engine::start_beam(Request* raw) {
     for (EngineEvent& e : out) events_.push_back(std::move(e));
     live_.erase(r->id);
     --beams_running_;
+    beams_done_.push_back(std::this_thread::get_id());
     event_cv_.notify_all();
   });
-  std::lock_guard<std::mutex> lock(mu_);
-  beam_threads_.push_back(std::move(t));
+  std::vector<std::thread> finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    beam_threads_.push_back(std::move(t));
+    // Threads that have ended their work: joined here, so they do not pile up.
+    for (std::thread::id id : beams_done_)
+      for (auto it = beam_threads_.begin(); it != beam_threads_.end(); ++it)
+        if (it->get_id() == id) {
+          finished.push_back(std::move(*it));
+          beam_threads_.erase(it);
+          break;
+        }
+    beams_done_.clear();
+  }
+  for (std::thread& f : finished) f.join();
 }
 
 }  // namespace llmos

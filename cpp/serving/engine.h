@@ -159,6 +159,7 @@ class Engine {
   EngineStats stats_;
   int64_t waiting_requests_ = 0;  // incoming_ plus those in waiting_ not yet admitted once
   std::vector<std::thread> beam_threads_;
+  std::vector<std::thread::id> beams_done_;  // finished beam threads, joined by the next start_beam
   int64_t beams_running_ = 0;
 
   // The step thread's own.
