@@ -301,6 +301,7 @@ void bind_model(py::module_& m) {
           py::arg("token_ids"))
       .def("publish", &Session::publish)
       .def("fork_from", &Session::fork_from, py::arg("other"))
+      .def("copy_from", &Session::copy_from, py::arg("other"))
       .def("release", &Session::release)
       .def(
           "forward",

@@ -4,10 +4,13 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/cpu_features.h"
 #include "core/dtype.h"
 #include "core/errors.h"
 
 namespace llmos {
+
+void fill_kv_f16_avx2(void (**rows)(const uint16_t*, float*, int64_t));  // kv_convert_avx2.cc
 
 namespace {
 
@@ -39,6 +42,21 @@ uint64_t mix(uint64_t h, uint64_t v) {
   h *= 0x94d049bb133111ebull;
   h ^= h >> 31;
   return h;
+}
+
+// The gather widens every cached value of a float16 pool each step: F16C where the CPU has
+// it (bit-by-bit conversion made float16 the slowest dtype), else the exact scalar one.
+void f16_to_f32_scalar(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+using F16RowsFn = void (*)(const uint16_t*, float*, int64_t);
+F16RowsFn f16_rows() {
+  static const F16RowsFn fn = [] {
+    F16RowsFn f = &f16_to_f32_scalar;
+    if (cpu_active_isa() >= Isa::Avx2) fill_kv_f16_avx2(&f);
+    return f;
+  }();
+  return fn;
 }
 
 }  // namespace
@@ -250,7 +268,7 @@ void KvPool::gather(const int32_t* blocks, int64_t layer, int64_t h, int64_t sta
         }
         case KvDtype::F16: {
           const uint16_t* src = reinterpret_cast<const uint16_t*>(head) + off * D;
-          for (int64_t i = 0; i < n * D; ++i) dst[i] = f16_to_f32(src[i]);
+          f16_rows()(src, dst, n * D);
           break;
         }
         case KvDtype::I8: {

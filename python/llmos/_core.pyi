@@ -369,6 +369,8 @@ class Session:
         """Registers its full blocks in the prefix cache."""
     def fork_from(self, other: Session) -> None:
         """Shares other's blocks and history."""
+    def copy_from(self, other: Session) -> None:
+        """Copies other's cache (contiguous sessions: beam search)."""
     def release(self) -> None:
         """Gives every block back."""
     def forward(self, model: Model, token_ids: npt.ArrayLike, all_logits: bool = True) -> npt.NDArray[np.float32]:
