@@ -317,3 +317,15 @@ def test_a_constraint_masks_tokens_and_a_failing_one_ends_only_its_request(model
         assert plain.result(TIMEOUT).token_ids == reference(model, _prompt(52, 6), **OPTS)[0]["tokens"]
         _all_returned(engine)
     assert len(g.token_ids) == 12 and set(g.token_ids) <= set(allowed)
+
+
+@pytest.mark.parametrize("kv_dtype", ["bfloat16", "float16", "int8"])
+def test_narrow_kv_dtypes_batch_as_they_run_alone(model, llmos, kv_dtype):
+    """A request's tokens with a narrow KV cache do not depend on the batch either: the same as
+    that request alone in an engine of the same dtype."""
+    prompts = [_prompt(60 + i, 6 + 13 * i) for i in range(5)]
+    with llmos.Engine(model, kv_dtype=kv_dtype, prefill_chunk=16) as engine:
+        alone = [engine.submit(p, **OPTS).result(TIMEOUT).token_ids for p in prompts]
+        together = [r.result(TIMEOUT).token_ids for r in [engine.submit(p, **OPTS) for p in prompts]]
+        _all_returned(engine)
+    assert together == alone
