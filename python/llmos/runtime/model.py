@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import warnings
 from typing import Iterator, Sequence
 
@@ -21,10 +22,11 @@ import numpy as np
 from llmos import _core, limits
 from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
-from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
+from llmos.errors import BusyError, ChatTemplateError, ContextLengthError, InvalidInputError
 from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
+from llmos.text.structured import constraint_factory
 from llmos.text.tokenizer import Tokenizer
 
 # The token is the core's own, so the flag it sets is read by the decode loop without Python.
@@ -34,8 +36,9 @@ CancelToken = _core.CancelToken
 class Model:
     """A loaded checkpoint. Create with `llmos.load(path)`.
 
-    Thread-safety: calls may come from several threads; the core runs one forward pass at a
-    time per model.
+    Thread-safety: calls may come from several threads. With the C++ core, generate / stream /
+    chat (num_beams == 1) all go through one serving engine per model (`model.engine`), so
+    calls from many threads are decoded together, one forward per step for all of them.
     """
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer, config: Architecture,
@@ -45,6 +48,8 @@ class Model:
         self.config = config
         self.generation_config = generation_config
         self.path = path
+        self._engine = None
+        self._engine_lock = threading.Lock()
 
     # ---- properties -------------------------------------------------------------------
 
@@ -75,6 +80,21 @@ class Model:
     @property
     def prequantized(self) -> bool:
         return getattr(self.backend, "prequantized", False)
+
+    @property
+    def engine(self):
+        """The serving engine (llmos.Engine) that generate / stream / chat use, made on first
+        use. Only for a model on the C++ core."""
+        with self._engine_lock:
+            if self._engine is None:
+                from llmos.runtime.engine import Engine
+
+                # Calls of generate wait rather than fail when many prompts are queued.
+                self._engine = Engine(self, max_waiting=_MODEL_ENGINE_WAITING)
+            return self._engine
+
+    def _uses_engine(self, core_opts) -> bool:
+        return self.backend.name == "cpu" and core_opts.num_beams == 1
 
     def __repr__(self) -> str:
         c = self.config
@@ -178,7 +198,7 @@ class Model:
             raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
         core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
                                           self.config.max_position_embeddings, explicit_limit=explicit)
-        return self._stream(ids, core_opts, stop, cancel)
+        return self._stream(ids, core_opts, stop, cancel, self._constraints(cfg, core_opts, 1))
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
              truncate: str | None = None, **options):
@@ -243,13 +263,16 @@ class Model:
                             f"tokens exceeds the model's context of {self.config.max_position_embeddings} tokens",
                             field="max_new_tokens")
                     o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
+        if self._uses_engine(next(iter(opts_by_len.values()))[0]):
+            return self._decode_engine(prompts, cfg, groups, opts_by_len, cancel)
         results: list[list[Generation]] = [[] for _ in prompts]
         for key, members in groups.items():
             core_opts, stop = opts_by_len[key]
             group_prompts = [prompts[i] for i in members]
             texts: dict[int, list[str]] = {}
             callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
-            raw = self.backend.generate(group_prompts, core_opts, callback, cancel)
+            constraints = self._constraints(cfg, core_opts, len(group_prompts) * core_opts.num_return_sequences)
+            raw = self.backend.generate(group_prompts, core_opts, callback, cancel, **constraints)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
                 if stop:
@@ -267,6 +290,40 @@ class Model:
                 )
                 results[members[r["prompt_index"]]].append(g)
         return results
+
+    def _decode_engine(self, prompts, cfg, groups, opts_by_len, cancel) -> list[list[Generation]]:
+        """Every prompt as its own request of the model's engine, all decoded together."""
+        reqs: list = [None] * len(prompts)
+        try:
+            for key, members in groups.items():
+                core_opts, stop = opts_by_len[key]
+                for i in members:
+                    constraints = self._constraints(cfg, core_opts, core_opts.num_return_sequences).get("constraints")
+                    reqs[i] = self._submit(prompts[i], core_opts, stop, cancel, constraints, detok=bool(stop))
+            results = []
+            for ids, req in zip(prompts, reqs):
+                gens = req.result()
+                gens = gens if isinstance(gens, list) else [gens]
+                if not req._stop:  # as the core's loop gives it: the whole text decoded at once
+                    for g in gens:
+                        g.text = self._new_text(ids, g.token_ids[:-1] if g.finish_reason == "eos" else g.token_ids)
+                results.append(gens)
+            return results
+        except BaseException:
+            for req in reqs:
+                if req is not None:
+                    req.cancel()
+            raise
+
+    def _submit(self, ids, core_opts, stop, cancel, constraints=None, *, detok: bool):
+        """Submits to the model's engine, waiting while its queue is full."""
+        while True:
+            try:
+                return self.engine._submit_ids(ids, core_opts, stop, cancel, constraints, detok=detok)
+            except BusyError as e:
+                if cancel is not None and cancel.cancelled():
+                    raise
+                time.sleep(min(0.05, e.retry_after))
 
     def _batch_stop_callback(self, prompts, core_opts, stop: list[str], texts: dict[int, list[str]]):
         """The core's callback for a batch with stop strings: sequence i continues prompt
@@ -319,7 +376,36 @@ class Model:
 
         return on_token
 
-    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
+    def _constraints(self, cfg: GenerationConfig, core_opts, n_seq: int) -> dict:
+        """The backend's `constraints` argument for structured output ({} when none is asked):
+        one fresh constraint per sequence, after every option has been checked."""
+        factory = constraint_factory(self.tokenizer, cfg, vocab_size=self.config.vocab_size,
+                                     eos_token_ids=core_opts.eos_token_ids)
+        if factory is None:
+            return {}
+        if core_opts.num_beams > 1:
+            raise InvalidInputError(f"{factory.field}: structured output needs num_beams=1", field=factory.field)
+        return {"constraints": [factory() for _ in range(n_seq)]}
+
+    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
+                constraints: dict | None = None) -> Iterator[str]:
+        if self._uses_engine(core_opts):
+            return self._stream_engine(ids, core_opts, stop, cancel, (constraints or {}).get("constraints"))
+        return self._stream_thread(ids, core_opts, stop, cancel, constraints)
+
+    def _stream_engine(self, ids, core_opts, stop, cancel, constraints) -> Iterator[str]:
+        # Closing the iterator (or an exception in the consumer, Ctrl-C included) cancels the
+        # request, which leaves the engine's batch before its next step.
+        req = self._submit(ids, core_opts, stop, cancel, constraints, detok=True)
+        try:
+            for piece in req:
+                if piece.text:
+                    yield piece.text
+        finally:
+            req.cancel()
+
+    def _stream_thread(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
+                       constraints: dict | None = None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. The loop's token is a child of the caller's, cancelled when
         # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
@@ -331,7 +417,7 @@ class Model:
 
         def work():
             try:
-                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own)
+                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own, **(constraints or {}))
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)
@@ -349,6 +435,10 @@ class Model:
         finally:
             own.cancel()
             worker.join()
+
+
+# Requests the model's own engine queues before generate() waits to submit more.
+_MODEL_ENGINE_WAITING = 1 << 16
 
 
 def _check_cancel(cancel) -> None:
