@@ -376,16 +376,19 @@ class Model:
 
         return on_token
 
-    def _constraints(self, cfg: GenerationConfig, core_opts, n_seq: int) -> dict:
-        """The backend's `constraints` argument for structured output ({} when none is asked):
-        one fresh constraint per sequence, after every option has been checked."""
+    def _constraint_factory(self, cfg: GenerationConfig, core_opts):
+        """Structured output's ConstraintFactory (one fresh constraint per sequence when
+        called), or None when none is asked; every option is checked here."""
         factory = constraint_factory(self.tokenizer, cfg, vocab_size=self.config.vocab_size,
                                      eos_token_ids=core_opts.eos_token_ids)
-        if factory is None:
-            return {}
-        if core_opts.num_beams > 1:
+        if factory is not None and core_opts.num_beams > 1:
             raise InvalidInputError(f"{factory.field}: structured output needs num_beams=1", field=factory.field)
-        return {"constraints": [factory() for _ in range(n_seq)]}
+        return factory
+
+    def _constraints(self, cfg: GenerationConfig, core_opts, n_seq: int) -> dict:
+        """The backend's `constraints` argument ({} without structured output)."""
+        factory = self._constraint_factory(cfg, core_opts)
+        return {} if factory is None else {"constraints": [factory() for _ in range(n_seq)]}
 
     def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
                 constraints: dict | None = None) -> Iterator[str]:

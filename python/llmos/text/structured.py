@@ -2,21 +2,21 @@
 follow, enforced token by token by a mask inside the core's sampler (cpp/sampling/constraint.h).
 
 The masks come from llguidance (``pip install 'llmos[structured]'``), chosen over xgrammar by
-measurement (tools/bench_structured.py --libraries, a 49,152-token byte-level BPE trained on
-Python's sources, the nested schema of the benchmark replayed over a 176-token instance; AMD
-EPYC, one thread, best of 3):
+measurement (tools/bench_structured.py --libraries: a 49,152-token byte-level BPE trained on
+Python's sources, a nested schema replayed over a 176-token JSON instance; AMD EPYC, one
+thread, best of 3; docs/performance.md "Structured output" has runs under load too):
 
-    library       tokenizer  compile  mask median / p90 / max / mean   accept median
-    llguidance    340 ms     2 ms     19 / 62 / 1818 / 48 us           1.1 us
-    xgrammar      353 ms     61 ms    2 / 32 / 87 / 9 us               1.3 us
+    library             tokenizer  compile  mask median / p90 / mean   accept median
+    llguidance 1.9.1    340 ms     2 ms     19 / 62 / 48 us            1.1 us
+    xgrammar 0.2.9      353 ms     61 ms    2 / 32 / 9 us              1.3 us
 
-Both are far below a decode step of a 135M model (milliseconds) and the mask is computed while
-the forward runs, so mask speed does not decide. llguidance compiles a schema 30x faster (a
-new schema per request is the server's common case), needs no other package, while xgrammar
-requires torch, transformers and triton, which llmos never imports for inference; and its
-masks are correct on every tokenizer style the tests build (byte-level BPE with and without
-a prefix space, sentencepiece-style metaspace with byte fallback, Gemma's): 40 sampled runs
-each, all valid against the schema (jsonschema).
+Both are far below a decode step of a 135M model (7 ms) and the mask is computed while the
+forward runs, so mask speed does not decide. llguidance compiles a schema 30x faster (a new
+schema per request is the server's common case, paid in time to first token) and needs no
+other package, while xgrammar requires torch, transformers and triton, which llmos never
+imports for inference. Its masks are right on every tokenizer style the tests build
+(byte-level BPE with and without a prefix space, sentencepiece-style metaspace with byte
+fallback, Gemma's), checked by jsonschema in tests/test_structured.py.
 
 JSON is written compactly, as json.dumps writes it (", " and ": ", no other whitespace): a
 sampled model cannot then fill its token budget with blank lines.
