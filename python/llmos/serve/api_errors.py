@@ -68,6 +68,10 @@ def _is_type_tag(part: str) -> bool:
 def from_validation(errors: list[dict]) -> APIError:
     """pydantic's errors as one 400 naming the first field at fault (messages[0].role)."""
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        return invalid(f"the request body is not valid JSON ({reason} at character {first['loc'][-1]})",
+                       code="invalid_json")
     loc = [p for p in first.get("loc", ()) if p != "body"]
     param = ""
     for part in loc:
