@@ -52,11 +52,12 @@ def check_bind(host: str, api_keys: list[str] | None) -> None:
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_keys: list[str] | None = None,
           max_concurrency: int = 64, max_queue: int = 256, drain_seconds: float = 30.0,
           load_options: dict | None = None, engine_options: dict | None = None, idle_unload: float | None = None,
-          engine_factory=Engine, sock: socket.socket | None = None, log_level: str = "info") -> int:
+          engine_factory=None, sock: socket.socket | None = None, log_level: str = "info") -> int:
     """Serves until SIGTERM or Ctrl-C; returns the exit code (0 after a drain)."""
     import uvicorn
 
     check_bind(host, api_keys)
+    engine_factory = engine_factory or Engine
     if engine_factory is None:
         raise InvalidInputError("llmos.Engine is not in this build", field="engine_factory")
     app = create_app(models, engine_factory=engine_factory, api_keys=api_keys, max_concurrency=max_concurrency,
