@@ -25,6 +25,7 @@ void bind_kernels(py::module_& m);   // bind_kernels.cc: ISA queries and one-ker
 void bind_quant(py::module_& m);     // bind_quant.cc: QuantType (Python None for QuantType::None), round trip
 void bind_sampling(py::module_& m);  // bind_sampling.cc: DecodeOptions, process_logits, Sampler
 void bind_model(py::module_& m);     // bind_model.cc: Model (load, logits, generate)
+void bind_engine(py::module_& m);    // bind_engine.cc: Engine (continuous batching)
 
 namespace llmos::binding {
 

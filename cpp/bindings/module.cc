@@ -67,5 +67,6 @@ PYBIND11_MODULE(_core, m) {
   bind_kernels(m);
   bind_sampling(m);
   bind_model(m);
+  bind_engine(m);
   bind_io(m);
 }
