@@ -357,3 +357,23 @@ def test_a_non_loopback_bind_without_keys_is_refused(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llmos", "serve", BUNDLED, "--api-keys", str(weak)],
                          env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 2 and "16 characters" in out.stderr, out.stderr
+
+
+def test_several_models_load_on_first_use_and_unload_when_idle(tmp_path):
+    import shutil
+
+    from llmos.runtime.default_model import default_model_path
+
+    other = str(shutil.copytree(default_model_path(), tmp_path / "second", ignore=shutil.ignore_patterns("*.py")))
+    with running_server(models=(BUNDLED, other), idle_unload=0.3) as (base, app):
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
+        assert [m.id for m in client.models.list().data] == [BUNDLED, other]
+        assert app.state.pool.engines() == {}  # nothing loaded before it is asked for
+        client.completions.create(model=BUNDLED, prompt="a", max_tokens=2, temperature=0)
+        assert set(app.state.pool.engines()) == {BUNDLED}
+        out = client.completions.create(model=other, prompt=[1, 2, 3], max_tokens=3, temperature=0)
+        assert out.model == other and out.usage.completion_tokens >= 1
+        wait_for(lambda: app.state.pool.engines() == {}, timeout=10.0, what="both idle models to unload")
+        again = client.completions.create(model=BUNDLED, prompt="a", max_tokens=2, temperature=0)
+        assert again.choices[0].text == client.completions.create(model=BUNDLED, prompt="a", max_tokens=2,
+                                                                  temperature=0).choices[0].text
