@@ -11,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
 from child_env import child_env
-from serve_stand_in import Engine as ENGINE
+from llmos.runtime.engine import Engine as ENGINE
 
 BUNDLED = "default"  # the bundled model, by its reserved registry name
 TIMEOUT = 30.0
@@ -103,12 +102,8 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
 def serve_process(*args: str, port: int | None = None):
     """`python -m llmos serve ARGS --port PORT` in a child; yields (process, base url) once /health answers."""
     port = port or free_port()
-    # Until llmos.Engine lands, the child runs the CLI with the stand-in engine.
-    launcher = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import serve_stand_in, llmos.serve.run as r; "
-                "r.Engine = serve_stand_in.Engine; from llmos.cli.main import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", launcher, str(Path(__file__).parent), "serve", *args,
-                             "--port", str(port)], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "llmos", "serve", *args, "--port", str(port)], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + TIMEOUT

@@ -10,12 +10,8 @@ import socket
 from pathlib import Path
 
 from llmos.errors import InvalidInputError, ModelFileError
+from llmos.runtime.engine import Engine
 from llmos.serve.app import create_app
-
-try:
-    from llmos.runtime.engine import Engine
-except ImportError:  # the engine lands separately; until then a caller passes engine_factory
-    Engine = None
 
 
 def is_loopback(host: str) -> bool:
@@ -52,14 +48,11 @@ def check_bind(host: str, api_keys: list[str] | None) -> None:
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_keys: list[str] | None = None,
           max_concurrency: int = 64, max_queue: int = 256, drain_seconds: float = 30.0,
           load_options: dict | None = None, engine_options: dict | None = None, idle_unload: float | None = None,
-          engine_factory=None, sock: socket.socket | None = None, log_level: str = "info") -> int:
+          engine_factory=Engine, sock: socket.socket | None = None, log_level: str = "info") -> int:
     """Serves until SIGTERM or Ctrl-C; returns the exit code (0 after a drain)."""
     import uvicorn
 
     check_bind(host, api_keys)
-    engine_factory = engine_factory or Engine
-    if engine_factory is None:
-        raise InvalidInputError("llmos.Engine is not in this build", field="engine_factory")
     app = create_app(models, engine_factory=engine_factory, api_keys=api_keys, max_concurrency=max_concurrency,
                      max_queue=max_queue, load_options=load_options, engine_options=engine_options,
                      idle_unload=idle_unload)
