@@ -377,3 +377,43 @@ def test_several_models_load_on_first_use_and_unload_when_idle(tmp_path):
         again = client.completions.create(model=BUNDLED, prompt="a", max_tokens=2, temperature=0)
         assert again.choices[0].text == client.completions.create(model=BUNDLED, prompt="a", max_tokens=2,
                                                                   temperature=0).choices[0].text
+
+
+def test_a_stream_whose_client_is_gone_before_the_first_event_frees_its_slot():
+    """The event generator never starts (sending the headers fails), so only the response can free it."""
+    import asyncio
+
+    from llmos.serve.app import create_app
+    from serve_server import ENGINE
+
+    guard = create_app([BUNDLED], engine_factory=ENGINE, load_options={"threads": 1}, max_concurrency=1, max_queue=0)
+    app = guard.app
+    body = json.dumps({"model": BUNDLED, "prompt": "Once", "max_tokens": 250, "stream": True,
+                       "logit_bias": NO_EOS}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)  # the disconnect is only seen through send failing
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            raise OSError("the client is gone")
+
+    async def main():
+        with pytest.raises(BaseException):
+            await asyncio.wait_for(guard(scope, receive, send), TIMEOUT)
+
+    try:
+        asyncio.run(main())
+        assert app.state.admission.in_flight == 0
+        engine = app.state.pool.engines()[BUNDLED]
+        wait_for(lambda: engine.stats()["running"] == 0 and engine.stats()["waiting"] == 0, timeout=5.0,
+                 what="the engine request to be cancelled")
+    finally:
+        app.state.pool.close()

@@ -115,6 +115,25 @@ class Guard:
         await self.app(scope, replay, send)
 
 
+class _EventStream(StreamingResponse):
+    """Server-sent events whose `finish` (free the slot, cancel what still runs, count the
+    outcome) runs exactly once however the response ends: completed, failed, or cancelled by a
+    disconnect, even one that comes before the first event, when the generator never started
+    and so never reaches a finally of its own."""
+
+    def __init__(self, events, finish: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._finish = finish
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finish()
+            await self.body_iterator.aclose()
+
+
 def _too_large(length: str, cap: int) -> APIError:
     return APIError(413, f"the request body ({length} bytes) is over the limit of {cap} bytes "
                          "(llmos.limits.serve_max_body_bytes)", param=None, code="request_too_large")
@@ -172,8 +191,7 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
                 metrics.prompt_tokens.labels(model=name).inc(job.prompt_tokens)
                 if body.stream:
                     streaming = True
-                    return StreamingResponse(_events(job, name, route, served), media_type="text/event-stream",
-                                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                    return _event_stream(job, name, route, served)
                 result = await job.respond(http_request)
                 outcome = "completed"
                 return JSONResponse(result)
@@ -203,24 +221,28 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
                     metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
                 metrics.outcome(name, route, outcome)
 
-    async def _events(job, name: str, route: str, served):
-        outcome = "cancelled"
-        try:
+    def _event_stream(job, name: str, route: str, served) -> "_EventStream":
+        state = {"outcome": "cancelled"}
+
+        async def events():
             try:
                 async for event in job.stream():
                     yield event
-                outcome = "completed"
+                state["outcome"] = "completed"
             except Exception as e:  # after the headers were sent: the error goes in the stream
-                outcome = "error"
+                state["outcome"] = "error"
                 yield error_event(e)
                 yield DONE
-        finally:
-            if outcome != "completed":
+
+        def finish():
+            if state["outcome"] != "completed":
                 job.run.cancel()
             admission.leave()
             pool.release(served)
             metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
-            metrics.outcome(name, route, outcome)
+            metrics.outcome(name, route, state["outcome"])
+
+        return _EventStream(events(), finish)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
