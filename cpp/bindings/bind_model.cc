@@ -13,6 +13,7 @@
 #include "core/errors.h"
 #include "model/decoder.h"
 #include "model/generate.h"
+#include "model/kv_cache.h"
 
 using namespace llmos;
 using namespace llmos::binding;
@@ -243,4 +244,89 @@ void bind_model(py::module_& m) {
           "Decodes every prompt together (one forward per step), or by beam search. "
           "on_token(sequence, id) -> bool (stop that sequence) is called per token when given; "
           "a CancelToken `cancel` stops the call (CancelledError), as Ctrl-C does on the main thread.");
+
+  // The paged KV cache's test surface: the pool, a session over the model (paged with a pool,
+  // contiguous without), and forward_step over several sessions. The serving engine drives the
+  // same C++ objects itself; these bindings exist so tests can check them against the
+  // contiguous cache. A session keeps its model and pool alive.
+  py::class_<KvPool>(m, "KvPool",
+                     "A pool of KV blocks for one model (test surface): KvPool(model, dtype, block_tokens, budget_bytes)")
+      .def(py::init([](const Model& model, const std::string& dtype, int64_t block_tokens, int64_t budget_bytes) {
+             return std::make_unique<KvPool>(model.spec(), kv_dtype_from_name(dtype), block_tokens, budget_bytes);
+           }),
+           py::arg("model"), py::arg("dtype"), py::arg("block_tokens"), py::arg("budget_bytes"),
+           py::keep_alive<1, 2>())
+      .def_property_readonly("block_tokens", &KvPool::block_tokens)
+      .def_property_readonly("num_blocks", &KvPool::num_blocks)
+      .def_property_readonly("dtype", [](const KvPool& p) { return std::string(kv_dtype_name(p.dtype())); })
+      .def_static(
+          "block_bytes",
+          [](const Model& model, const std::string& dtype, int64_t block_tokens) {
+            return KvPool::block_bytes(model.spec(), kv_dtype_from_name(dtype), block_tokens);
+          },
+          py::arg("model"), py::arg("dtype"), py::arg("block_tokens"))
+      .def("stats",
+           [](const KvPool& p) {
+             const KvPool::Stats s = p.stats();
+             py::dict d;
+             d["blocks_total"] = s.blocks_total;
+             d["blocks_used"] = s.blocks_used;
+             d["blocks_cached"] = s.blocks_cached;
+             d["prefix_queries"] = s.prefix_queries;
+             d["prefix_hits"] = s.prefix_hits;
+             d["evictions"] = s.evictions;
+             return d;
+           })
+      .def("set_hash_mask", &KvPool::set_hash_mask, py::arg("mask"),
+           "Test hook: masks every block hash (0 makes all blocks collide)");
+
+  py::class_<Session>(m, "Session", "One sequence's KV cache (test surface); paged when given a KvPool")
+      .def(py::init([](const Model& model, KvPool* pool) { return std::make_unique<Session>(model, pool); }),
+           py::arg("model"), py::arg("pool") = nullptr, py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
+      .def_property_readonly("n_past", &Session::n_past)
+      .def_property_readonly("paged", &Session::paged)
+      .def_property_readonly("blocks_held", &Session::blocks_held)
+      .def_property_readonly("history", &Session::history)
+      .def("reserve_append", &Session::reserve_append, py::arg("n"))
+      .def(
+          "adopt_prefix",
+          [](Session& s, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids) {
+            const std::vector<int32_t> t = token_ids_arg(ids, "token_ids");
+            return s.adopt_prefix(t.data(), int64_t(t.size()));
+          },
+          py::arg("token_ids"))
+      .def("publish", &Session::publish)
+      .def("fork_from", &Session::fork_from, py::arg("other"))
+      .def("release", &Session::release)
+      .def(
+          "forward",
+          [](Session& s, Model& m, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids, bool all_logits) {
+            const std::vector<int32_t> t = token_ids_arg(ids, "token_ids");
+            const int64_t n = int64_t(t.size()), V = m.spec().vocab_size;
+            py::array_t<float> out({all_logits ? n : int64_t(1), V});
+            float* op = out.mutable_data();
+            CancelCheck check = cancel_check(nullptr);
+            py::gil_scoped_release nogil;
+            m.forward(s, t.data(), n, op, all_logits, &check);
+            return out;
+          },
+          py::arg("model"), py::arg("token_ids"), py::arg("all_logits") = true,
+          "Model.forward on this session: [n, vocab] logits (all_logits) or [1, vocab]");
+
+  m.def(
+      "forward_step",
+      [](Model& m, const std::vector<std::pair<Session*, py::array_t<int64_t, py::array::c_style | py::array::forcecast>>>& chunks) {
+        std::vector<std::vector<int32_t>> toks;
+        std::vector<SeqChunk> cs;
+        for (const auto& [s, ids] : chunks) toks.push_back(token_ids_arg(ids, "token_ids"));
+        for (size_t i = 0; i < chunks.size(); ++i) cs.push_back(SeqChunk{chunks[i].first, toks[i].data(), int64_t(toks[i].size())});
+        py::array_t<float> out({int64_t(cs.size()), m.spec().vocab_size});
+        float* op = out.mutable_data();
+        CancelCheck check = cancel_check(nullptr);
+        py::gil_scoped_release nogil;
+        m.forward_step(cs, op, &check);
+        return out;
+      },
+      py::arg("model"), py::arg("chunks"),
+      "Model.forward_step over [(session, token_ids)]: [chunks, vocab], each chunk's last token (test surface)");
 }

@@ -1,6 +1,7 @@
 #include "model/decoder.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -30,13 +31,35 @@ void add_rows(float* dst, const float* src, int64_t count) {
 
 }  // namespace
 
-Session::Session(const Model& model) : spec_(&model.spec()) {
+Session::Session(const Model& model, KvPool* pool) : spec_(&model.spec()), pool_(pool) {
+  if (pool) {
+    const Architecture& ps = pool->spec();
+    if (ps.num_layers != spec_->num_layers || ps.num_kv_heads != spec_->num_kv_heads || ps.head_dim != spec_->head_dim)
+      throw Error(Error::Kind::InvalidInput, "", "pool", "KV pool was made for another model's shape");
+    if (!spec_->rope.inv_freq_long.empty())
+      throw Error(Error::Kind::InvalidInput, "", "pool",
+                  "a paged KV cache does not support longrope (" + spec_->family +
+                      "): its keys are recomputed when the sequence outgrows " + std::to_string(spec_->rope.long_after) +
+                      " tokens, which shared blocks cannot allow; use the contiguous cache");
+    return;
+  }
   k_.resize(size_t(spec_->num_layers));
   v_.resize(size_t(spec_->num_layers));
 }
 
+void Session::reset() {
+  if (pool_) {
+    release();
+    return;
+  }
+  n_past_ = 0;
+  history_.clear();
+}
+
 void Session::copy_from(const Session& other) {
   if (other.spec_ != spec_) throw Error(Error::Kind::InvalidInput, "", "session", "belongs to another model");
+  if (pool_ || other.pool_)
+    throw Error(Error::Kind::InvalidInput, "", "session", "copy_from is for contiguous sessions; use fork_from");
   if (&other == this) return;
   n_past_ = 0;
   reserve(other.n_past_);
@@ -49,6 +72,98 @@ void Session::copy_from(const Session& other) {
     }
   n_past_ = other.n_past_;
   history_ = other.history_;
+}
+
+namespace {
+void require_paged(const KvPool* pool, const char* what) {
+  if (!pool) throw Error(Error::Kind::InvalidInput, "", "session", std::string(what) + " needs a paged session (a KV pool)");
+}
+}  // namespace
+
+bool Session::reserve_append(int64_t n) {
+  require_paged(pool_, "reserve_append");
+  if (n < 0) throw Error(Error::Kind::InvalidInput, "", "n", "must not be negative, got " + std::to_string(n));
+  const int64_t end = n_past_ + n;
+  if (end > spec_->max_position_embeddings)
+    throw Error(Error::Kind::Context, "", "token_ids",
+                "sequence of " + std::to_string(end) + " tokens exceeds the context of " +
+                    std::to_string(spec_->max_position_embeddings));
+  if (n == 0) return true;
+  const int64_t T = pool_->block_tokens();
+  const int64_t first = n_past_ / T, last = (end - 1) / T;  // blocks written
+  const int64_t held = int64_t(blocks_.size());
+  int64_t need = std::max<int64_t>(0, last + 1 - held);
+  for (int64_t i = first; i < std::min(held, last + 1); ++i)
+    if (pool_->refcount(blocks_[size_t(i)]) > 1) ++need;
+  if (need > pool_->available()) return false;
+  for (int64_t i = first; i < std::min(held, last + 1); ++i) {
+    const int32_t b = blocks_[size_t(i)];
+    if (pool_->refcount(b) == 1) continue;
+    const int32_t c = pool_->allocate();
+    pool_->copy_block(c, b);
+    pool_->unref(b);
+    blocks_[size_t(i)] = c;
+  }
+  while (int64_t(blocks_.size()) <= last) blocks_.push_back(pool_->allocate());
+  return true;
+}
+
+int64_t Session::adopt_prefix(const int32_t* tokens, int64_t n) {
+  require_paged(pool_, "adopt_prefix");
+  if (n_past_ != 0 || !blocks_.empty())
+    throw Error(Error::Kind::InvalidInput, "", "session", "adopt_prefix needs an empty session");
+  const int64_t T = pool_->block_tokens();
+  KvPool::ChainLink parent;
+  int64_t adopted = 0;
+  while (adopted + T <= n - 1) {
+    const KvPool::ChainLink link = pool_->lookup(parent, tokens + adopted);
+    if (link.block < 0) break;
+    pool_->ref(link.block);
+    blocks_.push_back(link.block);
+    chain_.push_back(link);
+    parent = link;
+    adopted += T;
+  }
+  pool_->count_query(std::max<int64_t>(n, 0), adopted);
+  n_past_ = cacheable_ = adopted;
+  history_.assign(tokens, tokens + adopted);
+  return adopted;
+}
+
+void Session::publish() {
+  require_paged(pool_, "publish");
+  const int64_t T = pool_->block_tokens();
+  const int64_t full = std::min(n_past_, cacheable_) / T;
+  for (int64_t i = int64_t(chain_.size()); i < full; ++i) {
+    const KvPool::ChainLink parent = i ? chain_[size_t(i - 1)] : KvPool::ChainLink{};
+    chain_.push_back(pool_->publish(blocks_[size_t(i)], parent, history_.data() + i * T));
+  }
+}
+
+void Session::fork_from(const Session& other) {
+  require_paged(pool_, "fork_from");
+  if (other.pool_ != pool_) throw Error(Error::Kind::InvalidInput, "", "session", "fork_from needs a session of the same pool");
+  if (&other == this) return;
+  release();
+  const int64_t T = pool_->block_tokens();
+  const int64_t n_blocks = (other.n_past_ + T - 1) / T;
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    pool_->ref(other.blocks_[size_t(i)]);
+    blocks_.push_back(other.blocks_[size_t(i)]);
+  }
+  n_past_ = other.n_past_;
+  history_ = other.history_;
+  chain_ = other.chain_;
+  cacheable_ = other.cacheable_;
+}
+
+void Session::release() {
+  if (!pool_) return;
+  for (int32_t b : blocks_) pool_->unref(b);
+  blocks_.clear();
+  chain_.clear();
+  history_.clear();
+  n_past_ = cacheable_ = 0;
 }
 
 void Session::reserve(int64_t n_total) {
@@ -182,6 +297,9 @@ void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* ou
     const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0;
     return std::make_pair(start, p0 + nq - start);
   };
+  // Names this call for the per-thread gather buffers (unique across models and calls).
+  static std::atomic<uint64_t> epochs{0};
+  const uint64_t epoch = ++epochs;
   auto attend_task = [&](int64_t task, std::vector<float>& scratch) {
     const auto [t0, nq] = b.qblocks[size_t(task / Nq)];
     const int64_t h = task % Nq, kvh = h / group;
@@ -191,8 +309,25 @@ void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* ou
     AttnBlock blk;
     blk.q = qkv + t0 * QKV + h * D;
     blk.ldq = QKV;
-    blk.k = s.k_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
-    blk.v = s.v_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+    if (s.pool_) {
+      // Paged: the keys and values of the range, gathered (and converted to float) into a
+      // per-thread buffer, then the same kernel as the contiguous cache. The query heads of
+      // one kv head are consecutive tasks, so a thread gathers once per group.
+      thread_local std::vector<float> kbuf, vbuf;
+      thread_local uint64_t have_epoch = 0;
+      thread_local int64_t have_t0 = -1, have_kvh = -1;
+      if (have_epoch != epoch || have_t0 != t0 || have_kvh != kvh) {
+        kbuf.resize(size_t(len * D));
+        vbuf.resize(size_t(len * D));
+        s.pool_->gather(s.blocks_.data(), layer, kvh, start, len, kbuf.data(), vbuf.data());
+        have_epoch = epoch, have_t0 = t0, have_kvh = kvh;
+      }
+      blk.k = kbuf.data();
+      blk.v = vbuf.data();
+    } else {
+      blk.k = s.k_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+      blk.v = s.v_[size_t(layer)].as<float>() + (kvh * cap + start) * D;
+    }
     blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = b.pos[size_t(t0)], blk.window = window;
     blk.scale = scale, blk.softcap = cap_soft;
     blk.out = out + t0 * Nq * D + h * D;
@@ -218,7 +353,7 @@ void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* ou
   }
 }
 
-void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, CancelCheck* cancel) {
+void Model::validate(const std::vector<SeqChunk>& chunks) const {
   if (chunks.empty()) throw Error(Error::Kind::InvalidInput, "", "token_ids", "no sequences given");
   for (const SeqChunk& ch : chunks) {
     if (ch.session->spec_ != &spec_)
@@ -236,8 +371,31 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
     for (const SeqChunk& other : chunks)
       if (&other != &ch && other.session == ch.session)
         throw Error(Error::Kind::InvalidInput, "", "session", "appears twice in one batch");
+    if (ch.session->pool_) {
+      // The caller reserved the positions (reserve_append), which also made them private.
+      const Session& s = *ch.session;
+      const int64_t T = s.pool_->block_tokens(), end = s.n_past_ + ch.n;
+      if (int64_t(s.blocks_.size()) * T < end)
+        throw Error(Error::Kind::InvalidInput, "", "session",
+                    "positions up to " + std::to_string(end) + " are not reserved (reserve_append first)");
+      for (int64_t i = s.n_past_ / T; i <= (end - 1) / T; ++i)
+        if (s.pool_->refcount(s.blocks_[size_t(i)]) != 1)
+          throw Error(Error::Kind::InvalidInput, "", "session", "a block to be written is shared (reserve_append first)");
+    }
   }
+}
 
+void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, CancelCheck* cancel) {
+  validate(chunks);
+  run(chunks, logits, all_logits, true, cancel);
+}
+
+void Model::forward_step(const std::vector<SeqChunk>& chunks, float* logits, CancelCheck* cancel) {
+  validate(chunks);
+  run(chunks, logits, false, false, cancel);
+}
+
+void Model::run(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, bool split, CancelCheck* cancel) {
   std::lock_guard<std::mutex> lock(mu_);
   cancel_ = cancel;
   struct ForgetCancel {
@@ -249,6 +407,10 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
   // Phi-3, such a sequence is run again from its first token, on its own.
   const Rope& rope = spec_.rope;
   const int64_t V = spec_.vocab_size;
+  auto go = [&](const std::vector<SeqChunk>& cs, float* out, bool all) {
+    if (split) forward_pieces(cs, out, all);
+    else forward_locked(cs, out, all);
+  };
   std::vector<SeqChunk> rest;
   float* out = logits;
   for (const SeqChunk& ch : chunks) {
@@ -261,7 +423,7 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
       continue;
     }
     if (!rest.empty()) {
-      forward_pieces(rest, logits, all_logits);
+      go(rest, logits, all_logits);
       rest.clear();
     }
     std::vector<int32_t> all = s.history_;
@@ -270,16 +432,16 @@ void Model::forward(const std::vector<SeqChunk>& chunks, float* logits, bool all
     s.reset();
     const SeqChunk whole{&s, all.data(), int64_t(all.size())};
     if (!all_logits) {
-      forward_pieces({whole}, out, false);
+      go({whole}, out, false);
     } else {
       std::vector<float> full(all.size() * size_t(V));
-      forward_pieces({whole}, full.data(), true);
+      go({whole}, full.data(), true);
       std::memcpy(out, full.data() + size_t(n_old * V), size_t(ch.n * V) * sizeof(float));
     }
     out += (all_logits ? ch.n : 1) * V;
     logits = out;
   }
-  if (!rest.empty()) forward_pieces(rest, logits, all_logits);
+  if (!rest.empty()) go(rest, logits, all_logits);
 }
 
 void Model::forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits) {
@@ -325,8 +487,11 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
   }
   for (const SeqChunk& ch : chunks) {
     Session& s = *ch.session;
+    const bool cacheable = s.cacheable_ == s.n_past_;
     s.n_past_ += ch.n;
-    if (!spec_.rope.inv_freq_long.empty()) s.history_.insert(s.history_.end(), ch.tokens, ch.tokens + ch.n);
+    if (!spec_.rope.inv_freq_long.empty() || s.pool_) s.history_.insert(s.history_.end(), ch.tokens, ch.tokens + ch.n);
+    // Under dynamic NTK a chunk that ends past the base length was rotated for its length.
+    if (cacheable && (!spec_.rope.dynamic || s.n_past_ <= spec_.rope.dynamic_max_positions)) s.cacheable_ = s.n_past_;
   }
   if (!logits) return;  // a piece before the last (forward_pieces)
   head(chunks, batch_, scratch_, logits, all_logits);
@@ -347,7 +512,7 @@ void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s
   {
     int64_t t = 0;
     for (const SeqChunk& ch : chunks) {
-      ch.session->reserve(ch.session->n_past_ + ch.n);
+      if (!ch.session->pool_) ch.session->reserve(ch.session->n_past_ + ch.n);
       for (int64_t j = 0; j < ch.n; ++j, ++t) {
         b.session[size_t(t)] = ch.session;
         b.pos[size_t(t)] = ch.session->n_past_ + j;
@@ -446,6 +611,11 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
       }
       Session& ses = *b.session[size_t(t)];
       const int64_t pos = b.pos[size_t(t)], cap = ses.capacity_;
+      if (ses.pool_) {
+        const int64_t T = ses.pool_->block_tokens();
+        ses.pool_->write(ses.blocks_[size_t(pos / T)], layer, pos % T, k, v, D);
+        continue;
+      }
       float* K = ses.k_[size_t(layer)].as<float>();  // K, V: [Nkv, cap, D]
       float* Vc = ses.v_[size_t(layer)].as<float>();
       for (int64_t kh = 0; kh < Nkv; ++kh) {

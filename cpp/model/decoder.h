@@ -28,6 +28,7 @@
 #include "kernels/kernels.h"
 #include "kernels/quantized_matmul.h"
 #include "model/arch.h"
+#include "model/kv_cache.h"
 #include "model/weights.h"
 
 namespace llmos {
@@ -36,11 +37,41 @@ class Model;
 
 class Session {
  public:
-  explicit Session(const Model& model);
+  // pool null: the contiguous cache (grows by doubling; beam search, logits). With a pool the
+  // session is paged: its positions live in the pool's blocks, which the caller reserves with
+  // reserve_append before each forward, and which may be shared with other sessions (fork_from,
+  // adopt_prefix). Paged mode refuses longrope models (their keys are recomputed when the
+  // sequence outgrows original_max_position_embeddings, which shared blocks cannot allow).
+  explicit Session(const Model& model, KvPool* pool = nullptr);
+  ~Session() { release(); }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
   int64_t n_past() const { return n_past_; }
-  void reset() { n_past_ = 0; history_.clear(); }
-  // Makes this session's sequence and cache a copy of `other`'s (beam search).
+  bool paged() const { return pool_ != nullptr; }
+  void reset();
+  // Makes this session's sequence and cache a copy of `other`'s (beam search; contiguous only).
   void copy_from(const Session& other);
+
+  // Paged mode (each throws InvalidInput on a contiguous session).
+  // Blocks for positions [n_past, n_past + n): new ones, and a private copy of a held block in
+  // that range that is shared. False, with nothing changed, when the pool cannot give them even
+  // after evicting unreferenced cached blocks. Throws Context beyond the model's context.
+  bool reserve_append(int64_t n);
+  // Empty session only: takes the cached blocks whose hash chain matches whole blocks of
+  // tokens, at most n - 1 tokens (one is always left to compute); returns the tokens adopted
+  // (a multiple of block_tokens), which become this session's history.
+  int64_t adopt_prefix(const int32_t* tokens, int64_t n);
+  // Registers every full block not yet registered in the prefix cache under the hash chain
+  // of its tokens. Blocks computed with a sequence-length-dependent rope (dynamic NTK past its
+  // base length) are not registered: their keys depend on how the sequence was chunked.
+  void publish();
+  // Shares `other`'s blocks and history (same pool): n > 1 sequences of one prompt.
+  void fork_from(const Session& other);
+  // Gives every block back (also in the destructor); the session is empty after.
+  void release();
+  int64_t blocks_held() const { return int64_t(blocks_.size()); }
+  const std::vector<int32_t>& history() const { return history_; }
 
  private:
   friend class Model;
@@ -49,8 +80,14 @@ class Session {
   const Architecture* spec_;
   int64_t n_past_ = 0;
   int64_t capacity_ = 0;           // positions the cache holds now; grows by doubling
-  std::vector<int32_t> history_;   // every token in the cache (longrope re-prefill)
+  std::vector<int32_t> history_;   // every token in the cache (longrope re-prefill; paged: hashing)
   std::vector<Buffer> k_, v_;      // per layer: [num_kv_heads, capacity, head_dim] float32
+
+  // Paged mode.
+  KvPool* pool_ = nullptr;
+  std::vector<int32_t> blocks_;              // block of positions [i T, (i + 1) T)
+  std::vector<KvPool::ChainLink> chain_;     // prefix-cache identity of the first full blocks
+  int64_t cacheable_ = 0;                    // leading positions whose keys depend only on the tokens
 };
 
 // A run of new tokens for one sequence.
@@ -80,6 +117,10 @@ class Model {
                CancelCheck* cancel = nullptr) {
     forward({SeqChunk{&s, tokens, n}}, logits, all_logits, cancel);
   }
+  // One forward over all the chunks at once, never split into pieces (the caller bounds the
+  // stacked tokens; the scratch grows to fit): the serving engine's step. logits: one row per
+  // chunk, its last token's. Paged sessions must have reserved their positions.
+  void forward_step(const std::vector<SeqChunk>& chunks, float* logits, CancelCheck* cancel = nullptr);
 
  private:
   // A run of stacked tokens whose products take the same kernels: the many-token ones
@@ -112,6 +153,9 @@ class Model {
     Buffer cos, sin;  // [n, rotary_dim / 2] rope rows of each token's position
   };
 
+  void validate(const std::vector<SeqChunk>& chunks) const;
+  // forward without the checks; split: long inputs may run in pieces (forward_pieces).
+  void run(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, bool split, CancelCheck* cancel);
   void forward_pieces(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);
   // logits null: run the layers and fill the caches only.
   void forward_locked(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits);

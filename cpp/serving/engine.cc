@@ -5,6 +5,7 @@
 #include <future>
 #include <list>
 
+#include "model/kv_cache.h"
 #include "sampling/processors.h"
 #include "sampling/sampler.h"
 
@@ -67,24 +68,34 @@ struct Engine::Request {
   int64_t n() const { return int64_t(seqs.size()); }
 };
 
-// The KV cache of the engine's sequences: blocks from a fixed budget. This version keeps each
-// sequence's cache contiguous and only counts blocks against the budget; the paged pool
-// (model/kv_cache.h) replaces it.
+// The KV cache of the engine's sequences: blocks of one budget. Paged (model/kv_cache.h): a
+// KvPool whose blocks sequences share (fork, prefix cache). A longrope model cannot share
+// blocks (its keys are recomputed past the switch length), so there each sequence keeps a
+// contiguous cache and the pool's budget is only counted: same admission and preemption.
 class Engine::Kv {
  public:
   Kv(Model& m, const EngineOptions& o) : model_(m), bt_(o.block_tokens) {
-    require(o.kv_dtype == "float32", "kv_dtype", "only float32 is supported by this build, got " + o.kv_dtype);
+    const KvDtype dtype = kv_dtype_from_name(o.kv_dtype);
     const Architecture& a = m.spec();
-    const int64_t block = 2 * a.num_layers * a.num_kv_heads * a.head_dim * bt_ * int64_t(sizeof(float));
+    const int64_t block = KvPool::block_bytes(a, dtype, bt_);
+    if (a.rope.inv_freq_long.empty()) {
+      pool_ = std::make_unique<KvPool>(a, dtype, bt_, o.kv_budget_bytes);
+      total_ = pool_->num_blocks();
+      return;
+    }
+    require(dtype == KvDtype::F32, "kv_dtype",
+            "a longrope model keeps a float32 contiguous cache per sequence, got " + o.kv_dtype);
     total_ = o.kv_budget_bytes / block;
     require(total_ >= 1, "kv_memory",
             std::to_string(o.kv_budget_bytes) + " bytes hold no block of " + std::to_string(bt_) + " tokens (" +
                 std::to_string(block) + " bytes)");
   }
+  bool paged() const { return pool_ != nullptr; }
   int64_t block_tokens() const { return bt_; }
   int64_t blocks_total() const { return total_; }
-  std::unique_ptr<Session> session() { return std::make_unique<Session>(model_); }
+  std::unique_ptr<Session> session() { return std::make_unique<Session>(model_, pool_.get()); }
   bool grow(Seq& s, int64_t n) {
+    if (pool_) return s.session->reserve_append(n);
     const int64_t need = (s.n_past() + n + bt_ - 1) / bt_ - s.blocks;
     if (need <= 0) return true;
     if (used_ + need > total_) return false;
@@ -92,29 +103,51 @@ class Engine::Kv {
     s.blocks += need;
     return true;
   }
-  int64_t adopt(Seq&, const int32_t*, int64_t) { return 0; }
-  void publish(Seq&) {}
+  int64_t adopt(Seq& s, const int32_t* tokens, int64_t n) { return pool_ ? s.session->adopt_prefix(tokens, n) : 0; }
+  void publish(Seq& s) {
+    if (pool_) s.session->publish();
+  }
   void fork(Seq& dst, const Seq& src) {
+    if (pool_) {
+      dst.session->fork_from(*src.session);
+      return;
+    }
     dst.session->copy_from(*src.session);
     used_ += src.blocks;
     dst.blocks = src.blocks;
   }
   void release(Seq& s) {
+    if (!s.session) return;
+    if (pool_) {
+      s.session->release();
+      return;
+    }
     used_ -= s.blocks;
     s.blocks = 0;
-    if (s.session) s.session = std::make_unique<Session>(model_);
+    s.session = session();
   }
   void stats(EngineStats& st) const {
     st.kv_blocks_total = total_;
-    st.kv_blocks_used = used_;
+    if (!pool_) {
+      st.kv_blocks_used = used_;
+      return;
+    }
+    const KvPool::Stats p = pool_->stats();
+    st.kv_blocks_used = p.blocks_used;
+    st.kv_blocks_cached = p.blocks_cached;
+    st.prefix_queries = p.prefix_queries;
+    st.prefix_hits = p.prefix_hits;
   }
   void forward(const std::vector<SeqChunk>& chunks, float* logits, CancelCheck* check) {
-    model_.forward(chunks, logits, false, check);
+    // forward() for the contiguous fallback: it re-prefills a longrope sequence at the switch.
+    if (pool_) model_.forward_step(chunks, logits, check);
+    else model_.forward(chunks, logits, false, check);
   }
 
  private:
   Model& model_;
   int64_t bt_, total_ = 0, used_ = 0;
+  std::unique_ptr<KvPool> pool_;
 };
 
 // ---- the public side --------------------------------------------------------------------

@@ -12,13 +12,14 @@ import importlib
 from llmos import errors
 from llmos.version import __version__
 
-__all__ = ["load", "quantize", "Model", "Generation", "GenerationConfig", "CancelToken", "errors", "export_onnx",
+__all__ = ["load", "quantize", "Model", "Engine", "Generation", "GenerationConfig", "CancelToken", "errors", "export_onnx",
            "convert_onnx", "registry", "train", "evaluate", "default_model", "onnx", "__version__"]
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
     "load": ("llmos.runtime.load", "load"),
     "Model": ("llmos.runtime.model", "Model"),
+    "Engine": ("llmos.runtime.engine", "Engine"),
     "Generation": ("llmos.runtime.generation", "Generation"),
     "GenerationConfig": ("llmos.runtime.generation", "GenerationConfig"),
     "CancelToken": ("llmos.runtime.model", "CancelToken"),

@@ -305,6 +305,66 @@ class Model:
         tokens, finish_reason, logprobs, top_logprobs and score. on_token(sequence, token) returning
         True ends that sequence; cancel.cancel() ends the call (CancelledError)."""
 
+# ---- paged KV cache, test surface (bind_model.cc) -------------------------------------------
+
+class KvPool:
+    """Fixed-size KV blocks for one model, with refcounts and a prefix cache (test surface; the
+    serving engine drives the same C++ pool)."""
+
+    @property
+    def block_tokens(self) -> int:
+        """Positions per block."""
+    @property
+    def num_blocks(self) -> int:
+        """Blocks the budget holds."""
+    @property
+    def dtype(self) -> str:
+        """float32, bfloat16, float16 or int8."""
+    def __init__(self, model: Model, dtype: str, block_tokens: int, budget_bytes: int) -> None:
+        """A pool of budget_bytes // block_bytes blocks (InvalidInputError when that is none)."""
+    @staticmethod
+    def block_bytes(model: Model, dtype: str, block_tokens: int) -> int:
+        """Bytes of one block: every layer's keys and values for block_tokens positions."""
+    def stats(self) -> dict[str, int]:
+        """blocks_total, blocks_used, blocks_cached, prefix_queries, prefix_hits, evictions."""
+    def set_hash_mask(self, mask: int) -> None:
+        """Test hook: masks every block hash (0 makes all blocks collide)."""
+
+class Session:
+    """One sequence's KV cache (test surface): paged over a KvPool, or contiguous without one."""
+
+    @property
+    def n_past(self) -> int:
+        """Positions cached."""
+    @property
+    def paged(self) -> bool:
+        """Whether it lives in a KvPool."""
+    @property
+    def blocks_held(self) -> int:
+        """Blocks it holds (paged)."""
+    @property
+    def history(self) -> list[int]:
+        """The tokens cached (paged)."""
+    def __init__(self, model: Model, pool: KvPool | None = None) -> None:
+        """An empty session; keeps model and pool alive."""
+    def reserve_append(self, n: int) -> bool:
+        """Blocks for the next n positions (copy-on-write of a shared one); False, nothing changed,
+        when the pool is out of blocks."""
+    def adopt_prefix(self, token_ids: npt.ArrayLike) -> int:
+        """Takes the cached blocks matching whole blocks of token_ids (at most n - 1 tokens)."""
+    def publish(self) -> None:
+        """Registers its full blocks in the prefix cache."""
+    def fork_from(self, other: Session) -> None:
+        """Shares other's blocks and history."""
+    def release(self) -> None:
+        """Gives every block back."""
+    def forward(self, model: Model, token_ids: npt.ArrayLike, all_logits: bool = True) -> npt.NDArray[np.float32]:
+        """Model.forward on this session: [n, vocab] logits, or [1, vocab] without all_logits."""
+
+def forward_step(model: Model, chunks: Sequence[tuple[Session, npt.ArrayLike]]) -> npt.NDArray[np.float32]:
+    """One forward over every (session, token_ids) chunk, never split: [chunks, vocab], each
+    chunk's last token."""
+
 # ---- safetensors (bind_io.cc) ---------------------------------------------------------------
 
 def safetensors_read_header(path: str) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -51,6 +51,12 @@ class Limits:
     # bits of any integer the template computes (`**`, `*`).
     max_template_int_bits: int = 1 << 16
 
+    # --- the serving engine (runtime/engine.py, Engine.__init__) ----------------------------
+    # max_batch_tokens: tokens stacked in one step (the step's scratch grows to fit them).
+    max_engine_batch_tokens: int = 65536
+    # kv_memory in bytes: the KV pool is allocated whole when the engine starts.
+    max_engine_kv_bytes: int = 1 << 40
+
     # --- threads (backends/base.py) ---------------------------------------------------------
     # threads= for a model: more than this is refused (the pool is also capped by the host).
     max_threads: int = 1024

@@ -15,13 +15,15 @@ IncrementalDecoder and StopMatcher), into a queue that sync and async consumers 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator
 
-from llmos import _core, errors
+from llmos import _core, errors, limits
 from llmos.errors import BusyError, CancelledError, InvalidInputError
 from llmos.runtime.generation import Generation, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
@@ -302,12 +304,15 @@ class Engine:
         if kv_dtype not in _KV_BYTES:
             raise InvalidInputError(f"kv_dtype: expected one of {', '.join(_KV_BYTES)}, got {kv_dtype!r}",
                                     field="kv_dtype")
+        limits.check("max_engine_batch_tokens", max_batch_tokens, what="max_batch_tokens")
         c = model.config
         if kv_memory is None:
             per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * _KV_BYTES[kv_dtype]
             kv_memory = min(_DEFAULT_KV_CAP, max_running * c.max_position_embeddings * per_token)
+        kv_bytes = parse_memory(kv_memory)
+        limits.check("max_engine_kv_bytes", kv_bytes, what="kv_memory")
         self._model = model
-        self._core = _core.Engine(model.backend.core, max_batch_tokens, prefill_chunk, parse_memory(kv_memory),
+        self._core = _core.Engine(model.backend.core, max_batch_tokens, prefill_chunk, kv_bytes,
                                   kv_dtype, block_tokens, bool(prefix_cache), max_running, max_waiting)
         self._lock = threading.Lock()
         self._requests: dict[int, Request] = {}
@@ -315,6 +320,7 @@ class Engine:
         self._shut = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="llmos-engine", daemon=True)
         self._dispatcher.start()
+        _open_engines.add(self)
 
     def submit(self, prompt, generation_config=None, *, cancel=None, constraint=None, **options) -> Request:
         """Queues `prompt` (a string or token ids) with any option Model.generate takes.
@@ -375,6 +381,7 @@ class Engine:
             time.sleep(0.01)
         self._core.shutdown()
         self._shut = True
+        _open_engines.discard(self)
         if self._dispatcher is not threading.current_thread():
             self._dispatcher.join()
 
@@ -408,3 +415,14 @@ class Engine:
             for req in self._requests.values():
                 req._finish(CancelledError("the engine was closed", field="engine"))
             self._requests.clear()
+
+
+# At exit, Python ends daemon threads as they take the GIL back; one inside the core's poll()
+# would then unwind through C++ and abort the process. Engines left open close first.
+_open_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import warnings
 from typing import Iterator, Sequence
 
@@ -21,7 +22,7 @@ import numpy as np
 from llmos import _core, limits
 from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
-from llmos.errors import ChatTemplateError, ContextLengthError, InvalidInputError
+from llmos.errors import BusyError, ChatTemplateError, ContextLengthError, InvalidInputError
 from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
@@ -34,8 +35,9 @@ CancelToken = _core.CancelToken
 class Model:
     """A loaded checkpoint. Create with `llmos.load(path)`.
 
-    Thread-safety: calls may come from several threads; the core runs one forward pass at a
-    time per model.
+    Thread-safety: calls may come from several threads. With the C++ core, generate / stream /
+    chat (num_beams == 1) all go through one serving engine per model (`model.engine`), so
+    calls from many threads are decoded together, one forward per step for all of them.
     """
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer, config: Architecture,
@@ -45,6 +47,8 @@ class Model:
         self.config = config
         self.generation_config = generation_config
         self.path = path
+        self._engine = None
+        self._engine_lock = threading.Lock()
 
     # ---- properties -------------------------------------------------------------------
 
@@ -75,6 +79,21 @@ class Model:
     @property
     def prequantized(self) -> bool:
         return getattr(self.backend, "prequantized", False)
+
+    @property
+    def engine(self):
+        """The serving engine (llmos.Engine) that generate / stream / chat use, made on first
+        use. Only for a model on the C++ core."""
+        with self._engine_lock:
+            if self._engine is None:
+                from llmos.runtime.engine import Engine
+
+                # Calls of generate wait rather than fail when many prompts are queued.
+                self._engine = Engine(self, max_waiting=_MODEL_ENGINE_WAITING)
+            return self._engine
+
+    def _uses_engine(self, core_opts) -> bool:
+        return self.backend.name == "cpu" and core_opts.num_beams == 1
 
     def __repr__(self) -> str:
         c = self.config
@@ -243,6 +262,8 @@ class Model:
                             f"tokens exceeds the model's context of {self.config.max_position_embeddings} tokens",
                             field="max_new_tokens")
                     o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
+        if self._uses_engine(next(iter(opts_by_len.values()))[0]):
+            return self._decode_engine(prompts, groups, opts_by_len, cancel)
         results: list[list[Generation]] = [[] for _ in prompts]
         for key, members in groups.items():
             core_opts, stop = opts_by_len[key]
@@ -267,6 +288,39 @@ class Model:
                 )
                 results[members[r["prompt_index"]]].append(g)
         return results
+
+    def _decode_engine(self, prompts, groups, opts_by_len, cancel) -> list[list[Generation]]:
+        """Every prompt as its own request of the model's engine, all decoded together."""
+        reqs: list = [None] * len(prompts)
+        try:
+            for key, members in groups.items():
+                core_opts, stop = opts_by_len[key]
+                for i in members:
+                    reqs[i] = self._submit(prompts[i], core_opts, stop, cancel, detok=bool(stop))
+            results = []
+            for ids, req in zip(prompts, reqs):
+                gens = req.result()
+                gens = gens if isinstance(gens, list) else [gens]
+                if not req._stop:  # as the core's loop gives it: the whole text decoded at once
+                    for g in gens:
+                        g.text = self._new_text(ids, g.token_ids[:-1] if g.finish_reason == "eos" else g.token_ids)
+                results.append(gens)
+            return results
+        except BaseException:
+            for req in reqs:
+                if req is not None:
+                    req.cancel()
+            raise
+
+    def _submit(self, ids, core_opts, stop, cancel, *, detok: bool):
+        """Submits to the model's engine, waiting while its queue is full."""
+        while True:
+            try:
+                return self.engine._submit_ids(ids, core_opts, stop, cancel, detok=detok)
+            except BusyError as e:
+                if cancel is not None and cancel.cancelled():
+                    raise
+                time.sleep(min(0.05, e.retry_after))
 
     def _batch_stop_callback(self, prompts, core_opts, stop: list[str], texts: dict[int, list[str]]):
         """The core's callback for a batch with stop strings: sequence i continues prompt
@@ -320,6 +374,22 @@ class Model:
         return on_token
 
     def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
+        if self._uses_engine(core_opts):
+            return self._stream_engine(ids, core_opts, stop, cancel)
+        return self._stream_thread(ids, core_opts, stop, cancel)
+
+    def _stream_engine(self, ids, core_opts, stop, cancel) -> Iterator[str]:
+        # Closing the iterator (or an exception in the consumer, Ctrl-C included) cancels the
+        # request, which leaves the engine's batch before its next step.
+        req = self._submit(ids, core_opts, stop, cancel, detok=True)
+        try:
+            for piece in req:
+                if piece.text:
+                    yield piece.text
+        finally:
+            req.cancel()
+
+    def _stream_thread(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. The loop's token is a child of the caller's, cancelled when
         # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
@@ -349,6 +419,10 @@ class Model:
         finally:
             own.cancel()
             worker.join()
+
+
+# Requests the model's own engine queues before generate() waits to submit more.
+_MODEL_ENGINE_WAITING = 1 << 16
 
 
 def _check_cancel(cancel) -> None:
