@@ -63,8 +63,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(models=(BUNDLED,), **options):
-    """Yields (base url, the app) of create_app(models, **options), served in a thread."""
+def running_server(models=(BUNDLED,), *, drain_seconds: float = 2.0, **options):
+    """Yields (base url, the app) of create_app(models, **options), served in a thread; the app
+    gets `.test_server`, the uvicorn Server (should_exit = True is what SIGTERM does)."""
     import uvicorn
 
     from llmos.serve.app import create_app
@@ -75,13 +76,15 @@ def running_server(models=(BUNDLED,), **options):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(guard, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(uvicorn.Config(guard, log_level="warning", lifespan="on",
+                                            timeout_graceful_shutdown=drain_seconds))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn")
     thread.start()
     deadline = time.monotonic() + TIMEOUT
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
+    guard.app.test_server = server
     try:
         yield f"http://127.0.0.1:{port}", guard.app
     finally:

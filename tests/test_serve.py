@@ -6,6 +6,7 @@ cap, the bind refusal, and a disconnect freeing its slot. Every wait is bounded.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -329,19 +330,34 @@ def test_a_client_that_disconnects_frees_its_slot():
         assert 'llmos_requests_total{model="default",outcome="cancelled",route="/v1/completions"} 2.0' in text
 
 
-def test_response_format_json_object(client):
-    from llmos.runtime.generation import GenerationConfig
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                          "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
 
-    if "response_format" not in GenerationConfig.field_names():
+
+def test_structured_output_is_passed_to_constrained_decoding(client):
+    from llmos.serve.options import STRUCTURED_AVAILABLE
+
+    if not STRUCTURED_AVAILABLE:
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model=BUNDLED, messages=CHAT, response_format={"type": "json_object"})
         assert e.value.body["param"] == "response_format"
-        pytest.skip("NOT TESTED: constrained decoding (GenerationConfig.response_format) is not in this build; "
-                    "the server refuses response_format with a 400 naming it")
-    out = client.chat.completions.create(model=BUNDLED, messages=CHAT, max_tokens=60, seed=1,
-                                         response_format={"type": "json_object"})
-    if out.choices[0].finish_reason != "length":
-        json.loads(out.choices[0].message.content)
+        pytest.skip("NOT TESTED: constrained decoding (GenerationConfig.response_format / guided_*) is not in this "
+                    "build; the server refuses them with a 400 naming the field")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
+    for seed in range(3):
+        out = client.chat.completions.create(model=BUNDLED, messages=CHAT, max_tokens=60, seed=seed,
+                                             response_format=fmt)
+        if out.choices[0].finish_reason != "length":
+            value = json.loads(out.choices[0].message.content)
+            assert set(value) == {"name", "age"} and 0 <= value["age"] <= 120 and len(value["name"]) <= 12
+    out = client.completions.create(model=BUNDLED, prompt="The year was", max_tokens=8, seed=1,
+                                    extra_body={"guided_regex": "1[0-9]{3}"})
+    assert re.fullmatch("1[0-9]{3}", out.choices[0].text), out.choices[0].text
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=BUNDLED, messages=CHAT, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no such type"}}})
+    assert e.value.body["param"] == "response_format"
 
 
 def test_a_non_loopback_bind_without_keys_is_refused(tmp_path):
@@ -357,6 +373,9 @@ def test_a_non_loopback_bind_without_keys_is_refused(tmp_path):
     out = subprocess.run([sys.executable, "-m", "llmos", "serve", BUNDLED, "--api-keys", str(weak)],
                          env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 2 and "16 characters" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "llmos", "serve", BUNDLED, "--max-concurrency", "0"],
+                         env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2 and "invalid positive int value: '0'" in out.stderr, out.stderr
 
 
 def test_several_models_load_on_first_use_and_unload_when_idle(tmp_path):

@@ -145,3 +145,43 @@ def test_sigterm_lets_the_running_stream_finish_then_exits_0():
         assert proc.wait(TIMEOUT) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(base + "/health", timeout=2.0)
+
+
+def _stream_after_shutdown(base, app, max_tokens):
+    """Starts a stream, asks the server to stop once its first event is in, reads the rest;
+    also tries a new connection meanwhile. Returns (events after the stop, refused?, finish reasons)."""
+    body = {"model": BUNDLED, "prompt": "Once", "max_tokens": max_tokens, "temperature": 1.0, "seed": 4,
+            "logit_bias": {"0": -100, "2": -100}, "stream": True}
+    with httpx.Client(timeout=TIMEOUT) as client, client.stream("POST", base + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        app.test_server.should_exit = True  # what uvicorn's SIGTERM handler does
+        wait_for(lambda: not app.test_server.servers or all(not s.is_serving() for s in app.test_server.servers),
+                 what="the listener to close")
+        try:
+            httpx.get(base + "/health", timeout=2.0)
+            refused = False
+        except httpx.TransportError:
+            refused = True
+        try:
+            rest = list(lines)
+        except httpx.TransportError:  # cut at the drain's deadline
+            rest = []
+    events = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+    return events, refused, [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
+
+
+def test_a_stop_drains_running_streams_and_refuses_new_connections():
+    # 100 pieces 20 ms apart: the stream outlasts the moment the server is asked to stop by 2 s.
+    with running_server(drain_seconds=20, engine_factory=PacedEngine.factory(0.02)) as (base, app):
+        events, refused, reasons = _stream_after_shutdown(base, app, 100)
+    assert refused, "a new connection was accepted while draining"
+    assert reasons == ["length"] and len(events) >= 50, "the running stream was not let finish"
+
+
+def test_the_drain_deadline_cuts_what_still_runs_and_cancels_it():
+    with running_server(drain_seconds=0.3, engine_factory=PacedEngine.factory(0.05)) as (base, app):
+        engine = app.state.pool.engines
+        events, refused, reasons = _stream_after_shutdown(base, app, 200)
+        assert refused and reasons == [] and len(events) < 100, "the stream outlived the drain deadline"
+    assert engine() == {}, "the engines were not closed"

@@ -6,14 +6,20 @@ from __future__ import annotations
 from llmos.extras import require
 
 
-def _positive(kind):
+def _at_least(kind, low, name):
     def parse(text: str):
         value = kind(text)
-        if value <= 0:
+        if not value >= low:  # also refuses nan
             raise ValueError(text)
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = name  # argparse's message: "invalid positive int value: '0'"
     return parse
+
+
+_POSITIVE_INT = _at_least(int, 1, "positive int")
+_COUNT = _at_least(int, 0, "non-negative int")
+_POSITIVE_SECONDS = _at_least(float, 1e-3, "positive number of seconds")
+_SECONDS = _at_least(float, 0.0, "non-negative number of seconds")
 
 
 def _kv_memory(text: str):
@@ -42,21 +48,21 @@ def add_serve_commands(subparsers) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="registry name, checkpoint folder, or `default`")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; any other needs --api-keys)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_COUNT, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument("--api-keys", metavar="FILE", default=None,
                    help="file of API keys, one a line; requests then need Authorization: Bearer <key>")
-    p.add_argument("--max-concurrency", type=_positive(int), default=64, metavar="N",
+    p.add_argument("--max-concurrency", type=_POSITIVE_INT, default=64, metavar="N",
                    help="requests decoding at once (default 64)")
-    p.add_argument("--max-queue", type=int, default=256, metavar="N",
+    p.add_argument("--max-queue", type=_COUNT, default=256, metavar="N",
                    help="requests waiting beyond those; more get 429 with Retry-After (default 256)")
-    p.add_argument("--drain-seconds", type=float, default=30.0, metavar="S",
+    p.add_argument("--drain-seconds", type=_SECONDS, default=30.0, metavar="S",
                    help="on SIGTERM, how long running requests may finish (default 30)")
     p.add_argument("--kv-memory", type=_kv_memory, default=None, metavar="SIZE",
                    help="KV cache budget per model: bytes, or 512MiB / 2GiB")
     p.add_argument("--kv-dtype", choices=["float32", "bfloat16", "float16", "int8"], default=None)
-    p.add_argument("--threads", type=_positive(int), default=None)
+    p.add_argument("--threads", type=_POSITIVE_INT, default=None)
     p.add_argument("--quant", default=None, help="quantize at load: int8, int4, int4-asym (as llmos.load)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    p.add_argument("--idle-unload", type=_positive(float), default=None, metavar="SECONDS",
+    p.add_argument("--idle-unload", type=_POSITIVE_SECONDS, default=None, metavar="SECONDS",
                    help="unload a model after this many seconds without requests (loaded again on the next)")
     p.set_defaults(run=_serve)

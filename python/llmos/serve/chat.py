@@ -11,15 +11,10 @@ import json
 import time
 import uuid
 
-from llmos.runtime.generation import GenerationConfig
 from llmos.serve import tools as toolcalls
 from llmos.serve.api_errors import invalid
-from llmos.serve.options import check_context, sampling_options
+from llmos.serve.options import check_context, sampling_options, structured_option
 from llmos.serve.streaming import DONE, Run, finish_reason, sse, submit_all
-
-# The structured-output options GenerationConfig has in this build (the constrained-decoding
-# work adds them); response_format is refused by name without them.
-_HAS_RESPONSE_FORMAT = "response_format" in GenerationConfig.field_names()
 
 
 def template_messages(messages) -> list[dict]:
@@ -86,10 +81,7 @@ class Chat:
             o["top_logprobs"] = req.top_logprobs or 0
         fmt = req.response_format
         if fmt is not None and fmt.type != "text":
-            if not _HAS_RESPONSE_FORMAT:
-                raise invalid("response_format: constrained decoding is not in this build of llmos",
-                              param="response_format", code="unsupported")
-            o["response_format"] = fmt.model_dump()
+            structured_option(o, "response_format", fmt.model_dump())
         return o
 
     def prepare(self) -> None:

@@ -6,7 +6,21 @@ A field the request leaves out takes the model's own default (generation_config.
 
 from __future__ import annotations
 
+from llmos.runtime.generation import GenerationConfig
 from llmos.serve.api_errors import APIError, invalid
+
+# The structured-output options of this build's GenerationConfig (constrained decoding adds
+# them); a request for one it lacks is refused by name.
+_STRUCTURED = {"response_format", "guided_json", "guided_regex", "guided_grammar"}
+STRUCTURED_AVAILABLE = _STRUCTURED <= set(GenerationConfig.field_names())
+
+
+def structured_option(o: dict, name: str, value) -> None:
+    if value is None:
+        return
+    if not STRUCTURED_AVAILABLE:
+        raise invalid(f"{name}: constrained decoding is not in this build of llmos", param=name, code="unsupported")
+    o[name] = value
 
 
 def sampling_options(req) -> dict:
@@ -37,6 +51,8 @@ def sampling_options(req) -> dict:
         o["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
     if req.n > 1:
         o["num_return_sequences"] = req.n
+    for name in ("guided_json", "guided_regex", "guided_grammar"):
+        structured_option(o, name, getattr(req, name))
     return o
 
 

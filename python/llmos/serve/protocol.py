@@ -48,6 +48,10 @@ class _Sampling(_Strict):
     top_k: Optional[StrictInt] = Field(default=None, ge=-1)
     min_p: Optional[_Number] = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: Optional[_Number] = Field(default=None, gt=0.0, le=10.0)
+    # vLLM's structured output for both routes (the model's constrained decoding checks them).
+    guided_json: Union[Dict[str, Any], StrictStr, None] = None
+    guided_regex: Optional[StrictStr] = None
+    guided_grammar: Optional[StrictStr] = None
 
     @field_validator("logit_bias")
     @classmethod
