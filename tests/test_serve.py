@@ -191,6 +191,13 @@ def test_the_openai_client_raises_bad_request(client):
     assert e.value.body["param"] == "max_tokens" and e.value.body["code"] == "context_length_exceeded"
 
 
+def test_unknown_routes_and_methods_answer_in_the_error_shape(server):
+    _error(httpx.get(server[0] + "/v1/engines", timeout=TIMEOUT), 404, None)
+    _error(httpx.get(server[0] + "/v1/completions", timeout=TIMEOUT), 405, None)
+    text = httpx.get(server[0] + "/metrics", timeout=TIMEOUT).text
+    assert "/v1/engines" not in text and 'route="other"' in text  # a stranger's paths never become labels
+
+
 def test_malformed_json_is_400(server):
     r = httpx.post(server[0] + "/v1/completions", content=b"{not json", timeout=TIMEOUT,
                    headers={"content-type": "application/json"})

@@ -17,6 +17,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.errors import CancelledError, LlmosError
 from llmos.limits import current as current_limits
@@ -30,6 +31,13 @@ from llmos.serve.streaming import DONE, error_event
 
 # Paths anyone may call, with or without a key: a load balancer's probe.
 _OPEN_PATHS = {"/health"}
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/tokenize", "/tokenize", "/v1/detokenize",
+          "/detokenize", "/health", "/metrics")
+
+
+def _route(path: str) -> str:
+    """A metrics label: a path a stranger sends is one of the routes or "other", never itself."""
+    return path if path in ROUTES else "other"
 
 
 class Admission:
@@ -170,12 +178,19 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError):
-        metrics.outcome("unknown", request.url.path, "invalid")
+        metrics.outcome("unknown", _route(request.url.path), "invalid")
         return _error_response(from_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        metrics.outcome("unknown", _route(request.url.path), _outcome(exc.status_code))
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                        type=kind, code=kind))
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        metrics.outcome("unknown", request.url.path, _outcome(exc.status))
+        metrics.outcome("unknown", _route(request.url.path), _outcome(exc.status))
         return _error_response(exc)
 
     async def generate(route: str, body, http_request: Request, kind):
@@ -301,7 +316,7 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def refused(path: str, status: int) -> None:
-        metrics.outcome("unknown", path, _outcome(status))
+        metrics.outcome("unknown", _route(path), _outcome(status))
 
     return Guard(app, api_keys, refused)
 

@@ -3,7 +3,8 @@ the reply generated, tool calls parsed out of it (serve/tools.py), streamed or w
 
 With tools in play (tools given, tool_choice not "none") a streamed reply is held until it is
 complete: whether it is a tool call or text is only known then. Without tools it streams as
-produced."""
+produced. tool_choice "required" or a named function is not forced on the model: its reply is
+parsed as with "auto" (forcing it needs constrained decoding of the family's call format)."""
 
 from __future__ import annotations
 
