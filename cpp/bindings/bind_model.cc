@@ -214,7 +214,7 @@ void bind_model(py::module_& m) {
       .def(
           "generate",
           [](Model& m, std::vector<std::vector<int32_t>> prompts, const DecodeOptions& o, py::object on_token,
-             std::shared_ptr<CancelToken> cancel) {
+             std::shared_ptr<CancelToken> cancel, std::optional<std::vector<std::shared_ptr<TokenConstraint>>> constraints) {
             TokenCallback cb;
             if (!on_token.is_none())
               cb = [&on_token](int64_t seq, int32_t t) {
@@ -225,7 +225,8 @@ void bind_model(py::module_& m) {
             std::vector<SequenceResult> rs;
             {
               py::gil_scoped_release nogil;
-              rs = generate(m, prompts, o, cb, &check);
+              // The caller's list holds the Python constraints, so they outlive the call.
+              rs = generate(m, prompts, o, cb, &check, constraints.value_or(Constraints{}));
             }
             py::list out;
             for (const SequenceResult& r : rs) {
@@ -241,7 +242,10 @@ void bind_model(py::module_& m) {
             return out;
           },
           py::arg("prompts"), py::arg("options"), py::arg("on_token") = py::none(), py::arg("cancel") = py::none(),
+          py::arg("constraints") = py::none(),
           "Decodes every prompt together (one forward per step), or by beam search. "
+          "constraints: None, or one TokenConstraint (or None) per sequence (prompt-major), whose masks are "
+          "computed on a helper thread while the forward runs; what they raise ends the call. "
           "on_token(sequence, id) -> bool (stop that sequence) is called per token when given; "
           "a CancelToken `cancel` stops the call (CancelledError), as Ctrl-C does on the main thread.");
 

@@ -138,21 +138,31 @@ void bind_sampling(py::module_& m) {
       .def_readonly("vocab_size", &PySampler::vocab_size)
       .def(
           "next",
-          [](PySampler& s, FloatArray logits) {
+          [](PySampler& s, FloatArray logits, std::optional<py::array_t<uint32_t, py::array::c_style>> allowed) {
             require(logits.ndim() == 1 && int64_t(logits.size()) == s.vocab_size, "logits",
                     "expected a 1-d array of vocab_size (" + std::to_string(s.vocab_size) + ") scores, got shape " +
                         shape_str(logits));
             const float* lp = logits.data();
             std::vector<float> row(lp, lp + s.vocab_size);
+            std::vector<uint32_t> mask;
+            if (allowed) {
+              require(allowed->ndim() == 1 && int64_t(allowed->size()) == mask_words(s.vocab_size), "allowed",
+                      "expected a 1-d uint32 array of (vocab_size + 31) // 32 = " +
+                          std::to_string(mask_words(s.vocab_size)) + " words, got shape " + shape_str(*allowed));
+              mask.assign(allowed->data(), allowed->data() + allowed->size());
+            }
             TokenLogprobs tl;
             int32_t tok;
             {
               py::gil_scoped_release nogil;
               std::lock_guard<std::mutex> lock(s.mu);
-              tok = s.sampler.next(row.data(), s.vocab_size, s.history, s.options.logprobs ? &tl : nullptr);
+              tok = s.sampler.next(row.data(), s.vocab_size, s.history, s.options.logprobs ? &tl : nullptr,
+                                   allowed ? mask.data() : nullptr);
               s.history.push(tok);
             }
             return py::make_tuple(tok, tl.logprob, tl.top);
           },
-          py::arg("logits"), "Processes one row of logits and picks the next token: (token, logprob, top_logprobs)");
+          py::arg("logits"), py::arg("allowed") = py::none(),
+          "Processes one row of logits and picks the next token: (token, logprob, top_logprobs). allowed: "
+          "a TokenConstraint's mask (uint32, bit t % 32 of word t // 32 per allowed token), or None");
 }

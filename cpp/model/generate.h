@@ -8,11 +8,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "core/cancel.h"
 #include "model/decoder.h"
+#include "sampling/constraint.h"
 #include "sampling/options.h"
 
 namespace llmos {
@@ -32,11 +34,18 @@ struct SequenceResult {
 // Sequence i continues prompt i / num_return_sequences (prompt-major order).
 using TokenCallback = std::function<bool(int64_t, int32_t)>;
 
-// Runs greedy/sampled decoding, or beam search when options.num_beams > 1.
-// Returns num_return_sequences results per prompt, in prompt order.
+// One optional constraint per sequence (structured output, sampling/constraint.h); null
+// entries and an empty list mean unconstrained. The mask for step t + 1 is computed on a
+// helper thread while the forward of step t + 1 runs; what fill_mask or accept throws ends
+// the call (after the helper is joined). A constraint that is done allows only EOS; with no
+// EOS token in the options its sequence ends there (FinishReason::Stop).
+using Constraints = std::vector<std::shared_ptr<TokenConstraint>>;
+
+// Runs greedy/sampled decoding, or beam search when options.num_beams > 1 (which takes no
+// constraints). Returns num_return_sequences results per prompt, in prompt order.
 std::vector<SequenceResult> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
                                      const DecodeOptions& options, const TokenCallback& on_token,
-                                     CancelCheck* cancel = nullptr);
+                                     CancelCheck* cancel = nullptr, const Constraints& constraints = {});
 
 std::vector<SequenceResult> beam_search(Model& model, const std::vector<int32_t>& prompt, const DecodeOptions& options,
                                         CancelCheck* cancel = nullptr);

@@ -489,10 +489,17 @@ void Engine::fork_siblings(Request* r, const float* row) {
 }
 
 void Engine::sample(Seq* s, float* row, const uint32_t* mask) {
+  // generate()'s rules, constraint included (cpp/model/generate.cc).
   const DecodeOptions& o = s->req->r.options;
   const int64_t V = model_.spec().vocab_size;
   TokenLogprobs lp;
   const int32_t tok = s->sampler.next(row, V, s->hist, o.logprobs ? &lp : nullptr, mask);
+  if (mask && !mask_allows(mask, tok))  // every allowed token was banned by another option
+    throw Error(Error::Kind::InvalidInput, "", "constraint",
+                "no token the output constraint allows survives the other options (min_new_tokens, "
+                "bad_words_ids, suppress_tokens, ...) after " + std::to_string(s->hist.n_generated()) + " tokens");
+  const bool eos = is_eos(o, tok);
+  if (s->constraint && !eos) s->constraint->accept(tok);
   s->hist.push(tok);
   EngineEvent e;
   e.request = s->req->id;
@@ -502,20 +509,20 @@ void Engine::sample(Seq* s, float* row, const uint32_t* mask) {
     e.logprobs.push_back(lp.logprob);
     e.top_logprobs.push_back(std::move(lp.top));
   }
-  if (is_eos(o, tok) || s->hist.n_generated() >= o.max_new_tokens) {
-    e.finished = true;
-    e.finish = is_eos(o, tok) ? FinishReason::Eos : FinishReason::Length;
-    end_seq(s, e.finish);
-  } else if (s->constraint) {
-    s->constraint->accept(tok);
+  if (eos) e.finish = FinishReason::Eos;
+  else if (s->hist.n_generated() >= o.max_new_tokens) e.finish = FinishReason::Length;
+  else if (s->constraint && o.eos_token_ids.empty() && s->constraint->done()) e.finish = FinishReason::Stop;
+  else {
+    emit(std::move(e));
+    return;
   }
-  // end_seq emitted nothing for a sequence that ends here: this event is its last.
+  // This token's event is the sequence's last: end_seq adds none.
+  e.finished = true;
+  end_seq(s, e.finish, false);
   emit(std::move(e));
 }
 
-void Engine::end_seq(Seq* s, FinishReason why) {
-  // The last token's event (sample) carries the finish; a stop or an empty request gets its own.
-  const bool own_event = why == FinishReason::Stop || s->total() == s->hist.prompt_len();
+void Engine::end_seq(Seq* s, FinishReason why, bool own_event) {
   kv_->release(*s);
   s->state = Seq::State::Done;
   Request* r = s->req;

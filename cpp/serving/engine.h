@@ -128,7 +128,8 @@ class Engine {
   void preempt(Seq* s);
   void sample(Seq* s, float* row, const uint32_t* mask);
   void fork_siblings(Request* r, const float* row);
-  void end_seq(Seq* s, FinishReason why);
+  // own_event: emit the sequence's finish (false when the caller's token event carries it).
+  void end_seq(Seq* s, FinishReason why, bool own_event = true);
   void fail(Request* r, const Error& e);
   void drop_finished();
   void start_beam(Request* r);

@@ -250,6 +250,15 @@ def process_logits(options: DecodeOptions, sequence: Sequence[int], prompt_len: 
     """One row of logits through the processors (and warpers when sampling), as the decode loop
     applies them after `sequence`, whose first prompt_len tokens are the prompt."""
 
+class TokenConstraint:
+    """Base class of output constraints (cpp/sampling/constraint.h), called from the core's
+    threads (each call takes the GIL). A subclass implements fill_mask(allowed: uint32 array of
+    (vocab + 31) // 32 words, zeroed; set bit t % 32 of word t // 32 for each allowed token t,
+    vocab: int), accept(token: int) and done() -> bool (complete: only EOS may follow)."""
+
+    def __init__(self) -> None:
+        """Call from the subclass's __init__."""
+
 class Sampler:
     """The processors, warpers and sampler of generate(), one token at a time (ONNX decode loops)."""
 
@@ -258,8 +267,10 @@ class Sampler:
         """The length every row of logits must have."""
     def __init__(self, options: DecodeOptions, prompt: Sequence[int], vocab_size: int) -> None:
         """A sampler continuing `prompt`, seeded with options.seed."""
-    def next(self, logits: npt.ArrayLike) -> tuple[int, float, list[tuple[int, float]]]:
-        """Processes one row of vocab_size logits and picks the next token: (token, logprob, top_logprobs)."""
+    def next(self, logits: npt.ArrayLike,
+             allowed: npt.NDArray[np.uint32] | None = None) -> tuple[int, float, list[tuple[int, float]]]:
+        """Processes one row of vocab_size logits and picks the next token: (token, logprob, top_logprobs).
+        allowed: a TokenConstraint's mask ((vocab_size + 31) // 32 words), or None."""
 
 # ---- the model (bind_model.cc) --------------------------------------------------------------
 
@@ -300,10 +311,12 @@ class Model:
         """[n, vocab] logits of every position of token_ids, in a fresh context."""
     def generate(self, prompts: Sequence[Sequence[int]], options: DecodeOptions,
                  on_token: Callable[[int, int], bool] | None = None,
-                 cancel: CancelToken | None = None) -> list[dict[str, Any]]:
+                 cancel: CancelToken | None = None,
+                 constraints: Sequence[TokenConstraint | None] | None = None) -> list[dict[str, Any]]:
         """Decodes every prompt together (or by beam search): per sequence a dict of prompt_index,
         tokens, finish_reason, logprobs, top_logprobs and score. on_token(sequence, token) returning
-        True ends that sequence; cancel.cancel() ends the call (CancelledError)."""
+        True ends that sequence; cancel.cancel() ends the call (CancelledError). constraints: one
+        TokenConstraint (or None) per sequence, masks computed while the forward runs."""
 
 # ---- paged KV cache, test surface (bind_model.cc) -------------------------------------------
 
@@ -364,6 +377,34 @@ class Session:
 def forward_step(model: Model, chunks: Sequence[tuple[Session, npt.ArrayLike]]) -> npt.NDArray[np.float32]:
     """One forward over every (session, token_ids) chunk, never split: [chunks, vocab], each
     chunk's last token."""
+
+# ---- serving engine (bind_engine.cc) --------------------------------------------------------
+
+class Engine:
+    """Continuous batching over one Model (cpp/serving/engine.h); llmos.Engine wraps it. Keeps the
+    model alive; destroying it (or shutdown()) cancels what is left and joins its threads."""
+
+    def __init__(self, model: Model, max_batch_tokens: int, prefill_chunk: int, kv_memory: int, kv_dtype: str,
+                 block_tokens: int, prefix_cache: bool, max_running: int, max_waiting: int) -> None:
+        """Starts the step thread over a KV pool of kv_memory bytes."""
+    def submit(self, prompt: Sequence[int], options: DecodeOptions,
+               constraints: Sequence[TokenConstraint] | None = None,
+               cancel: CancelToken | None = None) -> int | None:
+        """Queues a request; its id, or None when the engine's queue is full."""
+    def poll(self, timeout: float) -> list[tuple[int, int, list[int], list[float], list[list[tuple[int, float]]],
+                                                 str | None, float, tuple[str, str, str] | None]]:
+        """Events of every request since the last call (waits up to timeout s for one):
+        (request, seq, tokens, logprobs, top_logprobs, finish_reason or None, score,
+        (error class, field, message) or None); seq -1 with an error ends the whole request."""
+    def cancel(self, request: int) -> None:
+        """Ends the request within one step (a CancelledError event) and frees its blocks."""
+    def finish(self, request: int, seq: int) -> None:
+        """Ends one sequence as a stop string does, before the next step."""
+    def shutdown(self) -> None:
+        """Stops accepting, cancels every request left, joins the threads."""
+    def stats(self) -> dict[str, int]:
+        """running, waiting, kv_blocks_total, kv_blocks_used, kv_blocks_cached, prefix_queries,
+        prefix_hits, preemptions, steps."""
 
 # ---- safetensors (bind_io.cc) ---------------------------------------------------------------
 

@@ -14,6 +14,7 @@ EXTRAS = {
     "onnx": ("onnx", "onnxruntime"),
     "eval": ("sacrebleu", "rouge_score"),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "pydantic"),
+    "structured": ("llguidance",),
 }
 
 

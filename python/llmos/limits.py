@@ -101,6 +101,11 @@ class Limits:
     serve_max_messages: int = 4096
     serve_max_tools: int = 256
 
+    # --- structured output (text/structured.py) ---------------------------------------------
+    # characters of a response_format / guided_json schema, guided_regex or guided_grammar,
+    # checked before the grammar is compiled (llguidance's own parser limits bound the rest).
+    max_grammar_chars: int = 1 << 20
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

@@ -40,11 +40,13 @@ class Backend(Protocol):
         """[n, vocab] float32 logits for every position of `ids` (int64), fresh context."""
 
     def generate(self, prompts: Sequence[Sequence[int]], options, on_token: Optional[OnToken] = None,
-                 cancel=None) -> list[dict]:
+                 cancel=None, constraints=None) -> list[dict]:
         """The whole decode loop for a batch: `options` is a `_core.DecodeOptions`; returns one
         dict per sequence (prompt_index, tokens, finish_reason, logprobs, top_logprobs, score).
         cancel: a `_core.CancelToken` (or None), polled at every step; once it is cancelled the
-        call raises CancelledError. Ctrl-C on the main thread must end the call as promptly."""
+        call raises CancelledError. Ctrl-C on the main thread must end the call as promptly.
+        constraints: None, or one `_core.TokenConstraint` (or None) per sequence (prompt-major):
+        the sampler allows only the tokens of its mask, and each chosen token is accepted."""
 
 
 def physical_cores() -> int:

@@ -98,8 +98,8 @@ class CpuBackend:
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self.core.logits(ids)
 
-    def generate(self, prompts, options, on_token=None, cancel=None) -> list[dict]:
-        return self.core.generate(prompts, options, on_token, cancel)
+    def generate(self, prompts, options, on_token=None, cancel=None, constraints=None) -> list[dict]:
+        return self.core.generate(prompts, options, on_token, cancel, constraints)
 
     def quantized_matrices(self) -> list:
         """The quantized blocks (role, layer, type, group, codes, scale, min), for saving."""

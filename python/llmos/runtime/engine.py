@@ -27,6 +27,7 @@ from llmos import _core, errors, limits
 from llmos.errors import BusyError, CancelledError, InvalidInputError
 from llmos.runtime.generation import Generation, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
+from llmos.text.structured import constraint_factory
 
 _POLL_S = 0.05          # the dispatcher's wait for events; bounds how long close() waits for it
 _END = object()         # an async queue's end marker
@@ -325,7 +326,8 @@ class Engine:
     def submit(self, prompt, generation_config=None, *, cancel=None, constraint=None, **options) -> Request:
         """Queues `prompt` (a string or token ids) with any option Model.generate takes.
 
-        constraint: an llmos._core.TokenConstraint, or a factory called once per sequence.
+        constraint: an llmos._core.TokenConstraint, or a factory called once per sequence; the
+        options response_format / guided_json / guided_regex / guided_grammar make one.
         Raises BusyError when max_waiting requests wait already, and the errors generate
         raises for bad input."""
         m = self._model
@@ -336,13 +338,28 @@ class Engine:
         cfg, explicit = m._config(generation_config, options)
         core_opts, stop = to_core_options(_core, cfg, len(ids), m.config.vocab_size, m.config.max_position_embeddings,
                                           explicit_limit=explicit)
+        # Structured output asked by the options (response_format, guided_json, ...).
+        factory = constraint_factory(m.tokenizer, cfg, vocab_size=m.config.vocab_size,
+                                     eos_token_ids=core_opts.eos_token_ids)
+        if factory is not None:
+            if constraint is not None:
+                raise InvalidInputError(f"constraint: give either constraint= or {factory.field}, not both",
+                                        field="constraint")
+            if core_opts.num_beams > 1:
+                raise InvalidInputError(f"{factory.field}: structured output needs num_beams=1", field=factory.field)
+            constraint = factory
         return self._submit_ids(ids, core_opts, stop, cancel, constraint)
 
     def _submit_ids(self, ids, core_opts, stop, cancel=None, constraint=None, *, detok: bool = True) -> Request:
         constraints = None
         if constraint is not None:
             n = core_opts.num_return_sequences
-            if isinstance(constraint, _core.TokenConstraint):
+            if isinstance(constraint, (list, tuple)):  # one per sequence, made already
+                if len(constraint) != n:
+                    raise InvalidInputError(f"constraint: expected {n} constraints (one per sequence), got "
+                                            f"{len(constraint)}", field="constraint")
+                constraints = list(constraint)
+            elif isinstance(constraint, _core.TokenConstraint):
                 if n > 1:
                     raise InvalidInputError("constraint: one constraint instance cannot follow several sequences; "
                                             "pass a factory (called once per sequence)", field="constraint")

@@ -93,6 +93,14 @@ class GenerationConfig:
     # Group (diverse) beam search left transformers' core for the Hub; refused unless inert.
     num_beam_groups: int | None = None
     diversity_penalty: float | None = None
+    # Structured output (llmos.text.structured; at most one): OpenAI's response_format dict
+    # ({"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema",
+    # "strict"}}), a JSON schema (dict or JSON text), a regex the whole reply must match, or a
+    # grammar in llguidance's Lark syntax. Needs num_beams=1.
+    response_format: dict | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
 
     DEFAULTS = {  # transformers' defaults where it has the option
         "min_new_tokens": 0, "min_length": 0, "do_sample": False, "temperature": 1.0, "top_k": 50,

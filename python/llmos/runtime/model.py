@@ -26,6 +26,7 @@ from llmos.errors import BusyError, ChatTemplateError, ContextLengthError, Inval
 from llmos.runtime.chat import fit_conversation
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
+from llmos.text.structured import constraint_factory
 from llmos.text.tokenizer import Tokenizer
 
 # The token is the core's own, so the flag it sets is read by the decode loop without Python.
@@ -197,7 +198,7 @@ class Model:
             raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
         core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
                                           self.config.max_position_embeddings, explicit_limit=explicit)
-        return self._stream(ids, core_opts, stop, cancel)
+        return self._stream(ids, core_opts, stop, cancel, self._constraints(cfg, core_opts, 1))
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
              truncate: str | None = None, **options):
@@ -263,14 +264,15 @@ class Model:
                             field="max_new_tokens")
                     o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
         if self._uses_engine(next(iter(opts_by_len.values()))[0]):
-            return self._decode_engine(prompts, groups, opts_by_len, cancel)
+            return self._decode_engine(prompts, cfg, groups, opts_by_len, cancel)
         results: list[list[Generation]] = [[] for _ in prompts]
         for key, members in groups.items():
             core_opts, stop = opts_by_len[key]
             group_prompts = [prompts[i] for i in members]
             texts: dict[int, list[str]] = {}
             callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
-            raw = self.backend.generate(group_prompts, core_opts, callback, cancel)
+            constraints = self._constraints(cfg, core_opts, len(group_prompts) * core_opts.num_return_sequences)
+            raw = self.backend.generate(group_prompts, core_opts, callback, cancel, **constraints)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
                 if stop:
@@ -289,14 +291,15 @@ class Model:
                 results[members[r["prompt_index"]]].append(g)
         return results
 
-    def _decode_engine(self, prompts, groups, opts_by_len, cancel) -> list[list[Generation]]:
+    def _decode_engine(self, prompts, cfg, groups, opts_by_len, cancel) -> list[list[Generation]]:
         """Every prompt as its own request of the model's engine, all decoded together."""
         reqs: list = [None] * len(prompts)
         try:
             for key, members in groups.items():
                 core_opts, stop = opts_by_len[key]
                 for i in members:
-                    reqs[i] = self._submit(prompts[i], core_opts, stop, cancel, detok=bool(stop))
+                    constraints = self._constraints(cfg, core_opts, core_opts.num_return_sequences).get("constraints")
+                    reqs[i] = self._submit(prompts[i], core_opts, stop, cancel, constraints, detok=bool(stop))
             results = []
             for ids, req in zip(prompts, reqs):
                 gens = req.result()
@@ -312,11 +315,11 @@ class Model:
                     req.cancel()
             raise
 
-    def _submit(self, ids, core_opts, stop, cancel, *, detok: bool):
+    def _submit(self, ids, core_opts, stop, cancel, constraints=None, *, detok: bool):
         """Submits to the model's engine, waiting while its queue is full."""
         while True:
             try:
-                return self.engine._submit_ids(ids, core_opts, stop, cancel, detok=detok)
+                return self.engine._submit_ids(ids, core_opts, stop, cancel, constraints, detok=detok)
             except BusyError as e:
                 if cancel is not None and cancel.cancelled():
                     raise
@@ -373,15 +376,27 @@ class Model:
 
         return on_token
 
-    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
-        if self._uses_engine(core_opts):
-            return self._stream_engine(ids, core_opts, stop, cancel)
-        return self._stream_thread(ids, core_opts, stop, cancel)
+    def _constraints(self, cfg: GenerationConfig, core_opts, n_seq: int) -> dict:
+        """The backend's `constraints` argument for structured output ({} when none is asked):
+        one fresh constraint per sequence, after every option has been checked."""
+        factory = constraint_factory(self.tokenizer, cfg, vocab_size=self.config.vocab_size,
+                                     eos_token_ids=core_opts.eos_token_ids)
+        if factory is None:
+            return {}
+        if core_opts.num_beams > 1:
+            raise InvalidInputError(f"{factory.field}: structured output needs num_beams=1", field=factory.field)
+        return {"constraints": [factory() for _ in range(n_seq)]}
 
-    def _stream_engine(self, ids, core_opts, stop, cancel) -> Iterator[str]:
+    def _stream(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
+                constraints: dict | None = None) -> Iterator[str]:
+        if self._uses_engine(core_opts):
+            return self._stream_engine(ids, core_opts, stop, cancel, (constraints or {}).get("constraints"))
+        return self._stream_thread(ids, core_opts, stop, cancel, constraints)
+
+    def _stream_engine(self, ids, core_opts, stop, cancel, constraints) -> Iterator[str]:
         # Closing the iterator (or an exception in the consumer, Ctrl-C included) cancels the
         # request, which leaves the engine's batch before its next step.
-        req = self._submit(ids, core_opts, stop, cancel, detok=True)
+        req = self._submit(ids, core_opts, stop, cancel, constraints, detok=True)
         try:
             for piece in req:
                 if piece.text:
@@ -389,7 +404,8 @@ class Model:
         finally:
             req.cancel()
 
-    def _stream_thread(self, ids, core_opts, stop: list[str], cancel: CancelToken | None) -> Iterator[str]:
+    def _stream_thread(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
+                       constraints: dict | None = None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. The loop's token is a child of the caller's, cancelled when
         # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
@@ -401,7 +417,7 @@ class Model:
 
         def work():
             try:
-                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own)
+                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own, **(constraints or {}))
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)

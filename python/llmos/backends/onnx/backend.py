@@ -169,9 +169,14 @@ class OnnxBackend:
                                    "every position", file=self.file, field="logits")
         return out
 
-    def generate(self, prompts, options, on_token=None, cancel=None) -> list[dict]:
+    def generate(self, prompts, options, on_token=None, cancel=None, constraints=None) -> list[dict]:
         """Greedy / sampled decoding of each prompt, as cpp/model/generate.cc does it. `cancel`
-        is checked before each onnxruntime run (one run is not interrupted)."""
+        is checked before each onnxruntime run (one run is not interrupted). constraints: None
+        or one TokenConstraint (or None) per sequence; here each mask is computed between runs."""
+        n_seq = len(prompts) * options.num_return_sequences
+        if constraints is not None and len(constraints) != n_seq:
+            raise InvalidInputError(f"constraints: expected one per sequence ({n_seq}), got {len(constraints)}",
+                                    field="constraints")
         if options.num_beams > 1:
             raise InvalidInputError("num_beams: beam search is not available for ONNX models (use num_beams=1)",
                                     field="num_beams")
@@ -199,8 +204,21 @@ class OnnxBackend:
                     state = self.new_state(len(prompt) + options.max_new_tokens)
                     _check_cancelled(cancel)
                     row = self._forward(prompt, state)[-1]
+                    constraint = constraints[seq] if constraints is not None else None
+                    mask = np.zeros((V + 31) // 32, dtype=np.uint32) if constraint is not None else None
                     while True:
-                        tok, logprob, top = sampler.next(row[:V])
+                        if constraint is not None:
+                            mask[:] = 0
+                            constraint.fill_mask(mask, V)
+                        tok, logprob, top = sampler.next(row[:V], mask)
+                        if constraint is not None:
+                            if not (int(mask[tok >> 5]) >> (tok & 31)) & 1:
+                                raise InvalidInputError(
+                                    "constraint: no token the output constraint allows survives the other options "
+                                    f"(min_new_tokens, bad_words_ids, suppress_tokens, ...) after {len(res['tokens'])} "
+                                    "tokens", field="constraint")
+                            if tok not in eos:
+                                constraint.accept(tok)
                         res["tokens"].append(tok)
                         if options.logprobs:
                             res["logprobs"].append(logprob)
@@ -212,6 +230,8 @@ class OnnxBackend:
                             res["finish_reason"] = "stop"
                         elif len(res["tokens"]) >= options.max_new_tokens:
                             res["finish_reason"] = "length"
+                        elif constraint is not None and not eos and constraint.done():
+                            res["finish_reason"] = "stop"  # no EOS token to end it (as the core does)
                         else:
                             _check_cancelled(cancel)
                             row = self._forward([tok], state)[-1]
