@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Callable
@@ -28,6 +29,8 @@ from llmos.serve.metrics import Metrics
 from llmos.serve.models import ModelPool
 from llmos.serve.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from llmos.serve.streaming import DONE, error_event
+
+_log = logging.getLogger("llmos.serve")
 
 # Paths anyone may call, with or without a key: a load balancer's probe.
 _OPEN_PATHS = {"/health"}
@@ -153,9 +156,10 @@ async def _no_receive():
 
 def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[str] | None = None,
                max_concurrency: int = 64, max_queue: int = 256, load_options: dict | None = None,
-               engine_options: dict | None = None, idle_unload: float | None = None) -> FastAPI:
+               engine_options: dict | None = None, idle_unload: float | None = None) -> "Guard":
     """The server's ASGI app for `models` (registry names or checkpoint folders, as requests name
-    them). engine_factory(model, **engine_options) makes each model's engine."""
+    them). engine_factory(model, **engine_options) makes each model's engine. The FastAPI app
+    is the returned Guard's `.app` (its `.state` holds the pool, metrics and admission)."""
     engine_options = {"max_running": max_concurrency, "max_waiting": max_queue, **(engine_options or {})}
     pool = ModelPool(models, engine_factory=engine_factory, load_options=load_options,
                      engine_options=engine_options, idle_unload=idle_unload)
@@ -230,6 +234,12 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
             if job is not None and getattr(job, "run", None) is not None:
                 job.run.cancel()
             raise
+        except Exception as e:  # a bug: logged whole, answered in the API's shape, its work stopped
+            _log.exception("%s failed", route)
+            if job is not None and getattr(job, "run", None) is not None:
+                job.run.cancel()
+            return _error_response(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                                            code="internal_error"))
         finally:
             if not streaming:
                 if job is not None and getattr(job, "run", None) is not None:
