@@ -9,6 +9,11 @@ README pulls. `llmos` on PATH runs the package under test.
 
 The two `pip install` lines are not run here (installing inside the suite would test another
 copy): the first one's command after `&&` is, and `.ci/run` runs the second one's test command.
+
+`llmos serve` runs in the background, as a reader would leave it: once it answers /health, the
+README's `openai` client block runs against it, then SIGTERM stops it (exit 0). Its port, 8000
+in the README, becomes a free one in the command and the client alike, so that runs side by side
+do not collide.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ import math
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,8 +48,13 @@ def _python_blocks() -> list[str]:
     return [b for b in _code_blocks() if re.search(r"^import llmos$", b, flags=re.M)]
 
 
+def _client_blocks() -> list[str]:
+    """The blocks that talk to `llmos serve` with the openai client."""
+    return [b for b in _code_blocks() if re.search(r"^from openai import OpenAI$", b, flags=re.M)]
+
+
 def _shell_lines() -> list[str]:
-    return [line.strip() for b in _code_blocks() if b not in _python_blocks()
+    return [line.strip() for b in _code_blocks() if b not in _python_blocks() and b not in _client_blocks()
             for line in b.splitlines() if line.strip()]
 
 
@@ -88,18 +102,63 @@ def test_the_install_lines_are_what_ci_runs():
     assert re.search(r'pip install .*"\$wheel\[test\]"', ci) and re.search(r"^python3 -m pytest -q$", ci, flags=re.M)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_run_clients(command: str, work: Path, env: dict) -> str:
+    """Starts the README's `llmos serve` line, runs the client blocks against it, stops it."""
+    port = str(_free_port())
+    assert "--port 8000" in command and all("127.0.0.1:8000" in b for b in _client_blocks()), command
+    server = subprocess.Popen(["bash", "-c", "exec " + command.replace("--port 8000", f"--port {port}")], cwd=work,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"{command} exited with {server.returncode}: {server.stderr.read()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{command}: no answer on /health within 60 s"
+            time.sleep(0.1)
+        out = ""
+        for block in _client_blocks():
+            script = work / "client.py"
+            script.write_text(block.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+            ran = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
+                                 timeout=120)
+            assert ran.returncode == 0, f"README client block failed:\n{block}\n{ran.stderr}"
+            out += ran.stdout
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, server.stderr.read()
+        return out
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=60)
+
+
 def test_every_readme_command_runs_as_printed(user_world):
     work, env = user_world
     lines = _shell_lines()
     assert any(line.startswith("llmos pull") for line in lines)  # the walk below needs the README's order
+    assert any(line.startswith("llmos serve") for line in lines) and _client_blocks()
     outputs = {}
     for line in lines:
         command = line.split(" && ", 1)[1] if line.startswith("pip install") else line
         if command.startswith("python -m pytest"):
             continue  # the README's test command: .ci/run runs it (test_the_install_lines_are_what_ci_runs)
+        if command.startswith("llmos serve"):
+            outputs[command] = _serve_and_run_clients(command, work, env)
+            continue
         outputs[command] = _run(command, work, env).stdout
     by_verb = {c.split()[1]: out for c, out in outputs.items()}
-    assert by_verb["run"].strip() and by_verb["generate"].strip()
+    assert by_verb["run"].strip() and by_verb["generate"].strip() and by_verb["serve"].strip()
     assert "mine" in by_verb["import"] and "<|im_start|>" in by_verb["import"]  # ls, then show --template
     assert (work / "qwen-onnx" / "model.onnx").is_file()
     result = json.loads(by_verb["eval"].strip().splitlines()[-1])

@@ -13,6 +13,7 @@ EXTRAS = {
     "train": ("torch", "transformers"),
     "onnx": ("onnx", "onnxruntime"),
     "eval": ("sacrebleu", "rouge_score"),
+    "serve": ("fastapi", "uvicorn", "prometheus_client", "pydantic"),
     "structured": ("llguidance",),
 }
 

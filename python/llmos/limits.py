@@ -92,6 +92,15 @@ class Limits:
     hub_min_rate_bytes_s: float = 1024.0
     hub_rate_window_s: float = 30.0
 
+    # --- the HTTP server (serve/) -----------------------------------------------------------
+    # bytes of one request body (serve/app.py's body cap: Content-Length, then the bytes read).
+    serve_max_body_bytes: int = 8 << 20
+    # prompts in one /v1/completions request (serve/protocol.py).
+    serve_max_prompts: int = 256
+    # messages in one /v1/chat/completions request, and tools declared in it (serve/protocol.py).
+    serve_max_messages: int = 4096
+    serve_max_tools: int = 256
+
     # --- structured output (text/structured.py) ---------------------------------------------
     # characters of a response_format / guided_json schema, guided_regex or guided_grammar,
     # checked before the grammar is compiled (llguidance's own parser limits bound the rest).

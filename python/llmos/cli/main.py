@@ -12,6 +12,7 @@ from llmos.cli.evaluate import add_evaluate_commands
 from llmos.cli.generate import add_generate_commands
 from llmos.cli.onnx import add_onnx_commands
 from llmos.cli.registry import add_registry_commands
+from llmos.cli.serve import add_serve_commands
 from llmos.cli.train import add_train_commands
 from llmos.errors import LlmosError
 from llmos.version import __version__
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     add_onnx_commands(sub)
     add_train_commands(sub)
     add_evaluate_commands(sub)
+    add_serve_commands(sub)
     return p
 
 

@@ -1,0 +1,339 @@
+"""The FastAPI application: routes, admission (429 beyond max_concurrency + max_queue), API
+keys, the body cap, and every request's outcome counted exactly once in /metrics.
+
+The HTTP layer only admits, streams and cancels; the engines batch and decode. Work that may
+take a while in Python (tokenizing, rendering a chat template, a model loading) runs in worker
+threads so the event loop keeps serving other clients."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Callable
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmos.errors import CancelledError, LlmosError
+from llmos.limits import current as current_limits
+from llmos.serve.api_errors import APIError, busy, from_llmos, from_validation, invalid
+from llmos.serve.chat import Chat, template_messages
+from llmos.serve.completions import Completion
+from llmos.serve.metrics import Metrics
+from llmos.serve.models import ModelPool
+from llmos.serve.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from llmos.serve.streaming import DONE, error_event
+
+_log = logging.getLogger("llmos.serve")
+
+# Paths anyone may call, with or without a key: a load balancer's probe.
+_OPEN_PATHS = {"/health"}
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/tokenize", "/tokenize", "/v1/detokenize",
+          "/detokenize", "/health", "/metrics")
+
+
+def _route(path: str) -> str:
+    """A metrics label: a path a stranger sends is one of the routes or "other", never itself."""
+    return path if path in ROUTES else "other"
+
+
+class Admission:
+    """Requests in the server: max_concurrency may run and max_queue wait; one more is a 429."""
+
+    def __init__(self, max_concurrency: int, max_queue: int):
+        self.limit = max_concurrency + max_queue
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        if self.in_flight >= self.limit:
+            raise busy(f"the server is full: {self.in_flight} requests are running or queued "
+                       f"(max_concurrency {self.max_concurrency} + max_queue {self.limit - self.max_concurrency})",
+                       retry_after=1.0)
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
+
+
+def _outcome(status: int) -> str:
+    return "rejected" if status == 429 else ("invalid" if 400 <= status < 500 else "error")
+
+
+class Guard:
+    """ASGI middleware: the API key (constant-time compare against every key) and the body cap.
+    The body is read here, up to the cap, before the app sees any of it."""
+
+    def __init__(self, app, api_keys: list[str] | None, on_refused: Callable[[str, int], None]):
+        self.app = app
+        self.keys = [k.encode() for k in api_keys or []]
+        self.on_refused = on_refused
+
+    async def _refuse(self, scope, send, e: APIError):
+        self.on_refused(scope.get("path", ""), e.status)
+        await _error_response(e)(scope, _no_receive, send)
+
+    def _authorized(self, scope) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        ok = False
+        for key in self.keys:  # no early exit: the time taken does not say which key came close
+            ok |= hmac.compare_digest(token.strip(), key)
+        return ok and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.keys and scope.get("path") not in _OPEN_PATHS and not self._authorized(scope):
+            return await self._refuse(scope, send, APIError(
+                401, "a valid API key is required: Authorization: Bearer <key>", type="invalid_request_error",
+                code="invalid_api_key"))
+        cap = current_limits().serve_max_body_bytes
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            return await self._refuse(scope, send, _too_large(length.decode("latin-1"), cap))
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                return await self._refuse(scope, send, _too_large(f"more than {cap}", cap))
+            body.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events whose `finish` (free the slot, cancel what still runs, count the
+    outcome) runs exactly once however the response ends: completed, failed, or cancelled by a
+    disconnect, even one that comes before the first event, when the generator never started
+    and so never reaches a finally of its own."""
+
+    def __init__(self, events, finish: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._finish = finish
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finish()
+            await self.body_iterator.aclose()
+
+
+def _too_large(length: str, cap: int) -> APIError:
+    return APIError(413, f"the request body ({length} bytes) is over the limit of {cap} bytes "
+                         "(llmos.limits.serve_max_body_bytes)", param=None, code="request_too_large")
+
+
+async def _no_receive():
+    return {"type": "http.disconnect"}
+
+
+def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[str] | None = None,
+               max_concurrency: int = 64, max_queue: int = 256, load_options: dict | None = None,
+               engine_options: dict | None = None, idle_unload: float | None = None) -> "Guard":
+    """The server's ASGI app for `models` (registry names or checkpoint folders, as requests name
+    them). engine_factory(model, **engine_options) makes each model's engine. The FastAPI app
+    is the returned Guard's `.app` (its `.state` holds the pool, metrics and admission)."""
+    engine_options = {"max_running": max_concurrency, "max_waiting": max_queue, **(engine_options or {})}
+    pool = ModelPool(models, engine_factory=engine_factory, load_options=load_options,
+                     engine_options=engine_options, idle_unload=idle_unload)
+    metrics = Metrics(pool.engines)
+    admission = Admission(max_concurrency, max_queue)
+
+    def label(name) -> str:
+        return name if name in pool.names() else "unknown"
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.ensure_future(_unload_loop(pool)) if idle_unload else None
+        yield
+        if task is not None:
+            task.cancel()
+        await anyio.to_thread.run_sync(pool.close)
+
+    app = FastAPI(title="llmos", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.pool, app.state.metrics, app.state.admission = pool, metrics, admission
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError):
+        metrics.outcome("unknown", _route(request.url.path), "invalid")
+        return _error_response(from_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        metrics.outcome("unknown", _route(request.url.path), _outcome(exc.status_code))
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                        type=kind, code=kind))
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        metrics.outcome("unknown", _route(request.url.path), _outcome(exc.status))
+        return _error_response(exc)
+
+    async def generate(route: str, body, http_request: Request, kind):
+        name, outcome, streaming = label(body.model), "error", False
+        served, job = None, None
+        try:
+            admission.enter()
+            try:
+                served = await pool.acquire(body.model)
+                job = kind(body, served.model, served.engine, metrics, body.model)
+                await anyio.to_thread.run_sync(job.prepare)
+                job.submit()
+                metrics.prompt_tokens.labels(model=name).inc(job.prompt_tokens)
+                if body.stream:
+                    streaming = True
+                    return _event_stream(job, name, route, served)
+                result = await job.respond(http_request)
+                outcome = "completed"
+                return JSONResponse(result)
+            finally:
+                if not streaming:
+                    admission.leave()
+                    if served is not None:
+                        pool.release(served)
+        except APIError as e:
+            outcome = _outcome(e.status)
+            return _error_response(e)
+        except CancelledError:
+            outcome = "cancelled"
+            return Response(status_code=499)
+        except LlmosError as e:
+            err = from_llmos(e, prompt_param="messages" if kind is Chat else "prompt")
+            outcome = _outcome(err.status)
+            return _error_response(err)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            if job is not None and getattr(job, "run", None) is not None:
+                job.run.cancel()
+            raise
+        except Exception as e:  # a bug: logged whole, answered in the API's shape, its work stopped
+            _log.exception("%s failed", route)
+            if job is not None and getattr(job, "run", None) is not None:
+                job.run.cancel()
+            return _error_response(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                                            code="internal_error"))
+        finally:
+            if not streaming:
+                if job is not None and getattr(job, "run", None) is not None:
+                    metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
+                metrics.outcome(name, route, outcome)
+
+    def _event_stream(job, name: str, route: str, served) -> "_EventStream":
+        state = {"outcome": "cancelled"}
+
+        async def events():
+            try:
+                async for event in job.stream():
+                    yield event
+                state["outcome"] = "completed"
+            except Exception as e:  # after the headers were sent: the error goes in the stream
+                state["outcome"] = "error"
+                yield error_event(e)
+                yield DONE
+
+        def finish():
+            if state["outcome"] != "completed":
+                job.run.cancel()
+            admission.leave()
+            pool.release(served)
+            metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
+            metrics.outcome(name, route, state["outcome"])
+
+        return _EventStream(events(), finish)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        return await generate("/v1/completions", body, request, Completion)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        return await generate("/v1/chat/completions", body, request, Chat)
+
+    @app.get("/v1/models")
+    async def list_models():
+        created = int(time.time())
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "llmos"}
+                                           for n in pool.names()]}
+
+    async def tokenize(body: TokenizeRequest):
+        if (body.prompt is None) == (body.messages is None):
+            raise invalid("give exactly one of prompt and messages", param="prompt")
+        model = await pool.model(body.model)
+
+        def work():
+            if body.prompt is not None:
+                return model.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            return model.apply_chat_template(template_messages(body.messages),
+                                             add_generation_prompt=body.add_generation_prompt, tokenize=True)
+
+        try:
+            ids = await anyio.to_thread.run_sync(work)
+        except LlmosError as e:
+            raise from_llmos(e, prompt_param="prompt" if body.prompt is not None else "messages") from e
+        metrics.outcome(label(body.model), "/v1/tokenize", "completed")
+        return {"tokens": ids, "count": len(ids), "max_model_len": model.config.max_position_embeddings}
+
+    async def detokenize(body: DetokenizeRequest):
+        model = await pool.model(body.model)
+        vocab = model.config.vocab_size
+        for i, t in enumerate(body.tokens):
+            if not 0 <= t < vocab:
+                raise invalid(f"tokens: token id {t} at index {i} is outside the vocabulary [0, {vocab})",
+                              param="tokens")
+        text = await anyio.to_thread.run_sync(lambda: model.tokenizer.decode(body.tokens))
+        metrics.outcome(label(body.model), "/v1/detokenize", "completed")
+        return {"prompt": text}
+
+    for path in ("/v1/tokenize", "/tokenize"):
+        app.post(path)(tokenize)
+    for path in ("/v1/detokenize", "/detokenize"):
+        app.post(path)(detokenize)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def refused(path: str, status: int) -> None:
+        metrics.outcome("unknown", _route(path), _outcome(status))
+
+    return Guard(app, api_keys, refused)
+
+
+async def _unload_loop(pool: ModelPool) -> None:
+    period = max(0.05, min(5.0, pool.idle_unload / 4))
+    while True:
+        await asyncio.sleep(period)
+        await pool.unload_idle()
+
