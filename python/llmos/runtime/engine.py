@@ -29,7 +29,7 @@ from llmos.runtime.generation import Generation, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
 from llmos.text.structured import constraint_factory
 
-_POLL_S = 0.05          # the dispatcher's wait for events; bounds how long close() waits for it
+_POLL_S = 0.5           # the dispatcher's longest wait for events (shutdown wakes it at once)
 _END = object()         # an async queue's end marker
 _DEFAULT_KV_CAP = 1 << 30
 _KV_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
@@ -322,8 +322,10 @@ class Engine:
         self._requests: dict[int, Request] = {}
         self._accepting = True
         self._shut = False
-        self._dispatcher = threading.Thread(target=self._dispatch, name="llmos-engine", daemon=True)
+        self._dispatcher = threading.Thread(target=_dispatch, args=(weakref.ref(self), self._core),
+                                            name="llmos-engine", daemon=True)
         self._dispatcher.start()
+        weakref.finalize(self, self._core.shutdown)
         _open_engines.add(self)
 
     def submit(self, prompt, generation_config=None, *, cancel=None, constraint=None, **options) -> Request:
@@ -411,30 +413,45 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _dispatch(self) -> None:
-        while True:
-            shut = self._shut
-            events = self._core.poll(_POLL_S)
-            if events:
-                with self._lock:
-                    for rid, seq, tokens, lps, tops, finish, score, error in events:
-                        req = self._requests.get(rid)
-                        if req is None:
-                            continue
-                        try:
-                            over = req._on_event(seq, tokens, lps, tops, finish, score, error)
-                        except Exception as e:  # a tokenizer failing on this request ends only it
-                            self._core.cancel(rid)
-                            req._finish(e)
-                            over = True
-                        if over:
-                            del self._requests[rid]
-            elif shut:
-                break
+    def _deliver(self, events) -> None:
+        """Hands each event to its request (on the dispatcher thread)."""
+        with self._lock:
+            for rid, seq, tokens, lps, tops, finish, score, error in events:
+                req = self._requests.get(rid)
+                if req is None:
+                    continue
+                try:
+                    over = req._on_event(seq, tokens, lps, tops, finish, score, error)
+                except Exception as e:  # a tokenizer failing on this request ends only it
+                    self._core.cancel(rid)
+                    req._finish(e)
+                    over = True
+                if over:
+                    del self._requests[rid]
+
+    def _abandon_all(self) -> None:
         with self._lock:  # the core ended every request; anything left was never told
             for req in self._requests.values():
                 req._finish(CancelledError("the engine was closed", field="engine"))
             self._requests.clear()
+
+
+def _dispatch(ref: "weakref.ref[Engine]", core) -> None:
+    """The dispatcher thread. It holds the engine only weakly, between polls, so an engine
+    nobody references (a dropped Model's) is collected: its finalizer shuts the core down,
+    which wakes this poll, and the thread ends. A strong reference here would keep every
+    engine, its model's weights and two threads alive for the life of the process."""
+    while True:
+        events = core.poll(_POLL_S)
+        engine = ref()
+        if engine is None:
+            return
+        if events:
+            engine._deliver(events)
+        elif engine._shut:
+            engine._abandon_all()
+            return
+        del engine
 
 
 # At exit, Python ends daemon threads as they take the GIL back; one inside the core's poll()
