@@ -329,3 +329,22 @@ def test_narrow_kv_dtypes_batch_as_they_run_alone(model, llmos, kv_dtype):
         together = [r.result(TIMEOUT).token_ids for r in [engine.submit(p, **OPTS) for p in prompts]]
         _all_returned(engine)
     assert together == alone
+
+
+def test_a_dropped_model_takes_its_engine_and_threads_with_it(checkpoint, llmos):
+    import gc
+    path = checkpoint("llama")
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        m = llmos.load(path, threads=1)
+        m.generate([5, 6, 7], max_new_tokens=2, eos_token_id=[])
+        assert any(t.name == "llmos-engine" for t in threading.enumerate())
+        del m
+        gc.collect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [t.name for t in threading.enumerate() if t.ident not in before]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == [], f"threads of dropped models still running: {left}"
