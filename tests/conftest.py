@@ -73,6 +73,7 @@ KERNEL_MODULES = {
     "test_kernels.py", "test_quant.py", "test_quant_awq_gptq.py", "test_weight_arrays.py", "test_threads.py",
     "test_reference_agreement.py", "test_reference_variants.py", "test_decoding.py", "test_logits_processors.py",
     "test_onnx_export.py", "test_onnx_import.py", "test_default_model.py", "test_kv_cache.py",
+    "test_qmatmul_batch.py",
 }
 REFERENCE_MODULES = {
     "test_reference_agreement.py", "test_reference_variants.py", "test_decoding.py", "test_logits_processors.py",

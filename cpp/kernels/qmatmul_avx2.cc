@@ -20,22 +20,38 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// int32 dot products of one 32-value block: 8 lanes.
+// One 32-value block of weights, decoded once and reused by every token of a group. Q8 keeps
+// |w| and w's signs (the sign trick); the other formats' codes are already unsigned.
+struct WBlock {
+  __m256i u, sign;
+};
+
 template <QuantType Q>
-inline __m256i block_dot(__m256i w, __m256i x) {
-  const __m256i ones = _mm256_set1_epi16(1);
+inline WBlock prepare(__m256i w) {
   if (Q == QuantType::Q8) {
     const __m256i ws = _mm256_xor_si256(w, _mm256_set1_epi8(char(0x80)));  // u - 128
-    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(x, ws));
-    return _mm256_madd_epi16(p, ones);
+    return {_mm256_sign_epi8(ws, ws), ws};
   }
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+  return {w, w};
+}
+
+// int32 dot products of one 32-value block: 8 lanes.
+template <QuantType Q>
+inline __m256i block_dot(const WBlock& w, __m256i x) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if (Q == QuantType::Q8) return _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, _mm256_sign_epi8(x, w.sign)), ones);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, x), ones);
 }
 
 constexpr int64_t kPrefetchBytes = 8192;
 
-template <QuantType Q, int R>
-void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, float* y, int64_t ldy, int64_t row_out0) {
+// R rows for T tokens (t0..t0+T-1). Each chunk of weights is loaded and decoded once for the
+// T tokens, which is what makes a batch of decode tokens cheaper than one token at a time.
+// A token's accumulator gets the same FMAs in the same order whatever R, T and the other
+// tokens are, so its result is bitwise that of the token alone (the serving engine relies on it).
+template <QuantType Q, int R, int T>
+void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, int64_t t0, float* y, int64_t ldy,
+          int64_t row_out0) {
   const int64_t k = w.cols, ng = k / w.group, nb = k / kActBlock;
   const int64_t row_bytes = quant_row_bytes(Q, k);
   const __m256i mask = _mm256_set1_epi8(0x0F);
@@ -44,63 +60,90 @@ void rows(const ActView& x, const float* sdg, const QView& w, int64_t r0, float*
   // Software prefetch ahead in each row's stream (see qmatmul_avx512.cc).
   constexpr int64_t kChunkBytes = Q == QuantType::Q8 ? 64 : Q == QuantType::Q6 ? kQ6ChunkBytes : 32;
   const bool prefetch = (r0 + R) * row_bytes + kPrefetchBytes <= w.rows * row_bytes;
-  for (int64_t t = 0; t < x.n; ++t) {
-    __m256 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {  // two activation blocks = one 64-value chunk
-      const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + t * k + b * 32));
-      const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + t * k + b * 32 + 32));
-      const float da = x.d[t * nb + b], db = x.d[t * nb + b + 1];
-      const int64_t ga = (b * 32) / w.group, gb = (b * 32 + 32) / w.group;
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* codes = w.codes + (r0 + r) * row_bytes;
-        if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(codes + (b / 2) * kChunkBytes + kPrefetchBytes), _MM_HINT_T0);
-        __m256i wa, wb;
-        if (Q == QuantType::Q8) {
-          wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32));
-          wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32 + 32));
-        } else if (Q == QuantType::Q6) {
-          // Nibbles as Q4, then the high bits: the 16 bytes in both 128-bit lanes, shifted
-          // per lane so that bits 2q..2q+1 of each byte (quarter q of the chunk) reach bits 4-5.
-          const uint8_t* p = codes + (b / 2) * kQ6ChunkBytes;
-          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-          const __m256i high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32)));
-          wa = _mm256_or_si256(_mm256_and_si256(packed, mask),
-                               _mm256_and_si256(_mm256_sllv_epi32(high, shl), hmask));
-          wb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask),
-                               _mm256_and_si256(_mm256_srlv_epi32(high, shr), hmask));
-        } else {
-          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
-          wa = _mm256_and_si256(packed, mask);
-          wb = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-        }
-        const uint16_t* sc = w.scale + (r0 + r) * ng;
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot<Q>(wa, xa)), _mm256_set1_ps(h2f(sc[ga]) * da), acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot<Q>(wb, xb)), _mm256_set1_ps(h2f(sc[gb]) * db), acc[r]);
+  const int8_t* xq = x.q + t0 * k;
+  const float* xd = x.d + t0 * nb;
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; b += 2) {  // two activation blocks = one 64-value chunk
+    const int64_t ga = (b * 32) / w.group, gb = (b * 32 + 32) / w.group;
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* codes = w.codes + (r0 + r) * row_bytes;
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(codes + (b / 2) * kChunkBytes + kPrefetchBytes), _MM_HINT_T0);
+      __m256i wa, wb;
+      if (Q == QuantType::Q8) {
+        wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32));
+        wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 32 + 32));
+      } else if (Q == QuantType::Q6) {
+        // Nibbles as Q4, then the high bits: the 16 bytes in both 128-bit lanes, shifted
+        // per lane so that bits 2q..2q+1 of each byte (quarter q of the chunk) reach bits 4-5.
+        const uint8_t* p = codes + (b / 2) * kQ6ChunkBytes;
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32)));
+        wa = _mm256_or_si256(_mm256_and_si256(packed, mask), _mm256_and_si256(_mm256_sllv_epi32(high, shl), hmask));
+        wb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask),
+                             _mm256_and_si256(_mm256_srlv_epi32(high, shr), hmask));
+      } else {
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
+        wa = _mm256_and_si256(packed, mask);
+        wb = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+      }
+      const WBlock pa = prepare<Q>(wa), pb = prepare<Q>(wb);
+      const uint16_t* sc = w.scale + (r0 + r) * ng;
+      const float sa = h2f(sc[ga]), sb = h2f(sc[gb]);
+      for (int t = 0; t < T; ++t) {
+        const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * k + b * 32));
+        const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + t * k + b * 32 + 32));
+        const float da = xd[t * nb + b], db = xd[t * nb + b + 1];
+        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot<Q>(pa, xa)), _mm256_set1_ps(sa * da), acc[r][t]);
+        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot<Q>(pb, xb)), _mm256_set1_ps(sb * db), acc[r][t]);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      float s = hsum(acc[r]);
-      if (Q == QuantType::Q4Asym) {
-        const uint16_t* mn = w.min + (r0 + r) * ng;
-        for (int64_t g = 0; g < ng; ++g) s += h2f(mn[g]) * sdg[t * ng + g];
-      } else if (Q == QuantType::Q4 || Q == QuantType::Q6) {
-        const uint16_t* sc = w.scale + (r0 + r) * ng;
-        float m = 0.f;
-        for (int64_t g = 0; g < ng; ++g) m += h2f(sc[g]) * sdg[t * ng + g];
-        s -= (Q == QuantType::Q6 ? 32.0f : 8.0f) * m;
-      }  // Q8 multiplied signed weights: no zero-point term
-      y[t * ldy + row_out0 + r] = s;
-    }
   }
+  // The zero-point terms: each token's own sequential sum over groups, as the token alone
+  // would do it, with the T tokens' sums interleaved so that they overlap.
+  for (int r = 0; r < R; ++r) {
+    float s[T], m[T];
+    for (int t = 0; t < T; ++t) s[t] = hsum(acc[r][t]), m[t] = 0.f;
+    if (Q == QuantType::Q4Asym) {
+      const uint16_t* mn = w.min + (r0 + r) * ng;
+      for (int64_t g = 0; g < ng; ++g) {
+        const float h = h2f(mn[g]);
+        for (int t = 0; t < T; ++t) s[t] += h * sdg[(t0 + t) * ng + g];
+      }
+    } else if (Q == QuantType::Q4 || Q == QuantType::Q6) {
+      const uint16_t* sc = w.scale + (r0 + r) * ng;
+      for (int64_t g = 0; g < ng; ++g) {
+        const float h = h2f(sc[g]);
+        for (int t = 0; t < T; ++t) m[t] += h * sdg[(t0 + t) * ng + g];
+      }
+      for (int t = 0; t < T; ++t) s[t] -= (Q == QuantType::Q6 ? 32.0f : 8.0f) * m[t];
+    }  // Q8 multiplied signed weights: no zero-point term
+    for (int t = 0; t < T; ++t) y[(t0 + t) * ldy + row_out0 + r] = s[t];
+  }
+}
+
+// 4 rows x 4 tokens: 16 accumulators, spilling a few of them, measured faster on Zen than
+// 4 x 2 or 2 x 4 (a [n, 576] x [1536, 576] product at 1 thread, n = 8 and 32).
+constexpr int kRows = 4, kTokens = 4;
+
+// R rows for every token: groups of kTokens, then of 2, then one (the tail's speed matters
+// little; any grouping gives each token the same result).
+template <QuantType Q, int R>
+void rows_all_tokens(const ActView& x, const float* sdg, const QView& w, int64_t r0, float* y, int64_t ldy,
+                     int64_t row_out0) {
+  int64_t t = 0;
+  for (; t + kTokens <= x.n; t += kTokens) rows<Q, R, kTokens>(x, sdg, w, r0, t, y, ldy, row_out0);
+  for (; t + 2 <= x.n; t += 2) rows<Q, R, 2>(x, sdg, w, r0, t, y, ldy, row_out0);
+  for (; t < x.n; ++t) rows<Q, R, 1>(x, sdg, w, r0, t, y, ldy, row_out0);
 }
 
 template <QuantType Q>
 void qmatmul_q(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
                int64_t ldy) {
   int64_t r = row0;
-  for (; r + 4 <= row1; r += 4) rows<Q, 4>(x, sdg, w, r, y, ldy, r - row0);
-  for (; r < row1; ++r) rows<Q, 1>(x, sdg, w, r, y, ldy, r - row0);
+  for (; r + kRows <= row1; r += kRows) rows_all_tokens<Q, kRows>(x, sdg, w, r, y, ldy, r - row0);
+  for (; r < row1; ++r) rows_all_tokens<Q, 1>(x, sdg, w, r, y, ldy, r - row0);
 }
 
 void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y,
