@@ -65,11 +65,11 @@ def url():
     thread.join(timeout=10)
 
 
-def run(url, prompts, streams, max_tokens):
+def run(url, prompts, streams, max_tokens, seconds=0.0):
     async def go():
         target = bench_serve.HttpTarget("stand-in", url, {})
         try:
-            return await asyncio.wait_for(bench_serve.run_streams(target, prompts, streams, max_tokens), 60)
+            return await asyncio.wait_for(bench_serve.run_streams(target, prompts, streams, max_tokens, seconds), 60)
         finally:
             await target.aclose()
     return asyncio.run(go())
@@ -89,6 +89,12 @@ def test_flags_answers_of_the_wrong_length(url):
     assert r["errors"] == 0
     assert r["wrong_length"] == 2
     assert r["out_tokens"] == 3 + 4 + 3
+
+
+def test_a_capped_case_counts_only_the_requests_that_ran(url):
+    # Each request takes at least FIRST_DELAY, so none starts after the first one's end.
+    r = run(url, [[5, 6]] * 6, streams=1, max_tokens=2, seconds=FIRST_DELAY / 2)
+    assert r["requests"] == 1 and r["out_tokens"] == 2
 
 
 def test_request_mix_is_fixed_by_its_seed():

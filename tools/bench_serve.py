@@ -297,7 +297,7 @@ async def run_streams(target, prompts: list[list[int]], streams: int, max_tokens
     short = sum(1 for r in ok if r.tokens != max_tokens)
     ttft = [r.first - r.send for r in ok if r.first is not None]
     gaps = [g for r in ok for g in r.gaps]
-    return {"streams": streams, "requests": len(prompts), "wall_s": wall,
+    return {"streams": streams, "requests": len(results), "wall_s": wall,
             "out_tokens": sum(r.tokens for r in ok), "tok_s": sum(r.tokens for r in ok) / wall,
             "ttft_p50_ms": 1e3 * pct(ttft, 50), "ttft_p99_ms": 1e3 * pct(ttft, 99),
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99),
