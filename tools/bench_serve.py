@@ -15,8 +15,10 @@ difference), 100-200 tokens drawn with a fixed seed, and every completion is 64 
 ignored (each answer's `usage.completion_tokens` is checked). Cases:
   N streams      N clients, each sending its next request when the previous ends, over a set
                  of max(8, 3N) requests; aggregate output tok/s = output tokens / wall time,
-                 TTFT p50 / p99 over the set. "1" runs the 8-stream set one request at a time:
-                 it is the sequential baseline the 8-stream throughput is compared to.
+                 TTFT p50 / p99 over the set. "1" runs the first 8 of those requests one at a
+                 time: the sequential baseline the 8-stream throughput is compared to.
+                 Also the CPU seconds the server process used (all its threads): tokens per
+                 CPU-second say what a token costs even when other work shares the machine.
   prefix         TTFT of a request whose first 1,000 tokens were never seen, then of a second
                  request sharing those 1,000 tokens (different tail): the prefix cache's gain.
 Each server runs alone on the machine: rounds interleave them (start, warm up, every case, stop),
@@ -257,28 +259,45 @@ def start_llmos_server(model_dir: Path, threads: int, log: Path, extra_args: lis
 
 # ---- cases -------------------------------------------------------------------------------------
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system, all threads) a process has used: on a shared machine, what its
+    tokens cost independently of how much of the CPU it was given."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
-async def run_streams(target, prompts: list[list[int]], streams: int, max_tokens: int) -> dict:
+async def run_streams(target, prompts: list[list[int]], streams: int, max_tokens: int,
+                      seconds: float = 0.0) -> dict:
+    """seconds > 0: no request starts after that long (those running finish), so a starved
+    machine still ends the case; the rate counts only the requests that ran."""
     queue = list(enumerate(prompts))
     results: list[Result | None] = [None] * len(prompts)
+    t0 = time.perf_counter()
 
     async def worker():
-        while queue:
+        while queue and not (seconds > 0 and time.perf_counter() - t0 > seconds):
             i, p = queue.pop(0)
             results[i] = await target.complete(p, max_tokens)
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(streams)))
     wall = time.perf_counter() - t0
+    results = [r for r in results if r is not None]
     ok = [r for r in results if r.error is None]
     errors = [r.error for r in results if r.error is not None]
     short = sum(1 for r in ok if r.tokens != max_tokens)
     ttft = [r.first - r.send for r in ok if r.first is not None]
     gaps = [g for r in ok for g in r.gaps]
-    return {"streams": streams, "requests": len(prompts), "wall_s": wall,
+    return {"streams": streams, "requests": len(results), "wall_s": wall,
             "out_tokens": sum(r.tokens for r in ok), "tok_s": sum(r.tokens for r in ok) / wall,
             "ttft_p50_ms": 1e3 * pct(ttft, 50), "ttft_p99_ms": 1e3 * pct(ttft, 99),
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99),
@@ -301,14 +320,19 @@ async def run_prefix(target, pairs, max_tokens: int) -> dict:
             "errors": len(errors), "first_error": errors[0] if errors else None}
 
 
-async def run_all(target, cfg, vocab: int, round_i: int) -> dict:
+async def run_all(target, cfg, vocab: int, round_i: int, pid: int | None) -> dict:
     lo, hi = cfg.prompt_len
     await target.complete(request_set(1, vocab, lo, hi, seed=99)[0], 4)  # warm up
     out = {}
     for s in cfg.streams:
-        n = max(8, cfg.per_stream * s) if s > 1 else max(8, cfg.per_stream * 8)
+        # One stream runs the first 8 requests of every set: its rate does not depend on how many.
+        n = max(8, cfg.per_stream * s) if s > 1 else 8
         prompts = request_set(n, vocab, lo, hi)
-        out[str(s)] = await run_streams(target, prompts, s, cfg.max_tokens)
+        c0 = cpu_seconds(pid)
+        out[str(s)] = r = await run_streams(target, prompts, s, cfg.max_tokens, cfg.case_seconds)
+        c1 = cpu_seconds(pid)
+        r["server_cpu_s"] = None if c0 is None or c1 is None else c1 - c0
+        r["tok_per_cpu_s"] = r["out_tokens"] / r["server_cpu_s"] if r["server_cpu_s"] else None
         print(f"  {target.name:12s} streams={s:<3d} {fmt_row(out[str(s)])}", flush=True)
     # Fresh prefixes each round: a server restarted per round starts with an empty cache anyway.
     pairs = prefix_pairs(cfg.prefix_pairs, vocab, cfg.prefix_len, cfg.prefix_tail, seed=round_i)
@@ -322,6 +346,8 @@ async def run_all(target, cfg, vocab: int, round_i: int) -> dict:
 def fmt_row(r: dict) -> str:
     s = (f"{r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50_ms']:6.0f} ms p99 {r['ttft_p99_ms']:6.0f} ms  "
          f"ITL p50 {r['itl_p50_ms']:5.1f} ms  ({r['requests']} req, {r['wall_s']:.1f} s)")
+    if r.get("tok_per_cpu_s"):
+        s += f"  {r['tok_per_cpu_s']:.1f} tok per server CPU-s"
     if r["errors"] or r["wrong_length"]:
         s += f"  errors={r['errors']} wrong_length={r['wrong_length']} {r['first_error'] or ''}"
     return s
@@ -378,6 +404,8 @@ def main() -> int:
     ap.add_argument("--prefix-tail", type=int, default=24)
     ap.add_argument("--prefix-pairs", type=int, default=3)
     ap.add_argument("--prefix-max-tokens", type=int, default=4)
+    ap.add_argument("--case-seconds", type=float, default=0.0,
+                    help="start no request after this long in a case (0: run every request)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--slots", type=int, default=32, help="llama-server -np")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", "/work/bench/llama-build/bin/llama-server"))
@@ -441,7 +469,7 @@ def main() -> int:
 
                 async def go():
                     try:
-                        return await run_all(target, cfg, vocab, round_i)
+                        return await run_all(target, cfg, vocab, round_i, server.proc.pid if server else None)
                     finally:
                         await target.aclose()
 
@@ -479,21 +507,22 @@ def best(rounds: list[dict], key: str) -> dict | None:
 
 def summarize(results: dict[str, list[dict]], cfg) -> str:
     names = list(results)
-    lines = ["", "| streams | " + " | ".join(f"{n} tok/s | {n} TTFT p50 / p99 ms" for n in names)
-             + (" | llmos / llama-server tok/s |" if {"llmos", "llama-server"} <= set(names) else " |")]
-    lines.append("|" + "---|" * (1 + 2 * len(names) + ({"llmos", "llama-server"} <= set(names))))
-    rows = {}
+    both = {"llmos", "llama-server"} <= set(names)
+    lines = ["", "| streams | server | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | tok per server CPU-s |"
+             + (" llmos / llama-server tok/s |" if both else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if both else "")]
+    rows: dict = {}
     for s in cfg.streams:
-        cells, rows[s] = [], {}
-        for n in names:
-            b = best(results[n], str(s))
-            rows[s][n] = b
-            cells += ["-", "-"] if b is None else [f"{b['tok_s']:.0f}", f"{b['ttft_p50_ms']:.0f} / {b['ttft_p99_ms']:.0f}"]
-        if {"llmos", "llama-server"} <= set(names):
-            a, b = rows[s].get("llmos"), rows[s].get("llama-server")
-            cells.append(f"{a['tok_s'] / b['tok_s']:.2f}x" if a and b else "-")
-        label = "1 (sequential)" if s == 1 else str(s)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows[s] = {n: best(results[n], str(s)) for n in names}
+        a, b = rows[s].get("llmos"), rows[s].get("llama-server")
+        ratio = f"{a['tok_s'] / b['tok_s']:.2f}x" if both and a and b else ""
+        for k, n in enumerate(names):
+            r = rows[s][n]
+            label = ("1 (sequential)" if s == 1 else str(s)) if k == 0 else ""
+            cells = ["-"] * 5 if r is None else [
+                f"{r['tok_s']:.1f}", f"{r['ttft_p50_ms']:.0f}", f"{r['ttft_p99_ms']:.0f}", f"{r['itl_p50_ms']:.1f}",
+                f"{r['tok_per_cpu_s']:.1f}" if r.get("tok_per_cpu_s") else "-"]
+            lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |" + (f" {ratio if k == 0 else ''} |" if both else ""))
     lines.append("")
     for n in names:
         if 1 in rows and 8 in rows and rows[1].get(n) and rows[8].get(n):
