@@ -16,20 +16,6 @@ using namespace llmos::binding;
 
 namespace {
 
-// llmos.errors class names, as module.cc maps a thrown Error.
-const char* error_class(Error::Kind k) {
-  switch (k) {
-    case Error::Kind::Io: return "ModelFileError";
-    case Error::Kind::Safetensors: return "SafetensorsError";
-    case Error::Kind::Tensor: return "TensorError";
-    case Error::Kind::InvalidInput: return "InvalidInputError";
-    case Error::Kind::Context: return "ContextLengthError";
-    case Error::Kind::Cancelled: return "CancelledError";
-    case Error::Kind::Numerical: return "NumericalError";
-  }
-  return "LlmosError";
-}
-
 const char* finish_name(FinishReason r) {
   switch (r) {
     case FinishReason::Length: return "length";

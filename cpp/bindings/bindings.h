@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/errors.h"
 #include "kernels/kernels.h"
 #include "model/weights.h"
 #include "quant/qformat.h"
@@ -31,6 +32,9 @@ namespace llmos::binding {
 
 // A float32 argument, converted (copied) by pybind11 when it is not C-contiguous float32.
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// The llmos.errors class a core Error of this kind becomes (module.cc, and the engine's events).
+const char* error_class(Error::Kind k);
 
 // Throws Error(InvalidInput) naming `field` unless ok.
 void require(bool ok, const std::string& field, const std::string& what);

@@ -13,7 +13,7 @@
 
 using llmos::Error;
 
-namespace {
+namespace llmos::binding {
 
 const char* error_class(Error::Kind k) {
   switch (k) {
@@ -27,6 +27,12 @@ const char* error_class(Error::Kind k) {
   }
   return "LlmosError";
 }
+
+}  // namespace llmos::binding
+
+using llmos::binding::error_class;
+
+namespace {
 
 void raise_python(const Error& e) {
   py::object errors = py::module_::import("llmos.errors");
