@@ -62,6 +62,10 @@ void Session::copy_from(const Session& other) {
     throw Error(Error::Kind::InvalidInput, "", "session", "copy_from is for contiguous sessions; use fork_from");
   if (&other == this) return;
   n_past_ = 0;
+  if (other.n_past_ == 0) {  // an empty session has no buffers to copy from
+    history_.clear();
+    return;
+  }
   reserve(other.n_past_);
   const int64_t D = spec_->head_dim, Nkv = spec_->num_kv_heads;
   for (int64_t l = 0; l < spec_->num_layers; ++l)
