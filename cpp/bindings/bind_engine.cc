@@ -16,15 +16,6 @@ using namespace llmos::binding;
 
 namespace {
 
-const char* finish_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::Length: return "length";
-    case FinishReason::Eos: return "eos";
-    case FinishReason::Stop: return "stop";
-  }
-  return "length";
-}
-
 // Destroying an engine joins its threads; a constraint's side thread may be waiting for the
 // GIL then, so the GIL is let go first.
 struct NoGilDelete {

@@ -18,7 +18,7 @@
 using namespace llmos;
 using namespace llmos::binding;
 
-namespace {
+namespace llmos::binding {
 
 const char* finish_name(FinishReason r) {
   switch (r) {
@@ -28,6 +28,10 @@ const char* finish_name(FinishReason r) {
   }
   return "length";
 }
+
+}  // namespace llmos::binding
+
+namespace {
 
 // A numpy array as a HostTensor. Arrays that are not C-contiguous are copied into `keep`,
 // which also holds a reference to every array until the load is over.

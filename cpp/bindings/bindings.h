@@ -15,6 +15,7 @@
 #include "core/dtype.h"
 #include "core/errors.h"
 #include "kernels/kernels.h"
+#include "model/generate.h"
 #include "model/weights.h"
 #include "quant/qformat.h"
 
@@ -35,6 +36,9 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 
 // The llmos.errors class a core Error of this kind becomes (module.cc, and the engine's events).
 const char* error_class(Error::Kind k);
+
+// The finish_reason string of a finished sequence (bind_model.cc; the engine's events say the same).
+const char* finish_name(FinishReason r);
 
 // Throws Error(InvalidInput) naming `field` unless ok.
 void require(bool ok, const std::string& field, const std::string& what);
