@@ -1,0 +1,1 @@
+"""One-file apps on top of the runtime."""
