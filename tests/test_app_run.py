@@ -348,3 +348,17 @@ def test_llmos_app_export(tmp_path):
     import llmos
 
     assert llmos.App is App
+
+
+def test_cancel_stops_the_request(tmp_path, model):
+    from llmos.errors import CancelledError
+    from llmos.runtime.model import CancelToken
+
+    app = make(tmp_path, WRITER.replace("max_new_tokens: 8", "max_new_tokens: 200"), model)
+    token = CancelToken()
+    events = app.stream(topic="x", cancel=token)
+    assert next(events).type == "meta"
+    token.cancel()
+    with pytest.raises(CancelledError):
+        for _ in events:
+            pass
