@@ -327,3 +327,13 @@ def test_unreadable_files_are_errors_naming_them(tmp_path):
     (tmp_path / "bom.md").write_bytes("\ufeffrefund policy\r\nsecond line\r\n".encode("utf-8"))
     (chunk,) = KnowledgeIndex.build([Path("bom.md")], base=tmp_path).chunks
     assert (chunk.text, chunk.lines) == ("refund policy\nsecond line", (1, 2))
+
+
+def test_question_words_do_not_outrank_the_topic(tmp_path):
+    # "which" and "can" are in the wrong page only; the right one shares the topic words.
+    (tmp_path / "formats.md").write_text("# Formats\n\nThe supported file formats are text, Markdown and "
+                                         "PDF; put the files in the folder.\n", encoding="utf-8")
+    (tmp_path / "ranking.md").write_text("# Ranking\n\nExcerpts are ranked with BM25, which can also rank "
+                                         "Chinese. Each answer lists the file it came from.\n", encoding="utf-8")
+    index = KnowledgeIndex.build([tmp_path], base=tmp_path)
+    assert index.search("Which file formats can I add?", k=1)[0].source == "formats.md"
