@@ -159,6 +159,15 @@ def test_a_disconnect_cancels_the_call_and_frees_its_slot(apps):
         assert r.status_code == 200
 
 
+def test_a_client_that_leaves_a_json_call_cancels_it():
+    slow = FakeApp(name="slow", delay=0.2)
+    with running_server(apps=[slow]) as (base, app):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/apps/slow", json={"inputs": {"topic": "x", "words": 40}}, timeout=1.0)
+        wait_for(lambda: slow.cancelled, timeout=10.0, what="the app call to be cancelled")
+        wait_for(lambda: app.state.admission.in_flight == 0, timeout=10.0, what="the slot to be freed")
+
+
 def test_calls_are_counted_in_metrics(server):
     from prometheus_client.parser import text_string_to_metric_families
 
