@@ -281,6 +281,17 @@ def handoff(reason: str) -> str:
 TOOL_CALL = r'<tool_call>\{"name": "handoff", "arguments": \{"reason": "angry"\}\}</tool_call>'
 
 
+QUIZ_APP = """---
+app: quiz
+kind: generate
+params: {max_new_tokens: 60}
+output: {json: {type: object, properties: {q: {type: string, maxLength: 24}}, required: [q],
+               additionalProperties: false}}
+---
+Ask one question.
+"""
+
+
 def _write_apps(folder):
     (folder / "writer.app.md").write_text(WRITER_APP)
     (folder / "helper.app.md").write_text(HELPER_APP)
@@ -330,6 +341,17 @@ def test_app_files_share_the_served_models_engine_and_stream_what_they_return(tm
         assert model_reply["choices"][0]["message"]["content"] == whole["text"]  # the app's prompt is that chat
         _error(httpx.post(base + "/v1/apps/writer", json={"inputs": {"topic": "x", "tone": "rude"}}, timeout=TIMEOUT),
                400, "inputs.tone")
+
+
+def test_a_json_app_lists_its_schema_and_answers_the_parsed_value(tmp_path):
+    pytest.importorskip("llguidance", reason="json output is constrained decoding (the structured extra)")
+    (tmp_path / "quiz.app.md").write_text(QUIZ_APP)
+    with running_server(apps=[str(tmp_path / "quiz.app.md")]) as (base, _):
+        (entry,) = httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]
+        assert entry["output"] == "json" and entry["output_schema"]["required"] == ["q"]
+        out = httpx.post(base + "/v1/apps/quiz", json={}, timeout=TIMEOUT).json()
+    assert out["output_error"] is None, out
+    assert set(out["output"]) == {"q"} and json.loads(out["text"]) == out["output"]
 
 
 @pytest.mark.parametrize("allow", [False, True])

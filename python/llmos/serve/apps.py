@@ -25,7 +25,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmos.errors import CancelledError, InvalidInputError, LlmosError
-from llmos.limits import check
 from llmos.runtime.model import CancelToken
 from llmos.serve.api_errors import APIError, from_llmos, from_validation, invalid
 from llmos.serve.streaming import DONE, EventStream, disconnected, error_event, sse
@@ -77,21 +76,16 @@ _END = object()
 
 def describe(app) -> dict:
     """An app's entry in GET /v1/apps. `inputs` (the input specs, in order, with their llmos
-    types: text vs string, choice) is what the page builds its form from."""
+    types: text vs string, choice) is what the page builds its form from; `output` is text,
+    json (or json:FILE) or code:LANG, and `output_schema` the JSON schema of a json app."""
     return {"name": app.name, "kind": app.kind, "description": app.description, "model": app.model_ref,
             "input_schema": app.input_schema(), "inputs": [_spec(s) for s in app.input_specs()],
-            "output": _output(app.spec.output), "page": f"/apps/{app.name}"}
+            "output": app.output.describe(), "output_schema": app.output.schema, "page": f"/apps/{app.name}"}
 
 
 def _spec(s) -> dict:
     keys = ("name", "type", "default", "description", "required", "choices", "min", "max")
     return json.loads(json.dumps({k: getattr(s, k, None) for k in keys}, default=str))
-
-
-def _output(spec) -> Any:
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    return json.loads(json.dumps(spec, default=str))
 
 
 def _event_json(event) -> dict:
@@ -192,7 +186,6 @@ def _arguments(app, body: AppRequest) -> dict:
         field = "message" if body.message is not None else "history"
         raise invalid(f"{field}: the {app.kind} app {app.name!r} takes no {field}; give its inputs", param=field)
     history = [m.model_dump() for m in body.history or []]
-    check("serve_max_messages", len(history), what="history")
     kwargs = {"explain": body.explain, "params": body.params, **inputs}
     if app.kind == "chat":
         kwargs.update(message=body.message, history=history)

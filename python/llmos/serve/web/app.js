@@ -193,7 +193,7 @@
   }
 
   function finalOutput(target, result) {
-    const kind = typeof app.output === "string" ? app.output : "json";
+    const kind = app.output || "text";
     if (kind.startsWith("json")) {
       target.replaceChildren(el("pre", { text: JSON.stringify(result.output, null, 2) }));
     } else if (kind.startsWith("code")) {
