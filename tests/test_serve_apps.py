@@ -213,6 +213,15 @@ def test_the_router_embeds_in_a_plain_fastapi_app():
         _error(client.post("/v1/apps/writer", json={"inputs": {"topic": 3}}), 400, "inputs.topic")
         _error(client.post("/v1/apps/writer", json={"nope": 1}), 400, "nope")
         assert client.get("/apps/writer").status_code == 200
+        from llmos import limits
+
+        before = limits.current()
+        limits.configure(serve_max_body_bytes=1000)
+        try:  # no server Guard in front: the router keeps the body cap itself
+            big = {"inputs": {"topic": "x" * 2000}}
+            assert "serve_max_body_bytes" in _error(client.post("/v1/apps/writer", json=big), 413, None)
+        finally:
+            limits.configure(serve_max_body_bytes=before.serve_max_body_bytes)
 
 
 def test_two_apps_with_one_name_are_refused():
