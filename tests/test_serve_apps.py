@@ -410,3 +410,46 @@ def test_llmos_serve_refuses_a_bad_app_file_naming_its_line(tmp_path):
                        env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode != 0
     assert f"{bad}:3" in p.stderr and "kind" in p.stderr, p.stderr
+
+
+# ---- the templates, served ---------------------------------------------------------------------
+
+TEMPLATE_CALLS = {
+    "support-bot": {"message": "How do I get a refund for my order?"},
+    "writer": {"inputs": {"topic": "a harbour at dawn", "length": 30}},
+    "coder": {"inputs": {"task": "reverse a string"}},
+    "tutor": {"inputs": {"topic": "volcanoes"}},
+    "translator": {"inputs": {"text": "Where is the station?", "source": "English", "target": "Italian"}},
+    "doc-qa": {"inputs": {"question": "Which file formats can I add to the folder?"}},
+}
+
+
+def test_every_template_is_served_and_answers(tmp_path):
+    pytest.importorskip("bm25s", reason="the 'apps' extra (bm25s) is not installed")
+    pytest.importorskip("llguidance", reason="the tutor's JSON output needs the 'structured' extra")
+    from long_context import long_context_model, use_model
+
+    from llmos.apps.templates import TEMPLATES, new_app
+
+    assert set(TEMPLATE_CALLS) == set(TEMPLATES)
+    model = long_context_model(tmp_path / "model")
+    paths = []
+    for t in TEMPLATES:
+        paths.append(new_app(t, t, tmp_path / "apps"))
+        use_model(paths[-1], model)
+    with running_server(models=[model], apps=[str(p) for p in paths]) as (base, app):
+        listed = {a["name"]: a for a in httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]}
+        assert set(listed) == set(TEMPLATES)
+        assert (listed["coder"]["output"], listed["tutor"]["output"]) == ("code:python", "json")
+        assert len({id(a.model) for a in app.state.apps}) == 1  # six apps, one model, one engine
+        results = {}
+        for name, body in TEMPLATE_CALLS.items():
+            r = httpx.post(f"{base}/v1/apps/{name}", json={**body, "params": {"do_sample": False}}, timeout=120)
+            assert r.status_code == 200, (name, r.text)
+            results[name] = r.json()
+    for name, out in results.items():
+        assert out["text"].strip() and out["usage"]["completion_tokens"] > 0, name
+    assert results["support-bot"]["citations"][0]["source"] == "support-bot_docs/refunds.md"
+    assert results["doc-qa"]["citations"][0]["source"] == "doc-qa_docs/adding-documents.md"
+    assert results["tutor"]["output_error"] is None and results["tutor"]["output"]["questions"]
+    assert isinstance(results["coder"]["output"], str) and results["coder"]["output"] in results["coder"]["text"]
