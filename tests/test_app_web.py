@@ -5,7 +5,8 @@ the text must grow over several DOM updates; the chat view is driven for two tur
 width. Screenshots are kept under the test's tmp folder.
 
 Without chromium or playwright these tests skip, saying so; with LLMOS_REQUIRE_BROWSER=1 (set by
-.ci/run) they fail instead, so CI cannot pass without running them."""
+.ci/run) they fail instead, so CI cannot pass without running them. LLMOS_CHROMIUM names another
+chromium binary."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, promet
 from fake_app import FakeApp  # noqa: E402
 from serve_server import running_server  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("LLMOS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 20_000
 
 
@@ -159,3 +160,25 @@ def test_the_support_bot_template_answers_in_the_page_with_its_sources(browser, 
         assert page.inner_text(".msg.assistant .body").strip()
         assert "support-bot_docs/refunds.md" in page.inner_text("#citations")
         page.screenshot(path=str(tmp_path / "support-bot.png"), full_page=True)
+
+
+def test_the_page_asks_for_the_api_key_when_the_server_needs_one(browser):
+    key = "k" * 24
+    with running_server(apps=[FakeApp(delay=0.0)], api_keys=[key]) as (base, _):
+        page = browser.new_page()
+        page.goto(base + "/apps/writer")
+        page.get_by_label("API key").fill(key)
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+        page.get_by_label("Topic").fill("keys")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_function("() => document.querySelector('#output').textContent.startsWith('friendly-0')",
+                               timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_a_browser_the_tests_skip_loudly_or_fail_when_required(required, monkeypatch):
+    monkeypatch.setenv("LLMOS_REQUIRE_BROWSER", "1" if required else "0")
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception) as e:
+        _unavailable("no chromium at /nowhere")
+    assert ("LLMOS_REQUIRE_BROWSER=1" if required else "BROWSER TESTS NOT RUN") in str(e.value)
