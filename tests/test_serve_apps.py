@@ -453,3 +453,18 @@ def test_every_template_is_served_and_answers(tmp_path):
     assert results["doc-qa"]["citations"][0]["source"] == "doc-qa_docs/adding-documents.md"
     assert results["tutor"]["output_error"] is None and results["tutor"]["output"]["questions"]
     assert isinstance(results["coder"]["output"], str) and results["coder"]["output"] in results["coder"]["text"]
+
+
+def test_the_readme_three_lines_embed_a_real_app(tmp_path):
+    (tmp_path / "writer.app.md").write_text(WRITER_APP)
+    from fastapi.testclient import TestClient
+
+    from fastapi import FastAPI
+    from llmos import App
+    from llmos.serve.apps import router
+    service = FastAPI()
+    service.include_router(router([App.load(tmp_path / "writer.app.md")]))
+
+    with TestClient(service) as client:
+        out = client.post("/v1/apps/writer", json={"inputs": {"topic": "tea"}}).json()
+        assert out["text"] and out["usage"]["completion_tokens"] > 0

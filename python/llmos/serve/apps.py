@@ -184,7 +184,8 @@ async def _parse(request: Request) -> AppRequest:
         obj = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as e:
         where = f" at character {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
-        raise invalid(f"the request body is not valid JSON ({getattr(e, 'msg', e)}{where})", code="invalid_json") from None
+        reason = getattr(e, "msg", e)
+        raise invalid(f"the request body is not valid JSON ({reason}{where})", code="invalid_json") from None
     try:
         return AppRequest.model_validate(obj)
     except ValidationError as e:

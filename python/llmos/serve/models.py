@@ -121,7 +121,8 @@ class ModelPool:
             return gone
         now = time.monotonic()
         for s in self._served.values():
-            if s.engine is not None and not s.pinned and s.active == 0 and now - s.last_used >= self.idle_unload and not s.lock.locked():
+            idle = s.active == 0 and now - s.last_used >= self.idle_unload
+            if s.engine is not None and not s.pinned and idle and not s.lock.locked():
                 async with s.lock:
                     engine, s.engine, s.model = s.engine, None, None
                 await anyio.to_thread.run_sync(engine.close)
