@@ -8,6 +8,7 @@ import difflib
 import os
 import sys
 
+from llmos.cli.chat import add_chat_command
 from llmos.cli.evaluate import add_evaluate_commands
 from llmos.cli.generate import add_generate_commands
 from llmos.cli.onnx import add_onnx_commands
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"llmos {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     add_generate_commands(sub)
+    add_chat_command(sub)
     add_registry_commands(sub)
     add_onnx_commands(sub)
     add_train_commands(sub)
