@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, prometheus-client) is in the test extra")
 openai = pytest.importorskip("openai", reason="the test extra installs the openai client")
 
-from llmos.serve import tools  # noqa: E402
+from llmos.text import tool_calls as tools  # noqa: E402
 from serve_server import BUNDLED, TIMEOUT, running_server  # noqa: E402
 
 NAMES = {"get_weather", "search"}

@@ -13,7 +13,7 @@ from llmos import errors
 from llmos.version import __version__
 
 __all__ = ["load", "quantize", "Model", "Engine", "Generation", "GenerationConfig", "CancelToken", "errors", "export_onnx",
-           "convert_onnx", "registry", "train", "evaluate", "default_model", "onnx", "__version__"]
+           "convert_onnx", "registry", "train", "evaluate", "default_model", "onnx", "App", "__version__"]
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
@@ -31,6 +31,7 @@ _LAZY = {
     "train": ("llmos.train", None),
     "evaluate": ("llmos.evaluate", None),
     "default_model": ("llmos.runtime.default_model", None),
+    "App": ("llmos.apps.app", "App"),
 }
 
 

@@ -125,3 +125,15 @@ class AdapterError(ModelFormatError):
 class QuantizationWarning(UserWarning):
     """A quantized checkpoint (AWQ / GPTQ) has matrices that llmos's blocks cannot hold
     exactly; the message says which fallback was taken and its error bound."""
+
+
+class AppFileError(InvalidInputError):
+    """An app file (``NAME.app.md``) is malformed: ``file``, ``line`` (1-based, or None) and
+    ``field`` (the front-matter key path, e.g. ``inputs.tone.type``) say where; the message reads
+    ``{file}:{line}: {field}: {problem}``."""
+
+    def __init__(self, problem: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
+        where = f"{file}:{line}" if line is not None else f"{file}"
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}", file=file, field=field)
+        self.line = line
+        self.problem = problem

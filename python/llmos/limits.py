@@ -106,6 +106,22 @@ class Limits:
     # checked before the grammar is compiled (llguidance's own parser limits bound the rest).
     max_grammar_chars: int = 1 << 20
 
+    # --- apps (apps/) -------------------------------------------------------------------------
+    # bytes of an app file (NAME.app.md), checked before it is parsed (apps/spec.py).
+    max_app_file_bytes: int = 1 << 20
+    # bytes of a json:<schema file> that an app's output names (apps/spec.py).
+    max_app_schema_bytes: int = 1 << 20
+    # characters of one string input of an app (apps/inputs.py, after a `max:` the app sets).
+    max_app_input_chars: int = 1 << 16
+    # model replies that may call tools before the app's answer must be text (apps/tools.py).
+    max_tool_rounds: int = 4
+    # characters of one tool result put back into the conversation (apps/tools.py).
+    max_tool_result_chars: int = 8192
+    # messages of a chat history passed to an app, before `memory` trims it (apps/app.py).
+    max_app_history_messages: int = 1024
+    # tests of one app file (apps/spec.py).
+    max_app_tests: int = 256
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

@@ -1,5 +1,5 @@
 """/v1/chat/completions: messages rendered with the model's chat template (tools passed to it),
-the reply generated, tool calls parsed out of it (serve/tools.py), streamed or whole.
+the reply generated, tool calls parsed out of it (text/tool_calls.py), streamed or whole.
 
 With tools in play (tools given, tool_choice not "none") a streamed reply is held until it is
 complete: whether it is a tool call or text is only known then. Without tools it streams as
@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 
-from llmos.serve import tools as toolcalls
+from llmos.text import tool_calls as toolcalls
 from llmos.serve.api_errors import invalid
 from llmos.serve.options import check_context, sampling_options, structured_option
 from llmos.serve.streaming import DONE, Run, finish_reason, sse, submit_all
