@@ -15,6 +15,7 @@ EXTRAS = {
     "eval": ("sacrebleu", "rouge_score"),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "pydantic"),
     "structured": ("llguidance",),
+    "apps": ("bm25s", "pypdf"),
 }
 
 

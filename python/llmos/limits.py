@@ -121,6 +121,13 @@ class Limits:
     max_app_history_messages: int = 1024
     # tests of one app file (apps/spec.py).
     max_app_tests: int = 256
+    # --- an app's knowledge (apps/knowledge.py, KnowledgeIndex.build) ------------------------
+    # files indexed (a folder is walked only until this is passed).
+    knowledge_max_files: int = 10_000
+    # bytes read, all files together; a PDF's extracted text counts on top of the file itself.
+    knowledge_max_bytes: int = 64 << 20
+    # chunks indexed (about 400 characters each).
+    knowledge_max_chunks: int = 250_000
 
 
 def _from_env(base: Limits) -> Limits:
