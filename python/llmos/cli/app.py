@@ -111,7 +111,7 @@ def _run(args) -> int:
         print(json.dumps(app.run(**call).to_dict(), ensure_ascii=False, indent=2))
         return 0
     out = sys.stdout
-    result, shown_prompt = {}, False
+    result, shown_prompt, started = {}, False, False
     events = app.stream(**call)
     try:
         for event in events:
@@ -119,7 +119,9 @@ def _run(args) -> int:
                 _lines(explain.prompt_section(event.data) + [explain.heading("reply")])
                 shown_prompt = True
             elif event.type == "text":
-                out.write(event.text)
+                text = event.text if started else event.text.lstrip()  # the model's leading blank lines
+                started = started or bool(text)
+                out.write(text)
                 out.flush()
             elif event.type == "tool":
                 print(_tool_line(event.data or {}), file=sys.stderr)

@@ -31,7 +31,9 @@ def tokens_section(explain: dict) -> list[str]:
     lines = [heading(f"tokens ({len(tokens)})"),
              f"{'#':>4}  {'token':<16} {'logprob':>8}  top alternatives"]
     for i, t in enumerate(tokens, 1):
-        top = [a for a in (t.get("top") or []) if a.get("text") != t.get("text")][:TOP_SHOWN]
+        # an alternative without a finite logprob was impossible there (masked): not worth a column
+        top = [a for a in (t.get("top") or [])
+               if a.get("text") != t.get("text") and _lp(a.get("logprob")) not in ("?", "-inf")][:TOP_SHOWN]
         alts = "  ".join(f"{_token(a.get('text'))} {_lp(a.get('logprob'))}" for a in top)
         lines.append(f"{i:>4}  {_token(t.get('text')):<16} {_lp(t.get('logprob')):>8}  {alts}".rstrip())
     return lines
@@ -75,8 +77,10 @@ def _token(text) -> str:
 
 
 def _lp(value) -> str:
-    if not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return "?"
+    if math.isinf(value):
+        return "-inf" if value < 0 else "inf"
     return f"{value:.2f}"
 
 
