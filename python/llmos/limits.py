@@ -121,6 +121,7 @@ class Limits:
     max_app_history_messages: int = 1024
     # tests of one app file (apps/spec.py).
     max_app_tests: int = 256
+
     # --- an app's knowledge (apps/knowledge.py, KnowledgeIndex.build) ------------------------
     # files indexed (a folder is walked only until this is passed).
     knowledge_max_files: int = 10_000
