@@ -44,6 +44,14 @@ def _leave(child: pexpect.spawn) -> None:
     assert child.exitstatus == 0, child.before
 
 
+def readline_available() -> bool:
+    try:
+        import readline  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _context() -> int:
     from llmos.runtime.default_model import default_model_path
 
@@ -134,6 +142,11 @@ def test_ctrl_d_and_ctrl_c_at_an_empty_prompt_leave(tmp_path):
     _leave(_spawn("chat", "default", cwd=tmp_path))
 
     child = _spawn("chat", "default", cwd=tmp_path)
+    if readline_available():  # with readline, Ctrl-C on a typed line clears it, as a shell does
+        child.send("half a line")
+        child.expect_exact("line")
+        child.sendintr()
+        child.expect_exact(PROMPT)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
