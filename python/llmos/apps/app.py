@@ -21,7 +21,7 @@ from llmos import limits
 from llmos.apps import output as outputs
 from llmos.apps.inputs import InputSpec, coerce_inputs, input_schema
 from llmos.apps.prompt import AppTemplates
-from llmos.apps.spec import KIND_INPUT, AppSpec, OutputSpec, load_spec, read_schema_file
+from llmos.apps.spec import KIND_INPUT, AppSpec, OutputSpec, _dotted, load_spec, read_schema_file
 from llmos.apps.tools import AppTools, tool_instructions
 from llmos.errors import AppFileError, InvalidInputError
 from llmos.runtime.chat import fit_conversation
@@ -108,7 +108,7 @@ class App:
         base = path.parent
 
         def err(problem, loc, fld=None):
-            return AppFileError(problem, file=file, line=parsed.line_of(loc), field=fld or ".".join(map(str, loc)))
+            return AppFileError(problem, file=file, line=parsed.line_of(loc), field=fld or _dotted(loc))
 
         need = KIND_INPUT.get(spec.kind)
         if need and need not in spec.inputs:
