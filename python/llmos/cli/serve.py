@@ -36,14 +36,16 @@ def _serve(args) -> int:
     engine_options = {k: v for k, v in (("kv_memory", args.kv_memory), ("kv_dtype", args.kv_dtype)) if v is not None}
     return serve(args.models, host=args.host, port=args.port, api_keys=keys, max_concurrency=args.max_concurrency,
                  max_queue=args.max_queue, drain_seconds=args.drain_seconds, load_options=load_options,
-                 engine_options=engine_options, idle_unload=args.idle_unload)
+                 engine_options=engine_options, idle_unload=args.idle_unload, apps=args.apps,
+                 allow_tools=args.allow_tools)
 
 
 def add_serve_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="serve models over an OpenAI-compatible HTTP API",
         description="Serves /v1/completions, /v1/chat/completions (streaming, tools), /v1/models, "
-                    "/v1/tokenize, /v1/detokenize, /health and /metrics. A request's `model` names one of "
+                    "/v1/tokenize, /v1/detokenize, /health and /metrics (and with --app, /v1/apps and a web page "
+                    "per app at /apps/NAME). A request's `model` names one of "
                     "MODEL (as given here); each is loaded on its first request. SIGTERM drains and exits.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="registry name, checkpoint folder, or `default`")
     p.add_argument("--host", default="127.0.0.1",
@@ -65,4 +67,8 @@ def add_serve_commands(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--idle-unload", type=_POSITIVE_SECONDS, default=None, metavar="SECONDS",
                    help="unload a model after this many seconds without requests (loaded again on the next)")
+    p.add_argument("--app", dest="apps", action="append", default=[], metavar="FILE",
+                   help="serve an app (NAME.app.md) at /v1/apps/NAME and its page at /apps/NAME; repeatable")
+    p.add_argument("--allow-tools", action="store_true",
+                   help="let served apps run their tools' Python functions (off: a tool call is refused and logged)")
     p.set_defaults(run=_serve)

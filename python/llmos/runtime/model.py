@@ -93,6 +93,14 @@ class Model:
                 self._engine = Engine(self, max_waiting=_MODEL_ENGINE_WAITING)
             return self._engine
 
+    def use_engine(self, engine) -> None:
+        """Makes `engine` (an llmos.Engine over this model, e.g. a server's) the one generate /
+        stream / chat use, so that their calls batch with the engine's other requests."""
+        if getattr(engine, "_model", None) is not self:
+            raise InvalidInputError("use_engine: the engine serves another model", field="engine")
+        with self._engine_lock:
+            self._engine = engine
+
     def _uses_engine(self, core_opts) -> bool:
         return self.backend.name == "cpu" and core_opts.num_beams == 1
 

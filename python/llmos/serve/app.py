@@ -17,30 +17,40 @@ from typing import Callable
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.errors import CancelledError, LlmosError
 from llmos.limits import current as current_limits
 from llmos.serve.api_errors import APIError, busy, from_llmos, from_validation, invalid
+from llmos.serve.apps import ROUTE as APP_ROUTE
+from llmos.serve.apps import Hooks, load_apps, router
 from llmos.serve.chat import Chat, template_messages
 from llmos.serve.completions import Completion
 from llmos.serve.metrics import Metrics
 from llmos.serve.models import ModelPool
 from llmos.serve.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from llmos.serve.streaming import DONE, error_event
+from llmos.serve.streaming import DONE, EventStream, error_event
 
 _log = logging.getLogger("llmos.serve")
 
-# Paths anyone may call, with or without a key: a load balancer's probe.
+# Paths anyone may call, with or without a key: a load balancer's probe, and an app's page with
+# its static files (the same for every app; the page then asks /v1/apps, with a key, for the rest).
 _OPEN_PATHS = {"/health"}
+_OPEN_PREFIX = "/apps/"
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/tokenize", "/tokenize", "/v1/detokenize",
-          "/detokenize", "/health", "/metrics")
+          "/detokenize", "/health", "/metrics", "/v1/apps")
 
 
 def _route(path: str) -> str:
     """A metrics label: a path a stranger sends is one of the routes or "other", never itself."""
+    if path.startswith("/v1/apps/"):
+        return APP_ROUTE
     return path if path in ROUTES else "other"
+
+
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(_OPEN_PREFIX)
 
 
 class Admission:
@@ -94,7 +104,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.keys and scope.get("path") not in _OPEN_PATHS and not self._authorized(scope):
+        if self.keys and not _is_open(scope.get("path", "")) and not self._authorized(scope):
             return await self._refuse(scope, send, APIError(
                 401, "a valid API key is required: Authorization: Bearer <key>", type="invalid_request_error",
                 code="invalid_api_key"))
@@ -126,25 +136,6 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-class _EventStream(StreamingResponse):
-    """Server-sent events whose `finish` (free the slot, cancel what still runs, count the
-    outcome) runs exactly once however the response ends: completed, failed, or cancelled by a
-    disconnect, even one that comes before the first event, when the generator never started
-    and so never reaches a finally of its own."""
-
-    def __init__(self, events, finish: Callable[[], None]):
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._finish = finish
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._finish()
-            await self.body_iterator.aclose()
-
-
 def _too_large(length: str, cap: int) -> APIError:
     return APIError(413, f"the request body ({length} bytes) is over the limit of {cap} bytes "
                          "(llmos.limits.serve_max_body_bytes)", param=None, code="request_too_large")
@@ -156,15 +147,21 @@ async def _no_receive():
 
 def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[str] | None = None,
                max_concurrency: int = 64, max_queue: int = 256, load_options: dict | None = None,
-               engine_options: dict | None = None, idle_unload: float | None = None) -> "Guard":
+               engine_options: dict | None = None, idle_unload: float | None = None, apps: list | None = None,
+               allow_tools: bool = False) -> "Guard":
     """The server's ASGI app for `models` (registry names or checkpoint folders, as requests name
     them). engine_factory(model, **engine_options) makes each model's engine. The FastAPI app
-    is the returned Guard's `.app` (its `.state` holds the pool, metrics and admission)."""
+    is the returned Guard's `.app` (its `.state` holds the pool, metrics and admission).
+
+    apps: app files (loaded here, with allow_tools, one Model per distinct model they name,
+    shared with the model routes when `models` holds it: see serve/models.py) or loaded
+    llmos.App objects (used as they are), served at /v1/apps and /apps/NAME."""
     engine_options = {"max_running": max_concurrency, "max_waiting": max_queue, **(engine_options or {})}
     pool = ModelPool(models, engine_factory=engine_factory, load_options=load_options,
                      engine_options=engine_options, idle_unload=idle_unload)
     metrics = Metrics(pool.engines)
     admission = Admission(max_concurrency, max_queue)
+    loaded_apps = load_apps(apps or [], pool=pool, allow_tools=allow_tools)
 
     def label(name) -> str:
         return name if name in pool.names() else "unknown"
@@ -246,7 +243,7 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
                     metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
                 metrics.outcome(name, route, outcome)
 
-    def _event_stream(job, name: str, route: str, served) -> "_EventStream":
+    def _event_stream(job, name: str, route: str, served) -> "EventStream":
         state = {"outcome": "cancelled"}
 
         async def events():
@@ -267,7 +264,7 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
             metrics.generation_tokens.labels(model=name).inc(job.run.tokens_out)
             metrics.outcome(name, route, state["outcome"])
 
-        return _EventStream(events(), finish)
+        return EventStream(events(), finish)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -317,6 +314,9 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
     for path in ("/v1/detokenize", "/detokenize"):
         app.post(path)(detokenize)
 
+    app.include_router(router(loaded_apps, hooks=_ServerHooks(admission, metrics), hide_names=bool(api_keys)))
+    app.state.apps = loaded_apps
+
     @app.get("/health")
     async def health():
         return {"status": "ok"}
@@ -329,6 +329,26 @@ def create_app(models: list[str], *, engine_factory: Callable, api_keys: list[st
         metrics.outcome("unknown", _route(path), _outcome(status))
 
     return Guard(app, api_keys, refused)
+
+
+class _ServerHooks(Hooks):
+    """The app routes' calls admitted with the model routes' and counted in the same metrics."""
+
+    def __init__(self, admission: Admission, metrics: Metrics):
+        self.admission, self.metrics = admission, metrics
+
+    def enter(self) -> None:
+        self.admission.enter()
+
+    def leave(self) -> None:
+        self.admission.leave()
+
+    def outcome(self, model: str, route: str, outcome: str) -> None:
+        self.metrics.outcome(model, route, outcome)
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        self.metrics.prompt_tokens.labels(model=model).inc(prompt)
+        self.metrics.generation_tokens.labels(model=model).inc(completion)
 
 
 async def _unload_loop(pool: ModelPool) -> None:

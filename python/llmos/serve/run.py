@@ -48,14 +48,16 @@ def check_bind(host: str, api_keys: list[str] | None) -> None:
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = 8000, api_keys: list[str] | None = None,
           max_concurrency: int = 64, max_queue: int = 256, drain_seconds: float = 30.0,
           load_options: dict | None = None, engine_options: dict | None = None, idle_unload: float | None = None,
-          engine_factory=Engine, sock: socket.socket | None = None, log_level: str = "info") -> int:
-    """Serves until SIGTERM or Ctrl-C; returns the exit code (0 after a drain)."""
+          engine_factory=Engine, sock: socket.socket | None = None, log_level: str = "info",
+          apps: list | None = None, allow_tools: bool = False) -> int:
+    """Serves until SIGTERM or Ctrl-C; returns the exit code (0 after a drain). apps: app files
+    (NAME.app.md) served at /v1/apps and /apps/NAME; their tools run only with allow_tools."""
     import uvicorn
 
     check_bind(host, api_keys)
     app = create_app(models, engine_factory=engine_factory, api_keys=api_keys, max_concurrency=max_concurrency,
                      max_queue=max_queue, load_options=load_options, engine_options=engine_options,
-                     idle_unload=idle_unload)
+                     idle_unload=idle_unload, apps=apps, allow_tools=allow_tools)
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds,
                             log_level=log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)

@@ -10,7 +10,9 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
+
+from starlette.responses import StreamingResponse
 
 from llmos.errors import CancelledError, LlmosError
 from llmos.serve.api_errors import APIError, from_llmos
@@ -101,7 +103,7 @@ class Run:
     async def results(self, http_request) -> list:
         """Each engine request's result (a Generation, or a list for n > 1), cancelling all of them
         when the client goes away first."""
-        watcher = asyncio.ensure_future(_disconnected(http_request))
+        watcher = asyncio.ensure_future(disconnected(http_request))
         try:
             gathered = asyncio.ensure_future(asyncio.gather(*(r.aresult() for r in self.requests)))
             done, _ = await asyncio.wait({watcher, gathered}, return_when=asyncio.FIRST_COMPLETED)
@@ -125,7 +127,7 @@ class Run:
         return results
 
 
-async def _disconnected(http_request) -> None:
+async def disconnected(http_request) -> None:
     while True:
         message = await http_request.receive()
         if message["type"] == "http.disconnect":
@@ -149,3 +151,22 @@ def error_event(e: BaseException) -> str:
     err = e if isinstance(e, APIError) else (from_llmos(e) if isinstance(e, LlmosError) else
                                              APIError(500, f"{type(e).__name__}: {e}", type="server_error"))
     return sse(err.body())
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose `finish` (free the slot, cancel what still runs, count the
+    outcome) runs exactly once however the response ends: completed, failed, or cancelled by a
+    disconnect, even one that comes before the first event, when the generator never started
+    and so never reaches a finally of its own."""
+
+    def __init__(self, events, finish: Callable[[], None]):
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._finish = finish
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finish()
+            await self.body_iterator.aclose()

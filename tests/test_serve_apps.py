@@ -1,0 +1,237 @@
+"""The app routes over HTTP (GET /v1/apps, POST /v1/apps/NAME as JSON and as server-sent events,
+the page and its files) on a stand-in app (tests/fake_app.py) whose replies are known words:
+errors in the OpenAI shape naming the field, API keys, admission, a disconnect cancelling the
+call, metrics, the router embedded in a plain FastAPI app, and a model shared by the apps and
+the model routes. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, prometheus-client) is in the test extra")
+
+from fake_app import FakeApp  # noqa: E402
+from serve_server import BUNDLED, TIMEOUT, running_server, wait_for  # noqa: E402
+
+WRITER = {"inputs": {"topic": "ships", "words": 5}}
+
+
+@pytest.fixture(scope="module")
+def apps():
+    return {"writer": FakeApp(delay=0.01), "bot": FakeApp(name="bot", kind="chat", description="Chats", delay=0.01,
+                                                          specs=[])}
+
+
+@pytest.fixture(scope="module")
+def server(apps):
+    with running_server(apps=list(apps.values()), max_concurrency=4, max_queue=0) as (base, app):
+        yield base, app
+
+
+def _error(response, status: int, param: str | None) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["param"] == param, body
+    return body["error"]["message"]
+
+
+def _sse(response) -> list:
+    """The data of each event, in order; the last is the string "[DONE]"."""
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def test_the_list_names_each_app_with_its_schema_inputs_and_page(server):
+    data = httpx.get(server[0] + "/v1/apps", timeout=TIMEOUT).json()
+    assert data["object"] == "list"
+    by = {a["name"]: a for a in data["data"]}
+    assert set(by) == {"writer", "bot"}
+    w = by["writer"]
+    assert (w["kind"], w["model"], w["page"], w["output"]) == ("generate", "fake-model", "/apps/writer", "text")
+    assert w["input_schema"]["required"] == ["topic"]
+    assert [(i["name"], i["type"]) for i in w["inputs"]] == [("topic", "text"), ("tone", "choice"),
+                                                             ("words", "integer"), ("shout", "boolean")]
+    assert w["inputs"][1]["choices"] == ["formal", "friendly"] and w["inputs"][2]["max"] == 40
+
+
+def test_a_call_answers_the_result_as_json(server, apps):
+    r = httpx.post(server[0] + "/v1/apps/writer", json={**WRITER, "params": {"temperature": 0.5}}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["text"] == "friendly-0 friendly-1 friendly-2 friendly-3 friendly-4"
+    assert out["usage"] == {"prompt_tokens": 7, "completion_tokens": 5} and out["explain"] is None
+    call = apps["writer"].calls[-1]
+    assert call["tone"] == "friendly" and call["shout"] is False and call["params"] == {"temperature": 0.5}
+
+
+def test_a_streamed_call_sends_each_event_and_ends_with_done(server):
+    with httpx.stream("POST", server[0] + "/v1/apps/writer", json={**WRITER, "stream": True, "explain": True},
+                      timeout=TIMEOUT) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _sse(r)
+    assert events[-1] == "[DONE]"
+    types = [e["type"] for e in events[:-1]]
+    assert types == ["meta"] + ["text"] * 5 + ["done"]
+    assert events[0]["data"]["citations"][0]["source"] == "docs/faq.md"
+    done = events[-2]["data"]
+    assert "".join(e["text"] for e in events[1:-2]) == done["text"]
+    assert [t["text"] for t in done["explain"]["tokens"]] == [e["text"] for e in events[1:-2]]
+
+
+def test_a_chat_call_takes_the_message_and_history(server, apps):
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "turn-1 you said hi"}]
+    r = httpx.post(server[0] + "/v1/apps/bot", json={"message": "and again", "history": history}, timeout=TIMEOUT)
+    assert r.json()["text"] == "turn-2 you said and again"
+    assert apps["bot"].calls[-1]["history"] == history
+
+
+@pytest.mark.parametrize("path,body,status,param,needles", [
+    ("/v1/apps/nope", WRITER, 404, "name", ["nope", "writer", "bot"]),
+    ("/v1/apps/writer", {"inputs": {"words": 5}}, 400, "inputs.topic", ["topic", "required"]),
+    ("/v1/apps/writer", {"inputs": {"topic": "x", "words": 400}}, 400, "inputs.words", ["words", "400"]),
+    ("/v1/apps/writer", {"inputs": {"topic": "x", "tone": "rude"}}, 400, "inputs.tone", ["tone", "rude"]),
+    ("/v1/apps/writer", {**WRITER, "frobnicate": 1}, 400, "frobnicate", ["frobnicate"]),
+    ("/v1/apps/writer", {**WRITER, "stream": "often"}, 400, "stream", ["often"]),
+    ("/v1/apps/writer", {**WRITER, "message": "hi"}, 400, "message", ["message", "generate"]),
+    ("/v1/apps/writer", {**WRITER, "params": {"temperature": 9}}, 400, "params.temperature", ["9"]),
+    ("/v1/apps/bot", {"history": []}, 400, "message", ["message"]),
+    ("/v1/apps/bot", {"message": "x", "history": [{"role": "wizard", "content": "x"}]}, 400, "history[0].role",
+     ["wizard"]),
+])
+def test_bad_calls_are_errors_naming_the_field(server, path, body, status, param, needles):
+    for stream in (False, True):  # a streamed call is refused the same way, before any event
+        message = _error(httpx.post(server[0] + path, json={**body, "stream": stream} if "stream" not in body
+                                    else body, timeout=TIMEOUT), status, param)
+        for needle in needles:
+            assert needle in message, message
+
+
+def test_malformed_json_is_400(server):
+    r = httpx.post(server[0] + "/v1/apps/writer", content=b"{nope", headers={"content-type": "application/json"},
+                   timeout=TIMEOUT)
+    assert "not valid JSON" in _error(r, 400, None)
+
+
+def test_the_page_and_its_files_are_served_and_fetch_nothing_elsewhere(server):
+    base = server[0]
+    page = httpx.get(base + "/apps/writer", timeout=TIMEOUT)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert refs and all(not re.match(r"(?!data:)[a-z]+:|//", ref) for ref in refs), refs  # this server only
+    for ref in refs:
+        if ref.startswith("_static/"):
+            r = httpx.get(f"{base}/apps/{ref}", timeout=TIMEOUT)
+            assert r.status_code == 200 and r.text, ref
+            assert not re.search(r"https?://", r.text), f"{ref} names another server"
+    _error(httpx.get(base + "/apps/nope", timeout=TIMEOUT), 404, "name")
+    _error(httpx.get(base + "/apps/_static/..%2Fapps.py", timeout=TIMEOUT), 404, None)
+
+
+def test_the_web_files_are_in_the_package():
+    from llmos.serve.apps import WEB
+
+    assert {p.name for p in WEB.iterdir()} >= {"index.html", "app.js", "app.css"}
+
+
+def test_a_disconnect_cancels_the_call_and_frees_its_slot(apps):
+    slow = FakeApp(name="slow", delay=0.2)
+    with running_server(apps=[slow], max_concurrency=1, max_queue=0) as (base, app):
+        body = {"inputs": {"topic": "x", "words": 40}, "stream": True}
+        with httpx.Client(timeout=TIMEOUT) as client:
+            with client.stream("POST", base + "/v1/apps/slow", json=body) as r:
+                lines = r.iter_lines()
+                assert next(line for line in lines if '"type":"text"' in line)
+                busy = client.post(base + "/v1/apps/slow", json=body)
+                assert _error(busy, 429, None) and busy.headers["Retry-After"] == "1"
+                lines.close()
+        wait_for(lambda: slow.cancelled, timeout=10.0, what="the app call to be cancelled")
+        wait_for(lambda: app.state.admission.in_flight == 0, timeout=10.0, what="the slot to be freed")
+        r = httpx.post(base + "/v1/apps/slow", json={"inputs": {"topic": "x", "words": 2}}, timeout=TIMEOUT)
+        assert r.status_code == 200
+
+
+def test_calls_are_counted_in_metrics(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def count():
+        text = httpx.get(server[0] + "/metrics", timeout=TIMEOUT).text
+        return {json.dumps(s.labels, sort_keys=True): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "llmos_requests_total"}
+
+    before = count()
+    httpx.post(server[0] + "/v1/apps/writer", json=WRITER, timeout=TIMEOUT)
+    httpx.post(server[0] + "/v1/apps/writer", json={"inputs": {}}, timeout=TIMEOUT)
+    after = count()
+
+    def delta(outcome):
+        key = json.dumps({"model": "fake-model", "outcome": outcome, "route": "/v1/apps/{name}"}, sort_keys=True)
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("completed") == 1 and delta("invalid") == 1
+
+
+def test_api_keys_guard_the_api_but_not_the_page():
+    key = "k" * 24
+    with running_server(apps=[FakeApp(delay=0.0)], api_keys=[key]) as (base, _):
+        _error(httpx.get(base + "/v1/apps", timeout=TIMEOUT), 401, None)
+        _error(httpx.post(base + "/v1/apps/writer", json=WRITER, timeout=TIMEOUT), 401, None)
+        auth = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(base + "/v1/apps/writer", json=WRITER, headers=auth, timeout=TIMEOUT).status_code == 200
+        for name in ("writer", "secret-app"):  # the page says nothing of which apps exist
+            assert httpx.get(f"{base}/apps/{name}", timeout=TIMEOUT).status_code == 200
+        assert httpx.get(base + "/apps/_static/app.js", timeout=TIMEOUT).status_code == 200
+
+
+def test_the_router_embeds_in_a_plain_fastapi_app():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from llmos.serve.apps import router
+
+    service = FastAPI()
+    service.include_router(router([FakeApp(delay=0.0)]))
+    with TestClient(service) as client:
+        assert client.post("/v1/apps/writer", json=WRITER).json()["text"].startswith("friendly-0")
+        _error(client.post("/v1/apps/writer", json={"inputs": {"topic": 3}}), 400, "inputs.topic")
+        _error(client.post("/v1/apps/writer", json={"nope": 1}), 400, "nope")
+        assert client.get("/apps/writer").status_code == 200
+
+
+def test_two_apps_with_one_name_are_refused():
+    from llmos.errors import InvalidInputError
+    from llmos.serve.apps import router
+
+    with pytest.raises(InvalidInputError, match="writer"):
+        router([FakeApp(), FakeApp()])
+
+
+def test_a_pinned_model_shares_the_servers_engine():
+    from llmos.runtime.engine import Engine
+    from llmos.serve.models import ModelPool
+
+    pool = ModelPool([BUNDLED], engine_factory=Engine, load_options={"threads": 1}, idle_unload=0.01)
+    try:
+        model = pool.pin(BUNDLED)
+        assert pool.pin(BUNDLED) is model  # one Model per name, however many apps name it
+        assert model.engine is pool.engines()[BUNDLED]  # the apps' calls batch with the routes'
+        assert model.generate("Hello", max_new_tokens=3, do_sample=False).text is not None
+        import asyncio
+
+        assert asyncio.run(pool.unload_idle()) == []  # apps hold it: never unloaded
+    finally:
+        pool.close()
+    unlisted = ModelPool([], engine_factory=Engine, load_options={"threads": 1})
+    try:
+        unlisted.pin(BUNDLED)
+        assert unlisted.names() == [] and BUNDLED in unlisted.engines()  # loaded, counted, not routable
+    finally:
+        unlisted.close()
