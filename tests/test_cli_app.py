@@ -9,14 +9,18 @@ and --json must be AppResult.to_dict() of the same request.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
-import textwrap
+import time
+
+import httpx
 
 import pexpect
 import pytest
 
 from child_env import child_env
+from serve_server import free_port
 
 TIMEOUT = 120  # seconds for one command; each loads the bundled model (well under a second)
 
@@ -31,6 +35,10 @@ inputs:
   length: {type: integer, default: 50, min: 10, max: 400}
   topic: {type: string, description: what to write about}
   draft_only: {type: boolean, default: false}
+tests:
+  - name: writes words
+    inputs: {topic: tea}
+    expect: {regex: "[a-z]+"}
 ---
 Write a {{ tone }} text of about {{ length }} words about {{ topic }}.{% if draft_only %} A draft.{% endif %}
 """
@@ -237,3 +245,48 @@ def test_serve_refuses_bad_flags(apps):
     assert out.returncode == 2 and "--port" in out.stderr
     out = llmos("app", "serve", cwd=apps)
     assert out.returncode == 2 and "APP" in out.stderr
+
+
+def test_app_test_reports_and_exits_1_on_a_failure(apps):
+    out = llmos("app", "test", "writer.app.md", cwd=apps)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed, 0 failed" in out.stdout and "PASS writes words" in out.stdout
+
+    strict = WRITER.replace("app: writer", "app: strict").replace('regex: "[a-z]+"', "contains: zebra-unicorn")
+    (apps / "strict.app.md").write_text(strict, encoding="utf-8")
+    out = llmos("app", "test", "writer.app.md", "strict.app.md", cwd=apps)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL writes words" in out.stdout and "contains 'zebra-unicorn': not in the reply" in out.stdout
+    assert "1 of 2 apps passed" in out.stdout
+
+
+def test_serve_answers_the_apps_over_http(apps):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmos", "app", "serve", "writer.app.md", "helpdesk.app.md",
+                             "--port", str(port)], cwd=apps, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(base + "/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "llmos app serve did not answer /health"
+            time.sleep(0.05)
+        listed = httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()
+        assert sorted(a["name"] for a in listed["data"]) == ["helpdesk", "writer"]
+        got = httpx.post(base + "/v1/apps/writer", timeout=TIMEOUT,
+                         json={"inputs": {"topic": "the sea"}, "params": GREEDY}).json()
+        assert got["text"] == _reference(apps / "writer.app.md", params=GREEDY, topic="the sea").text
+        page = httpx.get(base + "/apps/writer", timeout=TIMEOUT)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=TIMEOUT)
