@@ -188,8 +188,9 @@ class AppPartner:
                 elif event.type == "tool":
                     yield "note", _tool_line(event.data or {})
                 elif event.type == "done":
-                    for c in (event.data or {}).get("citations") or []:
-                        yield "note", explain.citation_line(c)
+                    citations = (event.data or {}).get("citations") or []
+                    for line in (["Sources:"] if citations else []) + [explain.citation_line(c) for c in citations]:
+                        yield "note", line
         finally:
             events.close()
 
