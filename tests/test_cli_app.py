@@ -9,6 +9,7 @@ and --json must be AppResult.to_dict() of the same request.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -290,3 +291,42 @@ def test_serve_answers_the_apps_over_http(apps):
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=TIMEOUT)
+
+
+TEMPLATES = ["support-bot", "writer", "coder", "tutor", "translator", "doc-qa"]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_new_writes_an_app_whose_printed_commands_work(tmp_path, template):
+    out = llmos("app", "new", template, "my-app", "--dir", "apps", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "apps" / "my-app.app.md").is_file() and "apps/my-app.app.md" in out.stdout
+    commands = [shlex.split(line, comments=True) for line in out.stdout.split("Try:\n")[1].splitlines()]
+    verbs = [c[2] for c in commands]
+    assert verbs[-2:] == ["test", "serve"] and ("run" in verbs)
+    for command in commands:
+        assert command[:2] == ["llmos", "app"], command
+        if command[2] == "serve":
+            continue  # test_serve_answers_the_apps_over_http serves apps the same way
+        run = subprocess.run([sys.executable, "-m", "llmos", *command[1:]], cwd=tmp_path, env=child_env(),
+                             input="", capture_output=True, text=True, timeout=TIMEOUT)  # chat: EOF leaves
+        assert run.returncode == 0, (command, run.stdout, run.stderr)
+        if command[2] == "run":
+            assert run.stdout.strip(), command
+        if command[2] == "test":
+            assert "0 failed" in run.stdout, run.stdout
+
+
+def test_new_refuses_to_overwrite_without_force(tmp_path):
+    assert llmos("new", "writer", "blog", cwd=tmp_path).returncode == 0
+    before = (tmp_path / "blog.app.md").read_text(encoding="utf-8")
+    (tmp_path / "blog.app.md").write_text("mine", encoding="utf-8")
+    out = llmos("new", "writer", "blog", cwd=tmp_path)
+    assert out.returncode == 2 and "already exists" in out.stderr and "--force" in out.stderr
+    assert (tmp_path / "blog.app.md").read_text(encoding="utf-8") == "mine"
+    assert llmos("new", "writer", "blog", "--force", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "blog.app.md").read_text(encoding="utf-8") == before
+    out = llmos("new", "writr", "x", cwd=tmp_path)
+    assert out.returncode == 2 and "did you mean 'writer'" in out.stderr
+    out = llmos("new", "writer", "Bad Name", cwd=tmp_path)
+    assert out.returncode == 2 and "not an app name" in out.stderr

@@ -70,10 +70,10 @@ def app_parser(app, command: str) -> argparse.ArgumentParser:
         flags = [f for f in dict.fromkeys([f"--{spec.name}", f"--{spec.name.replace('_', '-')}"]) if f not in taken]
         if not flags:  # the name of a common option: -i NAME=VALUE still gives it
             continue
-        extra = {"nargs": "?", "const": "true"} if spec.type == "boolean" else {}
+        extra = {"nargs": "?", "const": "true"} if spec.type == "boolean" else {}  # `--draft` alone is true
+        metavar = "{" + ",".join(map(str, spec.choices)) + "}" if spec.type == "choice" else spec.type.upper()
         group.add_argument(*flags, dest=_input_dest(spec.name), default=None, help=_input_help(spec),
-                           metavar=spec.type.upper() if spec.type != "choice" else "{" + ",".join(map(str, spec.choices)) + "}",
-                           **extra)
+                           metavar=metavar, **extra)
     return p
 
 
