@@ -95,13 +95,18 @@ def app_inputs(app, opts) -> tuple[dict, str | None]:
     return app.coerce_inputs(raw, from_strings=True), message
 
 
+def _params(opts) -> dict:
+    """The -p KEY=VALUE decoding options (an empty VALUE, which /params reads as "clear", sets nothing)."""
+    return {k: v for k, v in parse_params(opts.param, what="--param").items() if v is not None}
+
+
 # ---- app run -----------------------------------------------------------------------------
 
 def _run(args) -> int:
     app = _load(args.app)
     opts = app_parser(app, "run").parse_args(args.rest)
     inputs, message = app_inputs(app, opts)
-    params = parse_params(opts.param, what="--param")
+    params = _params(opts)
     if app.kind == "chat" and not message:
         raise InvalidInputError(f"{app.name}: a chat app needs a message: --message TEXT (or llmos app chat "
                                 f"{shlex.quote(args.app)})", field="message")
@@ -203,7 +208,7 @@ def _chat(args) -> int:
     opts = app_parser(app, "chat").parse_args(args.rest)
     inputs, _ = app_inputs(app, opts)
     partner = AppPartner(app, inputs)
-    loop = ChatLoop(partner, params=parse_params(opts.param, what="--param"),
+    loop = ChatLoop(partner, params=_params(opts),
                     meta={"app": app.name, "file": str(app.path), "inputs": inputs})
     partner.check_params(loop.params)
     return loop.run()
