@@ -359,3 +359,13 @@ def test_model_path_relative_to_the_app_file(tmp_path):
     assert app.model_ref == str((tmp_path / "models" / "tiny").resolve())
     app = App.load(write(tmp_path, "---\napp: a\nkind: chat\nmodel: some-registry-name\n---\n"))
     assert app.model_ref == "some-registry-name"
+
+
+def test_output_spec_json_form_carries_the_schema_read_from_its_file(tmp_path):
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    (tmp_path / "s.json").write_text(__import__("json").dumps(schema))
+    app = App.load(write(tmp_path, "---\napp: a\nkind: chat\noutput: json:s.json\n---\n"))
+    assert app.spec.output.model_dump() == {"kind": "json", "schema": schema, "schema_file": "s.json", "lang": None}
+    assert app.output.schema == schema
+    app = App.load(write(tmp_path, "---\napp: a\nkind: chat\noutput: code:Python\n---\n"))
+    assert app.spec.output.model_dump() == {"kind": "code", "schema": None, "schema_file": None, "lang": "python"}

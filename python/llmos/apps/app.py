@@ -9,7 +9,6 @@ constraint (output.py) -> tool calls run and fed back, up to limits.max_tool_rou
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 import time
@@ -129,6 +128,7 @@ class App:
                                 schema_file=output.schema_file)
         if output.kind == "json":
             _check_schema(output.schema, err)
+            spec = spec.model_copy(update={"output": output})  # spec.output carries the schema read
 
         tools = None
         if spec.tools_spec is not None:

@@ -116,14 +116,26 @@ class TestSpec(_Strict):
     expect: Expect
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    """`output:` normalized: kind text | json | code; schema (json); schema_file; lang (code)."""
+class OutputSpec(BaseModel):
+    """`output:` normalized: kind text | json | code; schema (json; read from schema_file when
+    the app names one); lang (code). `model_dump()` is its JSON form (GET /v1/apps)."""
 
-    kind: str = "text"
-    schema: dict | None = None
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    kind: Literal["text", "json", "code"] = "text"
+    schema_: dict | None = Field(default=None, alias="schema")
     schema_file: str | None = None
     lang: str | None = None
+
+    def __init__(self, kind: str = "text", **kw):
+        super().__init__(kind=kind, **kw)
+
+    @property
+    def schema(self) -> dict | None:
+        return self.schema_
+
+    def model_dump(self, **kw) -> dict:
+        return super().model_dump(by_alias=True, **kw)
 
     def describe(self) -> str:
         if self.kind == "json":
@@ -131,8 +143,9 @@ class OutputSpec:
         return f"code:{self.lang}" if self.kind == "code" else "text"
 
 
-@dataclass(frozen=True)
-class ToolsSpec:
+class ToolsSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     module: str
     functions: tuple[str, ...] | None = None
 
@@ -205,7 +218,7 @@ class AppSpec(_Strict):
         if v is None:
             return None
         if isinstance(v, str):
-            return ToolsSpec(_nonempty(v, "tools"))
+            return ToolsSpec(module=_nonempty(v, "tools"))
         if isinstance(v, dict):
             extra = set(v) - {"module", "functions"}
             if extra:
@@ -217,7 +230,7 @@ class AppSpec(_Strict):
             if fns is not None and (not isinstance(fns, list) or not fns
                                     or not all(isinstance(f, str) and f.isidentifier() for f in fns)):
                 raise ValueError("`functions` must be a non-empty list of function names")
-            return ToolsSpec(_nonempty(v["module"], "module"), tuple(fns) if fns else None)
+            return ToolsSpec(module=_nonempty(v["module"], "module"), functions=tuple(fns) if fns else None)
         raise ValueError("expected a module file name (tools: tools.py) or {module: ..., functions: [...]}")
 
     @field_validator("output", mode="before")
