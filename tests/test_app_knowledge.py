@@ -10,6 +10,8 @@ import pytest
 
 bm25s = pytest.importorskip("bm25s", reason="the 'apps' extra (bm25s) is not installed")
 
+from bm25s.stopwords import STOPWORDS_EN_PLUS  # noqa: E402
+
 from llmos import limits  # noqa: E402
 from llmos.apps.knowledge import CHUNK_CHARS, KnowledgeIndex, tokenize  # noqa: E402
 from llmos.errors import InvalidInputError, NotAvailableError  # noqa: E402
@@ -127,8 +129,8 @@ def test_line_ranges_point_at_the_chunk_text(corpus, tmp_path):
 
 
 def test_agrees_with_bm25s_used_directly(corpus):
-    """For text without headings our terms are bm25s's own (its default token pattern, English
-    stopwords): the scores and the order must be the library's."""
+    """For text without headings our terms are bm25s's own (its default token pattern, its
+    STOPWORDS_EN_PLUS): the scores and the order must be the library's."""
     docs = corpus / "docs"
     (docs / "more.txt").write_text(
         "\n\n".join(f"Paragraph {i} about {w} and the {w2} of Acme."
@@ -138,9 +140,10 @@ def test_agrees_with_bm25s_used_directly(corpus):
     index = KnowledgeIndex.build([Path("docs/products.txt"), Path("docs/more.txt")], base=corpus)
     texts = [c.text for c in index.chunks]
     reference = bm25s.BM25()
-    reference.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    stop = list(STOPWORDS_EN_PLUS)
+    reference.index(bm25s.tokenize(texts, stopwords=stop, show_progress=False), show_progress=False)
     for query in ("refunds shipping", "warranty of the skates", "anvils policy acme", "cast iron"):
-        ids, scores = reference.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False),
+        ids, scores = reference.retrieve(bm25s.tokenize([query], stopwords=stop, show_progress=False),
                                          k=len(texts), show_progress=False)
         want = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
         got = [(h.id, h.score) for h in index.search(query, k=len(texts))]
@@ -324,3 +327,13 @@ def test_unreadable_files_are_errors_naming_them(tmp_path):
     (tmp_path / "bom.md").write_bytes("\ufeffrefund policy\r\nsecond line\r\n".encode("utf-8"))
     (chunk,) = KnowledgeIndex.build([Path("bom.md")], base=tmp_path).chunks
     assert (chunk.text, chunk.lines) == ("refund policy\nsecond line", (1, 2))
+
+
+def test_question_words_do_not_outrank_the_topic(tmp_path):
+    # "which" and "can" are in the wrong page only; the right one shares the topic words.
+    (tmp_path / "formats.md").write_text("# Formats\n\nThe supported file formats are text, Markdown and "
+                                         "PDF; put the files in the folder.\n", encoding="utf-8")
+    (tmp_path / "ranking.md").write_text("# Ranking\n\nExcerpts are ranked with BM25, which can also rank "
+                                         "Chinese. Each answer lists the file it came from.\n", encoding="utf-8")
+    index = KnowledgeIndex.build([tmp_path], base=tmp_path)
+    assert index.search("Which file formats can I add?", k=1)[0].source == "formats.md"

@@ -3,10 +3,10 @@
 Files are cut on paragraph and line boundaries into chunks of about ``CHUNK_CHARS`` characters,
 each remembering the lines it came from so an answer can cite them; a Markdown heading starts a
 new chunk and stays with the text under it, and later chunks of a section are indexed with its
-headings too. Ranking is bm25s's BM25 over our own tokens: lowercased words (bm25s's default
-token pattern, English stopwords dropped) and, for Chinese, Japanese and Korean text, which has
-no spaces between words, overlapping character pairs, so a query in those languages finds the
-chunks that share its pairs.
+headings too. Ranking is bm25s's BM25 over our own terms: lowercased words (bm25s's default
+token pattern, less its STOPWORDS_EN_PLUS, which hold the question words) and, for Chinese,
+Japanese and Korean text, which has no spaces between words, overlapping character pairs, so a
+query in those languages finds the chunks that share its pairs.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Chunk:
 
 def tokenize(text: str) -> list[str]:
     """Index terms of ``text``: lowercased words of two or more characters that are not English
-    stopwords, and each pair of neighbouring characters of a CJK run (a lone CJK character is a
+    stopwords (question words included, so "how do I ..." ranks by what it asks about), and each pair of neighbouring characters of a CJK run (a lone CJK character is a
     term by itself)."""
     stop = _stopwords()
     terms = []
@@ -122,9 +122,9 @@ class KnowledgeIndex:
 
 @functools.lru_cache(maxsize=None)
 def _stopwords() -> frozenset:
-    from bm25s.stopwords import STOPWORDS_EN
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return frozenset(STOPWORDS_EN)
+    return frozenset(STOPWORDS_EN_PLUS)
 
 
 def _check(name: str, value: int, source: str, what: str) -> None:
