@@ -159,6 +159,15 @@ def test_a_disconnect_cancels_the_call_and_frees_its_slot(apps):
         assert r.status_code == 200
 
 
+def test_a_client_that_leaves_a_json_call_cancels_it():
+    slow = FakeApp(name="slow", delay=0.2)
+    with running_server(apps=[slow]) as (base, app):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/apps/slow", json={"inputs": {"topic": "x", "words": 40}}, timeout=1.0)
+        wait_for(lambda: slow.cancelled, timeout=10.0, what="the app call to be cancelled")
+        wait_for(lambda: app.state.admission.in_flight == 0, timeout=10.0, what="the slot to be freed")
+
+
 def test_calls_are_counted_in_metrics(server):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -235,3 +244,138 @@ def test_a_pinned_model_shares_the_servers_engine():
         assert unlisted.names() == [] and BUNDLED in unlisted.engines()  # loaded, counted, not routable
     finally:
         unlisted.close()
+
+
+# ---- real app files on the bundled model -------------------------------------------------------
+
+WRITER_APP = """---
+app: writer
+kind: generate
+description: Writes a line
+params: {max_new_tokens: 12, temperature: 0.8, seed: 3}
+inputs:
+  topic: {type: text, description: What the line is about}
+  tone: {type: choice, choices: [formal, friendly], default: friendly}
+---
+Write a {{ tone }} line about {{ topic }}.
+"""
+
+HELPER_APP = """---
+app: helper
+kind: chat
+params: {max_new_tokens: 8}
+tools: helper_tools.py
+---
+You help customers.
+"""
+
+HELPER_TOOLS = '''from pathlib import Path
+
+
+def handoff(reason: str) -> str:
+    """Hands the conversation to a person."""
+    Path(__file__).with_name("handoff.log").write_text(reason)
+    return "a person will answer"
+'''
+
+TOOL_CALL = r'<tool_call>\{"name": "handoff", "arguments": \{"reason": "angry"\}\}</tool_call>'
+
+
+def _write_apps(folder):
+    (folder / "writer.app.md").write_text(WRITER_APP)
+    (folder / "helper.app.md").write_text(HELPER_APP)
+    (folder / "helper_tools.py").write_text(HELPER_TOOLS)
+    return [str(folder / "writer.app.md"), str(folder / "helper.app.md")]
+
+
+class _ToolCallingEngine:
+    """An engine whose first request is constrained to one call of `handoff` (the bundled model
+    never writes one by itself), so that a served app meets a real tool call."""
+
+    def __new__(cls, model, **options):
+        from llmos.runtime.engine import Engine
+
+        class Forcing(Engine):
+            forced = False
+
+            def submit(self, prompt, *args, **kw):
+                if not Forcing.forced:
+                    Forcing.forced = True
+                    room = self._model.config.max_position_embeddings - len(prompt)
+                    kw.update(guided_regex=TOOL_CALL, max_new_tokens=min(80, room))
+                return super().submit(prompt, *args, **kw)
+
+        return Forcing(model, **options)
+
+
+def test_app_files_share_the_served_models_engine_and_stream_what_they_return(tmp_path):
+    with running_server(apps=_write_apps(tmp_path)) as (base, app):
+        listed = httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]
+        assert [(a["name"], a["kind"], a["model"]) for a in listed] == [("writer", "generate", BUNDLED),
+                                                                        ("helper", "chat", BUNDLED)]
+        writer, helper = app.state.apps
+        served = app.state.pool.engines()[BUNDLED]
+        assert writer.model is helper.model and writer.model.engine is served  # one Model, one engine
+        body = {"inputs": {"topic": "the sea"}}
+        whole = httpx.post(base + "/v1/apps/writer", json=body, timeout=TIMEOUT).json()
+        assert whole["usage"]["completion_tokens"] > 0 and whole["text"]
+        with httpx.stream("POST", base + "/v1/apps/writer", json={**body, "stream": True}, timeout=TIMEOUT) as r:
+            events = _sse(r)
+        assert events[-1] == "[DONE]" and events[0]["type"] == "meta"
+        assert "".join(e["text"] for e in events if isinstance(e, dict) and e["type"] == "text") == whole["text"]
+        assert events[-2]["data"]["text"] == whole["text"]  # same seed: the same reply
+        model_reply = httpx.post(base + "/v1/chat/completions", timeout=TIMEOUT, json={
+            "model": BUNDLED, "messages": [{"role": "user", "content": "Write a friendly line about the sea."}],
+            "max_tokens": 12, "temperature": 0.8, "seed": 3}).json()
+        assert model_reply["choices"][0]["message"]["content"] == whole["text"]  # the app's prompt is that chat
+        _error(httpx.post(base + "/v1/apps/writer", json={"inputs": {"topic": "x", "tone": "rude"}}, timeout=TIMEOUT),
+               400, "inputs.tone")
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_tools_run_only_when_the_server_allows_them(tmp_path, allow):
+    pytest.importorskip("llguidance", reason="the structured extra forces the tool call in this test")
+    paths = _write_apps(tmp_path)
+    with running_server(apps=paths, allow_tools=allow, engine_factory=_ToolCallingEngine) as (base, app):
+        with httpx.stream("POST", base + "/v1/apps/helper", json={"message": "I want a person", "stream": True},
+                          timeout=TIMEOUT) as r:
+            events = _sse(r)
+    # The tool event, as it happened; what the model says after it does not matter here (on a
+    # 256-token model the second round may not fit, and ends the stream with that error).
+    calls = [e["data"] for e in events if isinstance(e, dict) and e.get("type") == "tool"]
+    assert [c["name"] for c in calls] == ["handoff"], events
+    call = calls[0]
+    assert call["arguments"] == {"reason": "angry"}
+    if allow:
+        assert call["result"] == "a person will answer"
+        assert (tmp_path / "handoff.log").read_text() == "angry"
+    else:
+        assert "--allow-tools" in call["error"] and "result" not in call
+        assert not (tmp_path / "handoff.log").exists(), "a refused tool must not run"
+
+
+def test_llmos_serve_with_app_files_as_a_user_runs_it(tmp_path):
+    from serve_server import serve_process
+
+    writer, helper = _write_apps(tmp_path)
+    with serve_process(BUNDLED, "--app", writer, "--app", helper, "--allow-tools") as (_, base):
+        assert [a["name"] for a in httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]] == ["writer", "helper"]
+        assert "_static/app.js" in httpx.get(base + "/apps/helper", timeout=TIMEOUT).text
+        with httpx.stream("POST", base + "/v1/apps/writer", json={"inputs": {"topic": "rain"}, "stream": True},
+                          timeout=TIMEOUT) as r:
+            events = _sse(r)
+        assert events[-1] == "[DONE]" and events[-2]["type"] == "done" and events[-2]["data"]["text"]
+
+
+def test_llmos_serve_refuses_a_bad_app_file_naming_its_line(tmp_path):
+    import subprocess
+    import sys
+
+    from child_env import child_env
+
+    bad = tmp_path / "bad.app.md"
+    bad.write_text("---\napp: bad\nkind: chatty\n---\nHi\n")
+    p = subprocess.run([sys.executable, "-m", "llmos", "serve", BUNDLED, "--app", str(bad), "--port", "0"],
+                       env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode != 0
+    assert f"{bad}:3" in p.stderr and "kind" in p.stderr, p.stderr

@@ -226,7 +226,11 @@
       for await (const ev of events(response)) {
         if (ev.error) { status(ev.error.message, true); return null; }
         if (ev.type === "meta") showCitations((ev.data || {}).citations);
-        else if (ev.type === "text") target.append(document.createTextNode(ev.text));
+        else if (ev.type === "text") {
+          // A reply's leading blank lines are the model's habit, not content worth a gap.
+          const piece = target.textContent ? ev.text : ev.text.replace(/^\s+/, "");
+          if (piece) target.append(document.createTextNode(piece));
+        }
         else if (ev.type === "tool") {
           const d = ev.data || {};
           $("tools").hidden = false;
