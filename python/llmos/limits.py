@@ -106,6 +106,10 @@ class Limits:
     # checked before the grammar is compiled (llguidance's own parser limits bound the rest).
     max_grammar_chars: int = 1 << 20
 
+    # --- benchmarks (runtime/benchmark.py) --------------------------------------------------
+    # reps of `llmos bench` / llmos.runtime.benchmark.bench (the sizes are bounded by the context).
+    max_bench_reps: int = 1000
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

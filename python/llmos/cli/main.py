@@ -8,6 +8,7 @@ import difflib
 import os
 import sys
 
+from llmos.cli.bench import add_bench_commands
 from llmos.cli.evaluate import add_evaluate_commands
 from llmos.cli.generate import add_generate_commands
 from llmos.cli.onnx import add_onnx_commands
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_evaluate_commands(sub)
     add_serve_commands(sub)
+    add_bench_commands(sub)
     return p
 
 
