@@ -8,6 +8,7 @@ import os
 import sys
 
 from llmos.cli.app import add_app_commands
+from llmos.cli.bench import add_bench_commands
 from llmos.cli.chat import add_chat_command
 from llmos.cli.evaluate import add_evaluate_commands
 from llmos.cli.generate import add_generate_commands
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_evaluate_commands(sub)
     add_serve_commands(sub)
+    add_bench_commands(sub)
     return p
 
 

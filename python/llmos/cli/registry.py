@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from llmos.cli.progress import bar
+from llmos.cli.progress import bar, wanted
 from llmos.errors import LlmosError
 
 
@@ -44,7 +44,7 @@ def _pull(args) -> int:
     except LlmosError:
         before = None
     try:
-        entry = registry.pull(args.repo, name=args.name, progress=not args.quiet)
+        entry = registry.pull(args.repo, name=args.name, progress=wanted(args.quiet))
     except KeyboardInterrupt:
         print(f"\nllmos: pull interrupted; run `llmos pull {args.repo}` again to resume", file=sys.stderr)
         raise
