@@ -18,15 +18,22 @@ from pathlib import Path
 from llmos.cli import explain
 from llmos.cli.chat_repl import ChatLoop, parse_params
 from llmos.cli.parser import HintingParser
+from llmos.cli.progress import indexing
 from llmos.cli.serve import _COUNT, _POSITIVE_INT
 from llmos.errors import InvalidInputError
 from llmos.extras import require
 
 
-def _load(path: str):
+def _load(path: str, *, index: bool = True):
+    """The app; with index, its knowledge is indexed here, under a progress bar, rather than
+    silently inside the first request."""
     from llmos.apps import App
 
-    return App.load(path)
+    app = App.load(path)
+    if index and app.spec.knowledge:
+        with indexing() as progress:
+            app.index(progress=progress)
+    return app
 
 
 # ---- the per-app parser ------------------------------------------------------------------
@@ -243,7 +250,7 @@ def _new(args) -> int:
     for p in written:
         files = sum(1 for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
         print(f"  {_shown(p)}{os.sep + f'  ({files} files)' if p.is_dir() else ''}")
-    app = _load(str(path))
+    app = _load(str(path), index=False)
     shown = shlex.quote(_shown(path))
     print("Try:")
     if app.kind == "chat":
