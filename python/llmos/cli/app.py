@@ -236,8 +236,17 @@ def _test(args) -> int:
 
 # ---- app new -----------------------------------------------------------------------------
 
-# Inputs the next-step hint fills with an example rather than "..."
-_SAMPLES = {"message": "Hello! What can you do?", "question": "What is this about?", "text": "Good morning, everyone."}
+def _example(app) -> dict:
+    """The flags of an example `app run`: the inputs (and message) of the app's first test,
+    which its template made to work, else "..." for each required input."""
+    test = app.spec.tests[0] if app.spec.tests else None
+    values = dict(test.inputs) if test is not None else {}
+    if app.kind == "chat":
+        values["message"] = test.message if test is not None and test.message else "Hello!"
+    for s in app.input_specs():
+        if s.required and s.default is None and s.name not in values:
+            values[s.name] = "..."
+    return values
 
 
 def _new(args) -> int:
@@ -252,14 +261,12 @@ def _new(args) -> int:
         print(f"  {_shown(p)}{os.sep + f'  ({files} files)' if p.is_dir() else ''}")
     app = _load(str(path), index=False)
     shown = shlex.quote(_shown(path))
+    example = _example(app)
     print("Try:")
     if app.kind == "chat":
         print(f"  llmos app chat {shown}")
-        print(f"  llmos app run {shown} --message {shlex.quote(_SAMPLES['message'])}")
-    else:
-        required = [s for s in app.input_specs() if s.required and s.default is None]
-        flags = "".join(f" --{s.name} {shlex.quote(_SAMPLES.get(s.name, '...'))}" for s in required)
-        print(f"  llmos app run {shown}{flags}")
+    flags = "".join(f" --{k} {shlex.quote(str(v))}" for k, v in example.items())
+    print(f"  llmos app run {shown}{flags}")
     print(f"  llmos app test {shown}")
     print(f"  llmos app serve {shown}    # then open http://127.0.0.1:8000/apps/{app.name}")
     return 0
