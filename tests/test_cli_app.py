@@ -155,6 +155,11 @@ def test_knowledge_app_prints_its_sources(apps):
     out = llmos("app", "run", "helpdesk.app.md", "--message", "How long is the kettle warranty?", cwd=apps)
     assert out.returncode == 0, out.stderr
     assert "Sources:" in out.stdout and "docs/faq.md:" in out.stdout and "warranty of two years" in out.stdout
+    out = llmos("app", "run", "helpdesk.app.md", "--message", "How long is the kettle warranty?", "--explain",
+                cwd=apps)
+    assert out.returncode == 0, out.stderr
+    chunks = out.stdout.split("── retrieved chunks (")[1].split("── reply")[0]
+    assert "[1] docs/faq.md:" in chunks and "warranty of two years" in chunks
 
 
 def test_help_after_the_app_lists_its_inputs(apps):

@@ -121,32 +121,12 @@ def _run(args) -> int:
     if opts.json:
         print(json.dumps(app.run(**call).to_dict(), ensure_ascii=False, indent=2))
         return 0
-    out = sys.stdout
-    result, shown_prompt, started = {}, False, False
-    events = app.stream(**call)
-    try:
-        for event in events:
-            if event.type == "meta" and opts.explain and (event.data or {}).get("prompt") is not None:
-                _lines(explain.prompt_section(event.data) + [explain.heading("reply")])
-                shown_prompt = True
-            elif event.type == "text":
-                text = event.text if started else event.text.lstrip()  # the model's leading blank lines
-                started = started or bool(text)
-                out.write(text)
-                out.flush()
-            elif event.type == "tool":
-                print(_tool_line(event.data or {}), file=sys.stderr)
-            elif event.type == "done":
-                result = event.data or {}
-    finally:
-        events.close()
-    out.write("\n")
+    result, shown_prompt = _stream(app.stream(**call), opts.explain)
     details = result.get("explain") or {}
     if opts.explain and not shown_prompt and details:
         _lines(explain.prompt_section(details))
-    if result.get("citations"):
-        _lines([explain.heading("sources") if opts.explain else "Sources:"] +
-               [explain.citation_line(c) for c in result["citations"]])
+    if result.get("citations") and not opts.explain:  # explained, they are the prompt's retrieved chunks
+        _lines(["Sources:"] + [explain.citation_line(c) for c in result["citations"]])
     if opts.explain:
         _lines(explain.tokens_section(details) +
                explain.timings_section(result.get("timings") or details.get("timings") or {}, result.get("usage")))
@@ -155,10 +135,34 @@ def _run(args) -> int:
     return 0
 
 
+def _stream(events, explaining: bool) -> tuple[dict, bool]:
+    """Prints the reply as it streams (the prompt first when explaining and the app sends it
+    ahead); returns the result dict and whether the prompt was printed."""
+    result, shown_prompt, started = {}, False, False
+    try:
+        for event in events:
+            if event.type == "meta" and explaining and (event.data or {}).get("prompt") is not None:
+                _lines(explain.prompt_section(event.data) + [explain.heading("reply")])
+                shown_prompt = True
+            elif event.type == "text":
+                text = event.text if started else event.text.lstrip()  # the model's leading blank lines
+                started = started or bool(text)
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif event.type == "tool":
+                print(_tool_line(event.data or {}), file=sys.stderr)
+            elif event.type == "done":
+                result = event.data or {}
+    finally:
+        events.close()
+    sys.stdout.write("\n")
+    return result, shown_prompt
+
+
 def _tool_line(call: dict) -> str:
     args = json.dumps(call.get("arguments"), ensure_ascii=False)
     outcome = f"error: {call['error']}" if call.get("error") else json.dumps(call.get("result"), ensure_ascii=False)
-    return f"[tool] {call.get('name')}({args}) -> {explain._cut(outcome, 200)}"
+    return f"[tool] {call.get('name')}({args}) -> {explain.cut(outcome, 200)}"
 
 
 def _lines(lines: list[str]) -> None:

@@ -58,7 +58,7 @@ def citation_line(c: dict) -> str:
     lines = c.get("lines")
     where = f"{c.get('source', '?')}:{lines[0]}-{lines[1]}" if lines else str(c.get("source", "?"))
     score = f" (score {c['score']:.2f})" if isinstance(c.get("score"), (int, float)) else ""
-    text = _cut(" ".join(str(c.get("text", "")).split()), CHUNK_CHARS)
+    text = cut(" ".join(str(c.get("text", "")).split()), CHUNK_CHARS)
     return f"[{c.get('id', '?')}] {where}{score}" + (f"\n      {text}" if text else "")
 
 
@@ -73,7 +73,7 @@ def _messages(messages) -> list[str]:
 
 def _token(text) -> str:
     # repr shows the spaces and newlines that make the difference between two tokens
-    return _cut(repr(text if text is not None else ""), 16)
+    return cut(repr(text if text is not None else ""), 16)
 
 
 def _lp(value) -> str:
@@ -84,5 +84,5 @@ def _lp(value) -> str:
     return f"{value:.2f}"
 
 
-def _cut(text: str, n: int) -> str:
+def cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
