@@ -90,6 +90,13 @@ def test_inputs_are_rendered_into_the_prompt(tmp_path, model):
     json.dumps(r.to_dict())  # JSON-safe
 
 
+def test_optional_input_left_out_renders_as_nothing(tmp_path, model):
+    app = make(tmp_path, WRITER.replace("  topic: {}", "  topic: {}\n  extra: {required: false}")
+               .replace("about {{ topic }}.", "about {{ topic }}.{{ extra }}"), model)
+    r = app.run(topic="owls", explain=True)
+    assert "about owls.<|im_end|>" in r.explain["prompt"]
+
+
 def test_stream_events_match_run(tmp_path, model):
     app = make(tmp_path, WRITER, model)
     events = list(app.stream(topic="rain", params={"seed": 3}))

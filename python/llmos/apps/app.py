@@ -252,7 +252,9 @@ class App:
         options = self._options(model, params, explain)
 
         chunks = self._retrieve(inputs, message)
-        variables = {**inputs, **({"chunks": chunks} if self._knowledge_paths else {}),
+        # An optional input left out renders as nothing (not "None"), and is false in an {% if %}.
+        variables = {**{k: "" if v is None else v for k, v in inputs.items()},
+                     **({"chunks": chunks} if self._knowledge_paths else {}),
                      **({"message": message or ""} if self.kind == "chat" else {})}
         system = self._templates.system(variables, chunks)
         user = self._templates.user_message(variables, message, chunks)
