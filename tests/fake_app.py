@@ -49,7 +49,7 @@ class FakeApp:
 
     def __post_init__(self):
         self.path = Path(f"/apps/{self.name}.app.md")
-        self.spec = SimpleNamespace(output="text")
+        self.output = SimpleNamespace(kind="text", schema=None, describe=lambda: "text")
 
     def input_specs(self):
         return list(self.specs)

@@ -134,3 +134,28 @@ def test_the_chat_view_keeps_the_conversation_for_two_turns_at_phone_width(brows
     page.screenshot(path=str(tmp_path / "chat-page.png"), full_page=True)
     page.get_by_role("button", name="New conversation").click()
     assert page.locator(".msg").count() == 0
+
+
+def test_the_support_bot_template_answers_in_the_page_with_its_sources(browser, tmp_path):
+    """The real thing: `llmos new support-bot`'s app on the bundled model's weights, in the page."""
+    pytest.importorskip("bm25s", reason="the 'apps' extra (bm25s) is not installed")
+    from long_context import long_context_model, use_model
+
+    from llmos.apps.templates import new_app
+
+    model = long_context_model(tmp_path / "model")
+    path = new_app("support-bot", "support-bot", tmp_path / "apps")
+    use_model(path, model)
+    with running_server(models=[model], apps=[str(path)]) as (base, _):
+        page = browser.new_page(viewport={"width": 720, "height": 900})
+        page.goto(base + "/apps/support-bot")
+        page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+        assert page.get_by_label("Company").input_value() == "Acme"  # the settings, from the app's inputs
+        page.get_by_label("Message").fill("How do I get a refund for my order?")
+        page.get_by_role("button", name="Send").click()
+        page.wait_for_selector("#sources:not([hidden])", timeout=WAIT_MS)
+        page.wait_for_selector("#send:not([disabled])", timeout=60_000)
+        assert page.locator("#status.error").count() == 0, page.inner_text("#status")
+        assert page.inner_text(".msg.assistant .body").strip()
+        assert "support-bot_docs/refunds.md" in page.inner_text("#citations")
+        page.screenshot(path=str(tmp_path / "support-bot.png"), full_page=True)

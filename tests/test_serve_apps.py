@@ -213,6 +213,15 @@ def test_the_router_embeds_in_a_plain_fastapi_app():
         _error(client.post("/v1/apps/writer", json={"inputs": {"topic": 3}}), 400, "inputs.topic")
         _error(client.post("/v1/apps/writer", json={"nope": 1}), 400, "nope")
         assert client.get("/apps/writer").status_code == 200
+        from llmos import limits
+
+        before = limits.current()
+        limits.configure(serve_max_body_bytes=1000)
+        try:  # no server Guard in front: the router keeps the body cap itself
+            big = {"inputs": {"topic": "x" * 2000}}
+            assert "serve_max_body_bytes" in _error(client.post("/v1/apps/writer", json=big), 413, None)
+        finally:
+            limits.configure(serve_max_body_bytes=before.serve_max_body_bytes)
 
 
 def test_two_apps_with_one_name_are_refused():
@@ -281,6 +290,17 @@ def handoff(reason: str) -> str:
 TOOL_CALL = r'<tool_call>\{"name": "handoff", "arguments": \{"reason": "angry"\}\}</tool_call>'
 
 
+QUIZ_APP = """---
+app: quiz
+kind: generate
+params: {max_new_tokens: 60}
+output: {json: {type: object, properties: {q: {type: string, maxLength: 24}}, required: [q],
+               additionalProperties: false}}
+---
+Ask one question.
+"""
+
+
 def _write_apps(folder):
     (folder / "writer.app.md").write_text(WRITER_APP)
     (folder / "helper.app.md").write_text(HELPER_APP)
@@ -332,6 +352,17 @@ def test_app_files_share_the_served_models_engine_and_stream_what_they_return(tm
                400, "inputs.tone")
 
 
+def test_a_json_app_lists_its_schema_and_answers_the_parsed_value(tmp_path):
+    pytest.importorskip("llguidance", reason="json output is constrained decoding (the structured extra)")
+    (tmp_path / "quiz.app.md").write_text(QUIZ_APP)
+    with running_server(apps=[str(tmp_path / "quiz.app.md")]) as (base, _):
+        (entry,) = httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]
+        assert entry["output"] == "json" and entry["output_schema"]["required"] == ["q"]
+        out = httpx.post(base + "/v1/apps/quiz", json={}, timeout=TIMEOUT).json()
+    assert out["output_error"] is None, out
+    assert set(out["output"]) == {"q"} and json.loads(out["text"]) == out["output"]
+
+
 @pytest.mark.parametrize("allow", [False, True])
 def test_tools_run_only_when_the_server_allows_them(tmp_path, allow):
     pytest.importorskip("llguidance", reason="the structured extra forces the tool call in this test")
@@ -379,3 +410,46 @@ def test_llmos_serve_refuses_a_bad_app_file_naming_its_line(tmp_path):
                        env=child_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode != 0
     assert f"{bad}:3" in p.stderr and "kind" in p.stderr, p.stderr
+
+
+# ---- the templates, served ---------------------------------------------------------------------
+
+TEMPLATE_CALLS = {
+    "support-bot": {"message": "How do I get a refund for my order?"},
+    "writer": {"inputs": {"topic": "a harbour at dawn", "length": 30}},
+    "coder": {"inputs": {"task": "reverse a string"}},
+    "tutor": {"inputs": {"topic": "volcanoes"}},
+    "translator": {"inputs": {"text": "Where is the station?", "source": "English", "target": "Italian"}},
+    "doc-qa": {"inputs": {"question": "Which file formats can I add to the folder?"}},
+}
+
+
+def test_every_template_is_served_and_answers(tmp_path):
+    pytest.importorskip("bm25s", reason="the 'apps' extra (bm25s) is not installed")
+    pytest.importorskip("llguidance", reason="the tutor's JSON output needs the 'structured' extra")
+    from long_context import long_context_model, use_model
+
+    from llmos.apps.templates import TEMPLATES, new_app
+
+    assert set(TEMPLATE_CALLS) == set(TEMPLATES)
+    model = long_context_model(tmp_path / "model")
+    paths = []
+    for t in TEMPLATES:
+        paths.append(new_app(t, t, tmp_path / "apps"))
+        use_model(paths[-1], model)
+    with running_server(models=[model], apps=[str(p) for p in paths]) as (base, app):
+        listed = {a["name"]: a for a in httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()["data"]}
+        assert set(listed) == set(TEMPLATES)
+        assert (listed["coder"]["output"], listed["tutor"]["output"]) == ("code:python", "json")
+        assert len({id(a.model) for a in app.state.apps}) == 1  # six apps, one model, one engine
+        results = {}
+        for name, body in TEMPLATE_CALLS.items():
+            r = httpx.post(f"{base}/v1/apps/{name}", json={**body, "params": {"do_sample": False}}, timeout=120)
+            assert r.status_code == 200, (name, r.text)
+            results[name] = r.json()
+    for name, out in results.items():
+        assert out["text"].strip() and out["usage"]["completion_tokens"] > 0, name
+    assert results["support-bot"]["citations"][0]["source"] == "support-bot_docs/refunds.md"
+    assert results["doc-qa"]["citations"][0]["source"] == "doc-qa_docs/adding-documents.md"
+    assert results["tutor"]["output_error"] is None and results["tutor"]["output"]["questions"]
+    assert isinstance(results["coder"]["output"], str) and results["coder"]["output"] in results["coder"]["text"]

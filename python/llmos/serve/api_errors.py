@@ -35,6 +35,11 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return APIError(400, message, param=param, code=code)
 
 
+def too_large(length: str, cap: int) -> APIError:
+    return APIError(413, f"the request body ({length} bytes) is over the limit of {cap} bytes "
+                         "(llmos.limits.serve_max_body_bytes)", param=None, code="request_too_large")
+
+
 def busy(message: str, retry_after: float) -> APIError:
     return APIError(429, message, type="rate_limit_exceeded", code="rate_limit_exceeded", retry_after=retry_after)
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.errors import CancelledError, LlmosError
 from llmos.limits import current as current_limits
-from llmos.serve.api_errors import APIError, busy, from_llmos, from_validation, invalid
+from llmos.serve.api_errors import APIError, busy, from_llmos, from_validation, invalid, too_large
 from llmos.serve.apps import ROUTE as APP_ROUTE
 from llmos.serve.apps import Hooks, load_apps, router
 from llmos.serve.chat import Chat, template_messages
@@ -111,7 +111,7 @@ class Guard:
         cap = current_limits().serve_max_body_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > cap):
-            return await self._refuse(scope, send, _too_large(length.decode("latin-1"), cap))
+            return await self._refuse(scope, send, too_large(length.decode("latin-1"), cap))
         body, more = [], True
         size = 0
         while more:
@@ -121,7 +121,7 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > cap:
-                return await self._refuse(scope, send, _too_large(f"more than {cap}", cap))
+                return await self._refuse(scope, send, too_large(f"more than {cap}", cap))
             body.append(chunk)
             more = message.get("more_body", False)
         replayed = False
@@ -134,11 +134,6 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-def _too_large(length: str, cap: int) -> APIError:
-    return APIError(413, f"the request body ({length} bytes) is over the limit of {cap} bytes "
-                         "(llmos.limits.serve_max_body_bytes)", param=None, code="request_too_large")
 
 
 async def _no_receive():

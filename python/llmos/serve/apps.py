@@ -25,9 +25,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmos.errors import CancelledError, InvalidInputError, LlmosError
-from llmos.limits import check
 from llmos.runtime.model import CancelToken
-from llmos.serve.api_errors import APIError, from_llmos, from_validation, invalid
+from llmos.limits import current as current_limits
+from llmos.serve.api_errors import APIError, from_llmos, from_validation, invalid, too_large
 from llmos.serve.streaming import DONE, EventStream, disconnected, error_event, sse
 
 _log = logging.getLogger("llmos.serve")
@@ -77,21 +77,16 @@ _END = object()
 
 def describe(app) -> dict:
     """An app's entry in GET /v1/apps. `inputs` (the input specs, in order, with their llmos
-    types: text vs string, choice) is what the page builds its form from."""
+    types: text vs string, choice) is what the page builds its form from; `output` is text,
+    json (or json:FILE) or code:LANG, and `output_schema` the JSON schema of a json app."""
     return {"name": app.name, "kind": app.kind, "description": app.description, "model": app.model_ref,
             "input_schema": app.input_schema(), "inputs": [_spec(s) for s in app.input_specs()],
-            "output": _output(app.spec.output), "page": f"/apps/{app.name}"}
+            "output": app.output.describe(), "output_schema": app.output.schema, "page": f"/apps/{app.name}"}
 
 
 def _spec(s) -> dict:
     keys = ("name", "type", "default", "description", "required", "choices", "min", "max")
     return json.loads(json.dumps({k: getattr(s, k, None) for k in keys}, default=str))
-
-
-def _output(spec) -> Any:
-    if hasattr(spec, "model_dump"):
-        spec = spec.model_dump()
-    return json.loads(json.dumps(spec, default=str))
 
 
 def _event_json(event) -> dict:
@@ -102,7 +97,7 @@ class _Call:
     """One app call running in its own thread; `next()` awaits its next event (or `_END`)."""
 
     def __init__(self, app, kwargs: dict):
-        self.cancel = CancelToken()
+        self.token = CancelToken()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self.finished = False
@@ -116,11 +111,11 @@ class _Call:
 
     def _work(self, app, kwargs: dict) -> None:
         try:
-            events = app.stream(cancel=self.cancel, **kwargs)
+            events = app.stream(cancel=self.token, **kwargs)
             try:
                 for event in events:
                     self._put(event)
-                    if self.cancel.cancelled():
+                    if self.token.cancelled():
                         break
             finally:
                 close = getattr(events, "close", None)
@@ -166,12 +161,25 @@ def _api_error(e: BaseException, app, body: AppRequest | None) -> APIError:
     return APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error", code="internal_error")
 
 
+def _outcome(status: int) -> str:
+    return "rejected" if status == 429 else ("invalid" if 400 <= status < 500 else "error")
+
+
 def _error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
 
 
 async def _parse(request: Request) -> AppRequest:
-    raw = await request.body()
+    # The server's Guard caps bodies before they arrive; an app embedded with router() may
+    # have no such guard, so the cap is kept here too.
+    cap = current_limits().serve_max_body_bytes
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > cap:
+            raise too_large(f"more than {cap}", cap)
+        parts.append(part)
+    raw = b"".join(parts)
     try:
         obj = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as e:
@@ -192,7 +200,6 @@ def _arguments(app, body: AppRequest) -> dict:
         field = "message" if body.message is not None else "history"
         raise invalid(f"{field}: the {app.kind} app {app.name!r} takes no {field}; give its inputs", param=field)
     history = [m.model_dump() for m in body.history or []]
-    check("serve_max_messages", len(history), what="history")
     kwargs = {"explain": body.explain, "params": body.params, **inputs}
     if app.kind == "chat":
         kwargs.update(message=body.message, history=history)
@@ -258,7 +265,7 @@ def router(apps, *, hooks: Hooks | None = None, hide_names: bool = False) -> API
             kwargs = _arguments(app, body)
         except (APIError, LlmosError) as e:
             err = _api_error(e, app, body) if app is not None else e
-            hooks.outcome(model, ROUTE, "invalid" if err.status < 500 else "error")
+            hooks.outcome(model, ROUTE, _outcome(err.status))
             return _error_response(err)
         try:
             hooks.enter()
@@ -320,12 +327,12 @@ async def _respond(app, body: AppRequest, kwargs: dict, request: Request, hooks:
         raise
     except Exception as e:
         err = _api_error(e, app, body)
-        state["outcome"] = "invalid" if 400 <= err.status < 500 else ("rejected" if err.status == 429 else "error")
+        state["outcome"] = _outcome(err.status)
         return _error_response(err)
     finally:
         if not state["streaming"]:
             if run is not None and not run.finished:
-                run.cancel.cancel()
+                run.token.cancel()
             hooks.leave()
             hooks.outcome(model, ROUTE, state["outcome"])
 
@@ -374,7 +381,7 @@ def _stream(app, run: _Call, first, hooks: Hooks, state: dict) -> EventStream:
 
     def finish():
         if not run.finished:
-            run.cancel.cancel()
+            run.token.cancel()
         hooks.leave()
         hooks.outcome(model, ROUTE, state["outcome"])
 

@@ -153,8 +153,12 @@
     list.replaceChildren();
     for (const c of citations || []) {
       const where = c.lines ? ` lines ${c.lines[0]}–${c.lines[1]}` : "";
-      list.append(el("li", {}, el("span", { className: "src", text: `[${c.id}] ${c.source}${where}` }),
-        el("blockquote", { text: c.text || "" })));
+      // The excerpt's paragraphs, each rewrapped to the page's width.
+      const quote = el("blockquote");
+      for (const para of (c.text || "").split(/\n\s*\n/)) {
+        if (para.trim()) quote.append(el("p", { text: para.replace(/\s*\n\s*/g, " ").trim() }));
+      }
+      list.append(el("li", {}, el("span", { className: "src", text: `[${c.id}] ${c.source}${where}` }), quote));
     }
     $("sources").hidden = !list.children.length;
   }
@@ -193,7 +197,7 @@
   }
 
   function finalOutput(target, result) {
-    const kind = typeof app.output === "string" ? app.output : "json";
+    const kind = app.output || "text";
     if (kind.startsWith("json")) {
       target.replaceChildren(el("pre", { text: JSON.stringify(result.output, null, 2) }));
     } else if (kind.startsWith("code")) {
