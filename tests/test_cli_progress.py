@@ -1,4 +1,4 @@
-"""`llmos import`, `quantize` and `export-onnx` show a progress bar on stderr while they work
+"""`llmos import`, `quantize`, `verify` and `export-onnx` show a progress bar on stderr while they work
 (on a terminal, or with LLMOS_PROGRESS=1 as here, where stderr is a pipe), never with --quiet
 and never on stdout, which keeps only the result."""
 
@@ -35,6 +35,10 @@ def test_long_verbs_show_progress_on_stderr_only(checkpoint, tmp_path):
     out = _llmos("quantize", "tiny", "--to", "int8", env=env)
     assert out.stdout.startswith("wrote tiny:int8 ") and out.stdout.count("\n") == 1
     assert _bar_done(out.stderr, "quantizing to int8"), out.stderr
+
+    out = _llmos("verify", "tiny", env=env)
+    assert out.stdout.startswith("tiny:latest: ok, ") and out.stdout.count("\n") == 1
+    assert _bar_done(out.stderr, "verifying"), out.stderr
 
     out = _llmos("export-onnx", "tiny", str(tmp_path / "onnx"), env=env)
     assert out.stdout == str(tmp_path / "onnx" / "model.onnx") + "\n"
