@@ -1,4 +1,4 @@
-"""`llmos import`, `quantize` and `export-onnx` show a progress bar on stderr while they work
+"""`llmos import`, `quantize`, `verify` and `export-onnx` show a progress bar on stderr while they work
 (on a terminal, or with LLMOS_PROGRESS=1 as here, where stderr is a pipe), never with --quiet
 and never on stdout, which keeps only the result."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+
+import pytest
 
 
 def _llmos(*args, env):
@@ -33,6 +35,10 @@ def test_long_verbs_show_progress_on_stderr_only(checkpoint, tmp_path):
     out = _llmos("quantize", "tiny", "--to", "int8", env=env)
     assert out.stdout.startswith("wrote tiny:int8 ") and out.stdout.count("\n") == 1
     assert _bar_done(out.stderr, "quantizing to int8"), out.stderr
+
+    out = _llmos("verify", "tiny", env=env)
+    assert out.stdout.startswith("tiny:latest: ok, ") and out.stdout.count("\n") == 1
+    assert _bar_done(out.stderr, "verifying"), out.stderr
 
     out = _llmos("export-onnx", "tiny", str(tmp_path / "onnx"), env=env)
     assert out.stdout == str(tmp_path / "onnx" / "model.onnx") + "\n"
@@ -73,3 +79,41 @@ def test_eval_follows_the_same_rule(tmp_path):
     assert _bar_done(shown.stderr, "generating"), shown.stderr
     plain = _llmos(*args, env={k: v for k, v in env.items() if k != "LLMOS_PROGRESS"})
     assert plain.stderr == "" and plain.stdout == shown.stdout  # a pipe gets no bar, the same result
+
+
+def _frames(stderr: str, desc: str) -> list[str]:
+    return [f for f in stderr.replace("\r", "\n").split("\n") if f.startswith(desc)]
+
+
+def test_the_indexing_bar_follows_the_same_rule(monkeypatch, capsys):
+    """cli.progress.indexing is the bar the app verbs wrap KnowledgeIndex.build in: one step per
+    file, drawn with LLMOS_PROGRESS=1, not with --quiet or LLMOS_PROGRESS=0."""
+    from llmos.cli.progress import indexing
+
+    monkeypatch.setenv("LLMOS_PROGRESS", "1")
+    with indexing() as progress:
+        for done in range(1, 4):
+            progress(done, 3)
+    frames = _frames(capsys.readouterr().err, "indexing knowledge")
+    assert frames and "100%" in frames[-1] and "3/3" in frames[-1], frames
+    with indexing(quiet=True) as progress:
+        assert progress is None
+    monkeypatch.setenv("LLMOS_PROGRESS", "0")
+    with indexing() as progress:
+        assert progress is None
+    assert capsys.readouterr().err == ""
+
+
+def test_indexing_knowledge_reports_to_the_bar(monkeypatch, capsys, tmp_path):
+    knowledge = pytest.importorskip("llmos.apps.knowledge", reason="the app knowledge index is not in this tree yet")
+    pytest.importorskip("bm25s")
+    from llmos.cli.progress import indexing
+
+    for i in range(3):
+        (tmp_path / f"doc{i}.md").write_text(f"# Part {i}\n\nThe lighthouse keeper counts ships, {i}.\n")
+    monkeypatch.setenv("LLMOS_PROGRESS", "1")
+    with indexing() as progress:
+        index = knowledge.KnowledgeIndex.build([tmp_path], base=tmp_path, progress=progress)
+    assert index.chunks
+    frames = _frames(capsys.readouterr().err, "indexing knowledge")
+    assert frames and "3/3" in frames[-1], frames

@@ -405,6 +405,29 @@ def test_pull_verb(fake_hub, capsys, llmos):
         assert expected in capsys.readouterr().out
 
 
+def test_pull_verb_draws_its_bars_by_the_cli_rule(fake_hub, capsys, llmos, monkeypatch):
+    """A byte bar per file on stderr with LLMOS_PROGRESS=1 (as on a terminal); none with
+    LLMOS_PROGRESS=0, as for every other long verb (cli/progress.py)."""
+    import argparse
+
+    from llmos.cli.registry import add_registry_commands
+
+    parser = argparse.ArgumentParser(prog="llmos")
+    add_registry_commands(parser.add_subparsers(dest="command", required=True))
+    monkeypatch.setenv("LLMOS_PROGRESS", "0")
+    args = parser.parse_args(["pull", REPO])
+    assert args.run(args) == 0
+    out = capsys.readouterr()
+    assert "pulled " in out.out and out.err == ""
+    monkeypatch.setenv("LLMOS_PROGRESS", "1")
+    args = parser.parse_args(["pull", REPO, "--name", "again"])
+    assert args.run(args) == 0
+    out = capsys.readouterr()
+    frames = [f for f in out.err.replace("\r", "\n").split("\n") if f.startswith("model.safetensors:")]
+    assert frames and "B/s" in frames[-1] + "".join(frames), out.err
+    assert "model.safetensors:" not in out.out
+
+
 # ---- a hostile hub: every wait is bounded, every bad answer is an llmos error ---------------------
 
 

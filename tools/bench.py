@@ -12,7 +12,8 @@ For each shape a random-weight checkpoint with transformers' default init is bui
   llama.cpp-F32 / -Q8_0 / -Q4_0         llama-cpp-python; GGUF made by llama.cpp's own
                                         convert_hf_to_gguf.py, quantized by llama_model_quantize
 Prefill = one forward of a 512-token prompt (last-token logits), decode = 128 greedy tokens
-from a 1-token prompt (llama-bench's pp512 / tg128). Each measurement runs in a fresh process
+from a 1-token prompt (llama-bench's pp512 / tg128); llmos is timed by llmos.runtime.benchmark,
+as `llmos bench` times it. Each measurement runs in a fresh process
 (peak RSS is that process's), rounds interleave the engines, and the best round counts.
 It also measures the memory read bandwidth and prints decode as a fraction of the limit:
 bandwidth / weight bytes read per token, with the bytes counted from the files each engine
@@ -158,22 +159,16 @@ def measure(engine: str, shape: str, threads: int) -> dict:
 
     if engine.startswith("llmos-"):
         import llmos
+        from llmos.runtime import benchmark
 
         kind = engine.split("-", 1)[1]
         if kind in ("int8", "int4"):
             m = llmos.load(llmos_quantized(shape, kind), threads=threads)
         else:
             m = llmos.load(hf, threads=threads, dtype={"bf16": "bfloat16"}.get(kind, "float32"))
-        m.generate(first, max_new_tokens=4, eos_token_id=[])  # warm up
-        t = time.perf_counter()
-        m.generate(prompt, max_new_tokens=1, eos_token_id=[])
-        prefill = time.perf_counter() - t
-        t = time.perf_counter()
-        m.generate(first, max_new_tokens=1, eos_token_id=[])
-        one = time.perf_counter() - t
-        t = time.perf_counter()
-        m.generate(first, max_new_tokens=DECODE + 1, eos_token_id=[])
-        decode = time.perf_counter() - t - one
+        # The same timing as `llmos bench` (llmos.runtime.benchmark).
+        benchmark.warm_up(m, prompt)
+        prefill, decode = benchmark.time_model(m, prompt, DECODE)
     elif engine == "transformers-fp32":
         import torch
         from transformers import AutoModelForCausalLM
@@ -241,7 +236,8 @@ def measure(engine: str, shape: str, threads: int) -> dict:
 
 def peak_rss_mb() -> float:
     """This process's peak RSS. Not getrusage's ru_maxrss, which survives fork + exec and so
-    would report the parent's peak."""
+    would report the parent's peak. (llmos.runtime.benchmark has the same function; importing
+    it here would add llmos itself to the other engines' peaks.)"""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):

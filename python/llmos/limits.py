@@ -130,6 +130,10 @@ class Limits:
     # chunks indexed (about 400 characters each).
     knowledge_max_chunks: int = 250_000
 
+    # --- benchmarks (runtime/benchmark.py) --------------------------------------------------
+    # reps of `llmos bench` / llmos.runtime.benchmark.bench (the sizes are bounded by the context).
+    max_bench_reps: int = 1000
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

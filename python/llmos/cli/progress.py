@@ -1,6 +1,7 @@
 """When the CLI draws progress bars, and the bar for the verbs whose library function reports
-`progress(done, total)` (import, quantize, export-onnx); train and eval draw their own tqdm
-bars under the same rule. Bars go to stderr, so stdout keeps only the result.
+`progress(done, total)` (import, quantize, export-onnx, bench, and indexing an app's knowledge);
+train, eval and pull draw their own tqdm bars under the same rule. Bars go to stderr, so stdout
+keeps only the result.
 
 A bar is drawn when stderr is a terminal, never with --quiet; LLMOS_PROGRESS=1 draws it
 anyway (logs, tests) and LLMOS_PROGRESS=0 never.
@@ -54,3 +55,9 @@ def bar(desc: str, unit: str = "it", *, quiet: bool = False,
     finally:
         for t in bars:
             t.close()
+
+
+def indexing(quiet: bool = False):
+    """The bar for indexing an app's knowledge, one step per file:
+    `with indexing(args.quiet) as progress: KnowledgeIndex.build(paths, base=..., progress=progress)`."""
+    return bar("indexing knowledge", "file", quiet=quiet)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from llmos.cli.progress import bar
+from llmos.cli.progress import bar, wanted
 from llmos.errors import LlmosError
 
 
@@ -44,7 +44,7 @@ def _pull(args) -> int:
     except LlmosError:
         before = None
     try:
-        entry = registry.pull(args.repo, name=args.name, progress=not args.quiet)
+        entry = registry.pull(args.repo, name=args.name, progress=wanted(args.quiet))
     except KeyboardInterrupt:
         print(f"\nllmos: pull interrupted; run `llmos pull {args.repo}` again to resume", file=sys.stderr)
         raise
@@ -153,7 +153,8 @@ def _rm(args) -> int:
 def _verify(args) -> int:
     from llmos.registry import operations as registry
 
-    report = registry.verify(args.model)
+    with bar("verifying", "file", quiet=args.quiet or args.json) as progress:
+        report = registry.verify(args.model, progress=progress)
     if args.json:
         print(json.dumps({"ref": report.ref, "path": report.path, "ok": report.ok, "checked": report.checked,
                           "has_manifest": report.has_manifest, "problems": report.problems}, indent=2))
@@ -215,6 +216,7 @@ def add_registry_commands(subparsers) -> None:
     p = subparsers.add_parser("verify", help="check a model's files against their checksums")
     p.add_argument("model", metavar="NAME", help=model_help)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_verify)
 
     p = subparsers.add_parser("quantize", help="write a quantized copy of a model as a new entry")

@@ -266,15 +266,16 @@ def _path_not_name(text: str) -> str:
     return f"{text}: not a registry entry; `rm` takes a registry name and only removes models in {home()}"
 
 
-def verify(name_or_path) -> VerifyReport:
+def verify(name_or_path, *, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Re-reads every file: sizes and sha256 against the manifest, files missing or added, and
     the structure of the safetensors files and JSON side files. A folder outside the registry
-    (no manifest) gets the structural checks only."""
+    (no manifest) gets the structural checks only. progress: called with (checks done, checks)
+    after each file's checksum and each file's structure check."""
     with resolved(name_or_path) as path:
-        return _verify(name_or_path, Path(path))
+        return _verify(name_or_path, Path(path), progress or (lambda done, total: None))
 
 
-def _verify(name_or_path, folder: Path) -> VerifyReport:
+def _verify(name_or_path, folder: Path, progress: Callable[[int, int], None]) -> VerifyReport:
     entry_ref = name_or_path if isinstance(name_or_path, str) else str(folder)
     report = VerifyReport(ref=str(entry_ref), path=str(folder))
     manifest = None
@@ -290,7 +291,9 @@ def _verify(name_or_path, folder: Path) -> VerifyReport:
         report.has_manifest = False
     if manifest is not None:
         files = manifest["files"]
+        total = 2 * len(files)  # a checksum, then a structure check, per file (present)
         for rel in sorted(files):
+            progress(report.checked, total)
             expected = files[rel]
             p = folder / rel
             report.checked += 1
@@ -307,6 +310,7 @@ def _verify(name_or_path, folder: Path) -> VerifyReport:
         for rel in sorted(present - set(files) - {MANIFEST}):
             report.problems.append(f"{rel}: not in the manifest (added after the entry was made)")
         names = [f for f in files if (folder / f).is_file()]
+        done, total = len(files), len(files) + len(names)
     else:
         try:
             names = model_files(folder)
@@ -314,13 +318,15 @@ def _verify(name_or_path, folder: Path) -> VerifyReport:
             report.problems.append(str(e))
             return report
         report.checked = len(names)
-    _check_structure(folder, names, report)
+        done, total = 0, len(names)
+    progress(done, total)
+    _check_structure(folder, names, report, lambda i: progress(done + i, total))
     return report
 
 
-def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> None:
+def _check_structure(folder: Path, names: list[str], report: VerifyReport, progress: Callable[[int], None]) -> None:
 
-    for rel in names:
+    for i, rel in enumerate(names, 1):
         p = folder / rel
         try:
             if rel.endswith(".safetensors"):
@@ -336,6 +342,7 @@ def _check_structure(folder: Path, names: list[str], report: VerifyReport) -> No
             report.problems.append(f"{rel}: not valid JSON ({e})")
         except OSError as e:
             report.problems.append(f"{rel}: cannot read ({e.strerror})")
+        progress(i)
 
 
 def quantize(name_or_path, to: str = "int8", group: int = 32, name: str | None = None, *,
