@@ -335,9 +335,6 @@ def test_new_app_passes_its_own_tests(tmp_path, template):
     assert out.returncode == 0 and " 0 failed" in out.stdout, out.stdout + out.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="App.load joins the knowledge paths with the app's folder, and "
-                   "KnowledgeIndex.build joins them with it again: sub/sub/docs (llmos.apps.app, "
-                   "`base = path.parent`; resolving it, path.resolve().parent, fixes it)")
 def test_knowledge_app_in_another_folder(apps):
     (apps / "sub").mkdir()
     for name in ("helpdesk.app.md", "docs"):

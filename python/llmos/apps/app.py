@@ -104,7 +104,7 @@ class App:
         path = Path(path)
         file = str(path)
         spec, parsed = load_spec(path)
-        base = path.parent
+        base = path.resolve().parent  # absolute, so the knowledge paths joined to it do not depend on the cwd
 
         def err(problem, loc, fld=None):
             return AppFileError(problem, file=file, line=parsed.line_of(loc), field=fld or _dotted(loc))
