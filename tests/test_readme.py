@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -53,9 +54,14 @@ def _client_blocks() -> list[str]:
     return [b for b in _code_blocks() if re.search(r"^from openai import OpenAI$", b, flags=re.M)]
 
 
+def _embed_blocks() -> list[str]:
+    """The blocks that mount app routes in a FastAPI service."""
+    return [b for b in _code_blocks() if re.search(r"^from fastapi import FastAPI$", b, flags=re.M)]
+
+
 def _shell_lines() -> list[str]:
-    return [line.strip() for b in _code_blocks() if b not in _python_blocks() and b not in _client_blocks()
-            for line in b.splitlines() if line.strip()]
+    python = _python_blocks() + _client_blocks() + _embed_blocks()
+    return [line.strip() for b in _code_blocks() if b not in python for line in b.splitlines() if line.strip()]
 
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."},
@@ -87,8 +93,9 @@ def user_world(checkpoint, tmp_path, llmos):
 
 
 def _run(command: str, work: Path, env: dict) -> subprocess.CompletedProcess:
+    # stdin is closed, as when a reader pipes nothing in: `llmos chat` then ends at end of input.
     out = subprocess.run(["bash", "-c", f"set -e; {command}"], cwd=work, env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, f"README command failed: {command}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     assert "Traceback" not in out.stderr, f"{command}\n{out.stderr}"
     return out
@@ -158,6 +165,8 @@ def test_every_readme_command_runs_as_printed(user_world):
             continue
         outputs[command] = _run(command, work, env).stdout
     by_verb = {c.split()[1]: out for c, out in outputs.items()}
+    assert (work / "helpdesk.app.md").is_file() and "helpdesk" in by_verb["new"]
+    assert " 0 failed" in by_verb["app"], by_verb["app"]  # `llmos app test`, the last `llmos app` line
     assert by_verb["run"].strip() and by_verb["generate"].strip() and by_verb["serve"].strip()
     assert "mine" in by_verb["import"] and "<|im_start|>" in by_verb["import"]  # ls, then show --template
     assert (work / "qwen-onnx" / "model.onnx").is_file()
@@ -178,3 +187,26 @@ def test_the_python_example_runs_as_printed(user_world):
     reply, n_beams, n_batch, shape, vocab = json.loads(out.stdout.strip().splitlines()[-1])
     assert isinstance(reply, str) and n_beams == 2 and n_batch == 3
     assert len(shape) == 2 and shape[0] >= 1 and shape[1] == vocab
+
+
+def test_the_fastapi_embedding_runs_as_printed(user_world):
+    """The README's three lines mount an app made by the README's `llmos new` line; the service
+    then lists the app and answers a call (starlette's TestClient, no socket)."""
+    (block,) = _embed_blocks()
+    work, env = user_world
+    new = next(line for line in _shell_lines() if line.startswith("llmos new "))
+    _run(new, work, env)
+    script = work / "service.py"
+    script.write_text(block + textwrap.dedent("""
+        from fastapi.testclient import TestClient
+        import json
+        with TestClient(service) as client:
+            listed = client.get("/v1/apps").json()
+            reply = client.post("/v1/apps/helpdesk", json={"message": "How do I get a refund?",
+                                                           "params": {"max_new_tokens": 8}}).json()
+        print(json.dumps([[a["name"] for a in listed["data"]], reply]))
+    """))
+    out = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    names, reply = json.loads(out.stdout.strip().splitlines()[-1])
+    assert names == ["helpdesk"] and isinstance(reply["text"], str) and reply["citations"], reply
