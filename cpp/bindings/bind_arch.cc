@@ -50,9 +50,13 @@ void bind_arch(py::module_& m) {
       .def_readwrite("norm_bias", &Architecture::norm_bias)
       .def_readwrite("learned_positions", &Architecture::learned_positions)
       .def_readwrite("rope", &Architecture::rope)
+      .def_readwrite("rope_local", &Architecture::rope_local)
+      .def_readwrite("rope_layers", &Architecture::rope_layers)
       .def_readwrite("qkv_bias", &Architecture::qkv_bias)
       .def_readwrite("o_bias", &Architecture::o_bias)
       .def_readwrite("qk_norm", &Architecture::qk_norm)
+      .def_readwrite("qk_norm_across_heads", &Architecture::qk_norm_across_heads)
+      .def_readwrite("pre_norm", &Architecture::pre_norm)
       .def_readwrite("gated_mlp", &Architecture::gated_mlp)
       .def_readwrite("mlp_bias", &Architecture::mlp_bias)
       .def_readwrite("activation", &Architecture::activation)
@@ -63,6 +67,8 @@ void bind_arch(py::module_& m) {
       .def_readwrite("attn_scale", &Architecture::attn_scale)
       .def_readwrite("attn_softcap", &Architecture::attn_softcap)
       .def_readwrite("final_softcap", &Architecture::final_softcap)
+      .def_readwrite("residual_scale", &Architecture::residual_scale)
+      .def_readwrite("logit_scale", &Architecture::logit_scale)
       .def_readwrite("sliding_window", &Architecture::sliding_window)
       .def("validate", &Architecture::validate, "Raises InvalidInputError naming the first inconsistent field");
 }

@@ -47,10 +47,17 @@ struct Architecture {
 
   bool learned_positions = false;   // GPT-2: absolute position embedding table
   Rope rope;
+  // Gemma 3: the sliding-window layers rotate with their own base (rope_local_base_freq);
+  // rotary_dim 0 = every layer uses `rope`.
+  Rope rope_local;
+  // SmolLM3: per layer, 1 = rotate q and k, 0 = no RoPE (NoPE layer); empty = every layer rotates.
+  std::vector<uint8_t> rope_layers;
 
   bool qkv_bias = false;
   bool o_bias = false;
   bool qk_norm = false;             // Qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm_across_heads = false;// OLMo 2: the q (k) norm spans all heads' q (k) at once
+  bool pre_norm = true;             // norm before attention and MLP; OLMo 2 has only the post norms
   bool gated_mlp = true;            // act(gate) * up  vs  act(up)
   bool mlp_bias = false;
   Activation activation = Activation::Silu;
@@ -62,6 +69,8 @@ struct Architecture {
   float attn_scale = 0.0f;          // multiplies q.k; 0 means 1/sqrt(head_dim)
   float attn_softcap = 0.0f;        // Gemma 2: cap * tanh(score / cap); 0 = off
   float final_softcap = 0.0f;       // Gemma 2: on the logits; 0 = off
+  float residual_scale = 1.0f;      // Granite: each block's output times this before the residual add
+  float logit_scale = 1.0f;         // Granite: logits times this (1 / logits_scaling)
   std::vector<int64_t> sliding_window;  // [num_layers]; 0 = full attention, W = attend to the last W keys
 
   // Throws InvalidInput naming the field when the description is inconsistent.

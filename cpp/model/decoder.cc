@@ -284,6 +284,20 @@ void Model::rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scr
       }
     }
   }
+  const Rope& local = spec_.rope_local;
+  if (local.rotary_dim == 0) return;
+  s.cos_local.resize(size_t(b.n * half) * sizeof(float));
+  s.sin_local.resize(size_t(b.n * half) * sizeof(float));
+  float* cl = s.cos_local.as<float>();
+  float* sl = s.sin_local.as<float>();
+  for (int64_t t2 = 0; t2 < b.n; ++t2) {
+    const float pos = float(b.pos[size_t(t2)]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = pos * local.inv_freq[size_t(i)];
+      cl[t2 * half + i] = std::cos(a) * local.attention_scaling;
+      sl[t2 * half + i] = std::sin(a) * local.attention_scaling;
+    }
+  }
 }
 
 void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* out) {
@@ -583,13 +597,12 @@ void Model::attention_block(int64_t layer, const Batch& b, Scratch& s) {
   float* qkv = s.qkv.as<float>();
   float* attn = s.attn.as<float>();
   float* tmp = s.tmp.as<float>();
-  norm_rows(b.n, x, L.attn_norm_w, L.attn_norm_b, h);
-  matmul(h, b.runs, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
+  matmul(pre_norm(b.n, x, L.attn_norm_w, L.attn_norm_b, h), b.runs, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
   rope_and_cache(layer, b, s, qkv);
   attention(layer, b, qkv, attn);
   matmul(attn, b.runs, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
   if (spec_.post_attn_norm) norm_rows(b.n, tmp, L.attn_post_norm_w, kNoVector, tmp);
-  add_rows(x, tmp, b.n * spec_.hidden_size);
+  add_residual(x, tmp, b.n);
 }
 
 void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv) {
@@ -598,18 +611,26 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
   const LayerWeights& L = w_.layers[size_t(layer)];
   const int64_t D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D;
-  const int64_t half = spec_.rope.rotary_dim / 2;
-  const float* cos_t = s.cos.as<float>();
-  const float* sin_t = s.sin.as<float>();
+  // NoPE layers (rope_layers) do not rotate; sliding-window layers use rope_local when there is one.
+  const bool rotates = spec_.rope_layers.empty() || spec_.rope_layers[size_t(layer)];
+  const int64_t half = rotates ? spec_.rope.rotary_dim / 2 : 0;
+  const bool local = spec_.rope_local.rotary_dim > 0 && spec_.sliding_window[size_t(layer)] > 0;
+  const float* cos_t = (local ? s.cos_local : s.cos).as<float>();
+  const float* sin_t = (local ? s.sin_local : s.sin).as<float>();
   const float eps = spec_.norm_eps;
+  const bool across = spec_.qk_norm && spec_.qk_norm_across_heads;
   pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       float* q = qkv + t * QKV;
       float* k = q + Nq * D;
       const float* v = k + Nkv * D;
+      if (across) {
+        norm_row(NormKind::RMSNorm, q, L.q_norm_w.data(), nullptr, eps, Nq * D, q);
+        norm_row(NormKind::RMSNorm, k, L.k_norm_w.data(), nullptr, eps, Nkv * D, k);
+      }
       for (int64_t hh = 0; hh < Nq + Nkv; ++hh) {
         float* head = q + hh * D;
-        if (spec_.qk_norm)
+        if (spec_.qk_norm && !across)
           norm_row(NormKind::RMSNorm, head, hh < Nq ? L.q_norm_w.data() : L.k_norm_w.data(), nullptr, eps, D, head);
         if (half) rope_head(head, cos_t + t * half, sin_t + t * half, spec_.rope.rotary_dim);
       }
@@ -639,8 +660,7 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
   float* up = s.up.as<float>();
   float* act = s.act.as<float>();
   float* tmp = s.tmp.as<float>();
-  norm_rows(b.n, x, L.ffn_norm_w, L.ffn_norm_b, h);
-  matmul(h, b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
+  matmul(pre_norm(b.n, x, L.ffn_norm_w, L.ffn_norm_b, h), b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
   pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
@@ -652,7 +672,7 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
   });
   matmul(act, b.runs, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
   if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
-  add_rows(x, tmp, b.n * spec_.hidden_size);
+  add_residual(x, tmp, b.n);
 }
 
 void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits) {
@@ -673,10 +693,27 @@ void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s
     }
   }
   matmul(h, all_logits ? b.runs : b.head_runs, w_.output_matrix(), nullptr, logits);
+  if (spec_.logit_scale != 1.0f)
+    for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] *= spec_.logit_scale;
   if (spec_.final_softcap > 0) {
     const float c = spec_.final_softcap;
     for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] = std::tanh(logits[i] / c) * c;
   }
+}
+
+const float* Model::pre_norm(int64_t n, const float* x, const Vector& w, const Vector& b, float* h) {
+  // The input of a block: norm(x) into h, or x itself where the family has no pre-norm (OLMo 2).
+  if (!spec_.pre_norm) return x;
+  norm_rows(n, x, w, b, h);
+  return h;
+}
+
+void Model::add_residual(float* x, float* out, int64_t n) {
+  // x += out (* residual_scale: Granite)
+  const int64_t size = n * spec_.hidden_size;
+  if (spec_.residual_scale != 1.0f)
+    for (int64_t i = 0; i < size; ++i) out[i] *= spec_.residual_scale;
+  add_rows(x, out, size);
 }
 
 void Model::norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out) {

@@ -151,6 +151,7 @@ class Model {
     Buffer up;        // [n, U]
     Buffer act;       // [n, F]
     Buffer cos, sin;  // [n, rotary_dim / 2] rope rows of each token's position
+    Buffer cos_local, sin_local;  // the same for Architecture::rope_local (sliding-window layers)
   };
 
   void validate(const std::vector<SeqChunk>& chunks) const;
@@ -175,6 +176,8 @@ class Model {
   }
   void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
   void norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out);
+  const float* pre_norm(int64_t n, const float* x, const Vector& w, const Vector& b, float* h);
+  void add_residual(float* x, float* out, int64_t n);
   void rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv);
   void attention(int64_t layer, const Batch& b, const float* qkv, float* out);
 

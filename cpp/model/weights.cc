@@ -32,6 +32,8 @@ struct RoleDef {
 int64_t qkv_rows(const Architecture& s) { return (s.num_heads + 2 * s.num_kv_heads) * s.head_dim; }
 int64_t up_rows(const Architecture& s) { return (s.gated_mlp ? 2 : 1) * s.intermediate_size; }
 bool always(const Architecture&) { return true; }
+// A q/k norm weight covers one head, or every head at once (OLMo 2).
+int64_t q_norm_rows(const Architecture& s, int64_t heads) { return s.qk_norm_across_heads ? heads * s.head_dim : s.head_dim; }
 
 const RoleDef kRoles[] = {
     {"embed", false, always,
@@ -44,27 +46,27 @@ const RoleDef kRoles[] = {
      [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_b, s.hidden_size, 0}; }},
     {"lm_head", false, [](const Architecture& s) { return !s.tie_word_embeddings; },
      [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.lm_head, nullptr, s.vocab_size, s.hidden_size}; }},
-    {"attn_norm.weight", true, always,
+    {"attn_norm.weight", true, [](const Architecture& s) { return s.pre_norm; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_w, s.hidden_size, 0, true}; }},
-    {"attn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
+    {"attn_norm.bias", true, [](const Architecture& s) { return s.pre_norm && s.norm_bias; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_b, s.hidden_size, 0}; }},
     {"qkv.weight", true, always,
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->qkv, nullptr, qkv_rows(s), s.hidden_size}; }},
     {"qkv.bias", true, [](const Architecture& s) { return s.qkv_bias; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->qkv_b, qkv_rows(s), 0}; }},
     {"q_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->q_norm_w, s.head_dim, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->q_norm_w, q_norm_rows(s, s.num_heads), 0, true}; }},
     {"k_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->k_norm_w, s.head_dim, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->k_norm_w, q_norm_rows(s, s.num_kv_heads), 0, true}; }},
     {"o.weight", true, always,
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->o, nullptr, s.hidden_size, s.num_heads * s.head_dim}; }},
     {"o.bias", true, [](const Architecture& s) { return s.o_bias; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->o_b, s.hidden_size, 0}; }},
     {"attn_post_norm.weight", true, [](const Architecture& s) { return s.post_attn_norm; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_post_norm_w, s.hidden_size, 0, true}; }},
-    {"ffn_norm.weight", true, always,
+    {"ffn_norm.weight", true, [](const Architecture& s) { return s.pre_norm; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_w, s.hidden_size, 0, true}; }},
-    {"ffn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
+    {"ffn_norm.bias", true, [](const Architecture& s) { return s.pre_norm && s.norm_bias; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_b, s.hidden_size, 0}; }},
     {"up.weight", true, always,
      [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->up, nullptr, up_rows(s), s.hidden_size}; }},

@@ -45,6 +45,8 @@ def _expected(arch: Architecture, role: str, n_parts: int) -> tuple[list[tuple[i
             role in ("o.bias", "down.bias"):
         return [hidden], None
     if kind in ("q_norm", "k_norm"):
+        if a.qk_norm_across_heads:  # OLMo 2: one weight over every head's q (k)
+            return [(q, heads) if kind == "q_norm" else (kv, "num_kv_heads")], None
         return [(a.head_dim, "head_dim")], None
     cols = hidden if role.endswith(".weight") else None
     if kind == "qkv":
