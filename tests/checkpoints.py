@@ -294,6 +294,20 @@ _add(Kind("olmo2", "olmo2", _llama(num_key_value_heads=2),
 _add(Kind("granite", "granite", _llama(num_key_value_heads=2, embedding_multiplier=3.0, attention_multiplier=0.2,
                                        residual_multiplier=0.5, logits_scaling=2.5),
           notes="embedding x3, attention scale 0.2 (not 1/sqrt(16)), residual x0.5, logits / 2.5"))
+_add(Kind("mixtral", "mixtral", _llama(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                       router_jitter_noise=0.0),
+          notes="4 experts, top-2 renormalised, router in float"))
+_add(Kind("qwen2_moe", "qwen2_moe", _llama(num_key_value_heads=2, tie_word_embeddings=True, num_experts=4,
+                                           num_experts_per_tok=2, moe_intermediate_size=48,
+                                           shared_expert_intermediate_size=96, norm_topk_prob=False,
+                                           decoder_sparse_step=1, mlp_only_layers=[]),
+          notes="4 experts of 48, top-2 not renormalised, a shared expert of 96 behind a sigmoid gate, qkv bias"))
+_add(Kind("qwen3_moe", "qwen3_moe", _llama(num_key_value_heads=2, head_dim=32, num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=48, norm_topk_prob=True, decoder_sparse_step=1,
+                                           mlp_only_layers=[]),
+          notes="4 experts of 48, top-2 renormalised, q/k norm per head"))
+_add(Kind("olmoe", "olmoe", _llama(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+          notes="4 experts, top-2 not renormalised, q/k norm over all heads"))
 
 SWA_KINDS = [k for k, v in KINDS.items() if v.sliding_window]
 

@@ -131,7 +131,7 @@ def test_quant_names():
 
 @pytest.mark.parametrize("quant,max_rel,min_top1", [("int8", 0.03, 0.95), ("int4", 0.15, 0.7), ("int4-g64", 0.2, 0.7),
                                                     ("int4-asym", 0.15, 0.7), ("int4-h6", 0.15, 0.7)])
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "smollm3", "granite"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen3", "smollm3", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
 def test_quantized_model_tracks_float32(kind, quant, max_rel, min_top1, checkpoint, llmos):
     """Relative L2 error of the logits and top-1 agreement over 64 positions, on a
     checkpoint with transformers' default init scale (random weights with a large scale

@@ -22,6 +22,10 @@ VARIANTS = [
     ("smollm3", dict(no_rope_layers=[0, 0, 1])),
     ("olmo2", dict(num_key_value_heads=4, attention_bias=True)),
     ("granite", dict(tie_word_embeddings=True, logits_scaling=1.0)),
+    ("mixtral", dict(num_experts_per_tok=1)),
+    ("qwen2_moe", dict(norm_topk_prob=True, num_experts_per_tok=3)),
+    ("qwen3_moe", dict(norm_topk_prob=False)),
+    ("olmoe", dict(norm_topk_prob=True, num_experts=6, num_experts_per_tok=3)),
 ]
 
 

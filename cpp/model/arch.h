@@ -59,6 +59,17 @@ struct Architecture {
   bool qk_norm_across_heads = false;// OLMo 2: the q (k) norm spans all heads' q (k) at once
   bool pre_norm = true;             // norm before attention and MLP; OLMo 2 has only the post norms
   bool gated_mlp = true;            // act(gate) * up  vs  act(up)
+  // Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): every layer's MLP is
+  // experts_per_token of num_experts gated MLPs of expert_intermediate_size, weighted by the
+  // router's softmax over all experts (top-k renormalised to sum 1 when norm_topk_prob), plus a
+  // shared expert of shared_expert_size when > 0 (the layer's up/down; Qwen2-MoE), scaled by
+  // sigmoid(shared_gate . x) when shared_expert_gate. num_experts 0 = a dense MLP.
+  int64_t num_experts = 0;
+  int64_t experts_per_token = 0;
+  int64_t expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int64_t shared_expert_size = 0;
+  bool shared_expert_gate = false;
   bool mlp_bias = false;
   Activation activation = Activation::Silu;
   bool post_attn_norm = false;      // Gemma 2: norm on the attention output before the residual add
@@ -75,6 +86,8 @@ struct Architecture {
 
   // Throws InvalidInput naming the field when the description is inconsistent.
   void validate() const;
+  // The width of the layer's own (dense or shared-expert) MLP; 0 when it has none.
+  int64_t mlp_width() const { return num_experts ? shared_expert_size : intermediate_size; }
 };
 
 }  // namespace llmos

@@ -517,7 +517,8 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
 
 void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s) {
   const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
-  const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size;
+  const int64_t QKV = (Nq + 2 * Nkv) * D;
+  const int64_t F = std::max(spec_.mlp_width(), spec_.num_experts ? spec_.expert_intermediate_size : 0);
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
 
   // Stack the chunks' tokens; remember each one's session and position.
@@ -566,6 +567,12 @@ void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s
   s.tmp.resize(size_t(n * H) * 4);
   s.up.resize(size_t(n * U) * 4);
   s.act.resize(size_t(n * F) * 4);
+  if (spec_.num_experts) {
+    s.router.resize(size_t(n * spec_.num_experts) * 4);
+    s.gathered.resize(size_t(n * H) * 4);
+    s.expert_out.resize(size_t(n * H) * 4);
+    s.moe_sum.resize(size_t(n * H) * 4);
+  }
 }
 
 void Model::embed(const Batch& b, Scratch& s) {
@@ -652,16 +659,25 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
 }
 
 void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
-  // x += post_norm(down(act(up(norm(x)))));  gated: act(gate) * up, gate and up stacked in U.
+  // x += post_norm(mlp(norm(x))): a dense MLP, or the routed experts (+ a shared one).
   const LayerWeights& L = w_.layers[size_t(layer)];
-  const int64_t F = spec_.intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
   float* x = s.x.as<float>();
-  float* h = s.h.as<float>();
+  float* tmp = s.tmp.as<float>();
+  const float* in = pre_norm(b.n, x, L.ffn_norm_w, L.ffn_norm_b, s.h.as<float>());
+  if (spec_.num_experts) moe_mlp(layer, b, s, in, tmp);
+  else dense_mlp(in, b.runs, b.n, L.up, L.up_b, L.down, L.down_b, spec_.intermediate_size, s, tmp);
+  if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
+  add_residual(x, tmp, b.n);
+}
+
+void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up_w,
+                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out) {
+  // gated: act(gate) * up, gate and up stacked in U.
+  const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
   float* up = s.up.as<float>();
   float* act = s.act.as<float>();
-  float* tmp = s.tmp.as<float>();
-  matmul(pre_norm(b.n, x, L.ffn_norm_w, L.ffn_norm_b, h), b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
-  pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
+  matmul(in, runs, up_w, up_b.empty() ? nullptr : up_b.data(), up);
+  pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
       else {
@@ -670,9 +686,95 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
       }
     }
   });
-  matmul(act, b.runs, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
-  if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
-  add_residual(x, tmp, b.n);
+  matmul(act, runs, down_w, down_b.empty() ? nullptr : down_b.data(), out);
+}
+
+void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out) {
+  // Route every token (softmax over all experts in float, top-k, optionally renormalised),
+  // then run each expert that some token chose over just those tokens, gathered: an expert no
+  // token chose is never read, so a decode step reads only the routed experts' weights.
+  const LayerWeights& L = w_.layers[size_t(layer)];
+  const int64_t n = b.n, H = spec_.hidden_size, E = spec_.num_experts, K = spec_.experts_per_token;
+  float* logits = s.router.as<float>();
+  matmul(in, b.runs, L.router, nullptr, logits);
+  s.route_expert.resize(size_t(n * K));
+  s.route_weight.resize(size_t(n * K));
+  std::vector<float> probs(static_cast<size_t>(E));
+  for (int64_t t = 0; t < n; ++t) {
+    const float* lg = logits + t * E;
+    float mx = lg[0];
+    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, lg[e]);
+    float sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += probs[size_t(e)] = std::exp(lg[e] - mx);
+    for (float& p : probs) p /= sum;
+    // Top-k by probability; on a tie the lower expert index first.
+    float picked = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e)
+        if (probs[size_t(e)] >= 0 && (best < 0 || probs[size_t(e)] > probs[size_t(best)])) best = e;
+      s.route_expert[size_t(t * K + k)] = int32_t(best);
+      s.route_weight[size_t(t * K + k)] = probs[size_t(best)];
+      picked += probs[size_t(best)];
+      probs[size_t(best)] = -1.0f;  // taken
+    }
+    if (spec_.norm_topk_prob)
+      for (int64_t k = 0; k < K; ++k) s.route_weight[size_t(t * K + k)] /= picked;
+  }
+  // Each token keeps its kernel (prefill or decode) inside an expert's gathered batch, so its
+  // result does not depend on which other tokens chose the same expert.
+  std::vector<uint8_t> prefill(static_cast<size_t>(n));
+  {
+    int64_t t = 0;
+    for (const TokenRun& r : b.runs)
+      for (int64_t j = 0; j < r.n; ++j) prefill[size_t(t++)] = r.prefill;
+  }
+  float* sum = s.moe_sum.as<float>();
+  std::fill(sum, sum + n * H, 0.0f);
+  float* gathered = s.gathered.as<float>();
+  float* y = s.expert_out.as<float>();
+  std::vector<int64_t> rows;
+  std::vector<float> weights;
+  std::vector<TokenRun> runs;
+  for (int64_t e = 0; e < E; ++e) {
+    rows.clear();
+    weights.clear();
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (s.route_expert[size_t(t * K + k)] == e) {
+          rows.push_back(t);
+          weights.push_back(s.route_weight[size_t(t * K + k)]);
+        }
+    if (rows.empty()) continue;
+    runs.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const bool p = prefill[size_t(rows[i])];
+      if (!runs.empty() && runs.back().prefill == p) ++runs.back().n;
+      else runs.push_back({1, p});
+      std::memcpy(gathered + int64_t(i) * H, in + rows[i] * H, size_t(H) * 4);
+    }
+    dense_mlp(gathered, runs, int64_t(rows.size()), L.expert_up[size_t(e)], kNoVector, L.expert_down[size_t(e)],
+              kNoVector, spec_.expert_intermediate_size, s, y);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      float* dst = sum + rows[i] * H;
+      const float* src = y + int64_t(i) * H;
+      for (int64_t c = 0; c < H; ++c) dst[c] += weights[i] * src[c];
+    }
+  }
+  if (spec_.shared_expert_size > 0) {
+    dense_mlp(in, b.runs, n, L.up, L.up_b, L.down, L.down_b, spec_.shared_expert_size, s, y);
+    if (spec_.shared_expert_gate) {
+      std::vector<float> gate(static_cast<size_t>(n));
+      matmul(in, b.runs, L.shared_gate, nullptr, gate.data());
+      for (int64_t t = 0; t < n; ++t) {
+        const float g = 1.0f / (1.0f + std::exp(-gate[size_t(t)]));
+        for (int64_t c = 0; c < H; ++c) sum[t * H + c] += g * y[t * H + c];
+      }
+    } else {
+      for (int64_t i = 0; i < n * H; ++i) sum[i] += y[i];
+    }
+  }
+  std::memcpy(out, sum, size_t(n * H) * 4);
 }
 
 void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits) {

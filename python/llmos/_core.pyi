@@ -101,6 +101,18 @@ class Architecture:
     """A norm before attention and MLP; False: only the post norms (OLMo 2)."""
     gated_mlp: bool
     """act(gate) * up rather than act(up)."""
+    num_experts: int
+    """Experts per MLP (Mixtral, Qwen2/3-MoE, OLMoE); 0: a dense MLP."""
+    experts_per_token: int
+    """How many experts each token is routed to (top-k of the router's softmax)."""
+    expert_intermediate_size: int
+    """Width of each expert's gated MLP."""
+    norm_topk_prob: bool
+    """Renormalise the top-k router weights to sum to 1."""
+    shared_expert_size: int
+    """Width of the shared expert every token also runs (Qwen2-MoE); 0: none."""
+    shared_expert_gate: bool
+    """Scale the shared expert by sigmoid(shared_gate . x)."""
     mlp_bias: bool
     """Bias on the MLP projections."""
     activation: Activation
