@@ -277,6 +277,37 @@ _add(Kind("gemma2", "gemma2", _llama(
     sliding_window=WINDOW, init_std=0.35, embed_std=0.1, post_norm_gain=3.0, final_norm_gain=2.0,
     notes=f"soft-capping (final 10, attn 20 - small so it matters), layers 0,2 sliding window {WINDOW}, "
           "query_pre_attn_scalar 48, pre+post norms"))
+_add(Kind("gemma3_text", "gemma3_text", _llama(
+    num_key_value_heads=2, head_dim=32, num_hidden_layers=3, tie_word_embeddings=True,
+    hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=48, sliding_window=WINDOW,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                     "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0}}),
+    sliding_window=WINDOW, init_std=0.35, embed_std=0.1, post_norm_gain=3.0, final_norm_gain=2.0,
+    notes=f"q/k norm (1 + w), layers 0,2 sliding window {WINDOW} with rope base 1e4, layer 1 full with "
+          "base 1e6 and linear scaling 2, query_pre_attn_scalar 48, pre+post norms"))
+_add(Kind("smollm3", "smollm3", _llama(num_key_value_heads=2, num_hidden_layers=3, tie_word_embeddings=True,
+                                       rope_theta=2000000.0, no_rope_layers=[1, 0, 1]),
+          notes="layer 1 without RoPE (no_rope_layers), GQA, tied"))
+_add(Kind("olmo2", "olmo2", _llama(num_key_value_heads=2),
+          notes="no pre-norms: norms on the attention and MLP outputs; q/k RMSNorm over all heads at once"))
+_add(Kind("granite", "granite", _llama(num_key_value_heads=2, embedding_multiplier=3.0, attention_multiplier=0.2,
+                                       residual_multiplier=0.5, logits_scaling=2.5),
+          notes="embedding x3, attention scale 0.2 (not 1/sqrt(16)), residual x0.5, logits / 2.5"))
+_add(Kind("mixtral", "mixtral", _llama(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                       router_jitter_noise=0.0),
+          notes="4 experts, top-2 renormalised, router in float"))
+_add(Kind("qwen2_moe", "qwen2_moe", _llama(num_key_value_heads=2, tie_word_embeddings=True, num_experts=4,
+                                           num_experts_per_tok=2, moe_intermediate_size=48,
+                                           shared_expert_intermediate_size=96, norm_topk_prob=False,
+                                           decoder_sparse_step=1, mlp_only_layers=[]),
+          notes="4 experts of 48, top-2 not renormalised, a shared expert of 96 behind a sigmoid gate, qkv bias"))
+_add(Kind("qwen3_moe", "qwen3_moe", _llama(num_key_value_heads=2, head_dim=32, num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=48, norm_topk_prob=True, decoder_sparse_step=1,
+                                           mlp_only_layers=[]),
+          notes="4 experts of 48, top-2 renormalised, q/k norm per head"))
+_add(Kind("olmoe", "olmoe", _llama(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
+          notes="4 experts, top-2 not renormalised, q/k norm over all heads"))
 
 SWA_KINDS = [k for k, v in KINDS.items() if v.sliding_window]
 
@@ -331,7 +362,7 @@ def _shape_weights_(model, k: Kind) -> None:
     """
     import torch
 
-    gemma_norm = k.model_type in ("gemma", "gemma2")  # RMSNorm multiplies by (1 + w)
+    gemma_norm = k.model_type in ("gemma", "gemma2", "gemma3_text")  # RMSNorm multiplies by (1 + w)
 
     def gain_(p, g):
         if gemma_norm:
@@ -344,7 +375,7 @@ def _shape_weights_(model, k: Kind) -> None:
             model.get_input_embeddings().weight.mul_(k.embed_std / k.init_std)
         for name, p in model.named_parameters():
             if k.post_norm_gain != 1.0 and ("post_attention_layernorm" in name or "post_feedforward_layernorm" in name) \
-                    and k.model_type == "gemma2":
+                    and k.model_type in ("gemma2", "gemma3_text"):
                 gain_(p, k.post_norm_gain)
             if k.final_norm_gain != 1.0 and name in ("model.norm.weight", "transformer.ln_f.weight"):
                 gain_(p, k.final_norm_gain)

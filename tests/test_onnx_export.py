@@ -24,6 +24,8 @@ import pytest
 import onnx
 import onnxruntime as ort
 
+import llmos
+
 FP32_BOUND = 1e-4
 FP16_REL_BOUND = 2e-2
 INT4_REL_BOUND = 0.15
@@ -296,3 +298,13 @@ def test_int4_block_size_follows_a_quantized_model(checkpoint, llmos, tmp_path):
     m = onnx.load(str(tmp_path / "q" / "model.onnx"))
     sizes = {a.i for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     assert sizes == {64}
+
+
+@pytest.mark.parametrize("kind,switch", [("olmo2", "pre_norm"), ("smollm3", "rope_layers"), ("gemma3_text", "rope_local"),
+                                         ("granite", "residual_scale"), ("mixtral", "num_experts")])
+def test_export_refuses_a_switch_it_cannot_build(kind, switch, checkpoint, tmp_path):
+    from llmos.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=f"Architecture.{switch}") as e:
+        llmos.export_onnx(str(checkpoint(kind)), str(tmp_path / "out"))
+    assert e.value.field == switch and not (tmp_path / "out" / "model.onnx").exists()

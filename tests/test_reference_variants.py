@@ -17,6 +17,15 @@ VARIANTS = [
     ("mistral_swa", dict(sliding_window=7)),
     ("gemma", dict(hidden_act="gelu")),
     ("qwen2", dict(tie_word_embeddings=False)),
+    ("gemma3_text", dict(attn_logit_softcapping=20.0, final_logit_softcapping=10.0)),
+    ("gemma3_text", dict(layer_types=["full_attention"] * 3)),  # no sliding layer: one rope
+    ("smollm3", dict(no_rope_layers=[0, 0, 1])),
+    ("olmo2", dict(num_key_value_heads=4, attention_bias=True)),
+    ("granite", dict(tie_word_embeddings=True, logits_scaling=1.0)),
+    ("mixtral", dict(num_experts_per_tok=1)),
+    ("qwen2_moe", dict(norm_topk_prob=True, num_experts_per_tok=3)),
+    ("qwen3_moe", dict(norm_topk_prob=False)),
+    ("olmoe", dict(norm_topk_prob=True, num_experts=6, num_experts_per_tok=3)),
 ]
 
 

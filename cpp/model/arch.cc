@@ -58,17 +58,36 @@ void Architecture::validate() const {
   require(rope.inv_freq_long.empty() || rope.inv_freq_long.size() == rope.inv_freq.size(), "inv_freq_long",
           "needs rotary_dim / 2 entries");
   require(!(rope.dynamic && rope.rotary_dim <= 2), "rope_scaling", "dynamic RoPE needs rotary_dim > 2");
+  require(rope_local.rotary_dim == 0 ||
+              (rope_local.rotary_dim == rope.rotary_dim && int64_t(rope_local.inv_freq.size()) == rope.rotary_dim / 2 &&
+               rope_local.inv_freq_long.empty() && !rope_local.dynamic),
+          "rope_local", "must rotate the same dims as rope, without longrope or dynamic scaling");
+  require(rope_layers.empty() || int64_t(rope_layers.size()) == num_layers, "rope_layers",
+          "needs one entry per layer (or none)");
   require(int64_t(sliding_window.size()) == num_layers, "sliding_window", "needs one entry per layer");
+  if (num_experts) {
+    require(num_experts > 0 && num_experts <= 4096, "num_experts", "must be in [0, 4096]");
+    require(experts_per_token > 0 && experts_per_token <= num_experts, "num_experts_per_tok",
+            "must be in [1, num_experts]");
+    require_dim(expert_intermediate_size, "moe_intermediate_size");
+    require_product(2 * expert_intermediate_size, hidden_size, "moe_intermediate_size", "an expert's MLP matrix");
+    require(shared_expert_size >= 0 && shared_expert_size <= kMaxDim, "shared_expert_intermediate_size",
+            "must be in [0, " + std::to_string(kMaxDim) + "]");
+    require(gated_mlp, "hidden_act", "experts are gated MLPs");
+    require(!shared_expert_gate || shared_expert_size > 0, "shared_expert_gate", "needs a shared expert");
+  }
   for (int64_t w : sliding_window) require(w >= 0, "sliding_window", "must be >= 0");
   require(norm_eps > 0 && std::isfinite(norm_eps), "norm_eps", "must be a finite number > 0");
   // NaN or infinite scales make every logit NaN: refused here rather than found at decode time.
   for (const auto& [v, field] : {std::pair{embed_scale, "embed_scale"}, {attn_scale, "attn_scale"},
                                  {attn_softcap, "attn_softcap"}, {final_softcap, "final_softcap"},
-                                 {norm_weight_offset, "norm_weight_offset"},
+                                 {norm_weight_offset, "norm_weight_offset"}, {residual_scale, "residual_scale"},
+                                 {logit_scale, "logit_scale"}, {rope_local.attention_scaling, "attention_scaling"},
                                  {rope.attention_scaling, "attention_scaling"}})
     require(std::isfinite(v), field, "must be finite");
   for (float f : rope.inv_freq) require(std::isfinite(f), "inv_freq", "must be finite");
   for (float f : rope.inv_freq_long) require(std::isfinite(f), "inv_freq_long", "must be finite");
+  for (float f : rope_local.inv_freq) require(std::isfinite(f), "inv_freq", "must be finite");
 }
 
 }  // namespace llmos

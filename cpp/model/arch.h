@@ -47,11 +47,29 @@ struct Architecture {
 
   bool learned_positions = false;   // GPT-2: absolute position embedding table
   Rope rope;
+  // Gemma 3: the sliding-window layers rotate with their own base (rope_local_base_freq);
+  // rotary_dim 0 = every layer uses `rope`.
+  Rope rope_local;
+  // SmolLM3: per layer, 1 = rotate q and k, 0 = no RoPE (NoPE layer); empty = every layer rotates.
+  std::vector<uint8_t> rope_layers;
 
   bool qkv_bias = false;
   bool o_bias = false;
   bool qk_norm = false;             // Qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool qk_norm_across_heads = false;// OLMo 2: the q (k) norm spans all heads' q (k) at once
+  bool pre_norm = true;             // norm before attention and MLP; OLMo 2 has only the post norms
   bool gated_mlp = true;            // act(gate) * up  vs  act(up)
+  // Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): every layer's MLP is
+  // experts_per_token of num_experts gated MLPs of expert_intermediate_size, weighted by the
+  // router's softmax over all experts (top-k renormalised to sum 1 when norm_topk_prob), plus a
+  // shared expert of shared_expert_size when > 0 (the layer's up/down; Qwen2-MoE), scaled by
+  // sigmoid(shared_gate . x) when shared_expert_gate. num_experts 0 = a dense MLP.
+  int64_t num_experts = 0;
+  int64_t experts_per_token = 0;
+  int64_t expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int64_t shared_expert_size = 0;
+  bool shared_expert_gate = false;
   bool mlp_bias = false;
   Activation activation = Activation::Silu;
   bool post_attn_norm = false;      // Gemma 2: norm on the attention output before the residual add
@@ -62,10 +80,14 @@ struct Architecture {
   float attn_scale = 0.0f;          // multiplies q.k; 0 means 1/sqrt(head_dim)
   float attn_softcap = 0.0f;        // Gemma 2: cap * tanh(score / cap); 0 = off
   float final_softcap = 0.0f;       // Gemma 2: on the logits; 0 = off
+  float residual_scale = 1.0f;      // Granite: each block's output times this before the residual add
+  float logit_scale = 1.0f;         // Granite: logits times this (1 / logits_scaling)
   std::vector<int64_t> sliding_window;  // [num_layers]; 0 = full attention, W = attend to the last W keys
 
   // Throws InvalidInput naming the field when the description is inconsistent.
   void validate() const;
+  // The width of the layer's own (dense or shared-expert) MLP; 0 when it has none.
+  int64_t mlp_width() const { return num_experts ? shared_expert_size : intermediate_size; }
 };
 
 }  // namespace llmos

@@ -284,6 +284,20 @@ void Model::rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scr
       }
     }
   }
+  const Rope& local = spec_.rope_local;
+  if (local.rotary_dim == 0) return;
+  s.cos_local.resize(size_t(b.n * half) * sizeof(float));
+  s.sin_local.resize(size_t(b.n * half) * sizeof(float));
+  float* cl = s.cos_local.as<float>();
+  float* sl = s.sin_local.as<float>();
+  for (int64_t t2 = 0; t2 < b.n; ++t2) {
+    const float pos = float(b.pos[size_t(t2)]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = pos * local.inv_freq[size_t(i)];
+      cl[t2 * half + i] = std::cos(a) * local.attention_scaling;
+      sl[t2 * half + i] = std::sin(a) * local.attention_scaling;
+    }
+  }
 }
 
 void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* out) {
@@ -503,7 +517,8 @@ void Model::forward_locked(const std::vector<SeqChunk>& chunks, float* logits, b
 
 void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s) {
   const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
-  const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size;
+  const int64_t QKV = (Nq + 2 * Nkv) * D;
+  const int64_t F = std::max(spec_.mlp_width(), spec_.num_experts ? spec_.expert_intermediate_size : 0);
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
 
   // Stack the chunks' tokens; remember each one's session and position.
@@ -552,6 +567,12 @@ void Model::plan_batch(const std::vector<SeqChunk>& chunks, Batch& b, Scratch& s
   s.tmp.resize(size_t(n * H) * 4);
   s.up.resize(size_t(n * U) * 4);
   s.act.resize(size_t(n * F) * 4);
+  if (spec_.num_experts) {
+    s.router.resize(size_t(n * spec_.num_experts) * 4);
+    s.gathered.resize(size_t(n * H) * 4);
+    s.expert_out.resize(size_t(n * H) * 4);
+    s.moe_sum.resize(size_t(n * H) * 4);
+  }
 }
 
 void Model::embed(const Batch& b, Scratch& s) {
@@ -583,13 +604,12 @@ void Model::attention_block(int64_t layer, const Batch& b, Scratch& s) {
   float* qkv = s.qkv.as<float>();
   float* attn = s.attn.as<float>();
   float* tmp = s.tmp.as<float>();
-  norm_rows(b.n, x, L.attn_norm_w, L.attn_norm_b, h);
-  matmul(h, b.runs, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
+  matmul(pre_norm(b.n, x, L.attn_norm_w, L.attn_norm_b, h), b.runs, L.qkv, L.qkv_b.empty() ? nullptr : L.qkv_b.data(), qkv);
   rope_and_cache(layer, b, s, qkv);
   attention(layer, b, qkv, attn);
   matmul(attn, b.runs, L.o, L.o_b.empty() ? nullptr : L.o_b.data(), tmp);
   if (spec_.post_attn_norm) norm_rows(b.n, tmp, L.attn_post_norm_w, kNoVector, tmp);
-  add_rows(x, tmp, b.n * spec_.hidden_size);
+  add_residual(x, tmp, b.n);
 }
 
 void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv) {
@@ -598,18 +618,26 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
   const LayerWeights& L = w_.layers[size_t(layer)];
   const int64_t D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
   const int64_t QKV = (Nq + 2 * Nkv) * D;
-  const int64_t half = spec_.rope.rotary_dim / 2;
-  const float* cos_t = s.cos.as<float>();
-  const float* sin_t = s.sin.as<float>();
+  // NoPE layers (rope_layers) do not rotate; sliding-window layers use rope_local when there is one.
+  const bool rotates = spec_.rope_layers.empty() || spec_.rope_layers[size_t(layer)];
+  const int64_t half = rotates ? spec_.rope.rotary_dim / 2 : 0;
+  const bool local = spec_.rope_local.rotary_dim > 0 && spec_.sliding_window[size_t(layer)] > 0;
+  const float* cos_t = (local ? s.cos_local : s.cos).as<float>();
+  const float* sin_t = (local ? s.sin_local : s.sin).as<float>();
   const float eps = spec_.norm_eps;
+  const bool across = spec_.qk_norm && spec_.qk_norm_across_heads;
   pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       float* q = qkv + t * QKV;
       float* k = q + Nq * D;
       const float* v = k + Nkv * D;
+      if (across) {
+        norm_row(NormKind::RMSNorm, q, L.q_norm_w.data(), nullptr, eps, Nq * D, q);
+        norm_row(NormKind::RMSNorm, k, L.k_norm_w.data(), nullptr, eps, Nkv * D, k);
+      }
       for (int64_t hh = 0; hh < Nq + Nkv; ++hh) {
         float* head = q + hh * D;
-        if (spec_.qk_norm)
+        if (spec_.qk_norm && !across)
           norm_row(NormKind::RMSNorm, head, hh < Nq ? L.q_norm_w.data() : L.k_norm_w.data(), nullptr, eps, D, head);
         if (half) rope_head(head, cos_t + t * half, sin_t + t * half, spec_.rope.rotary_dim);
       }
@@ -631,17 +659,25 @@ void Model::rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, floa
 }
 
 void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
-  // x += post_norm(down(act(up(norm(x)))));  gated: act(gate) * up, gate and up stacked in U.
+  // x += post_norm(mlp(norm(x))): a dense MLP, or the routed experts (+ a shared one).
   const LayerWeights& L = w_.layers[size_t(layer)];
-  const int64_t F = spec_.intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
   float* x = s.x.as<float>();
-  float* h = s.h.as<float>();
+  float* tmp = s.tmp.as<float>();
+  const float* in = pre_norm(b.n, x, L.ffn_norm_w, L.ffn_norm_b, s.h.as<float>());
+  if (spec_.num_experts) moe_mlp(layer, b, s, in, tmp);
+  else dense_mlp(in, b.runs, b.n, L.up, L.up_b, L.down, L.down_b, spec_.intermediate_size, s, tmp);
+  if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
+  add_residual(x, tmp, b.n);
+}
+
+void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up_w,
+                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out) {
+  // gated: act(gate) * up, gate and up stacked in U.
+  const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
   float* up = s.up.as<float>();
   float* act = s.act.as<float>();
-  float* tmp = s.tmp.as<float>();
-  norm_rows(b.n, x, L.ffn_norm_w, L.ffn_norm_b, h);
-  matmul(h, b.runs, L.up, L.up_b.empty() ? nullptr : L.up_b.data(), up);
-  pool_.parallel_for(b.n, 1, [&](int64_t t0, int64_t t1) {
+  matmul(in, runs, up_w, up_b.empty() ? nullptr : up_b.data(), up);
+  pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
       else {
@@ -650,9 +686,95 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
       }
     }
   });
-  matmul(act, b.runs, L.down, L.down_b.empty() ? nullptr : L.down_b.data(), tmp);
-  if (spec_.post_ffn_norm) norm_rows(b.n, tmp, L.ffn_post_norm_w, kNoVector, tmp);
-  add_rows(x, tmp, b.n * spec_.hidden_size);
+  matmul(act, runs, down_w, down_b.empty() ? nullptr : down_b.data(), out);
+}
+
+void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out) {
+  // Route every token (softmax over all experts in float, top-k, optionally renormalised),
+  // then run each expert that some token chose over just those tokens, gathered: an expert no
+  // token chose is never read, so a decode step reads only the routed experts' weights.
+  const LayerWeights& L = w_.layers[size_t(layer)];
+  const int64_t n = b.n, H = spec_.hidden_size, E = spec_.num_experts, K = spec_.experts_per_token;
+  float* logits = s.router.as<float>();
+  matmul(in, b.runs, L.router, nullptr, logits);
+  s.route_expert.resize(size_t(n * K));
+  s.route_weight.resize(size_t(n * K));
+  std::vector<float> probs(static_cast<size_t>(E));
+  for (int64_t t = 0; t < n; ++t) {
+    const float* lg = logits + t * E;
+    float mx = lg[0];
+    for (int64_t e = 1; e < E; ++e) mx = std::max(mx, lg[e]);
+    float sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += probs[size_t(e)] = std::exp(lg[e] - mx);
+    for (float& p : probs) p /= sum;
+    // Top-k by probability; on a tie the lower expert index first.
+    float picked = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e)
+        if (probs[size_t(e)] >= 0 && (best < 0 || probs[size_t(e)] > probs[size_t(best)])) best = e;
+      s.route_expert[size_t(t * K + k)] = int32_t(best);
+      s.route_weight[size_t(t * K + k)] = probs[size_t(best)];
+      picked += probs[size_t(best)];
+      probs[size_t(best)] = -1.0f;  // taken
+    }
+    if (spec_.norm_topk_prob)
+      for (int64_t k = 0; k < K; ++k) s.route_weight[size_t(t * K + k)] /= picked;
+  }
+  // Each token keeps its kernel (prefill or decode) inside an expert's gathered batch, so its
+  // result does not depend on which other tokens chose the same expert.
+  std::vector<uint8_t> prefill(static_cast<size_t>(n));
+  {
+    int64_t t = 0;
+    for (const TokenRun& r : b.runs)
+      for (int64_t j = 0; j < r.n; ++j) prefill[size_t(t++)] = r.prefill;
+  }
+  float* sum = s.moe_sum.as<float>();
+  std::fill(sum, sum + n * H, 0.0f);
+  float* gathered = s.gathered.as<float>();
+  float* y = s.expert_out.as<float>();
+  std::vector<int64_t> rows;
+  std::vector<float> weights;
+  std::vector<TokenRun> runs;
+  for (int64_t e = 0; e < E; ++e) {
+    rows.clear();
+    weights.clear();
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        if (s.route_expert[size_t(t * K + k)] == e) {
+          rows.push_back(t);
+          weights.push_back(s.route_weight[size_t(t * K + k)]);
+        }
+    if (rows.empty()) continue;
+    runs.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const bool p = prefill[size_t(rows[i])];
+      if (!runs.empty() && runs.back().prefill == p) ++runs.back().n;
+      else runs.push_back({1, p});
+      std::memcpy(gathered + int64_t(i) * H, in + rows[i] * H, size_t(H) * 4);
+    }
+    dense_mlp(gathered, runs, int64_t(rows.size()), L.expert_up[size_t(e)], kNoVector, L.expert_down[size_t(e)],
+              kNoVector, spec_.expert_intermediate_size, s, y);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      float* dst = sum + rows[i] * H;
+      const float* src = y + int64_t(i) * H;
+      for (int64_t c = 0; c < H; ++c) dst[c] += weights[i] * src[c];
+    }
+  }
+  if (spec_.shared_expert_size > 0) {
+    dense_mlp(in, b.runs, n, L.up, L.up_b, L.down, L.down_b, spec_.shared_expert_size, s, y);
+    if (spec_.shared_expert_gate) {
+      std::vector<float> gate(static_cast<size_t>(n));
+      matmul(in, b.runs, L.shared_gate, nullptr, gate.data());
+      for (int64_t t = 0; t < n; ++t) {
+        const float g = 1.0f / (1.0f + std::exp(-gate[size_t(t)]));
+        for (int64_t c = 0; c < H; ++c) sum[t * H + c] += g * y[t * H + c];
+      }
+    } else {
+      for (int64_t i = 0; i < n * H; ++i) sum[i] += y[i];
+    }
+  }
+  std::memcpy(out, sum, size_t(n * H) * 4);
 }
 
 void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits) {
@@ -673,10 +795,27 @@ void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s
     }
   }
   matmul(h, all_logits ? b.runs : b.head_runs, w_.output_matrix(), nullptr, logits);
+  if (spec_.logit_scale != 1.0f)
+    for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] *= spec_.logit_scale;
   if (spec_.final_softcap > 0) {
     const float c = spec_.final_softcap;
     for (int64_t i = 0; i < rows * spec_.vocab_size; ++i) logits[i] = std::tanh(logits[i] / c) * c;
   }
+}
+
+const float* Model::pre_norm(int64_t n, const float* x, const Vector& w, const Vector& b, float* h) {
+  // The input of a block: norm(x) into h, or x itself where the family has no pre-norm (OLMo 2).
+  if (!spec_.pre_norm) return x;
+  norm_rows(n, x, w, b, h);
+  return h;
+}
+
+void Model::add_residual(float* x, float* out, int64_t n) {
+  // x += out (* residual_scale: Granite)
+  const int64_t size = n * spec_.hidden_size;
+  if (spec_.residual_scale != 1.0f)
+    for (int64_t i = 0; i < size; ++i) out[i] *= spec_.residual_scale;
+  add_rows(x, out, size);
 }
 
 void Model::norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out) {

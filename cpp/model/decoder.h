@@ -150,7 +150,13 @@ class Model {
     Buffer tmp;       // [n, H] block output
     Buffer up;        // [n, U]
     Buffer act;       // [n, F]
+    // Mixture of experts: router logits [n, E], the top-k choice of each token, the tokens
+    // routed to one expert gathered [m, H], that expert's output [m, H], the MLP sum [n, H].
+    Buffer router, gathered, expert_out, moe_sum;
+    std::vector<int32_t> route_expert;  // [n, K]
+    std::vector<float> route_weight;    // [n, K]
     Buffer cos, sin;  // [n, rotary_dim / 2] rope rows of each token's position
+    Buffer cos_local, sin_local;  // the same for Architecture::rope_local (sliding-window layers)
   };
 
   void validate(const std::vector<SeqChunk>& chunks) const;
@@ -167,6 +173,11 @@ class Model {
   void rope_tables(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s);
   void attention_block(int64_t layer, const Batch& b, Scratch& s);
   void mlp_block(int64_t layer, const Batch& b, Scratch& s);
+  // out[n, H] = down(act(gate) * up) of in[n, H] with F-wide matrices (gated or plain).
+  void dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up, const Vector& up_b,
+                 const Matrix& down, const Vector& down_b, int64_t F, Scratch& s, float* out);
+  // out[n, H] = the experts' weighted sum (+ the gated shared expert) for in[n, H].
+  void moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out);
   void head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits);
 
   // What the blocks are made of.
@@ -175,6 +186,8 @@ class Model {
   }
   void matmul(const float* x, const std::vector<TokenRun>& runs, const Matrix& w, const float* bias, float* y);
   void norm_rows(int64_t n, const float* in, const Vector& w, const Vector& b, float* out);
+  const float* pre_norm(int64_t n, const float* x, const Vector& w, const Vector& b, float* h);
+  void add_residual(float* x, float* out, int64_t n);
   void rope_and_cache(int64_t layer, const Batch& b, const Scratch& s, float* qkv);
   void attention(int64_t layer, const Batch& b, const float* qkv, float* out);
 

@@ -26,61 +26,92 @@ struct RoleDef {
   const char* name;
   bool per_layer;
   bool (*needed)(const Architecture&);
-  Target (*target)(const Architecture&, ModelWeights&, LayerWeights*);
+  Target (*target)(const Architecture&, ModelWeights&, LayerWeights*, int64_t expert);
+  bool per_expert = false;  // one tensor per (layer, expert): named "experts.E.<name minus 'experts.'>"
 };
 
 int64_t qkv_rows(const Architecture& s) { return (s.num_heads + 2 * s.num_kv_heads) * s.head_dim; }
-int64_t up_rows(const Architecture& s) { return (s.gated_mlp ? 2 : 1) * s.intermediate_size; }
+int64_t up_rows(const Architecture& s) { return (s.gated_mlp ? 2 : 1) * s.mlp_width(); }
+bool has_mlp(const Architecture& s) { return s.mlp_width() > 0; }
+bool moe(const Architecture& s) { return s.num_experts > 0; }
 bool always(const Architecture&) { return true; }
+// A q/k norm weight covers one head, or every head at once (OLMo 2).
+int64_t q_norm_rows(const Architecture& s, int64_t heads) { return s.qk_norm_across_heads ? heads * s.head_dim : s.head_dim; }
 
 const RoleDef kRoles[] = {
     {"embed", false, always,
-     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.embed, nullptr, s.vocab_size, s.hidden_size}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*, int64_t) { return Target{&w.embed, nullptr, s.vocab_size, s.hidden_size}; }},
     {"pos_embed", false, [](const Architecture& s) { return s.learned_positions; },
-     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.pos_embed, nullptr, s.max_position_embeddings, s.hidden_size}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*, int64_t) { return Target{&w.pos_embed, nullptr, s.max_position_embeddings, s.hidden_size}; }},
     {"final_norm.weight", false, always,
-     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_w, s.hidden_size, 0, true}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*, int64_t) { return Target{nullptr, &w.final_norm_w, s.hidden_size, 0, true}; }},
     {"final_norm.bias", false, [](const Architecture& s) { return s.norm_bias; },
-     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{nullptr, &w.final_norm_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*, int64_t) { return Target{nullptr, &w.final_norm_b, s.hidden_size, 0}; }},
     {"lm_head", false, [](const Architecture& s) { return !s.tie_word_embeddings; },
-     [](const Architecture& s, ModelWeights& w, LayerWeights*) { return Target{&w.lm_head, nullptr, s.vocab_size, s.hidden_size}; }},
-    {"attn_norm.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_w, s.hidden_size, 0, true}; }},
-    {"attn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_norm_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights& w, LayerWeights*, int64_t) { return Target{&w.lm_head, nullptr, s.vocab_size, s.hidden_size}; }},
+    {"attn_norm.weight", true, [](const Architecture& s) { return s.pre_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->attn_norm_w, s.hidden_size, 0, true}; }},
+    {"attn_norm.bias", true, [](const Architecture& s) { return s.pre_norm && s.norm_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->attn_norm_b, s.hidden_size, 0}; }},
     {"qkv.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->qkv, nullptr, qkv_rows(s), s.hidden_size}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->qkv, nullptr, qkv_rows(s), s.hidden_size}; }},
     {"qkv.bias", true, [](const Architecture& s) { return s.qkv_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->qkv_b, qkv_rows(s), 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->qkv_b, qkv_rows(s), 0}; }},
     {"q_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->q_norm_w, s.head_dim, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->q_norm_w, q_norm_rows(s, s.num_heads), 0, true}; }},
     {"k_norm.weight", true, [](const Architecture& s) { return s.qk_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->k_norm_w, s.head_dim, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->k_norm_w, q_norm_rows(s, s.num_kv_heads), 0, true}; }},
     {"o.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->o, nullptr, s.hidden_size, s.num_heads * s.head_dim}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->o, nullptr, s.hidden_size, s.num_heads * s.head_dim}; }},
     {"o.bias", true, [](const Architecture& s) { return s.o_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->o_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->o_b, s.hidden_size, 0}; }},
     {"attn_post_norm.weight", true, [](const Architecture& s) { return s.post_attn_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->attn_post_norm_w, s.hidden_size, 0, true}; }},
-    {"ffn_norm.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_w, s.hidden_size, 0, true}; }},
-    {"ffn_norm.bias", true, [](const Architecture& s) { return s.norm_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_norm_b, s.hidden_size, 0}; }},
-    {"up.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->up, nullptr, up_rows(s), s.hidden_size}; }},
-    {"up.bias", true, [](const Architecture& s) { return s.mlp_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->up_b, up_rows(s), 0}; }},
-    {"down.weight", true, always,
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{&l->down, nullptr, s.hidden_size, s.intermediate_size}; }},
-    {"down.bias", true, [](const Architecture& s) { return s.mlp_bias; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->down_b, s.hidden_size, 0}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->attn_post_norm_w, s.hidden_size, 0, true}; }},
+    {"ffn_norm.weight", true, [](const Architecture& s) { return s.pre_norm; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->ffn_norm_w, s.hidden_size, 0, true}; }},
+    {"ffn_norm.bias", true, [](const Architecture& s) { return s.pre_norm && s.norm_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->ffn_norm_b, s.hidden_size, 0}; }},
+    {"up.weight", true, has_mlp,
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->up, nullptr, up_rows(s), s.hidden_size}; }},
+    {"up.bias", true, [](const Architecture& s) { return s.mlp_bias && has_mlp(s); },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->up_b, up_rows(s), 0}; }},
+    {"down.weight", true, has_mlp,
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->down, nullptr, s.hidden_size, s.mlp_width()}; }},
+    {"down.bias", true, [](const Architecture& s) { return s.mlp_bias && has_mlp(s); },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->down_b, s.hidden_size, 0}; }},
     {"ffn_post_norm.weight", true, [](const Architecture& s) { return s.post_ffn_norm; },
-     [](const Architecture& s, ModelWeights&, LayerWeights* l) { return Target{nullptr, &l->ffn_post_norm_w, s.hidden_size, 0, true}; }},
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->ffn_post_norm_w, s.hidden_size, 0, true}; }},
+    {"router.weight", true, moe,
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->router, nullptr, s.num_experts, s.hidden_size}; }},
+    {"shared_gate.weight", true, [](const Architecture& s) { return s.shared_expert_gate; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->shared_gate, nullptr, 1, s.hidden_size}; }},
+    {"experts.up.weight", true, moe,
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t e) {
+       return Target{&l->expert_up[size_t(e)], nullptr, 2 * s.expert_intermediate_size, s.hidden_size}; }, true},
+    {"experts.down.weight", true, moe,
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t e) {
+       return Target{&l->expert_down[size_t(e)], nullptr, s.hidden_size, s.expert_intermediate_size}; }, true},
 };
 
+// "experts.E.up.weight" -> ("experts.up.weight", E); any other name -> (name, -1).
+std::pair<std::string, int64_t> split_expert(const std::string& name) {
+  static const std::string prefix = "experts.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return {name, -1};
+  size_t i = prefix.size(), j = i;
+  while (j < name.size() && j - i < 6 && name[j] >= '0' && name[j] <= '9') ++j;
+  if (j == i || j >= name.size() || name[j] != '.') return {name, -1};
+  return {prefix + name.substr(j + 1), std::stoll(name.substr(i, j - i))};
+}
+
+std::string expert_name(const char* role, int64_t e) {
+  const std::string r = role;  // "experts.up.weight" -> "experts.E.up.weight"
+  return r.substr(0, 8) + std::to_string(e) + "." + r.substr(8);
+}
+
 const RoleDef* find_role(const std::string& name) {
+  const std::string base = split_expert(name).first;
   for (const RoleDef& r : kRoles)
-    if (name == r.name) return &r;
+    if (base == r.name) return &r;
   return nullptr;
 }
 
@@ -194,8 +225,10 @@ void for_each_matrix(const Architecture& spec, const ModelWeights& w,
   for (const RoleDef& role : kRoles) {
     if (!role.needed(spec)) continue;
     for (int64_t l = role.per_layer ? 0 : -1; l < (role.per_layer ? spec.num_layers : 0); ++l) {
-      Target t = role.target(spec, mw, l >= 0 ? &mw.layers[size_t(l)] : nullptr);
-      if (t.m) fn(role.name, l, *t.m);
+      for (int64_t e = 0; e < (role.per_expert ? spec.num_experts : 1); ++e) {
+        Target t = role.target(spec, mw, l >= 0 ? &mw.layers[size_t(l)] : nullptr, e);
+        if (t.m) fn(role.per_expert ? expert_name(role.name, e) : role.name, l, *t.m);
+      }
     }
   }
 }
@@ -270,6 +303,10 @@ WeightLoader::WeightLoader(const Architecture& spec, DType dtype, const QuantSpe
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     throw Error(Error::Kind::InvalidInput, "", "dtype", "weights can be float32, bfloat16 or float16");
   w_.layers.resize(size_t(spec.num_layers));
+  for (LayerWeights& l : w_.layers) {
+    l.expert_up.resize(size_t(spec.num_experts));
+    l.expert_down.resize(size_t(spec.num_experts));
+  }
   // Quantizing at load is CPU work (the Q6 head above all: ~14 ns per value on one core).
   if (quant.n_threads > 1 && (quant.type != QuantType::None || quant.head_type != QuantType::None))
     pool_ = std::make_unique<ThreadPool>(quant.n_threads);
@@ -288,13 +325,19 @@ void WeightLoader::add(const WeightSource& src) {
   if (role->per_layer != (src.layer >= 0) || src.layer >= spec.num_layers)
     throw Error(Error::Kind::InvalidInput, "", where, "layer index out of range");
   if (!role->needed(spec)) throw Error(Error::Kind::InvalidInput, "", where, "role not used by this architecture");
+  const int64_t expert = split_expert(src.role).second;
+  if (role->per_expert && (expert < 0 || expert >= spec.num_experts))
+    throw Error(Error::Kind::InvalidInput, "", where,
+                "expert index out of range (num_experts " + std::to_string(spec.num_experts) + ")");
   if (!seen_.insert({src.role, src.layer}).second) throw Error(Error::Kind::InvalidInput, "", where, "given twice");
   if (src.parts.empty()) throw Error(Error::Kind::InvalidInput, "", where, "no source tensors");
 
-  Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr);
+  Target t = role->target(spec, w, src.layer >= 0 ? &w.layers[size_t(src.layer)] : nullptr, expert);
   const bool head = src.role == "embed" || src.role == "lm_head";
-  // The position table is a lookup, read one row per token: quantizing it saves no time.
-  const QuantType qt = src.role == "pos_embed" ? QuantType::None : head ? quant.head_type : quant.type;
+  // The position table is a lookup, read one row per token: quantizing it saves no time. The
+  // router's choice is discrete: it stays in float, so quantizing never changes which experts run.
+  const bool keep_float = src.role == "pos_embed" || src.role == "router.weight" || src.role == "shared_gate.weight";
+  const QuantType qt = keep_float ? QuantType::None : head ? quant.head_type : quant.type;
   if (src.prequant != QuantType::None) {
     if (!t.m || src.parts.size() != 1)
       throw Error(Error::Kind::InvalidInput, "", where, "a quantized source needs one part and a matrix role");
@@ -350,7 +393,10 @@ void WeightLoader::add(const WeightSource& src) {
   Matrix probe;
   probe.cols = t.cols;
   const bool quantize = t.m && quantizable(probe, qt, quant.group);
-  const DType load_type = quantize ? DType::F32 : dtype_;
+  // The router is also kept in float32 whatever the dtype: [num_experts, hidden] is small, and
+  // its rounding would flip near-tied expert choices.
+  const bool router = src.role == "router.weight" || src.role == "shared_gate.weight";
+  const DType load_type = quantize || router ? DType::F32 : dtype_;
   if (t.m) {
     t.m->dtype = load_type;
     t.m->rows = t.rows;
@@ -374,9 +420,12 @@ ModelWeights WeightLoader::finish() {
     if (!role.needed(spec_)) continue;
     const int64_t n = role.per_layer ? spec_.num_layers : 1;
     for (int64_t l = 0; l < n; ++l)
-      if (!seen_.count({role.name, role.per_layer ? l : -1}))
-        throw Error(Error::Kind::Tensor, "", role.name,
-                    "no tensor given for this weight" + (role.per_layer ? " in layer " + std::to_string(l) : std::string()));
+      for (int64_t e = 0; e < (role.per_expert ? spec_.num_experts : 1); ++e) {
+        const std::string name = role.per_expert ? expert_name(role.name, e) : role.name;
+        if (!seen_.count({name, role.per_layer ? l : -1}))
+          throw Error(Error::Kind::Tensor, "", name,
+                      "no tensor given for this weight" + (role.per_layer ? " in layer " + std::to_string(l) : std::string()));
+      }
   }
   return std::move(w_);
 }

@@ -70,6 +70,12 @@ struct LayerWeights {
   Matrix down;         // [hidden, intermediate]
   Vector down_b;
   Vector ffn_post_norm_w;
+  // Mixture of experts: router [num_experts, hidden] (kept in float), per expert gate|up
+  // [2 * expert_intermediate, hidden] and down [hidden, expert_intermediate]; `up`/`down`
+  // above then hold the shared expert, gated by shared_gate [1, hidden].
+  Matrix router;
+  Matrix shared_gate;
+  std::vector<Matrix> expert_up, expert_down;
 };
 
 struct ModelWeights {

@@ -85,14 +85,34 @@ class Architecture:
     """An absolute position embedding table (GPT-2)."""
     rope: Rope
     """Rotary position embedding (rotary_dim 0 when none)."""
+    rope_local: Rope
+    """The sliding-window layers' rope when it differs (Gemma 3); rotary_dim 0: they use rope."""
+    rope_layers: list[int]
+    """[num_layers] 1 = the layer rotates q and k, 0 = no RoPE (SmolLM3); empty: every layer rotates."""
     qkv_bias: bool
     """Bias on the q, k and v projections."""
     o_bias: bool
     """Bias on the attention output projection."""
     qk_norm: bool
     """RMSNorm over head_dim on q and k before RoPE (Qwen3)."""
+    qk_norm_across_heads: bool
+    """The q (k) norm spans all heads at once (OLMo 2)."""
+    pre_norm: bool
+    """A norm before attention and MLP; False: only the post norms (OLMo 2)."""
     gated_mlp: bool
     """act(gate) * up rather than act(up)."""
+    num_experts: int
+    """Experts per MLP (Mixtral, Qwen2/3-MoE, OLMoE); 0: a dense MLP."""
+    experts_per_token: int
+    """How many experts each token is routed to (top-k of the router's softmax)."""
+    expert_intermediate_size: int
+    """Width of each expert's gated MLP."""
+    norm_topk_prob: bool
+    """Renormalise the top-k router weights to sum to 1."""
+    shared_expert_size: int
+    """Width of the shared expert every token also runs (Qwen2-MoE); 0: none."""
+    shared_expert_gate: bool
+    """Scale the shared expert by sigmoid(shared_gate . x)."""
     mlp_bias: bool
     """Bias on the MLP projections."""
     activation: Activation
@@ -111,6 +131,10 @@ class Architecture:
     """cap * tanh(score / cap) on attention scores; 0: off (Gemma 2)."""
     final_softcap: float
     """The same cap on the logits; 0: off (Gemma 2)."""
+    residual_scale: float
+    """Multiplies each block's output before the residual add (Granite)."""
+    logit_scale: float
+    """Multiplies the logits (Granite: 1 / logits_scaling)."""
     sliding_window: list[int]
     """[num_layers]: 0 for full attention, W to attend to the last W keys."""
     def __init__(self) -> None:

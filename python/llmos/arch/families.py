@@ -45,10 +45,20 @@ class Architecture:
     norm_bias: bool = False
     learned_positions: bool = False
     rope: Rope | None = None
+    rope_local: Rope | None = None   # Gemma 3: the sliding-window layers' rope
+    rope_layers: list[int] = field(default_factory=list)  # SmolLM3: per layer 1 = RoPE, 0 = none; [] = all
     qkv_bias: bool = False
     o_bias: bool = False
     qk_norm: bool = False
+    qk_norm_across_heads: bool = False  # OLMo 2: one norm over all heads' q (k)
+    pre_norm: bool = True               # OLMo 2: False (only the post norms)
     gated_mlp: bool = True
+    num_experts: int = 0                # mixture of experts (cpp/model/arch.h): 0 = dense MLP
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    shared_expert_size: int = 0
+    shared_expert_gate: bool = False
     mlp_bias: bool = False
     activation: str = "silu"
     post_attn_norm: bool = False
@@ -58,6 +68,8 @@ class Architecture:
     attn_scale: float = 0.0
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    residual_scale: float = 1.0      # Granite: residual_multiplier
+    logit_scale: float = 1.0         # Granite: 1 / logits_scaling
     sliding_window: list[int] = field(default_factory=list)  # per layer, 0 = full
 
     def to_core(self, core):
@@ -232,6 +244,127 @@ def _gemma2(cfg: ConfigReader) -> Architecture:
     return arch
 
 
+def _per_layer_type_rope(cfg: ConfigReader, layer_type: str) -> ConfigReader:
+    """transformers 5 keys Gemma 3's rope_parameters by layer type; older configs give
+    rope_theta / rope_scaling for the full layers and rope_local_base_freq for the sliding ones."""
+    params = cfg.raw("rope_parameters")
+    if isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        if layer_type not in params:
+            raise cfg.error("rope_parameters", f"has no entry for {layer_type} layers")
+        return ConfigReader({**cfg.data, "rope_parameters": params[layer_type]}, cfg.path)
+    if layer_type == "sliding_attention":
+        base = cfg.float("rope_local_base_freq", 10000.0, positive=True)
+        data = {k: v for k, v in cfg.data.items() if k not in ("rope_parameters", "rope_scaling")}
+        return ConfigReader({**data, "rope_theta": base}, cfg.path)
+    return cfg
+
+
+def _gemma3_text(cfg: ConfigReader) -> Architecture:
+    if not cfg.has("layer_types"):  # older configs: every sliding_window_pattern-th layer is full
+        n = cfg.int("num_hidden_layers", limit="max_layers")
+        every = cfg.int("sliding_window_pattern", 6, minimum=1)
+        cfg = ConfigReader({**cfg.data, "layer_types": [
+            "full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n)]}, cfg.path)
+    full = _per_layer_type_rope(cfg, "full_attention")
+    arch = _gemma(full)
+    arch.family = "gemma3_text"
+    arch.qk_norm = True
+    arch.post_attn_norm = arch.post_ffn_norm = True
+    arch.attn_scale = cfg.float("query_pre_attn_scalar", float(arch.head_dim), positive=True) ** -0.5
+    # Gemma 3 keeps attn_logit_softcapping in its config but never applies it (transformers'
+    # Gemma3Attention passes no softcap); only the final soft-capping acts.
+    arch.final_softcap = cfg.float("final_logit_softcapping", 0.0)
+    if any(arch.sliding_window):
+        arch.rope_local = build_rope(_per_layer_type_rope(cfg, "sliding_attention"), arch.head_dim,
+                                     arch.max_position_embeddings)
+        if arch.rope_local.rotary_dim != arch.rope.rotary_dim or arch.rope_local.inv_freq_long is not None \
+                or arch.rope_local.dynamic:
+            raise UnsupportedModelError(f"{cfg.path}: field 'rope_parameters': the sliding layers' rope must rotate "
+                                        "as many dims as the full layers', without longrope or dynamic scaling",
+                                        file=cfg.path, field="rope_parameters")
+    return arch
+
+
+def _smollm3(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "smollm3", qkv_bias=cfg.bool("attention_bias", False), window=0, tie_default=True)
+    flags = cfg.raw("no_rope_layers")
+    if flags is None:  # transformers' default: every no_rope_layer_interval-th layer has no RoPE
+        every = cfg.int("no_rope_layer_interval", 4, minimum=1)
+        flags = [int((i + 1) % every != 0) for i in range(arch.num_layers)]
+    if not isinstance(flags, list) or len(flags) != arch.num_layers or any(f not in (0, 1) for f in flags):
+        raise cfg.error("no_rope_layers", f"expected a list of {arch.num_layers} entries of 0 or 1 "
+                                          "(1 = the layer uses RoPE)")
+    arch.rope_layers = [int(f) for f in flags]
+    return arch
+
+
+def _olmo2(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "olmo2", qkv_bias=cfg.bool("attention_bias", False), window=0)
+    arch.pre_norm = False
+    arch.post_attn_norm = arch.post_ffn_norm = True
+    arch.qk_norm = arch.qk_norm_across_heads = True
+    return arch
+
+
+def _granite(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "granite", qkv_bias=cfg.bool("attention_bias", False), window=0)
+    arch.embed_scale = cfg.float("embedding_multiplier", 1.0)
+    arch.attn_scale = cfg.float("attention_multiplier", 1.0, positive=True)
+    arch.residual_scale = cfg.float("residual_multiplier", 1.0)
+    arch.logit_scale = 1.0 / cfg.float("logits_scaling", 1.0, positive=True)
+    return arch
+
+
+def _experts(cfg: ConfigReader, arch: Architecture, *, count_key: str, size_key: str, renormalise: bool | None,
+             shared: bool = False) -> Architecture:
+    """The mixture-of-experts switches. Every layer must be sparse: checkpoints that mix dense
+    and sparse layers (decoder_sparse_step > 1, mlp_only_layers) are refused by name."""
+    if not cfg.has(count_key) and cfg.has("num_local_experts"):  # qwen3_moe saves this name
+        count_key = "num_local_experts"
+    arch.num_experts = cfg.int(count_key, minimum=1, limit=DIM)
+    arch.experts_per_token = cfg.int("num_experts_per_tok", 2, minimum=1)
+    if arch.experts_per_token > arch.num_experts:
+        raise cfg.error("num_experts_per_tok", f"{arch.experts_per_token} is more than {count_key} {arch.num_experts}")
+    arch.expert_intermediate_size = cfg.int(size_key, limit=DIM)
+    arch.norm_topk_prob = cfg.bool("norm_topk_prob", False) if renormalise is None else renormalise
+    if cfg.int("decoder_sparse_step", 1, minimum=1) != 1 or (cfg.raw("mlp_only_layers") or []):
+        raise UnsupportedModelError(f"{cfg.path}: fields 'decoder_sparse_step' / 'mlp_only_layers': dense layers "
+                                    f"between the expert layers are not supported (every layer must be sparse)",
+                                    file=cfg.path, field="mlp_only_layers")
+    if shared:
+        arch.shared_expert_size = cfg.int("shared_expert_intermediate_size", 0, minimum=0, limit=DIM)
+        arch.shared_expert_gate = arch.shared_expert_size > 0
+    return arch
+
+
+def _mixtral(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "mixtral", qkv_bias=False, window=cfg.int("sliding_window", 0, minimum=0))
+    return _experts(cfg, arch, count_key="num_local_experts", size_key="intermediate_size", renormalise=True)
+
+
+def _qwen2_moe(cfg: ConfigReader) -> Architecture:
+    if not cfg.has("layer_types") and cfg.bool("use_sliding_window", False) and cfg.has("sliding_window"):
+        raise UnsupportedModelError(f"{cfg.path}: field 'use_sliding_window': not supported for qwen2_moe",
+                                    file=cfg.path, field="use_sliding_window")
+    arch = _llama_like(cfg, "qwen2_moe", qkv_bias=cfg.bool("qkv_bias", True), window=0)
+    return _experts(cfg, arch, count_key="num_experts", size_key="moe_intermediate_size", renormalise=None,
+                    shared=True)
+
+
+def _qwen3_moe(cfg: ConfigReader) -> Architecture:
+    arch = _llama_like(cfg, "qwen3_moe", qkv_bias=cfg.bool("attention_bias", False), window=0, qk_norm=True)
+    return _experts(cfg, arch, count_key="num_experts", size_key="moe_intermediate_size", renormalise=None)
+
+
+def _olmoe(cfg: ConfigReader) -> Architecture:
+    if cfg.raw("clip_qkv") is not None:
+        raise UnsupportedModelError(f"{cfg.path}: field 'clip_qkv': clipping q, k and v is not supported",
+                                    file=cfg.path, field="clip_qkv")
+    arch = _llama_like(cfg, "olmoe", qkv_bias=cfg.bool("attention_bias", False), window=0)
+    arch.qk_norm = arch.qk_norm_across_heads = True
+    return _experts(cfg, arch, count_key="num_experts", size_key="intermediate_size", renormalise=None)
+
+
 def _gpt2(cfg: ConfigReader) -> Architecture:
     hidden = cfg.int("n_embd", limit=DIM)
     heads = cfg.int("n_head", limit=DIM)
@@ -273,13 +406,15 @@ def _llama_tensors(arch: Architecture, *, fused: bool = False, sandwich: bool = 
         m.append(("lm_head", -1, [("lm_head.weight", False)]))
     for i in range(arch.num_layers):
         p = f"model.layers.{i}."
-        m.append(("attn_norm.weight", i, [(p + "input_layernorm.weight", False)]))
+        if arch.pre_norm:
+            m.append(("attn_norm.weight", i, [(p + "input_layernorm.weight", False)]))
         if fused:
             m.append(("qkv.weight", i, [(p + "self_attn.qkv_proj.weight", False)]))
             m.append(("up.weight", i, [(p + "mlp.gate_up_proj.weight", False)]))
         else:
             m.append(("qkv.weight", i, [(p + f"self_attn.{x}_proj.weight", False) for x in "qkv"]))
-            m.append(("up.weight", i, [(p + f"mlp.{x}_proj.weight", False) for x in ("gate", "up")]))
+            if not arch.num_experts:
+                m.append(("up.weight", i, [(p + f"mlp.{x}_proj.weight", False) for x in ("gate", "up")]))
             if arch.qkv_bias:
                 m.append(("qkv.bias", i, [(p + f"self_attn.{x}_proj.bias", False) for x in "qkv"]))
             if arch.mlp_bias:
@@ -291,13 +426,43 @@ def _llama_tensors(arch: Architecture, *, fused: bool = False, sandwich: bool = 
         if arch.qk_norm:
             m.append(("q_norm.weight", i, [(p + "self_attn.q_norm.weight", False)]))
             m.append(("k_norm.weight", i, [(p + "self_attn.k_norm.weight", False)]))
-        m.append(("down.weight", i, [(p + "mlp.down_proj.weight", False)]))
-        if sandwich:
+        if arch.num_experts:
+            m += _expert_tensors(arch, p, i)
+        else:
+            m.append(("down.weight", i, [(p + "mlp.down_proj.weight", False)]))
+        if not arch.pre_norm:  # OLMo 2: post norms only, under the pre-norm names' neighbours
+            m.append(("attn_post_norm.weight", i, [(p + "post_attention_layernorm.weight", False)]))
+            m.append(("ffn_post_norm.weight", i, [(p + "post_feedforward_layernorm.weight", False)]))
+        elif sandwich:
             m.append(("attn_post_norm.weight", i, [(p + "post_attention_layernorm.weight", False)]))
             m.append(("ffn_norm.weight", i, [(p + "pre_feedforward_layernorm.weight", False)]))
             m.append(("ffn_post_norm.weight", i, [(p + "post_feedforward_layernorm.weight", False)]))
         else:
             m.append(("ffn_norm.weight", i, [(p + "post_attention_layernorm.weight", False)]))
+    return m
+
+
+def _expert_tensors(arch: Architecture, p: str, i: int) -> TensorMap:
+    """Router, experts (gate|up stacked, down) and the shared expert of layer i: Mixtral's
+    block_sparse_moe.{gate, experts.E.w1/w3/w2}, the others' mlp.{gate, experts.E.*_proj}."""
+    m: TensorMap = []
+    if arch.family == "mixtral":
+        q = p + "block_sparse_moe."
+        m.append(("router.weight", i, [(q + "gate.weight", False)]))
+        for e in range(arch.num_experts):
+            m.append((f"experts.{e}.up.weight", i, [(q + f"experts.{e}.{w}.weight", False) for w in ("w1", "w3")]))
+            m.append((f"experts.{e}.down.weight", i, [(q + f"experts.{e}.w2.weight", False)]))
+        return m
+    q = p + "mlp."
+    m.append(("router.weight", i, [(q + "gate.weight", False)]))
+    for e in range(arch.num_experts):
+        m.append((f"experts.{e}.up.weight", i, [(q + f"experts.{e}.{w}_proj.weight", False) for w in ("gate", "up")]))
+        m.append((f"experts.{e}.down.weight", i, [(q + f"experts.{e}.down_proj.weight", False)]))
+    if arch.shared_expert_size:
+        m.append(("up.weight", i, [(q + f"shared_expert.{w}_proj.weight", False) for w in ("gate", "up")]))
+        m.append(("down.weight", i, [(q + "shared_expert.down_proj.weight", False)]))
+    if arch.shared_expert_gate:
+        m.append(("shared_gate.weight", i, [(q + "shared_expert_gate.weight", False)]))
     return m
 
 
@@ -337,6 +502,14 @@ FAMILIES: dict[str, Family] = {
     "phi3": Family("phi3", _phi3, lambda a: _llama_tensors(a, fused=True)),
     "gemma": Family("gemma", _gemma, _llama_tensors),
     "gemma2": Family("gemma2", _gemma2, lambda a: _llama_tensors(a, sandwich=True)),
+    "gemma3_text": Family("gemma3_text", _gemma3_text, lambda a: _llama_tensors(a, sandwich=True)),
+    "smollm3": Family("smollm3", _smollm3, _llama_tensors),
+    "olmo2": Family("olmo2", _olmo2, _llama_tensors),
+    "granite": Family("granite", _granite, _llama_tensors),
+    "mixtral": Family("mixtral", _mixtral, _llama_tensors),
+    "qwen2_moe": Family("qwen2_moe", _qwen2_moe, _llama_tensors),
+    "qwen3_moe": Family("qwen3_moe", _qwen3_moe, _llama_tensors),
+    "olmoe": Family("olmoe", _olmoe, _llama_tensors),
 }
 
 

@@ -22,7 +22,11 @@ _CONFIG_KEYS = {
              "head_dim": "n_head"},
 }
 _DEFAULT_KEYS = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                 "num_kv_heads": "num_key_value_heads"}
+                 "num_kv_heads": "num_key_value_heads", "expert_intermediate_size": "moe_intermediate_size",
+                 "shared_expert_size": "shared_expert_intermediate_size"}
+_MOE_KEYS = {"num_experts": "num_local_experts", "expert_intermediate_size": "intermediate_size"}
+_CONFIG_KEYS["mixtral"] = {**_DEFAULT_KEYS, **_MOE_KEYS}
+_CONFIG_KEYS["olmoe"] = {**_DEFAULT_KEYS, "expert_intermediate_size": "intermediate_size"}
 
 
 def config_key(family: str, attr: str) -> str:
@@ -45,8 +49,25 @@ def _expected(arch: Architecture, role: str, n_parts: int) -> tuple[list[tuple[i
             role in ("o.bias", "down.bias"):
         return [hidden], None
     if kind in ("q_norm", "k_norm"):
+        if a.qk_norm_across_heads:  # OLMo 2: one weight over every head's q (k)
+            return [(q, heads) if kind == "q_norm" else (kv, "num_kv_heads")], None
         return [(a.head_dim, "head_dim")], None
     cols = hidden if role.endswith(".weight") else None
+    if role == "router.weight":
+        return [(a.num_experts, "num_experts")], hidden
+    if role == "shared_gate.weight":
+        return [(1, "shared_expert_gate")], hidden
+    if kind == "experts":  # experts.E.up.weight / experts.E.down.weight
+        n = (a.expert_intermediate_size, "expert_intermediate_size")
+        if role.endswith(".up.weight"):
+            return [n] * 2 if n_parts == 2 else [(2 * n[0], n[1])], cols
+        return [hidden], n
+    if kind == "up" and a.num_experts:  # the shared expert
+        n = a.shared_expert_size
+        rows = [(n, "shared_expert_size")] * 2 if n_parts == 2 else [(2 * n, "shared_expert_size")]
+        return rows, cols
+    if role == "down.weight" and a.num_experts:
+        return [hidden], (a.shared_expert_size, "shared_expert_size")
     if kind == "qkv":
         rows = [(q, heads), (kv, "num_kv_heads"), (kv, "num_kv_heads")] if n_parts == 3 else [(q + 2 * kv, heads)]
         return rows, cols

@@ -17,6 +17,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from llmos.arch.families import ACTIVATIONS, Architecture
+from llmos.errors import UnsupportedModelError
 from llmos.backends.onnx import layout
 from llmos.onnx.blocks import Blocks
 from llmos.onnx.graph import MS_DOMAIN, GraphBuilder
@@ -441,9 +442,30 @@ class _DecoderGraph:
         return logits
 
 
+# Decoder switches the graph builder does not express yet, with the families that use them.
+_UNEXPORTED = {
+    "pre_norm": (lambda a: not a.pre_norm, "norms only after attention and MLP (olmo2)"),
+    "qk_norm_across_heads": (lambda a: a.qk_norm_across_heads, "q/k norms over all heads at once (olmo2)"),
+    "rope_layers": (lambda a: bool(a.rope_layers) and not all(a.rope_layers), "layers without RoPE (smollm3)"),
+    "rope_local": (lambda a: a.rope_local is not None, "a second rope for the sliding layers (gemma3_text)"),
+    "residual_scale": (lambda a: a.residual_scale != 1.0, "scaled residual branches (granite)"),
+    "logit_scale": (lambda a: a.logit_scale != 1.0, "scaled logits (granite)"),
+    "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe)"),
+}
+
+
+def _refuse_unexported(arch: Architecture) -> None:
+    for name, (used, what) in _UNEXPORTED.items():
+        if used(arch):
+            raise UnsupportedModelError(f"export-onnx: {arch.family} uses {what}, which the ONNX export does not "
+                                        f"build yet (Architecture.{name}); the model runs in llmos itself",
+                                        field=name)
+
+
 def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
                   block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
     """The decoder with KV cache in the optimum layout (see layout.py)."""
+    _refuse_unexported(arch)
     d = _DecoderGraph(arch, weights, precision, opset, block_size, accuracy_level)
     g = d.g
     ids, mask, pos, past = d.inputs()
