@@ -18,10 +18,13 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, promet
 openai = pytest.importorskip("openai", reason="the test extra installs the openai client")
 
 from child_env import child_env  # noqa: E402
+from llmos.paths import bundled_model_dir  # noqa: E402
 from serve_server import BUNDLED, TIMEOUT, PacedEngine, running_server, wait_for  # noqa: E402
 
 PROMPT = "It is a truth universally acknowledged"
 CHAT = [{"role": "user", "content": "Tell me about the ball."}]
+# The bundled model's context, read from its config so the over-the-context cases follow it.
+CTX = json.loads((bundled_model_dir() / "config.json").read_text())["max_position_embeddings"]
 NO_EOS = {"0": -100, "2": -100}  # the bundled model's end tokens: a request that runs to max_tokens
 
 
@@ -156,11 +159,11 @@ def _error(response, status: int, param: str | None) -> str:
     ({"model": "nope", "prompt": "a"}, "model", ["nope", BUNDLED]),
     ({"model": BUNDLED, "prompt": "a", "temperature": 2.5}, "temperature", ["2.5"]),
     ({"model": BUNDLED, "prompt": "a", "temperature": "hot"}, "temperature", ["hot"]),
-    ({"model": BUNDLED, "prompt": "a", "max_tokens": 1000}, "max_tokens", ["1000", "256"]),
+    ({"model": BUNDLED, "prompt": "a", "max_tokens": 4 * CTX}, "max_tokens", [str(4 * CTX), str(CTX)]),
     ({"model": BUNDLED, "prompt": "a", "n": 0}, "n", ["0"]),
     ({"model": BUNDLED, "prompt": "a", "frobnicate": 1}, "frobnicate", ["frobnicate"]),
     ({"model": BUNDLED, "prompt": [5, 99999]}, "prompt", ["99999", "4096"]),
-    ({"model": BUNDLED, "prompt": "a " * 300}, "prompt", ["256"]),
+    ({"model": BUNDLED, "prompt": "a " * (CTX + 50)}, "prompt", [str(CTX)]),
     ({"model": BUNDLED, "prompt": "a", "logprobs": 21}, "logprobs", ["21"]),
     ({"model": BUNDLED, "prompt": "a", "logit_bias": {"x": 1}}, "logit_bias", ["'x'"]),
     ({"prompt": "a"}, "model", ["model"]),
@@ -174,7 +177,8 @@ def test_invalid_completion_fields_are_400_naming_the_field(server, body, param,
 @pytest.mark.parametrize("body,param,needles", [
     ({"model": BUNDLED, "messages": []}, "messages", ["messages"]),
     ({"model": BUNDLED, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", ["wizard"]),
-    ({"model": BUNDLED, "messages": CHAT, "max_completion_tokens": 500}, "max_completion_tokens", ["500", "256"]),
+    ({"model": BUNDLED, "messages": CHAT, "max_completion_tokens": 2 * CTX}, "max_completion_tokens",
+     [str(2 * CTX), str(CTX)]),
     ({"model": BUNDLED, "messages": CHAT, "tool_choice": "auto"}, "tool_choice", ["tools"]),
     ({"model": BUNDLED, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content[0].type", ["image_url"]),
