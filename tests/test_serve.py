@@ -191,7 +191,7 @@ def test_invalid_chat_fields_are_400_naming_the_field(server, body, param, needl
 
 def test_the_openai_client_raises_bad_request(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=BUNDLED, prompt="a", max_tokens=1000)
+        client.completions.create(model=BUNDLED, prompt="a", max_tokens=4 * CTX)
     assert e.value.body["param"] == "max_tokens" and e.value.body["code"] == "context_length_exceeded"
 
 
