@@ -733,18 +733,25 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
   std::fill(sum, sum + n * H, 0.0f);
   float* gathered = s.gathered.as<float>();
   float* y = s.expert_out.as<float>();
+  // The (token, choice) slots bucketed by expert in one pass, in token order within an expert.
+  std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
+  for (int32_t e : s.route_expert) ++start[size_t(e) + 1];
+  for (int64_t e = 0; e < E; ++e) start[size_t(e) + 1] += start[size_t(e)];
+  std::vector<int64_t> slots(static_cast<size_t>(n * K));
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < n * K; ++i) slots[size_t(next[size_t(s.route_expert[size_t(i)])]++)] = i;
+  }
   std::vector<int64_t> rows;
   std::vector<float> weights;
   std::vector<TokenRun> runs;
   for (int64_t e = 0; e < E; ++e) {
     rows.clear();
     weights.clear();
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t k = 0; k < K; ++k)
-        if (s.route_expert[size_t(t * K + k)] == e) {
-          rows.push_back(t);
-          weights.push_back(s.route_weight[size_t(t * K + k)]);
-        }
+    for (int64_t j = start[size_t(e)]; j < start[size_t(e) + 1]; ++j) {
+      rows.push_back(slots[size_t(j)] / K);
+      weights.push_back(s.route_weight[size_t(slots[size_t(j)])]);
+    }
     if (rows.empty()) continue;
     runs.clear();
     for (size_t i = 0; i < rows.size(); ++i) {
