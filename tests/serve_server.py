@@ -101,24 +101,34 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
+def api_error(response, status: int, param: str | None) -> str:
+    """The message of an error response in OpenAI's shape, after checking its status, shape and param."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["param"] == param, body
+    return body["error"]["message"]
+
+
 @contextlib.contextmanager
-def serve_process(*args: str, port: int | None = None):
-    """`python -m llmos serve ARGS --port PORT` in a child; yields (process, base url) once /health answers."""
+def serve_process(*args: str, port: int | None = None, command: tuple[str, ...] = ("serve",), cwd=None):
+    """`python -m llmos COMMAND ARGS --port PORT` (`llmos serve` unless told) in a child; yields
+    (process, base url) once /health answers."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmos", "serve", *args, "--port", str(port)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "llmos", *command, *args, "--port", str(port)], env=child_env(),
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"llmos serve exited with {proc.returncode}: {proc.stderr.read()}")
+                raise AssertionError(f"llmos {' '.join(command)} exited with {proc.returncode}: {proc.stderr.read()}")
             try:
                 if httpx.get(base + "/health", timeout=1.0).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "llmos serve did not answer /health"
+            assert time.monotonic() < deadline, f"llmos {' '.join(command)} did not answer /health"
             time.sleep(0.05)
         yield proc, base
     finally:

@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ import pexpect
 import pytest
 
 from child_env import child_env
-from serve_server import free_port
+from serve_server import serve_process
 
 TIMEOUT = 120  # seconds for one command; each loads the bundled model (well under a second)
 
@@ -268,22 +267,7 @@ def test_app_test_reports_and_exits_1_on_a_failure(apps):
 
 
 def test_serve_answers_the_apps_over_http(apps):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmos", "app", "serve", "writer.app.md", "helpdesk.app.md",
-                             "--port", str(port)], cwd=apps, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(base + "/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "llmos app serve did not answer /health"
-            time.sleep(0.05)
+    with serve_process("writer.app.md", "helpdesk.app.md", command=("app", "serve"), cwd=apps) as (proc, base):
         listed = httpx.get(base + "/v1/apps", timeout=TIMEOUT).json()
         assert sorted(a["name"] for a in listed["data"]) == ["helpdesk", "writer"]
         got = httpx.post(base + "/v1/apps/writer", timeout=TIMEOUT,
@@ -293,10 +277,6 @@ def test_serve_answers_the_apps_over_http(apps):
         assert page.status_code == 200 and "<html" in page.text.lower()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=TIMEOUT)
 
 
 TEMPLATES = ["support-bot", "writer", "coder", "tutor", "translator", "doc-qa"]

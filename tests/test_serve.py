@@ -19,7 +19,7 @@ openai = pytest.importorskip("openai", reason="the test extra installs the opena
 
 from child_env import child_env  # noqa: E402
 from llmos.paths import bundled_model_dir  # noqa: E402
-from serve_server import BUNDLED, TIMEOUT, PacedEngine, running_server, wait_for  # noqa: E402
+from serve_server import BUNDLED, TIMEOUT, api_error, PacedEngine, running_server, wait_for  # noqa: E402
 
 PROMPT = "It is a truth universally acknowledged"
 CHAT = [{"role": "user", "content": "Tell me about the ball."}]
@@ -147,14 +147,6 @@ def test_tokenize_round_trip(server, model):
     assert chat["tokens"] == model.apply_chat_template(CHAT, tokenize=True)
 
 
-def _error(response, status: int, param: str | None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["param"] == param, body
-    return body["error"]["message"]
-
-
 @pytest.mark.parametrize("body,param,needles", [
     ({"model": "nope", "prompt": "a"}, "model", ["nope", BUNDLED]),
     ({"model": BUNDLED, "prompt": "a", "temperature": 2.5}, "temperature", ["2.5"]),
@@ -169,7 +161,7 @@ def _error(response, status: int, param: str | None) -> str:
     ({"prompt": "a"}, "model", ["model"]),
 ])
 def test_invalid_completion_fields_are_400_naming_the_field(server, body, param, needles):
-    message = _error(httpx.post(server[0] + "/v1/completions", json=body, timeout=TIMEOUT), 400, param)
+    message = api_error(httpx.post(server[0] + "/v1/completions", json=body, timeout=TIMEOUT), 400, param)
     for needle in needles:
         assert needle in message, message
 
@@ -184,7 +176,7 @@ def test_invalid_completion_fields_are_400_naming_the_field(server, body, param,
      "messages[0].content[0].type", ["image_url"]),
 ])
 def test_invalid_chat_fields_are_400_naming_the_field(server, body, param, needles):
-    message = _error(httpx.post(server[0] + "/v1/chat/completions", json=body, timeout=TIMEOUT), 400, param)
+    message = api_error(httpx.post(server[0] + "/v1/chat/completions", json=body, timeout=TIMEOUT), 400, param)
     for needle in needles:
         assert needle in message, message
 
@@ -196,8 +188,8 @@ def test_the_openai_client_raises_bad_request(client):
 
 
 def test_unknown_routes_and_methods_answer_in_the_error_shape(server):
-    _error(httpx.get(server[0] + "/v1/engines", timeout=TIMEOUT), 404, None)
-    _error(httpx.get(server[0] + "/v1/completions", timeout=TIMEOUT), 405, None)
+    api_error(httpx.get(server[0] + "/v1/engines", timeout=TIMEOUT), 404, None)
+    api_error(httpx.get(server[0] + "/v1/completions", timeout=TIMEOUT), 405, None)
     text = httpx.get(server[0] + "/metrics", timeout=TIMEOUT).text
     assert "/v1/engines" not in text and 'route="other"' in text  # a stranger's paths never become labels
 
@@ -205,7 +197,7 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(server):
 def test_malformed_json_is_400(server):
     r = httpx.post(server[0] + "/v1/completions", content=b"{not json", timeout=TIMEOUT,
                    headers={"content-type": "application/json"})
-    _error(r, 400, None)
+    api_error(r, 400, None)
 
 
 def test_a_body_over_the_cap_is_413_before_it_is_parsed(server):
@@ -217,14 +209,14 @@ def test_a_body_over_the_cap_is_413_before_it_is_parsed(server):
         body = json.dumps({"model": BUNDLED, "prompt": "x" * 2000})
         r = httpx.post(server[0] + "/v1/completions", content=body, timeout=TIMEOUT,
                        headers={"content-type": "application/json"})
-        assert "serve_max_body_bytes" in _error(r, 413, None)
+        assert "serve_max_body_bytes" in api_error(r, 413, None)
 
         def chunks():  # no Content-Length: counted as it arrives
             for _ in range(4):
                 yield b" " * 400
 
         r = httpx.post(server[0] + "/v1/completions", content=chunks(), timeout=TIMEOUT)
-        _error(r, 413, None)
+        api_error(r, 413, None)
     finally:
         limits.configure(serve_max_body_bytes=before.serve_max_body_bytes)
 
@@ -468,5 +460,5 @@ class _Broken:
 def test_a_failure_inside_is_a_500_in_the_error_shape_and_frees_the_slot():
     with running_server(engine_factory=_Broken) as (base, app):
         r = httpx.post(base + "/v1/completions", json={"model": BUNDLED, "prompt": "a"}, timeout=TIMEOUT)
-        assert "boom" in _error(r, 500, None) and r.json()["error"]["type"] == "server_error"
+        assert "boom" in api_error(r, 500, None) and r.json()["error"]["type"] == "server_error"
         assert app.state.admission.in_flight == 0

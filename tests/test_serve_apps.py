@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, prometheus-client) is in the test extra")
 
 from fake_app import FakeApp  # noqa: E402
-from serve_server import BUNDLED, TIMEOUT, running_server, wait_for  # noqa: E402
+from serve_server import BUNDLED, TIMEOUT, api_error, running_server, wait_for  # noqa: E402
 
 WRITER = {"inputs": {"topic": "ships", "words": 5}}
 
@@ -30,14 +30,6 @@ def apps():
 def server(apps):
     with running_server(apps=list(apps.values()), max_concurrency=4, max_queue=0) as (base, app):
         yield base, app
-
-
-def _error(response, status: int, param: str | None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["param"] == param, body
-    return body["error"]["message"]
 
 
 def _sse(response) -> list:
@@ -109,7 +101,7 @@ def test_a_chat_call_takes_the_message_and_history(server, apps):
 ])
 def test_bad_calls_are_errors_naming_the_field(server, path, body, status, param, needles):
     for stream in (False, True):  # a streamed call is refused the same way, before any event
-        message = _error(httpx.post(server[0] + path, json={**body, "stream": stream} if "stream" not in body
+        message = api_error(httpx.post(server[0] + path, json={**body, "stream": stream} if "stream" not in body
                                     else body, timeout=TIMEOUT), status, param)
         for needle in needles:
             assert needle in message, message
@@ -118,7 +110,7 @@ def test_bad_calls_are_errors_naming_the_field(server, path, body, status, param
 def test_malformed_json_is_400(server):
     r = httpx.post(server[0] + "/v1/apps/writer", content=b"{nope", headers={"content-type": "application/json"},
                    timeout=TIMEOUT)
-    assert "not valid JSON" in _error(r, 400, None)
+    assert "not valid JSON" in api_error(r, 400, None)
 
 
 def test_the_page_and_its_files_are_served_and_fetch_nothing_elsewhere(server):
@@ -132,8 +124,8 @@ def test_the_page_and_its_files_are_served_and_fetch_nothing_elsewhere(server):
             r = httpx.get(f"{base}/apps/{ref}", timeout=TIMEOUT)
             assert r.status_code == 200 and r.text, ref
             assert not re.search(r"https?://", r.text), f"{ref} names another server"
-    _error(httpx.get(base + "/apps/nope", timeout=TIMEOUT), 404, "name")
-    _error(httpx.get(base + "/apps/_static/..%2Fapps.py", timeout=TIMEOUT), 404, None)
+    api_error(httpx.get(base + "/apps/nope", timeout=TIMEOUT), 404, "name")
+    api_error(httpx.get(base + "/apps/_static/..%2Fapps.py", timeout=TIMEOUT), 404, None)
 
 
 def test_the_web_files_are_in_the_package():
@@ -151,7 +143,7 @@ def test_a_disconnect_cancels_the_call_and_frees_its_slot(apps):
                 lines = r.iter_lines()
                 assert next(line for line in lines if '"type":"text"' in line)
                 busy = client.post(base + "/v1/apps/slow", json=body)
-                assert _error(busy, 429, None) and busy.headers["Retry-After"] == "1"
+                assert api_error(busy, 429, None) and busy.headers["Retry-After"] == "1"
                 lines.close()
         wait_for(lambda: slow.cancelled, timeout=10.0, what="the app call to be cancelled")
         wait_for(lambda: app.state.admission.in_flight == 0, timeout=10.0, what="the slot to be freed")
@@ -191,8 +183,8 @@ def test_calls_are_counted_in_metrics(server):
 def test_api_keys_guard_the_api_but_not_the_page():
     key = "k" * 24
     with running_server(apps=[FakeApp(delay=0.0)], api_keys=[key]) as (base, _):
-        _error(httpx.get(base + "/v1/apps", timeout=TIMEOUT), 401, None)
-        _error(httpx.post(base + "/v1/apps/writer", json=WRITER, timeout=TIMEOUT), 401, None)
+        api_error(httpx.get(base + "/v1/apps", timeout=TIMEOUT), 401, None)
+        api_error(httpx.post(base + "/v1/apps/writer", json=WRITER, timeout=TIMEOUT), 401, None)
         auth = {"Authorization": f"Bearer {key}"}
         assert httpx.post(base + "/v1/apps/writer", json=WRITER, headers=auth, timeout=TIMEOUT).status_code == 200
         for name in ("writer", "secret-app"):  # the page says nothing of which apps exist
@@ -210,8 +202,8 @@ def test_the_router_embeds_in_a_plain_fastapi_app():
     service.include_router(router([FakeApp(delay=0.0)]))
     with TestClient(service) as client:
         assert client.post("/v1/apps/writer", json=WRITER).json()["text"].startswith("friendly-0")
-        _error(client.post("/v1/apps/writer", json={"inputs": {"topic": 3}}), 400, "inputs.topic")
-        _error(client.post("/v1/apps/writer", json={"nope": 1}), 400, "nope")
+        api_error(client.post("/v1/apps/writer", json={"inputs": {"topic": 3}}), 400, "inputs.topic")
+        api_error(client.post("/v1/apps/writer", json={"nope": 1}), 400, "nope")
         assert client.get("/apps/writer").status_code == 200
         from llmos import limits
 
@@ -219,7 +211,7 @@ def test_the_router_embeds_in_a_plain_fastapi_app():
         limits.configure(serve_max_body_bytes=1000)
         try:  # no server Guard in front: the router keeps the body cap itself
             big = {"inputs": {"topic": "x" * 2000}}
-            assert "serve_max_body_bytes" in _error(client.post("/v1/apps/writer", json=big), 413, None)
+            assert "serve_max_body_bytes" in api_error(client.post("/v1/apps/writer", json=big), 413, None)
         finally:
             limits.configure(serve_max_body_bytes=before.serve_max_body_bytes)
 
@@ -348,7 +340,7 @@ def test_app_files_share_the_served_models_engine_and_stream_what_they_return(tm
             "model": BUNDLED, "messages": [{"role": "user", "content": "Write a friendly line about the sea."}],
             "max_tokens": 12, "temperature": 0.8, "seed": 3}).json()
         assert model_reply["choices"][0]["message"]["content"] == whole["text"]  # the app's prompt is that chat
-        _error(httpx.post(base + "/v1/apps/writer", json={"inputs": {"topic": "x", "tone": "rude"}}, timeout=TIMEOUT),
+        api_error(httpx.post(base + "/v1/apps/writer", json={"inputs": {"topic": "x", "tone": "rude"}}, timeout=TIMEOUT),
                400, "inputs.tone")
 
 
