@@ -34,11 +34,14 @@ def make(tmp_path, text, model, name="a.app.md", **kw) -> App:
 def scripted_model(model):
     """The bundled model's tokenizer and chat template with a wide context: for replies that are
     scripted (never generated), so that tool declarations fit whatever the bundled model's context."""
+    from functools import partial
     from types import SimpleNamespace
 
-    return SimpleNamespace(tokenizer=model.tokenizer, apply_chat_template=model.apply_chat_template,
+    wide = SimpleNamespace(tokenizer=model.tokenizer, apply_chat_template=model.apply_chat_template,
                            generation_config=model.generation_config, backend=model.backend,
                            config=SimpleNamespace(max_position_embeddings=4096))
+    wide.fit_chat = partial(type(model).fit_chat, wide)  # the real fitting, against the wide context
+    return wide
 
 
 def script(app: App, replies: list[str]) -> list[list[int]]:

@@ -23,7 +23,6 @@ from llmos.apps.prompt import AppTemplates
 from llmos.apps.spec import KIND_INPUT, AppSpec, OutputSpec, _dotted, load_spec, read_schema_file
 from llmos.apps.tools import AppTools, tool_instructions
 from llmos.errors import AppFileError, InvalidInputError
-from llmos.runtime.chat import fit_conversation
 from llmos.text import tool_calls
 
 __all__ = ["App", "AppEvent", "AppResult"]
@@ -414,15 +413,8 @@ class App:
         reply's max_new_tokens fits the context."""
         max_new = options.get("max_new_tokens") or model.generation_config.max_new_tokens or 1
         ctx = model.config.max_position_embeddings
-        encoded = {}
-
-        def n_tokens(msgs):
-            encoded[len(msgs)] = model.apply_chat_template(msgs, tokenize=True, **extra)
-            return len(encoded[len(msgs)])
-
-        kept = fit_conversation(messages, n_tokens, ctx - max_new, truncate="oldest",
-                                need=f" in {self.name}'s model context of {ctx} with max_new_tokens={max_new}")
-        return encoded.get(len(kept)) or model.apply_chat_template(kept, tokenize=True, **extra), kept
+        return model.fit_chat(messages, reserve=max_new, truncate="oldest",
+                              need=f" in {self.name}'s model context of {ctx} with max_new_tokens={max_new}", **extra)
 
     def _retrieve(self, inputs, message) -> list[dict]:
         if not self._knowledge_paths:

@@ -221,10 +221,20 @@ class Model:
         if max_new is None and isinstance(options.get("generation_config"), GenerationConfig):
             max_new = options["generation_config"].max_new_tokens
         reserve = max_new if isinstance(max_new, int) and not isinstance(max_new, bool) and max_new > 0 else 1
+        ids, _ = self.fit_chat(messages, reserve=reserve, truncate=truncate,
+                               add_generation_prompt=add_generation_prompt)
+        return self.stream(ids, **options) if stream else self.generate(ids, **options)
+
+    def fit_chat(self, messages, *, reserve: int, truncate: str | None, need: str | None = None,
+                 add_generation_prompt: bool = True, **extra) -> tuple[list[int], list]:
+        """(prompt ids, the messages kept) for `messages` rendered with the chat template so that
+        `reserve` new tokens still fit the context; truncate as for chat(). `need` replaces the
+        default " in the model's context of N with R new token(s)" of the error; `extra` goes to
+        the template (tools, ...)."""
         ctx = self.config.max_position_embeddings
 
         def encode(msgs):
-            return self.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=True)
+            return self.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=True, **extra)
 
         encoded = {}  # by length: each candidate history has a different one
 
@@ -233,9 +243,8 @@ class Model:
             return len(encoded[len(msgs)])
 
         kept = fit_conversation(messages, n_tokens, ctx - reserve, truncate=truncate,
-                                need=f" in the model's context of {ctx} with {reserve} new token(s)")
-        ids = encoded.get(len(kept)) or encode(kept)
-        return self.stream(ids, **options) if stream else self.generate(ids, **options)
+                                need=need or f" in the model's context of {ctx} with {reserve} new token(s)")
+        return encoded.get(len(kept)) or encode(kept), kept
 
     def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tokenize: bool = False, **extra):
         """The prompt text (or ids with tokenize=True) for `messages`, as transformers renders it."""
