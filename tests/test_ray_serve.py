@@ -261,6 +261,15 @@ def test_ray_flags_need_ray():
     assert out.returncode != 0 and "--replicas is for --ray" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("flags, message", [(["--port", "0"], "--port 0: --ray needs a fixed port"),
+                                            (["--replicas", "2", "--autoscale", "1:2"], "not both"),
+                                            (["--autoscale", "3:1"], "invalid MIN:MAX value")])
+def test_bad_ray_flags_are_refused_before_ray_starts(flags, message):
+    out = subprocess.run([sys.executable, "-m", "llmos", "serve", BUNDLED, "--ray", *flags], env=child_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_a_missing_ray_names_the_extra():
     code = ("import sys; sys.modules['ray'] = None; sys.argv = ['llmos', 'serve', 'default', '--ray']; "
             "from llmos.cli import main; sys.exit(main())")

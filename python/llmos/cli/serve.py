@@ -59,16 +59,18 @@ def _serve(args) -> int:
 
 
 def _serve_on_ray(args, keys, load_options, engine_options) -> int:
+    from llmos.errors import InvalidInputError
+
+    if args.port == 0:  # Serve's proxy takes the port as given; it cannot report a picked one
+        raise InvalidInputError("--port 0: --ray needs a fixed port", field="port")
+    if args.replicas is not None and args.autoscale is not None:
+        raise InvalidInputError("give --replicas or --autoscale, not both", field="replicas")
     require("ray", "llmos serve --ray")
     import sys
 
     from llmos.ray import deployment
     from llmos.ray.run import serve_on_ray
 
-    if args.replicas is not None and args.autoscale is not None:
-        from llmos.errors import InvalidInputError
-
-        raise InvalidInputError("give --replicas or --autoscale, not both", field="replicas")
     threads = load_options.pop("threads", None)
     application = deployment(args.models, apps=args.apps, replicas=args.replicas, autoscale=args.autoscale,
                              threads=threads, num_cpus=args.num_cpus, api_keys=keys,
