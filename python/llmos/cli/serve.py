@@ -26,18 +26,65 @@ def _kv_memory(text: str):
     return int(text) if text.isdigit() else text  # bytes, or "512MiB" / "2GiB" (the engine parses it)
 
 
+def _autoscale(text: str):
+    low, sep, high = text.partition(":")
+    if not sep or not low.isdigit() or not high.isdigit() or int(low) > int(high) or int(high) < 1:
+        raise ValueError(text)
+    return int(low), int(high)
+
+
+_autoscale.__name__ = "MIN:MAX"
+
+
 def _serve(args) -> int:
     require("serve", "llmos serve")
     from llmos.serve.run import read_api_keys, serve
 
+    ray_only = [f for f, v in (("--replicas", args.replicas), ("--autoscale", args.autoscale),
+                               ("--address", args.address), ("--num-cpus", args.num_cpus)) if v is not None]
+    if ray_only and not args.ray:
+        from llmos.errors import InvalidInputError
+
+        raise InvalidInputError(f"{ray_only[0]} is for --ray (replicas on Ray Serve); add --ray", field=ray_only[0])
     keys = read_api_keys(args.api_keys) if args.api_keys else None
     load_options = {k: v for k, v in (("threads", args.threads), ("quant", args.quant), ("dtype", args.dtype))
                     if v is not None}
     engine_options = {k: v for k, v in (("kv_memory", args.kv_memory), ("kv_dtype", args.kv_dtype)) if v is not None}
+    if args.ray:
+        return _serve_on_ray(args, keys, load_options, engine_options)
     return serve(args.models, host=args.host, port=args.port, api_keys=keys, max_concurrency=args.max_concurrency,
                  max_queue=args.max_queue, drain_seconds=args.drain_seconds, load_options=load_options,
                  engine_options=engine_options, idle_unload=args.idle_unload, apps=args.apps,
                  allow_tools=args.allow_tools)
+
+
+def _serve_on_ray(args, keys, load_options, engine_options) -> int:
+    from llmos.errors import InvalidInputError
+
+    if args.port == 0:  # Serve's proxy takes the port as given; it cannot report a picked one
+        raise InvalidInputError("--port 0: --ray needs a fixed port", field="port")
+    if args.replicas is not None and args.autoscale is not None:
+        raise InvalidInputError("give --replicas or --autoscale, not both", field="replicas")
+    require("ray", "llmos serve --ray")
+    import sys
+
+    from llmos.ray import deployment
+    from llmos.ray.run import serve_on_ray
+
+    threads = load_options.pop("threads", None)
+    application = deployment(args.models, apps=args.apps, replicas=args.replicas, autoscale=args.autoscale,
+                             threads=threads, num_cpus=args.num_cpus, api_keys=keys,
+                             max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                             drain_seconds=args.drain_seconds, load_options=load_options,
+                             engine_options=engine_options, idle_unload=args.idle_unload,
+                             allow_tools=args.allow_tools)
+
+    def ready(seconds: float) -> None:
+        print(f"llmos: serving on Ray at http://{args.host}:{args.port} ({seconds:.1f} s to start)",
+              file=sys.stderr, flush=True)
+
+    return serve_on_ray(application, host=args.host, port=args.port, address=args.address, api_keys=keys,
+                        on_ready=ready)
 
 
 def add_serve_commands(subparsers) -> None:
@@ -71,4 +118,14 @@ def add_serve_commands(subparsers) -> None:
                    help="serve an app (NAME.app.md) at /v1/apps/NAME and its page at /apps/NAME; repeatable")
     p.add_argument("--allow-tools", action="store_true",
                    help="let served apps run their tools' Python functions (off: a tool call is refused and logged)")
+    ray = p.add_argument_group("replicas on Ray Serve (pip install \"llmos[ray]\")")
+    ray.add_argument("--ray", action="store_true",
+                     help="run as a Ray Serve application: replicas of this server, each with its own engines")
+    ray.add_argument("--replicas", type=_POSITIVE_INT, default=None, metavar="N", help="a fixed number of replicas")
+    ray.add_argument("--autoscale", type=_autoscale, default=None, metavar="MIN:MAX",
+                     help="between MIN and MAX replicas, following the requests queued per replica")
+    ray.add_argument("--num-cpus", type=_at_least(float, 1e-3, "positive number"), default=None, metavar="N",
+                     help="CPUs each replica reserves (default: --threads, else 1; fractions share a core)")
+    ray.add_argument("--address", default=None, metavar="ADDR",
+                     help="a running cluster (auto, HOST:6379, ray://HOST:10001); default: start one on loopback")
     p.set_defaults(run=_serve)
