@@ -90,6 +90,7 @@ def run_ray(target: str, options: dict, rows: Iterable[Row], store: Store, *, ac
             per_actor = cpus / actors
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # llmos draws its own bar, counting rows
+            logging.getLogger("ray.data").setLevel(logging.ERROR)  # its start/finish notes would cut through the bar
             ds = ray.data.from_items(items).map_batches(
                 _EngineActor, batch_size=in_flight, compute=ray.data.ActorPoolStrategy(size=actors),
                 fn_constructor_kwargs={"target": target, "options": options, "in_flight": in_flight,
