@@ -132,6 +132,42 @@ def test_app_rows_equal_app_run(tmp_path):
     assert "tone" in errors["bad"] and "message" in errors["chatty"]
 
 
+CHAT_APP = """\
+---
+app: terse
+kind: chat
+params: {max_new_tokens: 6}
+---
+You answer in one short sentence.
+"""
+
+
+def test_chat_app_rows_take_a_message(tmp_path):
+    from llmos.apps import App
+
+    app_file = tmp_path / "terse.app.md"
+    app_file.write_text(CHAT_APP)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "hi", "message": "Hello there"}, {"id": "none"},
+                                              {"id": "n", "message": 5}])
+    out = tmp_path / "out.jsonl"
+    r = batch(app_file, "--input", inp, "--output", out, "--temperature", 0)
+    assert "1 results, 2 errors" in r.stdout
+    (got,) = read_jsonl(out)
+    ref = App.load(app_file).run(message="Hello there", params={"do_sample": False})
+    assert (got["id"], got["text"], got["tokens"]) == ("hi", ref.text, ref.usage["completion_tokens"])
+    errors = {e["id"]: e["reason"] for e in read_jsonl(tmp_path / "out.jsonl.errors.jsonl")}
+    assert "message" in errors["none"] and "message" in errors["n"]
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path):
+    (tmp_path / "in.parquet").write_bytes(b"PAR1")
+    code = ("import sys; sys.modules['pyarrow'] = None; from llmos.cli.main import main; "
+            f"sys.exit(main(['batch', 'default', '--input', {str(tmp_path / 'in.parquet')!r}, '--output', "
+            f"{str(tmp_path / 'o.jsonl')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=child_env())
+    assert r.returncode == 2 and "llmos[parquet]" in r.stderr, r.stderr
+
+
 def test_parquet_input_gives_the_jsonl_results(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
@@ -207,6 +243,18 @@ def test_an_output_from_another_input_or_config_is_refused(tmp_path):
     r = batch("default", "--input", inp, "--output", other, check=False)
     assert r.returncode == 2 and "not written by llmos batch" in r.stderr
     assert other.read_text() == "my own file\n"
+
+
+def test_progress_bar_counts_rows_on_stderr_only(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": p} for p in PROMPTS[:3]])
+    env = child_env(LLMOS_PROGRESS="1")
+    cmd = [sys.executable, "-m", "llmos", "batch", "default", "--input", str(inp), "--max-new-tokens", "2"]
+    r = subprocess.run([*cmd, "--output", str(tmp_path / "a.jsonl")], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=env)
+    assert r.returncode == 0 and "3/3" in r.stderr and "row/s" in r.stderr and "row/s" not in r.stdout
+    r = subprocess.run([*cmd, "--output", str(tmp_path / "b.jsonl"), "--quiet"], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=env)
+    assert r.returncode == 0 and "row/s" not in r.stderr
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):
