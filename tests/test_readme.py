@@ -2,7 +2,7 @@
 
 The README's code blocks are read from the file, so a command added there is run here too.
 The user's world is built around them: a working folder holding the files the commands name
-(`path/to/checkpoint`, `./my-checkpoint`, `chats.jsonl`, `heldout.jsonl`: tiny random-weight
+(`path/to/checkpoint`, `./my-checkpoint`, `chats.jsonl`, `heldout.jsonl`, `prompts.jsonl`: tiny random-weight
 checkpoints, chat data and text), an empty $LLMOS_HOME, and a local stand-in for the Hugging Face Hub
 (tests/test_hub_pull.py's FakeHub on 127.0.0.1) serving a tiny Qwen2 as the repository the
 README pulls. `llmos` on PATH runs the package under test.
@@ -79,6 +79,8 @@ def user_world(checkpoint, tmp_path, llmos):
     shutil.copytree(checkpoint("llama"), work / "path" / "to" / "checkpoint")
     shutil.copytree(checkpoint("qwen2"), work / "my-checkpoint")
     (work / "chats.jsonl").write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(4)))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
+                                                for i, p in enumerate(("Once upon a time", "Dear Sir,", "The garden"))))
     (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("Blue is a colour.", "So is red.")))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -179,6 +181,8 @@ def test_every_readme_command_runs_as_printed(user_world):
     assert (work / "qwen-onnx" / "model.onnx").is_file()
     result = json.loads(by_verb["eval"].strip().splitlines()[-1])
     assert math.isfinite(result["perplexity"]) and result["perplexity"] > 1
+    for name in ("results.jsonl", "results-ray.jsonl"):  # `llmos batch`, locally and on Ray
+        assert [json.loads(line)["id"] for line in (work / name).read_text().splitlines()] == [0, 1, 2], name
     home = Path(env["LLMOS_HOME"]) / "models"
     assert {p.name for p in home.iterdir() if p.is_dir()} >= {"qwen", "mine", "mine-tuned"}
     if not_run:

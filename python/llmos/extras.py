@@ -17,6 +17,7 @@ EXTRAS = {
     "structured": ("llguidance",),
     "apps": ("bm25s", "pypdf"),
     "ray": ("ray",),
+    "parquet": ("pyarrow",),
 }
 
 

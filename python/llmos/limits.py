@@ -134,6 +134,16 @@ class Limits:
     # reps of `llmos bench` / llmos.runtime.benchmark.bench (the sizes are bounded by the context).
     max_bench_reps: int = 1000
 
+    # --- batch jobs (batch/, `llmos batch`) ----------------------------------------------------
+    # bytes of one JSONL input row, checked as the line is read (batch/rows.py); a longer row is an
+    # error record, not a failed job.
+    max_batch_row_bytes: int = 1 << 20
+    # rows decoding at once per engine (--in-flight), rows per output shard (--shard-rows) and
+    # Ray actors (--actors), checked before the job starts (cli/batch.py).
+    max_batch_in_flight: int = 1024
+    max_batch_shard_rows: int = 100_000
+    max_batch_actors: int = 1024
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}

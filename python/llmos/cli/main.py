@@ -8,6 +8,7 @@ import os
 import sys
 
 from llmos.cli.app import add_app_commands
+from llmos.cli.batch import add_batch_command
 from llmos.cli.bench import add_bench_commands
 from llmos.cli.chat import add_chat_command
 from llmos.cli.evaluate import add_evaluate_commands
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_evaluate_commands(sub)
     add_serve_commands(sub)
+    add_batch_command(sub)
     add_bench_commands(sub)
     return p
 
