@@ -11,22 +11,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
 from llmos.batch.rows import Row
-from llmos.batch.store import Store
+from llmos.batch.store import ShardWriter, Store
 from llmos.batch.work import Target
 
 
 def run_local(target: Target, rows: Iterable[Row], store: Store, *, in_flight: int = 16, shard_rows: int = 64,
               on_row: Callable[[], None] | None = None) -> None:
     """Runs every row not yet in `store`, writing a shard each `shard_rows` finished rows."""
-    buffer: list[dict] = []
-
-    def finished(record: dict) -> None:
-        buffer.append(record)
-        if on_row is not None:
-            on_row()
-        if len(buffer) >= shard_rows:
-            store.write_shard(buffer[:shard_rows])
-            del buffer[:shard_rows]
+    out = ShardWriter(store, shard_rows, on_row)
+    finished = out.add
 
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="llmos-batch")
     pending: set = set()
@@ -45,6 +38,6 @@ def run_local(target: Target, rows: Iterable[Row], store: Store, *, in_flight: i
         for f in pending:
             finished(f.result())
         pending = set()
-        store.write_shard(buffer)
+        out.flush()
     finally:
         pool.shutdown(wait=not pending, cancel_futures=True)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from llmos import extras
 from llmos.batch.rows import Row
-from llmos.batch.store import Store
+from llmos.batch.store import ShardWriter, Store
 from llmos.batch.work import Target
 
 # Share of an actor's CPUs reserved for it: the rest is left to Ray Data's own tasks (reading,
@@ -57,15 +57,8 @@ def run_ray(target: str, options: dict, rows: Iterable[Row], store: Store, *, ac
     extras.require("ray", "llmos batch --ray", modules=("ray",))
     import ray
 
-    buffer: list[dict] = []
-
-    def finished(record: dict) -> None:
-        buffer.append(record)
-        if on_row is not None:
-            on_row()
-        if len(buffer) >= shard_rows:
-            store.write_shard(buffer[:shard_rows])
-            del buffer[:shard_rows]
+    out = ShardWriter(store, shard_rows, on_row)
+    finished = out.add
 
     items = []
     for row in rows:
@@ -99,7 +92,7 @@ def run_ray(target: str, options: dict, rows: Iterable[Row], store: Store, *, ac
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for s in batch["record"]:
                     finished(json.loads(s))
-        store.write_shard(buffer)
+        out.flush()
     finally:
         if started:
             ray.shutdown()

@@ -13,14 +13,35 @@ killed at. Row numbers, not ids, key the shards: the manifest pins the input, so
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from typing import Callable
 
 from llmos.errors import InvalidInputError
 from llmos.io.files import atomic_file, write_json_atomic
 
 _MANIFEST = "manifest.json"
 _VERSION = 1
+
+
+class ShardWriter:
+    """Collects finished records, writing a shard of `shard_rows` each time that many are in;
+    flush() writes the rest. on_row (a progress bar) is told of each record."""
+
+    def __init__(self, store: "Store", shard_rows: int, on_row: Callable[[], None] | None = None):
+        self.store, self.shard_rows, self.on_row = store, shard_rows, on_row
+        self.buffer: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        self.buffer.append(record)
+        if self.on_row is not None:
+            self.on_row()
+        if len(self.buffer) >= self.shard_rows:
+            self.store.write_shard(self.buffer[:self.shard_rows])
+            del self.buffer[:self.shard_rows]
+
+    def flush(self) -> None:
+        self.store.write_shard(self.buffer)
+        self.buffer = []
 
 
 class Store:
