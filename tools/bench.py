@@ -52,6 +52,20 @@ SHAPES = {
     "qwen05": ("qwen2", {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
                          "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
                          "max_position_embeddings": 4096, "tie_word_embeddings": True}),
+    # Mixture of experts, about 0.9B parameters with 0.3B active per token, and the dense model
+    # of that active size (experts_per_token x the expert width), to compare decode against.
+    "mixtral1b": ("mixtral", {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16,
+                              "num_key_value_heads": 4, "intermediate_size": 2048, "num_local_experts": 8,
+                              "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 4096,
+                              "tie_word_embeddings": False}),
+    "mixtral1b-dense": ("llama", {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16,
+                                  "num_key_value_heads": 4, "intermediate_size": 4096, "vocab_size": 32000,
+                                  "max_position_embeddings": 4096, "tie_word_embeddings": False}),
+    # Qwen3-MoE's many narrow experts: 64 of width 256, top-8 (0.9B in all, 0.2B active).
+    "qwen3moe1b": ("qwen3_moe", {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16,
+                                 "num_key_value_heads": 4, "head_dim": 64, "num_experts": 64, "num_experts_per_tok": 8,
+                                 "moe_intermediate_size": 256, "vocab_size": 32000,
+                                 "max_position_embeddings": 4096, "tie_word_embeddings": False}),
 }
 ENGINES = ["llmos-fp32", "llmos-bf16", "llmos-int8", "llmos-int4", "transformers-fp32", "ctranslate2-int8",
            "llama.cpp-F32", "llama.cpp-Q8_0", "llama.cpp-Q4_0"]
@@ -263,6 +277,12 @@ def weight_bytes_per_token(engine, shape):
     hf = checkpoint(shape)
     cfg = json.loads((hf / "config.json").read_text())
     tied = cfg.get("tie_word_embeddings", True)
+    n_experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    # A decode step reads only the routed experts: experts_per_token of num_experts.
+    active = cfg.get("num_experts_per_tok", 1) / n_experts if n_experts else 1.0
+
+    def share(name):
+        return active if ("experts." in name or "_exps" in name) else 1.0
     import safetensors
 
     def is_input_embedding(name):
@@ -279,7 +299,7 @@ def weight_bytes_per_token(engine, shape):
 
         tensors = GGUFReader(str(gguf(shape, engine.split("-", 1)[1]))).tensors
         has_output = any(t.name == "output.weight" for t in tensors)
-        return sum(int(t.n_bytes) for t in tensors
+        return sum(int(t.n_bytes) * share(t.name) for t in tensors
                    if not ("token_embd" in t.name and has_output) and "position_embd" not in t.name)
     else:
         path = hf / "model.safetensors"
@@ -292,7 +312,7 @@ def weight_bytes_per_token(engine, shape):
             cnt = 1
             for d in sl.get_shape():
                 cnt *= d
-            n += cnt * np.dtype({"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U8": np.uint8,
+            n += share(k) * cnt * np.dtype({"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U8": np.uint8,
                                  "I8": np.int8}[sl.get_dtype()]).itemsize
     if engine in ("llmos-int8", "llmos-int4"):
         return n
