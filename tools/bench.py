@@ -7,6 +7,8 @@
 For each shape a random-weight checkpoint with transformers' default init is built
 (tests/checkpoints.py, cached in /tmp/llmos-bench) and handed to every engine:
   llmos-fp32 / -bf16 / -int8 / -int4   this package (int4 = group 32, symmetric)
+  llmos-int8-load / -int4-load          the float checkpoint quantized by llmos.load(quant=...)
+                                        (the peak RSS of quantizing at load)
   transformers-fp32                     AutoModelForCausalLM, torch threads = --threads
   ctranslate2-int8                      converted with ct2's TransformersConverter
   llama.cpp-F32 / -Q8_0 / -Q4_0         llama-cpp-python; GGUF made by llama.cpp's own
@@ -67,7 +69,8 @@ SHAPES = {
                                  "moe_intermediate_size": 256, "vocab_size": 32000,
                                  "max_position_embeddings": 4096, "tie_word_embeddings": False}),
 }
-ENGINES = ["llmos-fp32", "llmos-bf16", "llmos-int8", "llmos-int4", "transformers-fp32", "ctranslate2-int8",
+ENGINES = ["llmos-fp32", "llmos-bf16", "llmos-int8", "llmos-int4", "llmos-int8-load", "llmos-int4-load",
+           "transformers-fp32", "ctranslate2-int8",
            "llama.cpp-F32", "llama.cpp-Q8_0", "llama.cpp-Q4_0"]
 PREFILL, DECODE = 512, 128
 
@@ -176,7 +179,9 @@ def measure(engine: str, shape: str, threads: int) -> dict:
         from llmos.runtime import benchmark
 
         kind = engine.split("-", 1)[1]
-        if kind in ("int8", "int4"):
+        if kind in ("int8-load", "int4-load"):
+            m = llmos.load(hf, threads=threads, quant=kind.split("-")[0])
+        elif kind in ("int8", "int4"):
             m = llmos.load(llmos_quantized(shape, kind), threads=threads)
         else:
             m = llmos.load(hf, threads=threads, dtype={"bf16": "bfloat16"}.get(kind, "float32"))
@@ -288,6 +293,7 @@ def weight_bytes_per_token(engine, shape):
     def is_input_embedding(name):
         return any(k in name for k in ("wpe", "embed_tokens", "wte", "llmos.embed", "token_embd"))
 
+    engine = engine.removesuffix("-load")  # the same blocks as llmos.quantize writes
     if engine in ("llmos-int8", "llmos-int4"):
         path = llmos_quantized(shape, engine.split("-")[1]) / "model.safetensors"
     elif engine.startswith("llama.cpp-"):
@@ -391,6 +397,7 @@ def main() -> int:
                       f"{nbytes / 2**20:.0f} | {gbs:.1f} | {r['decode_tps'] / limit:.0%} |")
             ratios = []
             pairs = [("llmos-int4", "llama.cpp-Q4_0"), ("llmos-int8", "llama.cpp-Q8_0"), ("llmos-fp32", "llama.cpp-F32"),
+                     ("llmos-int4-load", "llama.cpp-Q4_0"), ("llmos-int8-load", "llama.cpp-Q8_0"),
                      ("llmos-int8", "ctranslate2-int8"), ("llmos-fp32", "transformers-fp32")]
             for a, b in pairs:
                 ra, rb = results.get((shape, t, a)), results.get((shape, t, b))

@@ -64,6 +64,8 @@ class SafetensorsFile {
   const uint8_t* data(const TensorInfo& t) const;
   // Drops the tensor's pages from RSS once its data was copied out (see MappedFile::evict).
   void evict(const TensorInfo& t) const { file_.evict(data(t), size_t(t.end - t.begin)); }
+  // Drops the whole pages of [p, p + n), part of one tensor's data, from RSS.
+  void evict(const uint8_t* p, size_t n) const { file_.evict(p, n); }
 
  private:
   SafetensorsFile() = default;

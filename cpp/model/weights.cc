@@ -184,7 +184,73 @@ struct SourceTensor {
   void done() const {
     if (mapped) mapped->evict(*info);
   }
+  // Drops the pages of `n` bytes at `p`, inside this tensor's data, once they were read.
+  void done(const uint8_t* p, size_t n) const {
+    if (mapped) mapped->evict(p, n);
+  }
 };
+
+namespace {
+
+// One part of a weight, found and checked: its logical [rows, cols] after the transpose.
+struct FoundPart {
+  SourceTensor st;
+  int64_t rows, cols;
+  bool transpose;
+};
+
+// Quantizes a matrix straight from its parts, a slab of rows at a time, so that only the codes
+// and one slab in float32 are ever held: never the whole matrix in float (a 152k-token
+// embedding is 545 MB in float32, more than the rest of a 0.5B model in int8), and each slab's
+// file pages leave RSS once read. Every row is converted by read_float and quantized by
+// quantize_row exactly as quantize_matrix does after copy_part, so the codes are the same.
+void quantize_from_parts(const std::vector<FoundPart>& found, Matrix& m, int64_t rows, int64_t cols, QuantType type,
+                         int64_t group, ThreadPool* pool) {
+  const int64_t ng = cols / group, rb = quant_row_bytes(type, cols);
+  Buffer codes(size_t(rows * rb)), scale(size_t(rows * ng) * 2), min;
+  if (type == QuantType::Q4Asym) min.resize(size_t(rows * ng) * 2);
+  if (codes.size() > 0) std::memset(codes.data(), 0, codes.size());  // an empty Buffer's data() is null
+  // 4 MB of float32 per slab: large enough to keep every thread busy, small next to any model.
+  const int64_t slab = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(cols, 1));
+  Buffer scratch(size_t(std::min(slab, std::max<int64_t>(rows, 1)) * cols) * 4);
+  int64_t row = 0;  // the destination row of the part's first row
+  for (const FoundPart& f : found) {
+    const size_t es = dtype_size(f.st.dtype);
+    for (int64_t r0 = 0; r0 < f.rows; r0 += slab) {
+      const int64_t n = std::min(slab, f.rows - r0);
+      auto rows_fn = [&](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) {
+          float* x = scratch.as<float>() + r * cols;
+          const int64_t pr = r0 + r;  // the row within the part
+          if (!f.transpose && f.st.dtype == DType::F32)
+            std::memcpy(x, f.st.data + size_t(pr) * cols * 4, size_t(cols) * 4);
+          else
+            for (int64_t c = 0; c < cols; ++c)
+              x[c] = read_float(f.st.data, f.st.dtype, f.transpose ? c * f.rows + pr : pr * cols + c);
+          const int64_t dr = row + pr;
+          quantize_row(type, group, x, cols, codes.data() + dr * rb, scale.as<uint16_t>() + dr * ng,
+                       type == QuantType::Q4Asym ? min.as<uint16_t>() + dr * ng : nullptr);
+        }
+      };
+      if (pool) pool->parallel_for(n, std::max<int64_t>(1, (int64_t(1) << 16) / cols), rows_fn);
+      else rows_fn(0, n);
+      // A transposed part reads every page for every slab: its pages go when it is done.
+      if (!f.transpose) f.st.done(f.st.data + size_t(r0) * cols * es, size_t(n) * cols * es);
+    }
+    f.st.done();
+    row += f.rows;
+  }
+  m.rows = rows;
+  m.cols = cols;
+  m.dtype = DType::F32;  // as quantize_matrix leaves it
+  m.data = std::move(codes);
+  m.scale = std::move(scale);
+  m.min = std::move(min);
+  m.qtype = type;
+  m.group = group;
+}
+
+}  // namespace
 
 // The files opened during one load, each opened once.
 class SourceFiles {
@@ -347,8 +413,7 @@ void WeightLoader::add(const WeightSource& src) {
   // Every part is found and its shape checked before the destination is allocated, so that
   // what is allocated is no larger than the tensors given (a config that claims a huge
   // dimension meets a tensor that does not have it, not an allocation of that size).
-  struct Found { SourceTensor st; int64_t rows, cols; bool transpose; };
-  std::vector<Found> found;
+  std::vector<FoundPart> found;
   int64_t row = 0;
   for (const WeightPart& part : src.parts) {
     SourceTensor st;
@@ -396,7 +461,11 @@ void WeightLoader::add(const WeightSource& src) {
   // The router is also kept in float32 whatever the dtype: [num_experts, hidden] is small, and
   // its rounding would flip near-tied expert choices.
   const bool router = src.role == "router.weight" || src.role == "shared_gate.weight";
-  const DType load_type = quantize || router ? DType::F32 : dtype_;
+  if (quantize) {
+    quantize_from_parts(found, *t.m, t.rows, t.cols, qt, quant.group, pool_.get());
+    return;
+  }
+  const DType load_type = router ? DType::F32 : dtype_;
   if (t.m) {
     t.m->dtype = load_type;
     t.m->rows = t.rows;
@@ -406,13 +475,12 @@ void WeightLoader::add(const WeightSource& src) {
     t.v->assign(size_t(t.rows), 0.f);
   }
   row = 0;
-  for (const Found& f : found) {
+  for (const FoundPart& f : found) {
     copy_part(f.st.data, f.st.dtype, f.rows, f.cols, f.transpose, t, row, load_type,
               t.norm ? spec.norm_weight_offset : 0.f);
     f.st.done();
     row += f.rows;
   }
-  if (quantize) quantize_matrix(*t.m, qt, quant.group, pool_.get());
 }
 
 ModelWeights WeightLoader::finish() {
