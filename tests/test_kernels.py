@@ -13,11 +13,10 @@ import sys
 import numpy as np
 import pytest
 
+from isa_levels import BEST, LEVELS, RUNNABLE, level_params
 from llmos import _core
 from llmos.errors import InvalidInputError
 
-ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
-ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
 # The shared SIMD algorithms' 16-lane instantiation over a portable vector (vec_emu.h), the
 # AVX-512 build's twin: every path of the AVX-512 kernels, runnable on any CPU.
 EMULATED = ["emu16"]
@@ -56,7 +55,7 @@ def test_scalar_matmul_matches_float64(n, k, rows, dtype):
     assert nmse(y, x.astype(np.float64) @ w_f32.astype(np.float64).T) < NMSE_SCALAR_VS_F64
 
 
-@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"] + EMULATED)
+@pytest.mark.parametrize("isa", level_params(scalar=False) + EMULATED)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("n,k,rows", SHAPES)
 def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
@@ -72,7 +71,7 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
 PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96), (33, 96, 50)]
 
 
-@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("isa", level_params() + EMULATED)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("n,k,rows", PREFILL_SHAPES)
 def test_prefill_matmul_matches_scalar(isa, n, k, rows, dtype):
@@ -112,7 +111,7 @@ ATTN_CASES = [(1, 64, 0, 0, 0.0), (16, 64, 0, 0, 0.0), (16, 64, 37, 0, 0.0), (5,
               (16, 256, 21, 0, 50.0)]
 
 
-@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("isa", level_params() + EMULATED)
 @pytest.mark.parametrize("nq,D,before,window,softcap", ATTN_CASES)
 def test_attention_matches_float64(isa, nq, D, before, window, softcap):
     rng = np.random.default_rng(nq * 1000 + D + before)
@@ -159,11 +158,18 @@ def _logits_under(isa, path):
 def test_whole_model_agrees_under_every_isa(checkpoint):
     """LLMOS_CPU_ISA forces each kernel set in a fresh process; logits agree with the default."""
     path = checkpoint("llama_gqa")
-    results = {isa: _logits_under(isa, path) for isa in ISAS}
+    results = {isa: _logits_under(isa, path) for isa in RUNNABLE}
     ref = np.asarray(results["scalar"]["logits"])
     for isa, r in results.items():
         assert r["isa"] == isa
         assert np.abs(np.asarray(r["logits"]) - ref).max() < 1e-4, isa
+
+
+def test_a_level_above_the_cpu_is_lowered_to_its_best(checkpoint):
+    above = [level for level in LEVELS if level not in RUNNABLE]
+    if not above or BEST not in LEVELS:
+        pytest.skip(f"no x86 level above this CPU's best ({BEST}) to force")
+    assert _logits_under(above[0], checkpoint("llama"))["isa"] == BEST
 
 
 def test_bad_isa_name_is_a_clear_error(checkpoint):
@@ -172,6 +178,7 @@ def test_bad_isa_name_is_a_clear_error(checkpoint):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "LLMOS_CPU_ISA" in out.stderr and "sse9" in out.stderr
+    assert all(level in out.stderr for level in LEVELS), out.stderr[-500:]  # the names it accepts
 
 
 # ---- activations and softmax ---------------------------------------------------------------
@@ -186,7 +193,7 @@ def _max_rel(y, ref, floor=1e-30):
     return float((np.abs(y - ref) / np.maximum(np.abs(ref), floor)).max())
 
 
-@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("isa", level_params() + EMULATED)
 @pytest.mark.parametrize("act", list(ACTS))
 def test_activations_match_the_scalar_reference(isa, act):
     rng = np.random.default_rng(ACTS[act])
@@ -202,7 +209,7 @@ def test_activations_match_the_scalar_reference(isa, act):
     assert np.all(np.abs(gated - ref * up) <= 2e-6 * np.abs(ref * up) + 1e-12 * np.abs(x * up) + 1e-38)
 
 
-@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("isa", level_params() + EMULATED)
 @pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
 def test_softmax_matches_the_scalar_reference(isa, n):
     rng = np.random.default_rng(n)
@@ -218,7 +225,7 @@ def test_softmax_matches_the_scalar_reference(isa, n):
 # ---- the 16-lane emulation against the AVX-512 build --------------------------------------
 
 
-@pytest.mark.skipif("avx512" not in ISAS, reason="needs a CPU with AVX-512")
+@pytest.mark.skipif("avx512" not in RUNNABLE, reason="needs a CPU with AVX-512")
 def test_emu16_gives_the_avx512_bits():
     """vec_emu.h repeats vec_avx512.h's operations in the same order (fused multiply-adds, the
     same reduction tree, vscalefps as ldexp), so both instantiations of the shared algorithms

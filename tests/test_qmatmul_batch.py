@@ -7,10 +7,9 @@ summation order differs)."""
 import numpy as np
 import pytest
 
+from isa_levels import level_params
 from llmos import _core
 
-ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
-ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
 TYPES = {"int8": _core.QuantType.Q8, "int4": _core.QuantType.Q4, "int4-asym": _core.QuantType.Q4Asym,
          "int6": _core.QuantType.Q6}
 
@@ -20,7 +19,7 @@ def nmse(y, ref):
     return float(((np.asarray(y, np.float64) - ref) ** 2).sum() / (ref**2).sum())
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", level_params())
 @pytest.mark.parametrize("qname", list(TYPES))
 def test_a_token_in_a_batch_gets_its_result_alone_bitwise(isa, qname):
     # 9 rows: two 4-row blocks and a 1-row tail; 33 tokens: groups of 4, of 2 and a lone one.

@@ -11,12 +11,11 @@ is compared with float64 math on the dequantized weights instead: ~5e-6.
 import numpy as np
 import pytest
 
+from isa_levels import level_params
 from llmos import _core
 from llmos.errors import InvalidInputError
 from llmos.quant.names import parse_quant
 
-ALL_ISAS = ("scalar", "avx2", "avx512", "amx")
-ISAS = list(ALL_ISAS[: ALL_ISAS.index(_core.cpu_best_isa()) + 1])
 TYPES = {"int8": _core.QuantType.Q8, "int4": _core.QuantType.Q4, "int4-asym": _core.QuantType.Q4Asym,
          "int6": _core.QuantType.Q6}  # int6: a head format ("-h6")
 
@@ -82,7 +81,7 @@ SHAPES = [(n, rows, k, g) for (n, rows, k) in [(1, 1, 64), (1, 7, 128), (3, 9, 2
           for g in (32, 64, 128) if k % g == 0]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", level_params())
 @pytest.mark.parametrize("qname", list(TYPES))
 @pytest.mark.parametrize("n,rows,k,group", SHAPES)
 def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):

@@ -16,6 +16,14 @@ namespace llmos {
 
 namespace {
 
+constexpr Isa kIsaLevels[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Amx};
+
+std::string isa_names() {
+  std::string s;
+  for (Isa i : kIsaLevels) s += std::string(s.empty() ? "" : ", ") + isa_name(i);
+  return s;
+}
+
 #if defined(__x86_64__)
 uint64_t xgetbv0() {
   uint32_t lo, hi;
@@ -51,13 +59,15 @@ Isa detect() {
   unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
   __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
   const bool avx512bf16 = a1 & (1u << 5);
-  const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
+  const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
   const bool tile_os = (xcr0 & 0x60000) == 0x60000;    // XTILECFG + XTILEDATA
-  if (zmm_os && avx512f && avx512dq && avx512bw && avx512vl && avx512vnni && avx512bf16 && avx2 && fma && f16c) {
-    if (amx_tile && amx_int8 && tile_os && request_amx_permission()) return Isa::Amx;
-    return Isa::Avx512;
-  }
-  if (ymm_os && avx2 && fma && f16c) return Isa::Avx2;
+  if (!(ymm_os && avx2 && fma && f16c)) return Isa::Scalar;
+  if (!(zmm_os && avx512f && avx512dq && avx512bw && avx512vl)) return Isa::Avx2;
+  if (!avx512vnni) return Isa::Avx512;
+  if (!avx512bf16) return Isa::Avx512Vnni;
+  // Asked last: the permission is granted for the whole process, so ask only when it is used.
+  if (amx_tile && amx_int8 && amx_bf16 && tile_os && request_amx_permission()) return Isa::Amx;
+  return Isa::Avx512Bf16;
 #endif
   return Isa::Scalar;
 }
@@ -69,7 +79,7 @@ Isa pick() {
   Isa asked;
   if (!isa_from_name(env, &asked))
     throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
-                std::string("expected one of scalar, avx2, avx512, amx; got '") + env + "'");
+                std::string("expected one of " + isa_names() + "; got '") + env + "'");
   return asked < best ? asked : best;
 }
 
@@ -90,13 +100,15 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Vnni: return "avx512_vnni";
+    case Isa::Avx512Bf16: return "avx512_bf16";
     case Isa::Amx: return "amx";
   }
   return "?";
 }
 
 bool isa_from_name(const std::string& name, Isa* out) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx})
+  for (Isa i : kIsaLevels)
     if (name == isa_name(i)) { *out = i; return true; }
   return false;
 }

@@ -1,14 +1,21 @@
 // Which instruction set the kernels use, decided once per process from CPUID and the
-// LLMOS_CPU_ISA environment variable (scalar | avx2 | avx512 | amx), which can only lower it.
-// amx = avx512 plus Intel AMX tiles (AMX-TILE and AMX-INT8) that the OS lets this process use;
-// it adds tile kernels for multi-token (prefill) products of quantized weights.
+// LLMOS_CPU_ISA environment variable, which can only lower it. The levels follow real CPUs, each
+// one the previous plus features, and each kernel file is compiled for exactly one level (its
+// suffix, CMakeLists.txt), so it never runs on a CPU lacking a feature its flags enable:
+//   scalar       plain x86-64
+//   avx2         AVX2 + FMA + F16C (Haswell, Zen 1-3)
+//   avx512       + AVX-512 F/BW/VL/DQ (Skylake-SP)
+//   avx512_vnni  + AVX-512 VNNI (Cascade Lake, Ice Lake)
+//   avx512_bf16  + AVX-512 BF16 (Cooper Lake, Zen 4)
+//   amx          + AMX-TILE/INT8/BF16 that the OS lets this process use (Sapphire Rapids): tile
+//                kernels for multi-token (prefill) products of quantized weights.
 #pragma once
 
 #include <string>
 
 namespace llmos {
 
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Avx512Bf16 = 4, Amx = 5 };
 
 Isa cpu_best_isa();            // the widest ISA this CPU and OS support
 Isa cpu_active_isa();          // the ISA in use: best, or lower when LLMOS_CPU_ISA asks

@@ -107,7 +107,7 @@ void fill_kernels_scalar(KernelTable* t);
 void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
 void fill_qkernels_avx2(KernelTable* t);
-void fill_qkernels_avx512(KernelTable* t);
+void fill_qkernels_avx512vnni(KernelTable* t);
 void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);

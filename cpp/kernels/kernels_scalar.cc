@@ -91,9 +91,12 @@ KernelTable make(Isa isa) {
   }
   if (isa >= Isa::Avx512) {
     fill_kernels_avx512(&t);
-    fill_qkernels_avx512(&t);
     fill_vmath_avx512(&t);
     fill_attention_avx512(&t);
+  }
+  // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
+  if (isa >= Isa::Avx512Vnni) {
+    fill_qkernels_avx512vnni(&t);
     t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
@@ -119,7 +122,8 @@ void fill_kernels_scalar(KernelTable* t) {
 }
 
 const KernelTable& kernels_for(Isa isa) {
-  static const KernelTable tables[4] = {make(Isa::Scalar), make(Isa::Avx2), make(Isa::Avx512), make(Isa::Amx)};
+  static const KernelTable tables[6] = {make(Isa::Scalar),     make(Isa::Avx2),       make(Isa::Avx512),
+                                       make(Isa::Avx512Vnni), make(Isa::Avx512Bf16), make(Isa::Amx)};
   if (isa > cpu_best_isa())
     throw Error(Error::Kind::InvalidInput, "", "isa",
                 std::string("this CPU does not support ") + isa_name(isa) + " (best: " +

@@ -162,13 +162,14 @@ def memory_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> float:
     """Memory read bandwidth in GB/s, the best of `reps` reads of `mbytes` MiB (benchmarks)."""
 
 def cpu_isa() -> str:
-    """The ISA the kernels use: scalar, avx2, avx512 or amx (LLMOS_CPU_ISA can lower it)."""
+    """The ISA the kernels use: scalar, avx2, avx512, avx512_vnni, avx512_bf16 or amx
+    (LLMOS_CPU_ISA can lower it)."""
 
 def cpu_best_isa() -> str:
     """The widest ISA this CPU and OS support."""
 
-# `isa` names one kernel table: scalar, avx2, avx512, amx (if this CPU has it), or emu16 (the
-# shared SIMD algorithms over a portable 16-lane vector).
+# `isa` names one kernel table: scalar, avx2, avx512, avx512_vnni, avx512_bf16, amx (if this CPU
+# has it), or emu16 (the shared SIMD algorithms over a portable 16-lane vector).
 
 def kernel_matmul(isa: str, x: npt.ArrayLike, w: npt.NDArray[Any], w_dtype: str,
                   prefill: bool = False) -> npt.NDArray[np.float32]:

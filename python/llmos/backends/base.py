@@ -33,8 +33,8 @@ class Backend(Protocol):
 
     @property
     def isa(self) -> str:
-        """Where the kernels run: the CPU kernel set (scalar/avx2/avx512/amx) or the
-        onnxruntime provider."""
+        """Where the kernels run: the CPU kernel set (scalar/avx2/avx512/avx512_vnni/avx512_bf16/amx)
+        or the onnxruntime provider."""
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """[n, vocab] float32 logits for every position of `ids` (int64), fresh context."""

@@ -59,8 +59,8 @@ class Model:
 
     @property
     def isa(self) -> str:
-        """Where the kernels run: scalar, avx2, avx512 or amx for the core; onnxruntime:cpu or
-        onnxruntime:cuda for an ONNX model."""
+        """Where the kernels run: scalar, avx2, avx512, avx512_vnni, avx512_bf16 or amx for the core;
+        onnxruntime:cpu or onnxruntime:cuda for an ONNX model."""
         return self.backend.isa
 
     @property

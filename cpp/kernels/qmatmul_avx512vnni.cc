@@ -7,7 +7,7 @@
 #include "kernels/kernels.h"
 
 namespace llmos {
-namespace simd::avx512 {
+namespace simd::avx512vnni {
 namespace {
 
 // 64 codes of row `codes` at chunk c, as bytes in input order.
@@ -182,11 +182,11 @@ void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, fl
 }
 
 }  // namespace
-}  // namespace simd::avx512
+}  // namespace simd::avx512vnni
 
-void fill_qkernels_avx512(KernelTable* t) {
-  t->qmatmul = simd::avx512::qmatmul;
-  t->quantize_acts = simd::avx512::quantize_acts;
+void fill_qkernels_avx512vnni(KernelTable* t) {
+  t->qmatmul = simd::avx512vnni::qmatmul;
+  t->quantize_acts = simd::avx512vnni::quantize_acts;
 }
 
 }  // namespace llmos
