@@ -58,8 +58,10 @@ Isa detect() {
     return Isa::Avx512;
   }
   if (ymm_os && avx2 && fma && f16c) return Isa::Avx2;
-#endif
   return Isa::Scalar;
+#else
+  return detect_arm();
+#endif
 }
 
 Isa pick() {
@@ -69,7 +71,10 @@ Isa pick() {
   Isa asked;
   if (!isa_from_name(env, &asked))
     throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
-                std::string("expected one of scalar, avx2, avx512, amx; got '") + env + "'");
+                std::string("expected one of scalar, avx2, avx512, amx, neon, neon_dotprod, neon_i8mm; got '") + env + "'");
+  if (asked != Isa::Scalar && isa_is_arm(asked) != isa_is_arm(best))
+    throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
+                std::string("'") + env + "' is not an ISA of this CPU's architecture (best: " + isa_name(best) + ")");
   return asked < best ? asked : best;
 }
 
@@ -91,12 +96,17 @@ const char* isa_name(Isa isa) {
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
     case Isa::Amx: return "amx";
+    case Isa::Neon: return "neon";
+    case Isa::NeonDotprod: return "neon_dotprod";
+    case Isa::NeonI8mm: return "neon_i8mm";
   }
   return "?";
 }
 
+bool isa_is_arm(Isa isa) { return isa >= Isa::Neon; }
+
 bool isa_from_name(const std::string& name, Isa* out) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx})
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm})
     if (name == isa_name(i)) { *out = i; return true; }
   return false;
 }
