@@ -16,7 +16,8 @@ namespace llmos {
 
 namespace {
 
-constexpr Isa kIsaLevels[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Avx512Bf16, Isa::Amx};
+constexpr Isa kIsaLevels[] = {Isa::Scalar,     Isa::Avx2, Isa::Avx512,      Isa::Avx512Vnni, Isa::Avx512Bf16,
+                              Isa::Amx,        Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm};
 
 std::string isa_names() {
   std::string s;
@@ -68,8 +69,9 @@ Isa detect() {
   // Asked last: the permission is granted for the whole process, so ask only when it is used.
   if (amx_tile && amx_int8 && amx_bf16 && tile_os && request_amx_permission()) return Isa::Amx;
   return Isa::Avx512Bf16;
+#else
+  return detect_arm();
 #endif
-  return Isa::Scalar;
 }
 
 Isa pick() {
@@ -80,6 +82,9 @@ Isa pick() {
   if (!isa_from_name(env, &asked))
     throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
                 std::string("expected one of " + isa_names() + "; got '") + env + "'");
+  if (asked != Isa::Scalar && isa_is_arm(asked) != isa_is_arm(best))
+    throw Error(Error::Kind::InvalidInput, "", "LLMOS_CPU_ISA",
+                std::string("'") + env + "' is not an ISA of this CPU's architecture (best: " + isa_name(best) + ")");
   return asked < best ? asked : best;
 }
 
@@ -103,9 +108,14 @@ const char* isa_name(Isa isa) {
     case Isa::Avx512Vnni: return "avx512_vnni";
     case Isa::Avx512Bf16: return "avx512_bf16";
     case Isa::Amx: return "amx";
+    case Isa::Neon: return "neon";
+    case Isa::NeonDotprod: return "neon_dotprod";
+    case Isa::NeonI8mm: return "neon_i8mm";
   }
   return "?";
 }
+
+bool isa_is_arm(Isa isa) { return isa >= Isa::Neon; }
 
 bool isa_from_name(const std::string& name, Isa* out) {
   for (Isa i : kIsaLevels)

@@ -15,11 +15,19 @@
 
 namespace llmos {
 
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Avx512Bf16 = 4, Amx = 5 };
+// x86 levels count up from Scalar, AArch64 levels from Neon; LLMOS_CPU_ISA may only name a
+// level of this CPU's architecture (or scalar).
+// neon = armv8-a Advanced SIMD; neon_dotprod adds SDOT (armv8.2-a); neon_i8mm adds SMMLA.
+enum class Isa {
+  Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3, Avx512Bf16 = 4, Amx = 5,
+  Neon = 10, NeonDotprod = 11, NeonI8mm = 12
+};
 
 Isa cpu_best_isa();            // the widest ISA this CPU and OS support
 Isa cpu_active_isa();          // the ISA in use: best, or lower when LLMOS_CPU_ISA asks
 const char* isa_name(Isa isa);
+bool isa_is_arm(Isa isa);      // Neon and up
+Isa detect_arm();              // cpu_features_arm.cc (Scalar off AArch64)
 bool isa_from_name(const std::string& name, Isa* out);
 
 }  // namespace llmos

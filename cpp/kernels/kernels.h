@@ -2,7 +2,7 @@
 // implementation per ISA. The scalar versions in kernels_scalar.cc are the reference
 // every fast path is tested against (tests/test_kernels.py).
 //
-// The *_avx2.cc / *_avx512.cc / *_amx.cc files are compiled with wider -m flags, so nothing
+// The *_avx2.cc / *_avx512.cc / *_amx.cc (and *_neon*.cc) files are compiled with wider -m flags, so nothing
 // they define may share a name with baseline code: the linker keeps one copy of an inline
 // function or template instance, and a baseline caller could get the wide one. Their code
 // lives in llmos::simd::<isa> with internal linkage, the only external name each defines
@@ -113,6 +113,9 @@ void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);
 void fill_attention_avx2(KernelTable* t);
 void fill_attention_avx512(KernelTable* t);
+void fill_kernels_neon(KernelTable* t);
+void fill_vmath_neon(KernelTable* t);
+void fill_attention_neon(KernelTable* t);
 
 // Test-only: the table for a name given to the bindings: an ISA name (kernels_for), or
 // "emu16", the scalar table with the shared SIMD algorithms over a portable 16-lane vector

@@ -100,6 +100,12 @@ KernelTable make(Isa isa) {
     t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
+#elif defined(__aarch64__)
+  if (isa >= Isa::Neon) {
+    fill_kernels_neon(&t);
+    fill_vmath_neon(&t);
+    fill_attention_neon(&t);
+  }
 #endif
   t.isa = isa;
   return t;
@@ -122,9 +128,12 @@ void fill_kernels_scalar(KernelTable* t) {
 }
 
 const KernelTable& kernels_for(Isa isa) {
-  static const KernelTable tables[6] = {make(Isa::Scalar),     make(Isa::Avx2),       make(Isa::Avx512),
-                                       make(Isa::Avx512Vnni), make(Isa::Avx512Bf16), make(Isa::Amx)};
-  if (isa > cpu_best_isa())
+  // Indexed by the enum's value; slots of the other architecture's levels stay unused.
+  static const KernelTable tables[13] = {
+      make(Isa::Scalar), make(Isa::Avx2),   make(Isa::Avx512),      make(Isa::Avx512Vnni), make(Isa::Avx512Bf16),
+      make(Isa::Amx),    make(Isa::Scalar), make(Isa::Scalar),      make(Isa::Scalar),     make(Isa::Scalar),
+      make(Isa::Neon),   make(Isa::NeonDotprod), make(Isa::NeonI8mm)};
+  if (isa > cpu_best_isa() || (isa != Isa::Scalar && isa_is_arm(isa) != isa_is_arm(cpu_best_isa())))
     throw Error(Error::Kind::InvalidInput, "", "isa",
                 std::string("this CPU does not support ") + isa_name(isa) + " (best: " +
                     isa_name(cpu_best_isa()) + ")");

@@ -1,0 +1,151 @@
+// Checks every kernel of the active table (LLMOS_CPU_ISA lowers it) against the scalar
+// reference over random shapes with vector tails, with tests/test_kernels.py's metrics:
+// matmuls and attention by NMSE = sum((y - ref)^2) / sum(ref^2) < 1e-11; activations by
+// |y - ref| <= 2e-6 |ref| + 1e-12 |x| + 1e-38; softmax by max relative error < 2e-6 and
+// masked entries exactly 0. Built without Python, so it runs where only the core builds
+// (AArch64 under qemu: .ci/arm64). Prints what it checked; exits 1 on any failure.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "core/dtype.h"
+#include "kernels/kernels.h"
+
+using namespace llmos;
+
+namespace {
+
+int failures = 0, checks = 0;
+std::mt19937 rng(1234);
+
+std::vector<float> randn(size_t n, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+double nmse(const std::vector<float>& y, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < y.size(); ++i) num += double(y[i] - ref[i]) * (y[i] - ref[i]), den += double(ref[i]) * ref[i];
+  return den > 0 ? num / den : num;
+}
+
+void expect(bool ok, const char* what, const char* detail) {
+  ++checks;
+  if (!ok) ++failures, std::printf("FAIL %s: %s\n", what, detail);
+}
+
+void check_matmuls(const KernelTable& kt, const KernelTable& ref) {
+  const int64_t shapes[][3] = {{1, 64, 9}, {3, 37, 17}, {7, 129, 33}, {16, 256, 40}, {33, 5, 3}, {2, 1000, 7}};
+  for (auto& s : shapes) {
+    const int64_t n = s[0], k = s[1], rows = s[2];
+    auto x = randn(size_t(n * k));
+    auto w = randn(size_t(rows * k));
+    std::vector<uint16_t> wb(w.size()), wh(w.size());
+    for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]), wh[i] = f32_to_f16(w[i]);
+    struct Slot { const char* name; DType dt; const void* w; } slots[] = {
+        {"f32", DType::F32, w.data()}, {"bf16", DType::BF16, wb.data()}, {"f16", DType::F16, wh.data()}};
+    for (auto& sl : slots)
+      for (bool gemm : {false, true}) {
+        const int64_t r0 = rows > 2 ? 1 : 0;  // a row range that starts off 0
+        std::vector<float> y(size_t(n * rows)), yr(y.size());
+        (gemm ? gemm_for(kt, sl.dt) : matmul_for(kt, sl.dt))(x.data(), n, k, sl.w, r0, rows, y.data(), rows);
+        matmul_for(ref, sl.dt)(x.data(), n, k, sl.w, r0, rows, yr.data(), rows);
+        char d[128];
+        const double e = nmse(y, yr);
+        std::snprintf(d, sizeof d, "%s %s n=%ld k=%ld rows=%ld nmse=%.3g", gemm ? "gemm" : "matmul", sl.name, long(n),
+                      long(k), long(rows), e);
+        expect(e < 1e-11, "matmul", d);
+      }
+  }
+  std::printf("matmul_f32/bf16/f16 and gemm: %zu shapes\n", sizeof shapes / sizeof shapes[0]);
+}
+
+void check_vector_math(const KernelTable& kt, const KernelTable& ref) {
+  for (int64_t n : {1, 3, 4, 7, 16, 33, 1000}) {
+    auto a = randn(size_t(n)), b = randn(size_t(n));
+    const double d = kt.dot(a.data(), b.data(), n), dr = ref.dot(a.data(), b.data(), n);
+    double mag = 0;
+    for (int64_t i = 0; i < n; ++i) mag += std::fabs(double(a[i]) * b[i]);
+    char msg[96];
+    std::snprintf(msg, sizeof msg, "dot n=%ld err=%.3g", long(n), std::fabs(d - dr));
+    expect(std::fabs(d - dr) <= 1e-6 * mag, "dot", msg);
+    auto y = b, yr = b;
+    kt.axpy(y.data(), 0.37f, a.data(), n);
+    ref.axpy(yr.data(), 0.37f, a.data(), n);
+    std::snprintf(msg, sizeof msg, "axpy n=%ld", long(n));
+    expect(nmse(y, yr) < 1e-11, "axpy", msg);
+
+    auto s = randn(size_t(n), 10.f);
+    if (n > 1) s[0] = -INFINITY;
+    auto so = s, sr = s;
+    kt.softmax(so.data(), n);
+    ref.softmax(sr.data(), n);
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i)
+      ok &= sr[i] == 0 ? so[i] == 0 : sr[i] <= 1e-30f || std::fabs(so[i] - sr[i]) <= 2e-6 * sr[i];
+    std::snprintf(msg, sizeof msg, "softmax n=%ld", long(n));
+    expect(ok, "softmax", msg);
+  }
+  std::vector<float> x = randn(1000, 4.f);
+  for (int i = -90; i <= 90; ++i) x.push_back(float(i));
+  for (float v : {0.f, -0.f, 1e-30f, -1e-30f}) x.push_back(v);
+  const auto up = randn(x.size());
+  for (int act = 0; act < 4; ++act) {
+    auto o = x, r = x;
+    kt.activate(act, o.data(), int64_t(o.size()));
+    ref.activate(act, r.data(), int64_t(r.size()));
+    std::vector<float> g(x.size()), gr(x.size());
+    kt.activate_gated(act, x.data(), up.data(), g.data(), int64_t(x.size()));
+    ref.activate_gated(act, x.data(), up.data(), gr.data(), int64_t(x.size()));
+    bool ok = true;
+    for (size_t i = 0; i < x.size(); ++i) {
+      ok &= std::fabs(o[i] - r[i]) <= 2e-6 * std::fabs(r[i]) + 1e-12 * std::fabs(x[i]) + 1e-38;
+      ok &= std::fabs(g[i] - gr[i]) <= 2e-6 * std::fabs(gr[i]) + 1e-12 * std::fabs(x[i] * up[i]) + 1e-38 +
+                                           2e-6 * std::fabs(r[i] * up[i] - gr[i]);
+    }
+    char msg[48];
+    std::snprintf(msg, sizeof msg, "activation %d", act);
+    expect(ok, "activate", msg);
+  }
+  std::printf("dot/axpy/softmax: 7 lengths; activate + gated: 4 activations x %zu inputs\n", x.size());
+}
+
+void check_attention(const KernelTable& kt, const KernelTable& ref) {
+  // nq, D, keys before the block, window, softcap: as tests/test_kernels.py's ATTN_CASES
+  const double cases[][5] = {{1, 64, 0, 0, 0},  {16, 64, 37, 0, 0}, {5, 128, 100, 0, 0}, {16, 80, 19, 0, 0},
+                             {3, 8, 0, 0, 0},   {16, 64, 40, 24, 0}, {9, 32, 3, 4, 0},   {16, 256, 21, 0, 50}};
+  for (auto& c : cases) {
+    const int64_t nq = int64_t(c[0]), D = int64_t(c[1]), window = int64_t(c[3]), p0 = int64_t(c[2]) + 7;
+    const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0, len = p0 + nq - start;
+    auto q = randn(size_t(nq * D)), k = randn(size_t(len * D)), v = randn(size_t(len * D));
+    std::vector<float> out(size_t(nq * D)), outr(out.size()), scratch(size_t(attend_scratch_floats(len, D)));
+    AttnBlock a{q.data(), D, k.data(), v.data(), nq, len, D, start, p0, window,
+                c[4] == 0 ? float(1 / std::sqrt(double(D))) : 2.f, float(c[4]), out.data(), D};
+    if (kt.attend) kt.attend(a, scratch.data());
+    else attend_generic(kt, a, scratch.data());
+    a.out = outr.data();
+    attend_generic(ref, a, scratch.data());
+    char msg[96];
+    const double e = nmse(out, outr);
+    std::snprintf(msg, sizeof msg, "nq=%ld D=%ld window=%ld nmse=%.3g", long(nq), long(D), long(window), e);
+    expect(e < 1e-11, "attention", msg);
+  }
+  std::printf("attention (%s): 8 blocks\n", kt.attend ? "vector kernel" : "generic");
+}
+
+}  // namespace
+
+int main() {
+  const KernelTable& kt = kernels();
+  const KernelTable& ref = kernels_for(Isa::Scalar);
+  std::printf("best isa: %s, active isa: %s\n", isa_name(cpu_best_isa()), isa_name(kt.isa));
+  check_matmuls(kt, ref);
+  check_vector_math(kt, ref);
+  check_attention(kt, ref);
+  std::printf("%d checks, %d failures\n", checks, failures);
+  return failures ? 1 : 0;
+}
