@@ -16,6 +16,7 @@ EXTRAS = {
     "serve": ("fastapi", "uvicorn", "prometheus_client", "pydantic"),
     "structured": ("llguidance",),
     "apps": ("bm25s", "pypdf"),
+    "gguf": ("gguf",),
 }
 
 

@@ -134,6 +134,16 @@ class Limits:
     # reps of `llmos bench` / llmos.runtime.benchmark.bench (the sizes are bounded by the context).
     max_bench_reps: int = 1000
 
+    # --- GGUF files (io/gguf.py, GgufFile) --------------------------------------------------
+    # tensors in one file's header (checked before the reader maps them).
+    gguf_max_tensors: int = 65_536
+    # metadata key/value pairs in one file's header.
+    gguf_max_metadata: int = 65_536
+    # elements of one tensor (1 << 34: a 128k x 128k matrix fits).
+    gguf_max_tensor_elements: int = 1 << 34
+    # tokens of the vocabulary in tokenizer.ggml.tokens.
+    gguf_max_vocab: int = 1 << 21
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}
