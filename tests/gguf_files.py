@@ -28,11 +28,36 @@ def gguf_name(hf: str) -> str:
     return f"{_GLOBAL[stem]}.{suffix}"
 
 
-def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default") -> Path:
-    """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; 2-D
-    weights in `qtype` (the embedding too, as llama.cpp's --outtype does)."""
+def random_kquant(shape: tuple[int, int], qtype, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Random K-quant blocks (gguf.quants cannot quantize to K-quants) whose dequantized values
+    have standard deviation `std`: random codes and sub-block scales, the fp16 super-block scales
+    (dequantization is linear in them) set to hit `std`."""
     import gguf
-    from gguf.quants import quantize
+    from gguf.quants import dequantize
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = shape
+    data = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    # where each block keeps its fp16 scale d (and dmin): Q4_K/Q5_K lead with d, dmin; Q6_K ends with d
+    at = [size - 2] if qtype == gguf.GGMLQuantizationType.Q6_K else [0, 2]
+
+    def with_scale(d: float) -> np.ndarray:
+        out = data.copy()
+        for a in at:
+            out[..., a:a + 2] = np.frombuffer(np.float16(d).tobytes(), np.uint8)
+        return out.reshape(rows, -1)
+
+    unit = dequantize(with_scale(1.0), qtype).std()
+    return with_scale(std / unit)
+
+
+def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
+               seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+    """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; 2-D
+    weights in `qtype` (the embedding too, as llama.cpp's --outtype does). Returns the file and
+    the weights it holds, dequantized, under the transformers names and layout: the reference."""
+    import gguf
+    from gguf.quants import dequantize, quantize
     from safetensors.numpy import load_file
 
     from llmos.io.gguf import permute
@@ -79,18 +104,30 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
         w.add_chat_template(tok_cfg["chat_template"])
 
     qt = gguf.GGMLQuantizationType[qtype]
+    kquant = qtype.endswith("_K")
+    rng = np.random.default_rng(seed)
+    held = {}
     for name, t in load_file(str(folder / "model.safetensors")).items():
         t = t.astype(np.float32)
-        if arch in ("llama", "mistral") and name.endswith("q_proj.weight"):
-            t = permute(t, n_head)
-        elif arch in ("llama", "mistral") and name.endswith("k_proj.weight"):
-            t = permute(t, n_kv)
         if t.ndim == 2 and qt != gguf.GGMLQuantizationType.F32:
-            w.add_tensor(gguf_name(name), quantize(t, qt), raw_dtype=qt)
+            if kquant:
+                assert arch not in ("llama", "mistral"), "random K-quant blocks: a family without the rope permute"
+                data = random_kquant(t.shape, qt, float(t.std()), rng)
+            else:
+                data = quantize(t, qt)
+            held[name] = dequantize(data, qt).astype(np.float32).reshape(t.shape)
         else:
-            w.add_tensor(gguf_name(name), t)
+            data, held[name] = None, t
+        stored = held[name] if data is None else data
+        if arch in ("llama", "mistral") and name.endswith(("q_proj.weight", "k_proj.weight")):
+            # whole rows move, so the quantized bytes permute like the floats
+            stored = permute(stored, n_head if "q_proj" in name else n_kv)
+        if data is None:
+            w.add_tensor(gguf_name(name), stored)
+        else:
+            w.add_tensor(gguf_name(name), stored, raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return out
+    return out, held

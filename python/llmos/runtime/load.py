@@ -123,18 +123,21 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
 def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
     """A GGUF file, written out as a float checkpoint folder (llmos.io.gguf) and loaded from there; its
     quantized matrices are re-quantized to the llmos format nearest theirs unless `quant` says otherwise."""
+    import shutil
     import tempfile
+    import weakref
 
     gguf = GgufFile(path)
-    tmp = tempfile.TemporaryDirectory(prefix="llmos-gguf-")
+    tmp = tempfile.mkdtemp(prefix="llmos-gguf-")
     try:
-        folder = gguf.write_folder(tmp.name)
+        folder = gguf.write_folder(tmp)
         model = load_checkpoint(str(folder), dtype=dtype, threads=threads,
                                 quant=quant if quant is not None else gguf.suggested_quant())
     except BaseException:
-        tmp.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    model._gguf_folder = tmp  # the folder lives as long as the model (files it reads later, e.g. templates)
+    # the folder lives as long as the model (Model.path names it; files may be read later)
+    weakref.finalize(model, shutil.rmtree, tmp, True)
     return model
 
 
