@@ -2,7 +2,8 @@
 
 The README's code blocks are read from the file, so a command added there is run here too.
 The user's world is built around them: a working folder holding the files the commands name
-(`path/to/checkpoint`, `./my-checkpoint`, `chats.jsonl`, `heldout.jsonl`, `prompts.jsonl`: tiny random-weight
+(`path/to/checkpoint`, `./my-checkpoint`, a GGUF file written from it, `chats.jsonl`, `heldout.jsonl`,
+`prompts.jsonl`: tiny random-weight
 checkpoints, chat data and text), an empty $LLMOS_HOME, and a local stand-in for the Hugging Face Hub
 (tests/test_hub_pull.py's FakeHub on 127.0.0.1) serving a tiny Qwen2 as the repository the
 README pulls. `llmos` on PATH runs the package under test.
@@ -21,6 +22,7 @@ do not collide.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -78,6 +80,10 @@ def user_world(checkpoint, tmp_path, llmos):
     (work / "path" / "to").mkdir(parents=True)
     shutil.copytree(checkpoint("llama"), work / "path" / "to" / "checkpoint")
     shutil.copytree(checkpoint("qwen2"), work / "my-checkpoint")
+    if importlib.util.find_spec("gguf") is not None:  # else the README's GGUF import fails, loudly
+        from gguf_files import write_gguf
+
+        write_gguf(work / "my-checkpoint", work / "qwen2.5-0.5b-instruct-q8_0.gguf", "Q8_0")
     (work / "chats.jsonl").write_text("".join(json.dumps({"messages": CHAT}) + "\n" for _ in range(4)))
     (work / "prompts.jsonl").write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
                                                 for i, p in enumerate(("Once upon a time", "Dear Sir,", "The garden"))))
@@ -178,6 +184,7 @@ def test_every_readme_command_runs_as_printed(user_world):
     assert " 0 failed" in by_verb["app"], by_verb["app"]  # `llmos app test`, the last `llmos app` line
     assert by_verb["run"].strip() and by_verb["generate"].strip() and by_verb["serve"].strip()
     assert "mine" in by_verb["import"] and "<|im_start|>" in by_verb["import"]  # ls, then show --template
+    assert "qwen-gguf" in by_verb["import"] or importlib.util.find_spec("gguf") is None  # the GGUF one, listed
     assert (work / "qwen-onnx" / "model.onnx").is_file()
     result = json.loads(by_verb["eval"].strip().splitlines()[-1])
     assert math.isfinite(result["perplexity"]) and result["perplexity"] > 1

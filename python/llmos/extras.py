@@ -18,6 +18,7 @@ EXTRAS = {
     "apps": ("bm25s", "pypdf"),
     "ray": ("ray",),
     "parquet": ("pyarrow",),
+    "gguf": ("gguf",),
 }
 
 

@@ -143,6 +143,15 @@ class Limits:
     max_batch_in_flight: int = 1024
     max_batch_shard_rows: int = 100_000
     max_batch_actors: int = 1024
+    # --- GGUF files (io/gguf.py, GgufFile) --------------------------------------------------
+    # tensors in one file's header (checked before the reader maps them).
+    gguf_max_tensors: int = 65_536
+    # metadata key/value pairs in one file's header.
+    gguf_max_metadata: int = 65_536
+    # elements of one tensor (1 << 34: a 128k x 128k matrix fits).
+    gguf_max_tensor_elements: int = 1 << 34
+    # tokens of the vocabulary in tokenizer.ggml.tokens.
+    gguf_max_vocab: int = 1 << 21
 
 
 def _from_env(base: Limits) -> Limits:

@@ -184,8 +184,8 @@ def add_registry_commands(subparsers) -> None:
     """Adds the registry verbs to the `llmos` parser's subparsers."""
     model_help = "registry name (name[:tag]) or model folder"
 
-    p = subparsers.add_parser("import", help="copy a model folder or FILE.onnx into the registry")
-    p.add_argument("path", metavar="DIR|FILE.onnx")
+    p = subparsers.add_parser("import", help="copy a model folder, FILE.onnx or FILE.gguf into the registry")
+    p.add_argument("path", metavar="DIR|FILE.onnx|FILE.gguf")
     p.add_argument("--name", help="name[:tag] for the entry (default: the folder's name)")
     p.add_argument("--force", action="store_true", help="replace an existing entry of that name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -33,6 +33,7 @@ from llmos.errors import ChatTemplateError, InvalidInputError, LlmosError, Model
 from llmos.extras import require
 from llmos.io.config import read_json
 from llmos.io.finite import nonfinite_tensors
+from llmos.io.gguf import GgufFile, is_gguf
 from llmos.io.files import sha256_file
 from llmos.paths import home
 from llmos.registry import hub
@@ -112,7 +113,7 @@ def _lineage_of(folder: Path) -> list[dict]:
 
 
 def import_model(path: str | os.PathLike, name: str | None = None, *, force: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> Entry:
+                 progress: Callable[[int, int], None] | None = None, _origin: Path | None = None) -> Entry:
     """Copies a model folder (safetensors checkpoint or ONNX decoder) or a FILE.onnx with the
     files beside it into the registry as ``name`` (default: the folder's name, tag 'latest').
     An existing entry of that name is refused unless ``force``; then it is replaced, and until
@@ -121,6 +122,8 @@ def import_model(path: str | os.PathLike, name: str | None = None, *, force: boo
     src = Path(os.path.expanduser(os.fspath(path)))
     if not src.exists():
         raise ModelFileError(f"{src}: no such file or folder", file=str(src))
+    if src.is_file() and is_gguf(src):
+        return _import_gguf(src, name, force=force, progress=progress)
     folder = src if src.is_dir() else src.parent
     files = model_files(src)
     if name is None:
@@ -143,8 +146,24 @@ def import_model(path: str | os.PathLike, name: str | None = None, *, force: boo
         for rel in files:
             b.copy(folder / rel, rel, on_bytes if progress is not None else None)
         when = now()
-        lineage = _lineage_of(folder) + [{"op": "import", "from": str(src.resolve()), "at": when}]
-        return b.publish(ref_name, tag, {"kind": "import", "path": str(src.resolve())}, lineage, replace=force)
+        origin = str((_origin or src).resolve())
+        lineage = _lineage_of(folder) + [{"op": "import", "from": origin, "at": when}]
+        return b.publish(ref_name, tag, {"kind": "import", "path": origin}, lineage, replace=force)
+
+
+def _import_gguf(src: Path, name: str | None, *, force: bool,
+                 progress: Callable[[int, int], None] | None) -> Entry:
+    """A GGUF file enters the registry as an llmos checkpoint: float weights written out, then
+    quantized to the llmos format nearest the file's (none for an F32/F16 file)."""
+    import tempfile
+
+    gguf = GgufFile(src)
+    with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as tmp:
+        folder = gguf.write_folder(Path(tmp) / "float")
+        quant = gguf.suggested_quant()
+        if quant is not None:
+            folder = Path(quantize_checkpoint(str(folder), str(Path(tmp) / "quant"), quant))
+        return import_model(folder, name=name or slug(src.stem), force=force, progress=progress, _origin=src)
 
 
 def _split_repo(repo_id: str, revision: str | None) -> tuple[str, str | None]:

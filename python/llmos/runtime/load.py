@@ -15,6 +15,7 @@ from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
 from llmos.errors import AdapterError, InvalidInputError, LlmosError, ModelFileError
 from llmos.extras import require
 from llmos.io.config import ConfigReader, read_json
+from llmos.io.gguf import GgufFile, is_gguf
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.model import Model
 from llmos.store.resolve import resolve, resolved
@@ -43,9 +44,16 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
-    `path` may also name a model in the local registry (`llmos ls`).
+    `path` may also name a model in the local registry (`llmos ls`), or a GGUF file (llama.cpp,
+    Ollama; needs the 'gguf' extra): its quantized matrices load as the nearest llmos format
+    (Q8_0 -> int8, Q4_0/Q4_K -> int4) unless `quant` is given.
     """
     threads = check_threads(threads)
+    if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and is_gguf(path):
+        if adapter is not None:
+            raise InvalidInputError(f"adapter: {os.fspath(path)} is a GGUF file; an adapter merges into a "
+                                    "safetensors checkpoint (llmos import it first)", field="adapter")
+        return load_gguf(os.fspath(path), dtype=dtype, threads=threads, quant=quant)
     # One version of a registry entry, kept whole while it loads even if the name is replaced.
     with resolved(path) as path, base_and_adapter(path, adapter) as (path, adapter):
         if is_onnx_model(path):
@@ -110,6 +118,27 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
     merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
     backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant, adapter=merge)
     return Model(backend, tokenizer, arch, defaults, path)
+
+
+def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
+    """A GGUF file, written out as a float checkpoint folder (llmos.io.gguf) and loaded from there; its
+    quantized matrices are re-quantized to the llmos format nearest theirs unless `quant` says otherwise."""
+    import shutil
+    import tempfile
+    import weakref
+
+    gguf = GgufFile(path)
+    tmp = tempfile.mkdtemp(prefix="llmos-gguf-")
+    try:
+        folder = gguf.write_folder(tmp)
+        model = load_checkpoint(str(folder), dtype=dtype, threads=threads,
+                                quant=quant if quant is not None else gguf.suggested_quant())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # the folder lives as long as the model (Model.path names it; files may be read later)
+    weakref.finalize(model, shutil.rmtree, tmp, True)
+    return model
 
 
 def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:

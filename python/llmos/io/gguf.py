@@ -1,0 +1,316 @@
+"""GGUF files (llama.cpp, Ollama) as Hugging Face checkpoint folders: the architecture from the
+metadata onto config.json, the vocabulary and merges onto tokenizer.json (with the chat template
+in tokenizer_config.json), the tensors onto model.safetensors under the transformers names.
+
+Weights: F32/F16/BF16 are kept as they are (as float32); Q8_0, Q4_0 and the K-quants are
+dequantized with the gguf package and `suggested_quant` names the llmos format the caller should
+re-quantize them to at load (int8 for Q8_0, int4 for the 4-6 bit ones), so the model keeps the
+size class the file had. llama.cpp's converter permutes the llama Q/K rows into its rope layout;
+that is undone here exactly.
+
+A hostile file is refused before anything large is allocated: the header's counts, each tensor's
+shape and element count and its data range are checked against llmos.limits and the file size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from llmos import limits
+from llmos.errors import ModelFileError, ModelFormatError
+from llmos.extras import require
+
+# general.architecture -> transformers model_type, for the families llmos runs whose GGUF
+# layout is the llama one (plus per-family extras such as q/k norms and qkv biases).
+ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# tokenizer.ggml.pre -> the pre-tokenizer regex of that family (llama.cpp's llama-vocab.cpp).
+_PRE_REGEX = {
+    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+_PRE_REGEX["llama3"] = _PRE_REGEX["llama-bpe"]
+_GPT2_PRE = ("default", "gpt-2", "gpt2")
+
+_Q8 = "int8"
+_Q4 = "int4"
+# GGML type name -> the llmos format its weights are re-quantized to (None: kept as float).
+_TYPES = {"F32": None, "F16": None, "BF16": None, "Q8_0": _Q8, "Q4_0": _Q4, "Q4_K": _Q4, "Q5_K": _Q8,
+          "Q6_K": _Q8}
+
+
+def _gguf():
+    require("gguf", "reading a GGUF file")
+    import gguf
+
+    return gguf
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file that starts with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _check_header(path: str, size: int) -> None:
+    """The header's counts against the limits, before the gguf reader walks (and maps) them."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise ModelFormatError(f"{path}: not a GGUF file (no GGUF header)", file=path, field="magic")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+    if version not in (2, 3):
+        raise ModelFormatError(f"{path}: GGUF version {version} is not supported (2 or 3)", file=path,
+                               field="version")
+    _limit(path, "gguf_max_tensors", n_tensors, "tensor_count")
+    _limit(path, "gguf_max_metadata", n_kv, "metadata_kv_count")
+
+
+def _limit(path: str, name: str, value: int, field: str) -> None:
+    bound = getattr(limits.current(), name)
+    if value > bound:
+        raise ModelFormatError(f"{path}: {field}={value} is over the limit of {bound} (llmos.limits.{name}; "
+                               f"raise it with llmos.limits.configure({name}=...))", file=path, field=field)
+
+
+class GgufFile:
+    """One GGUF file, checked: metadata, tensors (lazily dequantized), tokenizer."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise ModelFileError(f"{self.path}: no such file", file=self.path)
+        size = os.path.getsize(self.path)
+        _check_header(self.path, size)
+        gguf = _gguf()
+        try:
+            self.reader = gguf.GGUFReader(self.path, "r")
+        except (ValueError, IndexError, KeyError, struct.error, OverflowError, UnicodeDecodeError, MemoryError) as e:
+            raise ModelFormatError(f"{self.path}: malformed GGUF ({type(e).__name__}: {e})", file=self.path,
+                                   field="header") from None
+        self.fields = {name: f for name, f in self.reader.fields.items()}
+        self.arch = self.string("general.architecture")
+        if self.arch not in ARCHITECTURES:
+            raise ModelFormatError(f"{self.path}: GGUF architecture {self.arch!r} is not supported; supported: "
+                                   f"{', '.join(sorted(ARCHITECTURES))}", file=self.path, field="general.architecture")
+        self.tensors = {}
+        for t in self.reader.tensors:
+            shape = [int(d) for d in t.shape]
+            n = int(np.prod(shape, dtype=object)) if shape else 1
+            if len(shape) > 4 or any(d <= 0 for d in shape):
+                raise ModelFormatError(f"{self.path}: tensor {t.name}: bad shape {shape}", file=self.path,
+                                       field=f"{t.name}.shape")
+            _limit(self.path, "gguf_max_tensor_elements", n, f"{t.name}.n_elements")
+            if t.data_offset + int(t.n_bytes) > size or t.data.nbytes != int(t.n_bytes):
+                raise ModelFormatError(f"{self.path}: tensor {t.name}: data [{t.data_offset}, "
+                                       f"{t.data_offset + int(t.n_bytes)}) runs past the file's {size} bytes",
+                                       file=self.path, field=f"{t.name}.offset")
+            if t.tensor_type.name not in _TYPES:
+                raise ModelFormatError(f"{self.path}: tensor {t.name} has GGML type {t.tensor_type.name}; llmos "
+                                       f"reads {', '.join(_TYPES)}", file=self.path, field=f"{t.name}.type")
+            self.tensors[t.name] = t
+
+    # --- metadata ------------------------------------------------------------------------------
+    def value(self, key: str, default=None, *, required: bool = False):
+        f = self.fields.get(key)
+        if f is None:
+            if required:
+                raise ModelFormatError(f"{self.path}: metadata {key} is missing", file=self.path, field=key)
+            return default
+        try:
+            return f.contents()
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
+            raise ModelFormatError(f"{self.path}: metadata {key} is malformed ({e})", file=self.path,
+                                   field=key) from None
+
+    def string(self, key: str) -> str:
+        v = self.value(key, required=True)
+        if not isinstance(v, str):
+            raise ModelFormatError(f"{self.path}: metadata {key} is not a string", file=self.path, field=key)
+        return v
+
+    def number(self, key: str, default=None, *, required: bool = False):
+        v = self.value(f"{self.arch}.{key}", default, required=required)
+        if isinstance(v, float):
+            v = float(str(np.float32(v)))  # GGUF stores float32: 1e-05, not 9.99999974e-06
+        if v is not None and not isinstance(v, (int, float)):
+            raise ModelFormatError(f"{self.path}: metadata {self.arch}.{key} is not a number", file=self.path,
+                                   field=f"{self.arch}.{key}")
+        return v
+
+    # --- config --------------------------------------------------------------------------------
+    def config(self) -> dict:
+        scaling = self.value(f"{self.arch}.rope.scaling.type", "none")
+        if scaling != "none":
+            raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.type={scaling!r} is not supported from "
+                                   "GGUF (load the Hugging Face folder)", file=self.path,
+                                   field=f"{self.arch}.rope.scaling.type")
+        tokens = self.value("tokenizer.ggml.tokens", required=True)
+        n_head = self.number("attention.head_count", required=True)
+        hidden = self.number("embedding_length", required=True)
+        cfg = {
+            "model_type": ARCHITECTURES[self.arch],
+            "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                               "qwen3": "Qwen3ForCausalLM"}[self.arch]],
+            "vocab_size": len(tokens),
+            "hidden_size": hidden,
+            "intermediate_size": self.number("feed_forward_length", required=True),
+            "num_hidden_layers": self.number("block_count", required=True),
+            "num_attention_heads": n_head,
+            "num_key_value_heads": self.number("attention.head_count_kv", n_head),
+            "head_dim": self.number("attention.key_length", hidden // max(1, n_head)),
+            "max_position_embeddings": self.number("context_length", 4096),
+            "rms_norm_eps": self.number("attention.layer_norm_rms_epsilon", 1e-6),
+            "rope_theta": self.number("rope.freq_base", 10000.0),
+            "tie_word_embeddings": "output.weight" not in self.tensors,
+            "torch_dtype": "float32",
+            "hidden_act": "silu",
+        }
+        if self.arch in ("llama", "mistral"):
+            cfg["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
+        for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
+                          ("eos_token_id", "tokenizer.ggml.eos_token_id")):
+            v = self.value(name)
+            if v is not None:
+                cfg[key] = int(v)
+        return cfg
+
+    # --- tensors -------------------------------------------------------------------------------
+    def suggested_quant(self) -> str | None:
+        """The llmos format the file's quantized matrices come closest to (None: all float)."""
+        kinds = {_TYPES[t.tensor_type.name] for t in self.tensors.values()} - {None}
+        return _Q4 if _Q4 in kinds else (_Q8 if kinds else None)
+
+    def hf_name(self, name: str) -> str:
+        stem, _, suffix = name.rpartition(".")
+        parts = stem.split(".")
+        if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+            return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+        if stem in _GLOBAL_NAMES:
+            return f"{_GLOBAL_NAMES[stem]}.{suffix}"
+        raise ModelFormatError(f"{self.path}: tensor {name} has no place in a {self.arch} model", file=self.path,
+                               field=name)
+
+    def array(self, name: str, cfg: dict) -> np.ndarray:
+        """The tensor `name` as float32, in the transformers layout."""
+        gguf = _gguf()
+        t = self.tensors[name]
+        shape = tuple(reversed([int(d) for d in t.shape]))
+        try:
+            if t.tensor_type.name == "F32":
+                w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+            else:
+                w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        except (ValueError, NotImplementedError) as e:
+            raise ModelFormatError(f"{self.path}: tensor {name} ({t.tensor_type.name}) cannot be read: {e}",
+                                   file=self.path, field=name) from None
+        if self.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+            heads = cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"]
+            w = unpermute(w, heads)
+        return w
+
+    def state_dict(self, cfg: dict) -> dict[str, np.ndarray]:
+        return {self.hf_name(n): self.array(n, cfg) for n in self.tensors}
+
+    # --- tokenizer -----------------------------------------------------------------------------
+    def tokenizer_json(self) -> str:
+        model = self.value("tokenizer.ggml.model", required=True)
+        if model != "gpt2":
+            raise ModelFormatError(f"{self.path}: tokenizer.ggml.model={model!r} is not supported (llmos builds "
+                                   "byte-level BPE 'gpt2' tokenizers from GGUF; convert from the Hugging Face "
+                                   "folder instead)", file=self.path, field="tokenizer.ggml.model")
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+        tokens = self.value("tokenizer.ggml.tokens", required=True)
+        limits.check("gguf_max_vocab", len(tokens), what=f"{self.path}: tokenizer.ggml.tokens")
+        merges = self.value("tokenizer.ggml.merges", [])
+        types = self.value("tokenizer.ggml.token_type", [1] * len(tokens))
+        if len(types) != len(tokens):
+            raise ModelFormatError(f"{self.path}: tokenizer.ggml.token_type has {len(types)} entries for "
+                                   f"{len(tokens)} tokens", file=self.path, field="tokenizer.ggml.token_type")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pairs = []
+        for m in merges:
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise ModelFormatError(f"{self.path}: merge {m!r} is not 'A B'", file=self.path,
+                                       field="tokenizer.ggml.merges")
+            pairs.append((a, b))
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+        pre = self.value("tokenizer.ggml.pre", "default")
+        if pre in _GPT2_PRE:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        elif pre in _PRE_REGEX:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(_PRE_REGEX[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        else:
+            raise ModelFormatError(f"{self.path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
+                                   f"{', '.join(sorted(set(_GPT2_PRE) | set(_PRE_REGEX)))}", file=self.path,
+                                   field="tokenizer.ggml.pre")
+        tok.decoder = decoders.ByteLevel()
+        # control (3) and user-defined (4) tokens match whole, before the BPE
+        added = [AddedToken(tokens[i], special=(ty == 3), normalized=False)
+                 for i, ty in enumerate(types) if ty in (3, 4)]
+        tok.add_tokens(added)
+        bos = self.value("tokenizer.ggml.bos_token_id")
+        if self.value("tokenizer.ggml.add_bos_token", False) and bos is not None:
+            b = tokens[int(bos)]
+            tok.post_processor = processors.TemplateProcessing(single=f"{b} $A", pair=f"{b} $A {b} $B",
+                                                               special_tokens=[(b, int(bos))])
+        return tok.to_str()
+
+    def tokenizer_config(self) -> dict:
+        tokens = self.value("tokenizer.ggml.tokens", required=True)
+        out = {"model_max_length": 1 << 30}
+        for key, name in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                          ("pad_token", "padding_token_id")):
+            v = self.value(f"tokenizer.ggml.{name}")
+            if v is not None and 0 <= int(v) < len(tokens):
+                out[key] = tokens[int(v)]
+        template = self.value("tokenizer.chat_template")
+        if isinstance(template, str):
+            out["chat_template"] = template
+        return out
+
+    def write_folder(self, out_dir: str | os.PathLike) -> Path:
+        """Writes the file as a Hugging Face checkpoint folder (float32 weights)."""
+        from safetensors.numpy import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = self.config()
+        (out / "tokenizer.json").write_text(self.tokenizer_json())
+        (out / "tokenizer_config.json").write_text(json.dumps(self.tokenizer_config(), indent=2))
+        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        save_file(self.state_dict(cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
+        return out
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undoes llama.cpp's convert_hf_to_gguf permute of Q/K rows (its rope layout)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's permute (the inverse of `unpermute`), for writing test files."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+

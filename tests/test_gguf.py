@@ -1,0 +1,272 @@
+"""GGUF files (llmos.io.gguf): written here from the random checkpoints by tests/gguf_files.py the way
+llama.cpp's converter writes them, then loaded by llmos and compared with transformers.
+
+* F32 GGUF: max |llmos - transformers on the original folder| <= 1e-3 over [64, vocab] (the families' bar).
+* Q8_0 / Q4_0 / K-quants: llmos on the GGUF against transformers on the GGUF's own weights dequantized
+  (what transformers' gguf_file loader computes; it needs accelerate, absent here), rel-L2 of the
+  logits and top-1 agreement within the int8 / int4 bounds of tests/test_quant.py.
+* Tokenizer: the tokenizer rebuilt from the GGUF metadata encodes and decodes as the original tokenizer.json.
+* Hostile files: an llmos error naming the file and field, never a crash.
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf", reason="the gguf extra (pip install llmos[gguf]) is not installed")
+
+from gguf_files import random_kquant, write_gguf  # noqa: E402
+
+from llmos.errors import LlmosError, ModelFormatError, NotAvailableError  # noqa: E402
+
+IDS = np.random.default_rng(0).integers(3, 380, 64).tolist()
+TEXTS = ["Hello, world!", "  two  spaces and\ttabs\nnew lines\n\n", "digits 1234567890 and 3.14159",
+         "unicode: café, naïve, 日本語, emoji 🙂🚀, Ελληνικά", "<|bos|>special<|endoftext|> tokens", "",
+         "The library loads the configuration, the tokenizer and the tensors."]
+
+
+def _torch_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _reference_with(folder, weights):
+    """transformers on `folder` with its matrices replaced by `weights` (the GGUF's, dequantized)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                     attn_implementation="eager").eval()
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, w in weights.items():
+            if name in params:
+                params[name].copy_(torch.from_numpy(w))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_f32_gguf_matches_transformers(kind, checkpoint, reference_model, llmos, tmp_path):
+    folder = checkpoint(kind)
+    path, _ = write_gguf(folder, tmp_path / f"{kind}.gguf")
+    model = llmos.load(str(path), threads=1)
+    assert model.quant is None  # an F32 file stays float
+    got, want = model.logits(IDS), _torch_logits(reference_model(folder), IDS)
+    diff = np.abs(got - want).max()
+    assert diff <= 1e-3, f"{kind}: max |llmos(gguf) - transformers| = {diff:.3g}"
+
+
+# (GGUF type, llmos format it loads as, max rel-L2, min top-1): test_quant.py's int8 / int4 bounds
+QUANT_CASES = [("llama", "Q8_0", "int8", 0.03, 0.95), ("llama", "Q4_0", "int4", 0.15, 0.7),
+               ("qwen3", "Q8_0", "int8", 0.03, 0.95), ("qwen3", "Q4_0", "int4", 0.15, 0.7),
+               ("qwen3", "Q4_K", "int4", 0.15, 0.7), ("qwen3", "Q5_K", "int8", 0.03, 0.95),
+               ("qwen3", "Q6_K", "int8", 0.03, 0.95)]
+
+
+@pytest.mark.parametrize("kind,qtype,quant,max_rel,min_top1", QUANT_CASES)
+def test_quantized_gguf_tracks_its_own_weights(kind, qtype, quant, max_rel, min_top1, checkpoint, llmos, tmp_path):
+    # K-quant super-blocks are 256 inputs wide: the matrices need a multiple of 256 inputs
+    wide = qtype.endswith("_K")
+    folder = checkpoint(kind, weight_scale=0.1, **({"hidden_size": 256, "intermediate_size": 512, "head_dim": 64} if wide else {}))
+    path, weights = write_gguf(folder, tmp_path / f"{kind}-{qtype}.gguf", qtype)
+    model = llmos.load(str(path), threads=1)
+    assert model.quant.name == quant
+    got, want = model.logits(IDS), _torch_logits(_reference_with(folder, weights), IDS)
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    top1 = (got.argmax(-1) == want.argmax(-1)).mean()
+    print(f"{kind} {qtype} -> {quant}: rel-L2 {rel:.4f}, top-1 {top1:.3f}")
+    assert rel < max_rel and top1 >= min_top1, (rel, top1)
+
+
+def test_q8_0_maps_exactly_onto_int8(checkpoint, llmos, tmp_path):
+    """Q8_0 (32 inputs, a scale, codes in [-127, 127]) is llmos's int8 format: re-quantizing its
+    dequantized values gives back the same codes, so the logits equal float ones on those values."""
+    folder = checkpoint("qwen3", weight_scale=0.1)
+    path, weights = write_gguf(folder, tmp_path / "q8.gguf", "Q8_0")
+    got = llmos.load(str(path), threads=1).logits(IDS)
+    want = _torch_logits(_reference_with(folder, weights), IDS)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+
+
+def test_tokenizer_from_metadata_matches_tokenizer_json(checkpoint, tmp_path):
+    from tokenizers import Tokenizer
+
+    from llmos.io.gguf import GgufFile
+
+    folder = checkpoint("qwen3")
+    path, _ = write_gguf(folder, tmp_path / "t.gguf")
+    original = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    rebuilt = Tokenizer.from_str(GgufFile(path).tokenizer_json())
+    assert rebuilt.get_vocab_size() == original.get_vocab_size()
+    for text in TEXTS:
+        a, b = original.encode(text), rebuilt.encode(text)
+        assert a.ids == b.ids, text
+        for skip in (True, False):
+            assert original.decode(a.ids, skip_special_tokens=skip) == rebuilt.decode(b.ids, skip_special_tokens=skip)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    assert GgufFile(path).tokenizer_config()["chat_template"] == cfg["chat_template"]
+
+
+def test_loaded_gguf_chats_with_its_template(checkpoint, llmos, tmp_path):
+    folder = checkpoint("qwen2")
+    path, _ = write_gguf(folder, tmp_path / "c.gguf")
+    a = llmos.load(str(path), threads=1)
+    b = llmos.load(str(folder), threads=1)
+    msgs = [{"role": "user", "content": "Hi there"}]
+    assert a.generate("Hello", max_new_tokens=8).text == b.generate("Hello", max_new_tokens=8).text
+    assert a.chat(msgs, max_new_tokens=8).text == b.chat(msgs, max_new_tokens=8).text
+
+
+def _edit(path, out, **changes):
+    """Rewrites `path` with metadata changed: a small GGUF rewriter over the reader's fields."""
+    r = gguf.GGUFReader(str(path))
+    arch = changes.pop("arch", r.fields["general.architecture"].contents())
+    w = gguf.GGUFWriter(str(out), arch)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = changes.get(name, f.contents())
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(name, value, vtype, sub_type=f.types[-1])
+        else:
+            w.add_key_value(name, value, vtype)
+    qt = changes.get("qtype")
+    for t in r.tensors:
+        data = np.array(t.data)
+        if qt is not None and data.ndim == 2 and t.name.endswith("ffn_up.weight"):
+            w.add_tensor(t.name, gguf.quants.quantize(data.astype(np.float32), qt), raw_dtype=qt)
+        else:
+            w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture()
+def small_gguf(checkpoint, tmp_path):
+    return write_gguf(checkpoint("qwen3"), tmp_path / "s.gguf")[0]
+
+
+def test_unknown_architecture_lists_the_supported(small_gguf, llmos, tmp_path):
+    bad = _edit(small_gguf, tmp_path / "x.gguf", arch="rwkv6")
+    with pytest.raises(ModelFormatError, match=r"'rwkv6' is not supported; supported: llama, mistral, qwen2, qwen3"):
+        llmos.load(str(bad))
+
+
+def test_unsupported_tensor_type_names_tensor_and_type(small_gguf, llmos, tmp_path):
+    bad = _edit(small_gguf, tmp_path / "x.gguf", qtype=gguf.GGMLQuantizationType.Q5_0)
+    with pytest.raises(ModelFormatError, match=r"tensor blk\.0\.ffn_up\.weight has GGML type Q5_0") as e:
+        llmos.load(str(bad))
+    assert e.value.file == str(bad)
+
+
+def test_sentencepiece_tokenizer_is_refused_clearly(small_gguf, llmos, tmp_path):
+    bad = _edit(small_gguf, tmp_path / "x.gguf", **{"tokenizer.ggml.model": "llama"})
+    with pytest.raises(ModelFormatError, match=r"tokenizer.ggml.model='llama' is not supported"):
+        llmos.load(str(bad))
+
+
+def test_truncated_file_is_a_format_error(small_gguf, llmos, tmp_path):
+    data = small_gguf.read_bytes()
+    for cut in (10, 100, len(data) // 2, len(data) - 7):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ModelFormatError) as e:
+            llmos.load(str(bad))
+        assert str(bad) in str(e.value)
+
+
+def test_absurd_header_counts_are_refused_before_reading(small_gguf, llmos, tmp_path):
+    data = bytearray(small_gguf.read_bytes())
+    for at, field in ((8, "tensor_count"), (16, "metadata_kv_count")):
+        bad = tmp_path / f"{field}.gguf"
+        patched = bytearray(data)
+        patched[at:at + 8] = struct.pack("<Q", 1 << 60)
+        bad.write_bytes(bytes(patched))
+        with pytest.raises(ModelFormatError, match=rf"{field}=\d+ is over the limit .*gguf_max_"):
+            llmos.load(str(bad))
+
+
+def _patch_tensor_info(path, out, name, *, dims=None, offset=None):
+    """Rewrites one tensor's dims or data offset in place (the tensor-info fields the reader parsed)."""
+    data = bytearray(path.read_bytes())
+    # tensor infos: name (u64 len + bytes), n_dims u32, dims u64 x n, type u32, offset u64
+    key = name.encode()
+    at = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    if dims is not None:
+        for i, d in enumerate(dims[:n_dims]):
+            struct.pack_into("<Q", data, at + 4 + 8 * i, d)
+    if offset is not None:
+        struct.pack_into("<Q", data, at + 4 + 8 * n_dims + 4, offset)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_absurd_tensor_shape_is_refused(small_gguf, llmos, tmp_path):
+    bad = _patch_tensor_info(small_gguf, tmp_path / "shape.gguf", "blk.0.ffn_up.weight", dims=(1 << 40, 1 << 40))
+    with pytest.raises(LlmosError) as e:
+        llmos.load(str(bad))
+    assert str(bad) in str(e.value)
+
+
+def test_tensor_data_past_the_end_is_refused(small_gguf, llmos, tmp_path):
+    bad = _patch_tensor_info(small_gguf, tmp_path / "off.gguf", "blk.1.ffn_down.weight", offset=1 << 40)
+    with pytest.raises(LlmosError) as e:
+        llmos.load(str(bad))
+    assert str(bad) in str(e.value)
+
+
+def test_element_limit_names_the_tensor(small_gguf, llmos):
+    from llmos import limits
+
+    old = limits.current()
+    limits.configure(gguf_max_tensor_elements=1000)
+    try:
+        with pytest.raises(ModelFormatError, match=r"\.n_elements=\d+ is over the limit of 1000"):
+            llmos.load(str(small_gguf))
+    finally:
+        limits.LIMITS = old
+
+
+def test_missing_extra_says_pip_install(small_gguf, monkeypatch):
+    from llmos import extras
+    from llmos.io.gguf import GgufFile
+
+    monkeypatch.setattr(extras, "_importable", lambda m: m != "gguf")
+    with pytest.raises(NotAvailableError, match=r"pip install 'llmos\[gguf\]'"):
+        GgufFile(small_gguf)
+
+
+def test_cli_import_gguf_then_run_by_name(checkpoint, tmp_path):
+    folder = checkpoint("qwen3", weight_scale=0.1)
+    path, _ = write_gguf(folder, tmp_path / "tiny-q8.gguf", "Q8_0")
+    env = {**os.environ, "LLMOS_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "python"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "llmos"]
+    out = subprocess.run(run + ["import", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "as tiny-q8:latest" in out.stdout
+    code = ("import llmos, numpy as np; m = llmos.load('tiny-q8'); print(m.prequantized, m.quant.name); "
+            f"print(np.asarray(m.logits({IDS[:8]!r})).argmax(-1).tolist())")
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    import llmos
+
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "True int8"
+    assert lines[1] == str(np.asarray(llmos.load(str(path), threads=1).logits(IDS[:8])).argmax(-1).tolist())

@@ -1,0 +1,69 @@
+"""Logits of llmos and llama-cpp-python on the same GGUF files (CI cannot build llama-cpp-python, so
+this lives here, not in tests/). For each random checkpoint kind (tests/checkpoints.py) and GGUF type
+(tests/gguf_files.py) it prints the rel-L2 of llmos's logits against llama.cpp's over 64 tokens, the
+top-1 agreement, and the same for llama.cpp against transformers on the F32 folder (the floor the
+file's own quantization sets).
+
+    PYTHONPATH=python:tests python3 tools/gguf_llama_cpp.py [--kinds llama,qwen2,qwen3] [--types F32,Q8_0,Q4_0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, seed=0)
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return m(torch.tensor([ids])).logits[0].numpy()
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> str:
+    rel = np.linalg.norm(a - b) / np.linalg.norm(b)
+    return f"rel-L2 {rel:.4f} top-1 {(a.argmax(-1) == b.argmax(-1)).mean():.3f} max|d| {np.abs(a - b).max():.2e}"
+
+
+def main() -> None:
+    import checkpoints
+    from gguf_files import write_gguf
+
+    import llmos
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kinds", default="llama,qwen2,qwen3")
+    ap.add_argument("--types", default="F32,Q8_0,Q4_0")
+    args = ap.parse_args()
+    ids = np.random.default_rng(0).integers(3, 380, 64).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds.split(","):
+            folder = checkpoints.build_checkpoint(kind, Path(tmp) / kind, weight_scale=0.1)
+            ref = transformers_logits(folder, ids)
+            for qtype in args.types.split(","):
+                path, _ = write_gguf(folder, Path(tmp) / f"{kind}-{qtype}.gguf", qtype)
+                ours = np.asarray(llmos.load(str(path), threads=1).logits(ids))
+                theirs = llama_cpp_logits(path, ids)
+                print(f"{kind:6} {qtype:5} llmos vs llama.cpp: {compare(ours, theirs)} | "
+                      f"llama.cpp vs transformers(F32): {compare(theirs, ref)} | "
+                      f"llmos vs transformers(F32): {compare(ours, ref)}")
+
+
+if __name__ == "__main__":
+    main()
