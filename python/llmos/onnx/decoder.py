@@ -450,7 +450,8 @@ _UNEXPORTED = {
     "rope_local": (lambda a: a.rope_local is not None, "a second rope for the sliding layers (gemma3_text)"),
     "residual_scale": (lambda a: a.residual_scale != 1.0, "scaled residual branches (granite)"),
     "logit_scale": (lambda a: a.logit_scale != 1.0, "scaled logits (granite)"),
-    "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe)"),
+    "attn_sinks": (lambda a: a.attn_sinks, "attention sinks (gpt_oss)"),
+    "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss)"),
 }
 
 
