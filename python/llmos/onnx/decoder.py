@@ -455,7 +455,7 @@ _UNEXPORTED = {
 }
 
 
-def _refuse_unexported(arch: Architecture) -> None:
+def refuse_unexported(arch: Architecture) -> None:
     for name, (used, what) in _UNEXPORTED.items():
         if used(arch):
             raise UnsupportedModelError(f"export-onnx: {arch.family} uses {what}, which the ONNX export does not "
@@ -466,7 +466,7 @@ def _refuse_unexported(arch: Architecture) -> None:
 def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
                   block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
     """The decoder with KV cache in the optimum layout (see layout.py)."""
-    _refuse_unexported(arch)
+    refuse_unexported(arch)
     d = _DecoderGraph(arch, weights, precision, opset, block_size, accuracy_level)
     g = d.g
     ids, mask, pos, past = d.inputs()
