@@ -114,6 +114,7 @@ class Architecture:
     shared_expert_gate: bool
     """Scale the shared expert by sigmoid(shared_gate . x)."""
     mlp_bias: bool
+    """Bias on the MLP projections."""
     router_bias: bool
     """gpt-oss: the router adds a bias [num_experts] (weight "router.bias")."""
     expert_bias: bool
@@ -121,9 +122,9 @@ class Architecture:
     swiglu_limit: float
     """> 0: the experts' activation is (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g), g = min(gate, limit)."""
     swiglu_alpha: float
+    """gpt-oss: the sigmoid's slope in that activation (1.702)."""
     attn_sinks: bool
     """gpt-oss: a learned logit per head (weight "sinks" [num_heads]) joins every softmax denominator."""
-    """Bias on the MLP projections."""
     activation: Activation
     """The MLP's activation."""
     post_attn_norm: bool
