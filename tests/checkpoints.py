@@ -309,6 +309,16 @@ _add(Kind("qwen3_moe", "qwen3_moe", _llama(num_key_value_heads=2, head_dim=32, n
 _add(Kind("olmoe", "olmoe", _llama(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False),
           notes="4 experts, top-2 not renormalised, q/k norm over all heads"))
 
+_add(Kind("gpt_oss", "gpt_oss", _llama(
+    num_key_value_heads=2, num_hidden_layers=3, num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
+    sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    swiglu_limit=1.0, swiglu_alpha=1.702, router_aux_loss_coef=0.0,
+    rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 8.0, "beta_fast": 32.0,
+                     "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 32}),
+    sliding_window=WINDOW,
+    notes=f"attention sinks, q/k/v/o biases, layers 0,2 sliding window {WINDOW}, YaRN (factor 8, no truncation), "
+          "4 experts top-2 with router and expert biases, clamped SwiGLU (limit 1 so the clamps act)"))
+
 SWA_KINDS = [k for k, v in KINDS.items() if v.sliding_window]
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +360,7 @@ def _perturb_(model, seed: int) -> None:
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
+            if p.ndim == 1 or name.endswith("_bias"):  # gpt-oss stacks its expert biases [E, n]
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 

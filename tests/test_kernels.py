@@ -91,7 +91,7 @@ def test_prefill_matmul_matches_scalar(isa, n, k, rows, dtype):
     assert nmse(ref, exact) < NMSE_SCALAR_VS_F64
 
 
-def attention_reference(q, k, v, start, p0, window, scale, softcap):
+def attention_reference(q, k, v, start, p0, window, scale, softcap, sink=-np.inf):
     s = (q.astype(np.float64) @ k.astype(np.float64).T) * scale
     if softcap > 0:
         s = np.tanh(s / softcap) * softcap
@@ -99,8 +99,9 @@ def attention_reference(q, k, v, start, p0, window, scale, softcap):
     key = start + np.arange(k.shape[0])[None, :]
     seen = (key <= pos) & ((key >= pos - window + 1) if window > 0 else True)
     s = np.where(seen, s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+    mx = np.maximum(s.max(-1, keepdims=True), sink)
+    p = np.exp(s - mx)
+    return (p / (p.sum(-1, keepdims=True) + np.exp(sink - mx))) @ v.astype(np.float64)
 
 
 # (queries, head dim, keys before the block, window, softcap): full and partial query
@@ -125,6 +126,20 @@ def test_attention_matches_float64(isa, nq, D, before, window, softcap):
     ref = attention_reference(q, k, v, start, p0, window, scale, softcap)
     out = _core.kernel_attention(isa, q, k, v, start, p0, window, float(scale), softcap)
     assert nmse(out, ref) < 1e-11
+
+
+@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("nq,before,window,sink", [(1, 0, 0, 0.5), (16, 37, 0, 2.0), (9, 3, 4, 3.0), (5, 100, 0, 12.0)])
+def test_attention_sink_matches_float64(isa, nq, before, window, sink):
+    # gpt-oss's sink: an extra logit in each query's denominator (12: it takes almost all the mass).
+    rng = np.random.default_rng(nq + before)
+    D, p0 = 64, before + 7
+    start = max(0, p0 - window + 1) if window > 0 else 0
+    q, k, v = (rng.standard_normal((n, D)).astype(np.float32) for n in (nq, p0 + nq - start, p0 + nq - start))
+    ref = attention_reference(q, k, v, start, p0, window, 0.125, 0.0, sink)
+    out = _core.kernel_attention(isa, q, k, v, start, p0, window, 0.125, 0.0, sink)
+    assert nmse(out, ref) < 1e-11
+    assert nmse(attention_reference(q, k, v, start, p0, window, 0.125, 0.0), ref) > 1e-4  # the sink matters
 
 
 def test_attention_block_shape_is_checked():

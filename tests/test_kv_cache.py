@@ -15,7 +15,7 @@ from llmos import _core
 from llmos.errors import ContextLengthError, InvalidInputError
 
 FAMILIES = ["llama_gqa", "gpt2", "mistral_swa", "gemma2", "qwen3", "gemma3_text", "smollm3", "olmo2", "granite", "mixtral",
-            "qwen2_moe"]
+            "qwen2_moe", "gpt_oss"]
 BLOCK = 16
 MiB = 1 << 20
 

@@ -301,7 +301,8 @@ def test_int4_block_size_follows_a_quantized_model(checkpoint, llmos, tmp_path):
 
 
 @pytest.mark.parametrize("kind,switch", [("olmo2", "pre_norm"), ("smollm3", "rope_layers"), ("gemma3_text", "rope_local"),
-                                         ("granite", "residual_scale"), ("mixtral", "num_experts")])
+                                         ("granite", "residual_scale"), ("mixtral", "num_experts"),
+                                         ("gpt_oss", "attn_sinks")])
 def test_export_refuses_a_switch_it_cannot_build(kind, switch, checkpoint, tmp_path):
     from llmos.errors import UnsupportedModelError
 

@@ -130,7 +130,7 @@ def test_quant_names():
 
 QUANT_BOUNDS = [("int8", 0.03, 0.95), ("int4", 0.15, 0.7), ("int4-g64", 0.2, 0.7), ("int4-asym", 0.15, 0.7),
                 ("int4-h6", 0.15, 0.7)]
-TRACKING_KINDS = ["llama", "gpt2", "qwen3", "smollm3", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+TRACKING_KINDS = ["llama", "gpt2", "qwen3", "smollm3", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"]
 # The Gemma-shaped random checkpoints (embeddings x sqrt(hidden), norms (1 + w) with gains) and
 # OLMo 2's post-norm-only blocks amplify int4 rounding into chaos: rel-L2 0.18-0.33 and top-1
 # 0.55-0.67 for gemma2 (supported before these), gemma3_text and olmo2 alike. They are checked at

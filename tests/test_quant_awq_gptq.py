@@ -447,6 +447,8 @@ Q = "model.layers.0.self_attn.q_proj"
     (dict(zero_point=False), UnsupportedModelError, "quantization_config.zero_point", "zero_point"),
     (dict(group_size=0), ConfigError, "quantization_config.group_size", "-1"),
     (dict(quant_method="bitsandbytes"), UnsupportedModelError, "quantization_config.quant_method", "bitsandbytes"),
+    (dict(quant_method="mxfp4"), UnsupportedModelError, "quantization_config.quant_method",
+     "MXFP4 expert weights .* dequantize"),
     (dict(modules_to_not_convert="lm_head"), ConfigError, "quantization_config.modules_to_not_convert", "list"),
 ])
 def test_bad_awq_config(awq_checkpoint, llmos, tmp_path, changes, error, field, match):

@@ -26,6 +26,9 @@ VARIANTS = [
     ("qwen2_moe", dict(norm_topk_prob=True, num_experts_per_tok=3)),
     ("qwen3_moe", dict(norm_topk_prob=False)),
     ("olmoe", dict(norm_topk_prob=True, num_experts=6, num_experts_per_tok=3)),
+    # gpt-oss with its shipped limit (the clamps rarely act) and plain rope, no sliding layer.
+    ("gpt_oss", dict(swiglu_limit=7.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                     layer_types=["full_attention"] * 3)),
 ]
 
 

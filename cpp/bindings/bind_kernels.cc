@@ -1,5 +1,6 @@
 // ISA queries, the memory bandwidth benchmark, and single-kernel calls for the tests that
 // compare each ISA's kernels with the scalar ones.
+#include <cmath>
 #include <pybind11/stl.h>
 
 #include <optional>
@@ -95,7 +96,7 @@ void bind_kernels(py::module_& m) {
   m.def(
       "kernel_attention",
       [](const std::string& isa, FloatArray q, FloatArray k, FloatArray v, int64_t start, int64_t p0, int64_t window,
-         float scale, float softcap) {
+         float scale, float softcap, float sink) {
         // For tests: one AttnBlock (kernels.h) with one ISA's attention kernel.
         const KernelTable& kt = kernels_named(isa);
         // Positions within int32 first, so the shape check below cannot overflow.
@@ -113,6 +114,8 @@ void bind_kernels(py::module_& m) {
         blk.q = q.data(), blk.ldq = D, blk.k = k.data(), blk.v = v.data();
         blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = p0, blk.window = window;
         blk.scale = scale, blk.softcap = softcap, blk.out = out.mutable_data(), blk.ldo = D;
+        require(!std::isnan(sink) && sink != INFINITY, "sink", "must be a number or -inf (no sink)");
+        blk.sink = sink;
         {
           py::gil_scoped_release nogil;
           std::vector<float> scratch(size_t(attend_scratch_floats(len, D)));
@@ -122,7 +125,7 @@ void bind_kernels(py::module_& m) {
         return out;
       },
       py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("start"), py::arg("p0"), py::arg("window"),
-      py::arg("scale"), py::arg("softcap") = 0.0f);
+      py::arg("scale"), py::arg("softcap") = 0.0f, py::arg("sink") = -INFINITY);
 
   m.def(
       "kernel_activate",

@@ -3,6 +3,7 @@
 // per query, then out = P V with V transposed so matmul_f32 reads it row by row. Keys
 // outside a query's window get probability exactly 0, so they add nothing to the sums.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/kernels.h"
@@ -30,7 +31,16 @@ void attend_generic(const KernelTable& kt, const AttnBlock& a, float* scratch) {
       if (a.softcap > 0) v = std::tanh(v / a.softcap) * a.softcap;
       row[j] = v;
     }
-    kt.softmax(row, len);
+    if (a.sink == -INFINITY) {
+      kt.softmax(row, len);
+      continue;
+    }
+    // With a sink: softmax over the row and the sink logit, the sink's share dropped.
+    float mx = a.sink;
+    for (int64_t j = 0; j < len; ++j) mx = std::max(mx, row[j]);
+    float sum = std::exp(a.sink - mx);
+    for (int64_t j = 0; j < len; ++j) sum += row[j] = std::exp(row[j] - mx);
+    for (int64_t j = 0; j < len; ++j) row[j] /= sum;
   }
   for (int64_t j = 0; j < len; ++j)
     for (int64_t d = 0; d < D; ++d) vt[d * len + j] = a.v[j * D + d];

@@ -56,6 +56,9 @@ struct AttnBlock {
   const float* v;  // [len, D] values, row stride D
   int64_t nq, len, D, start, p0, window;
   float scale, softcap;  // softcap > 0: s = softcap * tanh(s / softcap)
+  // An attention sink: a logit in every query's softmax denominator that adds nothing to the
+  // output; -inf = none.
+  float sink = -__builtin_huge_valf();
   float* out;            // [nq, D], row stride ldo
   int64_t ldo;
 };

@@ -76,6 +76,9 @@ void Architecture::validate() const {
     require(gated_mlp, "hidden_act", "experts are gated MLPs");
     require(!shared_expert_gate || shared_expert_size > 0, "shared_expert_gate", "needs a shared expert");
   }
+  require(swiglu_limit >= 0 && std::isfinite(swiglu_limit), "swiglu_limit", "must be a finite number >= 0");
+  require(std::isfinite(swiglu_alpha), "swiglu_alpha", "must be finite");
+  require(swiglu_limit == 0 || num_experts > 0, "swiglu_limit", "applies to experts only");
   for (int64_t w : sliding_window) require(w >= 0, "sliding_window", "must be >= 0");
   require(norm_eps > 0 && std::isfinite(norm_eps), "norm_eps", "must be a finite number > 0");
   // NaN or infinite scales make every logit NaN: refused here rather than found at decode time.

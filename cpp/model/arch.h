@@ -71,6 +71,13 @@ struct Architecture {
   int64_t shared_expert_size = 0;
   bool shared_expert_gate = false;
   bool mlp_bias = false;
+  // gpt-oss: the router adds a bias, each expert's gate|up and down add biases, and the experts'
+  // gated activation is (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g) with
+  // g = min(gate, limit) when swiglu_limit > 0 (in place of `activation`).
+  bool router_bias = false;
+  bool expert_bias = false;
+  float swiglu_limit = 0.0f;
+  float swiglu_alpha = 1.0f;
   Activation activation = Activation::Silu;
   bool post_attn_norm = false;      // Gemma 2: norm on the attention output before the residual add
   bool post_ffn_norm = false;       // Gemma 2: norm on the MLP output before the residual add
@@ -79,6 +86,9 @@ struct Architecture {
   float embed_scale = 1.0f;         // Gemma: sqrt(hidden_size)
   float attn_scale = 0.0f;          // multiplies q.k; 0 means 1/sqrt(head_dim)
   float attn_softcap = 0.0f;        // Gemma 2: cap * tanh(score / cap); 0 = off
+  // gpt-oss: a learned logit per layer and query head (weight "sinks" [num_heads]) joins every
+  // query's softmax denominator and attends to nothing.
+  bool attn_sinks = false;
   float final_softcap = 0.0f;       // Gemma 2: on the logits; 0 = off
   float residual_scale = 1.0f;      // Granite: each block's output times this before the residual add
   float logit_scale = 1.0f;         // Granite: logits times this (1 / logits_scaling)

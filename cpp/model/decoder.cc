@@ -348,6 +348,7 @@ void Model::attention(int64_t layer, const Batch& b, const float* qkv, float* ou
     }
     blk.nq = nq, blk.len = len, blk.D = D, blk.start = start, blk.p0 = b.pos[size_t(t0)], blk.window = window;
     blk.scale = scale, blk.softcap = cap_soft;
+    if (spec_.attn_sinks) blk.sink = w_.layers[size_t(layer)].sinks[size_t(h)];
     blk.out = out + t0 * Nq * D + h * D;
     blk.ldo = Nq * D;
     scratch.resize(size_t(attend_scratch_floats(len, D)));
@@ -670,8 +671,20 @@ void Model::mlp_block(int64_t layer, const Batch& b, Scratch& s) {
   add_residual(x, tmp, b.n);
 }
 
+namespace {
+// gpt-oss's expert activation (arch.h swiglu_limit), in float as transformers computes it.
+void clamped_swiglu(const float* gate, const float* up, float* out, int64_t n, float limit, float alpha) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], limit);
+    const float u = std::clamp(up[i], -limit, limit);
+    out[i] = (u + 1.0f) * (g / (1.0f + std::exp(-alpha * g)));
+  }
+}
+}  // namespace
+
 void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up_w,
-                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out) {
+                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out,
+                      float swiglu_limit) {
   // gated: act(gate) * up, gate and up stacked in U.
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
   float* up = s.up.as<float>();
@@ -679,7 +692,8 @@ void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_
   matmul(in, runs, up_w, up_b.empty() ? nullptr : up_b.data(), up);
   pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
+      if (swiglu_limit > 0) clamped_swiglu(up + t * U, up + t * U + F, act + t * F, F, swiglu_limit, spec_.swiglu_alpha);
+      else if (spec_.gated_mlp) kernels_->activate_gated(int(spec_.activation), up + t * U, up + t * U + F, act + t * F, F);
       else {
         std::memcpy(act + t * F, up + t * U, size_t(F) * 4);
         kernels_->activate(int(spec_.activation), act + t * F, F);
@@ -696,7 +710,7 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
   const LayerWeights& L = w_.layers[size_t(layer)];
   const int64_t n = b.n, H = spec_.hidden_size, E = spec_.num_experts, K = spec_.experts_per_token;
   float* logits = s.router.as<float>();
-  matmul(in, b.runs, L.router, nullptr, logits);
+  matmul(in, b.runs, L.router, L.router_b.empty() ? nullptr : L.router_b.data(), logits);
   s.route_expert.resize(size_t(n * K));
   s.route_weight.resize(size_t(n * K));
   std::vector<float> probs(static_cast<size_t>(E));
@@ -760,8 +774,10 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
       else runs.push_back({1, p});
       std::memcpy(gathered + int64_t(i) * H, in + rows[i] * H, size_t(H) * 4);
     }
-    dense_mlp(gathered, runs, int64_t(rows.size()), L.expert_up[size_t(e)], kNoVector, L.expert_down[size_t(e)],
-              kNoVector, spec_.expert_intermediate_size, s, y);
+    const bool eb = spec_.expert_bias;
+    dense_mlp(gathered, runs, int64_t(rows.size()), L.expert_up[size_t(e)], eb ? L.expert_up_b[size_t(e)] : kNoVector,
+              L.expert_down[size_t(e)], eb ? L.expert_down_b[size_t(e)] : kNoVector, spec_.expert_intermediate_size,
+              s, y, spec_.swiglu_limit);
     for (size_t i = 0; i < rows.size(); ++i) {
       float* dst = sum + rows[i] * H;
       const float* src = y + int64_t(i) * H;

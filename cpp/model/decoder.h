@@ -175,7 +175,8 @@ class Model {
   void mlp_block(int64_t layer, const Batch& b, Scratch& s);
   // out[n, H] = down(act(gate) * up) of in[n, H] with F-wide matrices (gated or plain).
   void dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up, const Vector& up_b,
-                 const Matrix& down, const Vector& down_b, int64_t F, Scratch& s, float* out);
+                 const Matrix& down, const Vector& down_b, int64_t F, Scratch& s, float* out,
+                 float swiglu_limit = 0.0f);
   // out[n, H] = the experts' weighted sum (+ the gated shared expert) for in[n, H].
   void moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out);
   void head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits);

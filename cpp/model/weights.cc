@@ -83,6 +83,16 @@ const RoleDef kRoles[] = {
      [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->ffn_post_norm_w, s.hidden_size, 0, true}; }},
     {"router.weight", true, moe,
      [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->router, nullptr, s.num_experts, s.hidden_size}; }},
+    {"router.bias", true, [](const Architecture& s) { return moe(s) && s.router_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->router_b, s.num_experts, 0}; }},
+    {"sinks", true, [](const Architecture& s) { return s.attn_sinks; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{nullptr, &l->sinks, s.num_heads, 0}; }},
+    {"experts.up.bias", true, [](const Architecture& s) { return moe(s) && s.expert_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t e) {
+       return Target{nullptr, &l->expert_up_b[size_t(e)], 2 * s.expert_intermediate_size, 0}; }, true},
+    {"experts.down.bias", true, [](const Architecture& s) { return moe(s) && s.expert_bias; },
+     [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t e) {
+       return Target{nullptr, &l->expert_down_b[size_t(e)], s.hidden_size, 0}; }, true},
     {"shared_gate.weight", true, [](const Architecture& s) { return s.shared_expert_gate; },
      [](const Architecture& s, ModelWeights&, LayerWeights* l, int64_t) { return Target{&l->shared_gate, nullptr, 1, s.hidden_size}; }},
     {"experts.up.weight", true, moe,
@@ -372,6 +382,8 @@ WeightLoader::WeightLoader(const Architecture& spec, DType dtype, const QuantSpe
   for (LayerWeights& l : w_.layers) {
     l.expert_up.resize(size_t(spec.num_experts));
     l.expert_down.resize(size_t(spec.num_experts));
+    l.expert_up_b.resize(size_t(spec.num_experts));
+    l.expert_down_b.resize(size_t(spec.num_experts));
   }
   // Quantizing at load is CPU work (the Q6 head above all: ~14 ns per value on one core).
   if (quant.n_threads > 1 && (quant.type != QuantType::None || quant.head_type != QuantType::None))

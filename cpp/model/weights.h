@@ -74,8 +74,11 @@ struct LayerWeights {
   // [2 * expert_intermediate, hidden] and down [hidden, expert_intermediate]; `up`/`down`
   // above then hold the shared expert, gated by shared_gate [1, hidden].
   Matrix router;
+  Vector router_b;     // [num_experts] (router_bias)
   Matrix shared_gate;
   std::vector<Matrix> expert_up, expert_down;
+  std::vector<Vector> expert_up_b, expert_down_b;  // (expert_bias)
+  Vector sinks;        // [num_heads] (attn_sinks)
 };
 
 struct ModelWeights {

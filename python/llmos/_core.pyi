@@ -115,6 +115,16 @@ class Architecture:
     """Scale the shared expert by sigmoid(shared_gate . x)."""
     mlp_bias: bool
     """Bias on the MLP projections."""
+    router_bias: bool
+    """gpt-oss: the router adds a bias [num_experts] (weight "router.bias")."""
+    expert_bias: bool
+    """gpt-oss: each expert's gate|up and down add biases ("experts.E.up.bias", "experts.E.down.bias")."""
+    swiglu_limit: float
+    """> 0: the experts' activation is (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g), g = min(gate, limit)."""
+    swiglu_alpha: float
+    """gpt-oss: the sigmoid's slope in that activation (1.702)."""
+    attn_sinks: bool
+    """gpt-oss: a learned logit per head (weight "sinks" [num_heads]) joins every softmax denominator."""
     activation: Activation
     """The MLP's activation."""
     post_attn_norm: bool
@@ -181,8 +191,10 @@ def kernel_qmatmul(isa: str, x: npt.ArrayLike, w: npt.ArrayLike, quant: QuantTyp
     """x [n, k] @ W^T with W [rows, k] quantized first, through the forward pass's dispatch."""
 
 def kernel_attention(isa: str, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, start: int, p0: int,
-                     window: int, scale: float, softcap: float = 0.0) -> npt.NDArray[np.float32]:
-    """One attention block: q [1..16, D] at positions p0.., keys and values [len, D] from start."""
+                     window: int, scale: float, softcap: float = 0.0,
+                     sink: float = float("-inf")) -> npt.NDArray[np.float32]:
+    """One attention block: q [1..16, D] at positions p0.., keys and values [len, D] from start;
+    sink: an extra logit in each softmax denominator (gpt-oss), -inf for none."""
 
 def kernel_activate(isa: str, act: int, x: npt.ArrayLike,
                     up: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:

@@ -60,6 +60,11 @@ class Architecture:
     shared_expert_size: int = 0
     shared_expert_gate: bool = False
     mlp_bias: bool = False
+    router_bias: bool = False           # gpt-oss: router and expert biases, clamped SwiGLU experts
+    expert_bias: bool = False
+    swiglu_limit: float = 0.0           # > 0: the experts' clamped SwiGLU (cpp/model/arch.h)
+    swiglu_alpha: float = 1.0
+    attn_sinks: bool = False            # gpt-oss: a learned per-head logit in each softmax denominator
     activation: str = "silu"
     post_attn_norm: bool = False
     post_ffn_norm: bool = False
@@ -365,6 +370,19 @@ def _olmoe(cfg: ConfigReader) -> Architecture:
     return _experts(cfg, arch, count_key="num_experts", size_key="intermediate_size", renormalise=None)
 
 
+def _gpt_oss(cfg: ConfigReader) -> Architecture:
+    # Attention biases on q/k/v/o, alternating sliding/full layers (layer_types), YaRN rope.
+    arch = _llama_like(cfg, "gpt_oss", qkv_bias=cfg.bool("attention_bias", True), window=0)
+    arch.o_bias = arch.qkv_bias
+    arch.attn_sinks = True
+    # The router's softmax over the top-k logits equals the full softmax renormalised over the top k.
+    arch = _experts(cfg, arch, count_key="num_local_experts", size_key="intermediate_size", renormalise=True)
+    arch.router_bias = arch.expert_bias = True
+    arch.swiglu_limit = cfg.float("swiglu_limit", 7.0, positive=True)
+    arch.swiglu_alpha = cfg.float("swiglu_alpha", 1.702)
+    return arch
+
+
 def _gpt2(cfg: ConfigReader) -> Architecture:
     hidden = cfg.int("n_embd", limit=DIM)
     heads = cfg.int("n_head", limit=DIM)
@@ -426,6 +444,8 @@ def _llama_tensors(arch: Architecture, *, fused: bool = False, sandwich: bool = 
         if arch.qk_norm:
             m.append(("q_norm.weight", i, [(p + "self_attn.q_norm.weight", False)]))
             m.append(("k_norm.weight", i, [(p + "self_attn.k_norm.weight", False)]))
+        if arch.attn_sinks:
+            m.append(("sinks", i, [(p + "self_attn.sinks", False)]))
         if arch.num_experts:
             m += _expert_tensors(arch, p, i)
         else:
@@ -444,8 +464,23 @@ def _llama_tensors(arch: Architecture, *, fused: bool = False, sandwich: bool = 
 
 def _expert_tensors(arch: Architecture, p: str, i: int) -> TensorMap:
     """Router, experts (gate|up stacked, down) and the shared expert of layer i: Mixtral's
-    block_sparse_moe.{gate, experts.E.w1/w3/w2}, the others' mlp.{gate, experts.E.*_proj}."""
+    block_sparse_moe.{gate, experts.E.w1/w3/w2}, gpt-oss's fused mlp.experts.* (below), the
+    others' mlp.{gate, experts.E.*_proj}."""
     m: TensorMap = []
+    if arch.family == "gpt_oss":
+        # One tensor per layer for all experts, [E, in, out] (x @ W), gate and up interleaved in
+        # the last dim: "name[E]" selects an expert, "[0::2]" / "[1::2]" the gate / up columns
+        # (io/checkpoint.py reads the selection).
+        q = p + "mlp."
+        x = q + "experts."
+        m.append(("router.weight", i, [(q + "router.weight", False)]))
+        m.append(("router.bias", i, [(q + "router.bias", False)]))
+        for e in range(arch.num_experts):
+            m.append((f"experts.{e}.up.weight", i, [(x + f"gate_up_proj[{e}][{c}::2]", True) for c in (0, 1)]))
+            m.append((f"experts.{e}.up.bias", i, [(x + f"gate_up_proj_bias[{e}][{c}::2]", False) for c in (0, 1)]))
+            m.append((f"experts.{e}.down.weight", i, [(x + f"down_proj[{e}]", True)]))
+            m.append((f"experts.{e}.down.bias", i, [(x + f"down_proj_bias[{e}]", False)]))
+        return m
     if arch.family == "mixtral":
         q = p + "block_sparse_moe."
         m.append(("router.weight", i, [(q + "gate.weight", False)]))
@@ -510,6 +545,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2_moe": Family("qwen2_moe", _qwen2_moe, _llama_tensors),
     "qwen3_moe": Family("qwen3_moe", _qwen3_moe, _llama_tensors),
     "olmoe": Family("olmoe", _olmoe, _llama_tensors),
+    "gpt_oss": Family("gpt_oss", _gpt_oss, _llama_tensors),
 }
 
 

@@ -55,6 +55,10 @@ def _expected(arch: Architecture, role: str, n_parts: int) -> tuple[list[tuple[i
     cols = hidden if role.endswith(".weight") else None
     if role == "router.weight":
         return [(a.num_experts, "num_experts")], hidden
+    if role == "router.bias":
+        return [(a.num_experts, "num_experts")], None
+    if role == "sinks":
+        return [(a.num_heads, "num_heads")], None
     if role == "shared_gate.weight":
         return [(1, "shared_expert_gate")], hidden
     if kind == "experts":  # experts.E.up.weight / experts.E.down.weight

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
+import struct
+
+import numpy as np
 
 from llmos import _core
 from llmos.io.config import read_json
@@ -88,9 +93,39 @@ def float_source(locations: dict[str, str], role: str, layer: int, parts, model_
     what = role if layer < 0 else f"{role} of layer {layer}"
     resolved = []
     for name, transpose in parts:
+        sel = _SELECTION.match(name)
+        if sel:
+            file, tensor = resolve(locations, sel["name"], model_dir, what)
+            resolved.append((name, _select(file, tensor, int(sel["index"]), sel["step"]), transpose))
+            continue
         file, tensor = resolve(locations, name, model_dir, what)
         resolved.append((file, tensor, transpose))
     return (role, layer, resolved, None, 0)
+
+
+# "name[E]" or "name[E][C::2]": expert E of a tensor stacked over experts (dim 0), optionally
+# every other column of its last dim from C (gpt-oss interleaves gate and up columns).
+_SELECTION = re.compile(r"^(?P<name>.+)\[(?P<index>\d+)\](?:\[(?P<step>[01])::2\])?$")
+_SAFETENSORS_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}  # bf16 as raw bits, as the core takes
+
+
+def _select(file: str, tensor: str, index: int, step: str | None) -> np.ndarray:
+    """The selection of _SELECTION from a safetensors file, read through a memory map."""
+    with open(file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    info = header[tensor]
+    dtype = _SAFETENSORS_NP.get(info["dtype"])
+    shape = info["shape"]
+    if dtype is None or len(shape) < 2 or index >= shape[0]:
+        raise TensorError(f"{file}: tensor '{tensor}': dtype {info['dtype']} shape {shape} has no expert {index} "
+                          "of float values", file=file, field=tensor)
+    start, end = info["data_offsets"]
+    data = np.memmap(file, dtype=dtype, mode="r", offset=8 + n + start, shape=tuple(shape))
+    out = data[index]
+    if step is not None:
+        out = out[..., int(step)::2]
+    return np.ascontiguousarray(out)
 
 
 def tensor_shapes(locations: dict[str, str]) -> dict[str, list[int]]:

@@ -450,11 +450,12 @@ _UNEXPORTED = {
     "rope_local": (lambda a: a.rope_local is not None, "a second rope for the sliding layers (gemma3_text)"),
     "residual_scale": (lambda a: a.residual_scale != 1.0, "scaled residual branches (granite)"),
     "logit_scale": (lambda a: a.logit_scale != 1.0, "scaled logits (granite)"),
-    "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe)"),
+    "attn_sinks": (lambda a: a.attn_sinks, "attention sinks (gpt_oss)"),
+    "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss)"),
 }
 
 
-def _refuse_unexported(arch: Architecture) -> None:
+def refuse_unexported(arch: Architecture) -> None:
     for name, (used, what) in _UNEXPORTED.items():
         if used(arch):
             raise UnsupportedModelError(f"export-onnx: {arch.family} uses {what}, which the ONNX export does not "
@@ -465,7 +466,7 @@ def _refuse_unexported(arch: Architecture) -> None:
 def build_decoder(arch: Architecture, weights: dict[str, np.ndarray], precision: str, opset: int,
                   block_size: int, accuracy_level: int = INT4_ACCURACY_LEVEL) -> GraphBuilder:
     """The decoder with KV cache in the optimum layout (see layout.py)."""
-    _refuse_unexported(arch)
+    refuse_unexported(arch)
     d = _DecoderGraph(arch, weights, precision, opset, block_size, accuracy_level)
     g = d.g
     ids, mask, pos, past = d.inputs()

@@ -18,7 +18,7 @@ import onnx
 from llmos.errors import InvalidInputError, ModelFormatError
 from llmos.backends.onnx import layout
 from llmos.onnx.blocks import Blocks, make_blocks
-from llmos.onnx.decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder
+from llmos.onnx.decoder import INT4_ACCURACY_LEVEL, PRECISIONS, build_decoder, refuse_unexported
 from llmos.onnx.graph import MIN_OPSET
 from llmos.onnx.quant import DEFAULT_BLOCK_SIZE, check_block_size
 from llmos.onnx.roles import read_checkpoint, role_key
@@ -121,7 +121,7 @@ def export_onnx(model_or_path, out_dir, precision: str = "fp32", opset: int = DE
         if progress is not None:
             progress(n, stages)
 
-    arch, _, config, weights = read_checkpoint(src)
+    arch, _, config, weights = read_checkpoint(src, check=refuse_unexported)
     weights.update(_loaded_blocks(model_or_path))
     if block_size is None:
         block_size = _default_block_size(model_or_path, weights)

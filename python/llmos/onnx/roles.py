@@ -53,14 +53,17 @@ def _to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def read_checkpoint(path: str) -> tuple[Architecture, Family, dict, dict[str, np.ndarray | Blocks]]:
+def read_checkpoint(path: str, check=None) -> tuple[Architecture, Family, dict, dict[str, np.ndarray | Blocks]]:
     """(architecture, family, config.json dict, {role key: float32 array}) of a checkpoint folder.
-    A matrix that llmos.quantize stored quantized comes as its Blocks."""
+    A matrix that llmos.quantize stored quantized comes as its Blocks. check(arch), when given,
+    runs before any weight is read (an export that refuses the architecture reads nothing)."""
     config_path = os.path.join(path, "config.json")
     raw = read_json(config_path)
     cfg = ConfigReader(raw, config_path)
     family = family_for(cfg)
     arch = family.architecture(cfg)
+    if check is not None:
+        check(arch)
     locations = tensor_locations(path)
     quantized = prequantized(locations)
     dtypes: dict[str, dict[str, str]] = {}

@@ -107,6 +107,10 @@ def read_config(cfg: ConfigReader) -> HfQuant | None:
     if not isinstance(method, str):
         raise fail("quant_method", f"expected a string (awq or gptq), got {method!r}")
     method = method.lower()
+    if method == "mxfp4":
+        raise fail("quant_method", "MXFP4 expert weights (how gpt-oss ships) are not supported: llmos has no "
+                                   "MXFP4 decoder; dequantize the checkpoint to bfloat16 first (transformers: "
+                                   "Mxfp4Config(dequantize=True), then save_pretrained)", UnsupportedModelError)
     if method not in ("awq", "gptq"):
         raise fail("quant_method", f"{method!r} checkpoints are not supported: llmos loads awq and gptq "
                                    "quantized checkpoints, and float ones", UnsupportedModelError)
