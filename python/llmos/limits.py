@@ -134,6 +134,13 @@ class Limits:
     # reps of `llmos bench` / llmos.runtime.benchmark.bench (the sizes are bounded by the context).
     max_bench_reps: int = 1000
 
+    # --- speculative decoding (runtime/speculative.py) --------------------------------------
+    # drafted tokens verified per target forward (prompt_lookup_num_tokens, num_assistant_tokens).
+    # With at most 6, the verifying forward carries at most 7 tokens, under the core's
+    # kMinPrefillTokens (8): every token keeps the row kernels plain decoding uses, which is
+    # what makes greedy output token-identical.
+    max_speculative_tokens: int = 6
+
 
 def _from_env(base: Limits) -> Limits:
     changes = {}
