@@ -21,6 +21,8 @@ import llmos
 
 BUNDLED = os.path.join(os.path.dirname(llmos.__file__), "runtime", "default_model")
 
+EXTRA: dict = {}  # options for every run (--repetition-penalty)
+
 PROMPTS = {
     "code edit": ("Rename the variable total to sum in this code and print the whole code again.\n"
                   "def add(values):\n    total = 0\n    for v in values:\n        total = total + v\n"
@@ -43,9 +45,10 @@ def cpu_name() -> str:
 
 
 def timed(model, prompt, tokens, **kw):
-    model.generate(prompt, max_new_tokens=4, **kw)  # warm up
+    kw.update(EXTRA)
+    model.generate(prompt, max_new_tokens=4, do_sample=False, **kw)  # warm up
     t = time.perf_counter()
-    g = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, **kw)
+    g = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **kw)
     return g, len(g.token_ids) / (time.perf_counter() - t)
 
 
@@ -56,7 +59,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--quant", default=None)
+    ap.add_argument("--repetition-penalty", type=float, default=None,
+                    help="override the checkpoint's (the bundled model's 1.15 fights copying)")
     a = ap.parse_args()
+    if a.repetition_penalty is not None:
+        EXTRA["repetition_penalty"] = a.repetition_penalty
     target = llmos.load(a.target, threads=a.threads, quant=a.quant)
     draft = target if a.draft is None else llmos.load(a.draft, threads=a.threads, quant=a.quant)
     print(f"CPU: {cpu_name()}, {a.threads} threads, isa={target.isa}; target {a.target}; "
