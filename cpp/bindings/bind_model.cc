@@ -307,19 +307,22 @@ void bind_model(py::module_& m) {
       .def("fork_from", &Session::fork_from, py::arg("other"))
       .def("copy_from", &Session::copy_from, py::arg("other"))
       .def("release", &Session::release)
+      .def("truncate", &Session::truncate, py::arg("n"),
+           "Forgets every position from n on (contiguous sessions; speculative decoding's rollback)")
       .def(
           "forward",
-          [](Session& s, Model& m, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids, bool all_logits) {
+          [](Session& s, Model& m, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ids, bool all_logits,
+             std::shared_ptr<const CancelToken> cancel) {
             const std::vector<int32_t> t = token_ids_arg(ids, "token_ids");
             const int64_t n = int64_t(t.size()), V = m.spec().vocab_size;
             py::array_t<float> out({all_logits ? n : int64_t(1), V});
             float* op = out.mutable_data();
-            CancelCheck check = cancel_check(nullptr);
+            CancelCheck check = cancel_check(std::move(cancel));
             py::gil_scoped_release nogil;
             m.forward(s, t.data(), n, op, all_logits, &check);
             return out;
           },
-          py::arg("model"), py::arg("token_ids"), py::arg("all_logits") = true,
+          py::arg("model"), py::arg("token_ids"), py::arg("all_logits") = true, py::arg("cancel") = nullptr,
           "Model.forward on this session: [n, vocab] logits (all_logits) or [1, vocab]");
 
   m.def(

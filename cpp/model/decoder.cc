@@ -56,6 +56,20 @@ void Session::reset() {
   history_.clear();
 }
 
+void Session::truncate(int64_t n) {
+  if (n < 0 || n > n_past_)
+    throw Error(Error::Kind::InvalidInput, "", "n",
+                "cannot truncate a session of " + std::to_string(n_past_) + " positions to " + std::to_string(n));
+  if (pool_) throw Error(Error::Kind::InvalidInput, "", "session", "a paged session is not truncated");
+  const Rope& rope = spec_->rope;
+  if (!rope.inv_freq_long.empty() && n_past_ > rope.long_after && n <= rope.long_after)
+    throw Error(Error::Kind::InvalidInput, "", "n",
+                "a longrope sequence cannot be cut back across " + std::to_string(rope.long_after) + " positions");
+  n_past_ = n;
+  cacheable_ = std::min(cacheable_, n);
+  if (int64_t(history_.size()) > n) history_.resize(size_t(n));
+}
+
 void Session::copy_from(const Session& other) {
   if (other.spec_ != spec_) throw Error(Error::Kind::InvalidInput, "", "session", "belongs to another model");
   if (pool_ || other.pool_)

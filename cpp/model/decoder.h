@@ -50,6 +50,12 @@ class Session {
   int64_t n_past() const { return n_past_; }
   bool paged() const { return pool_ != nullptr; }
   void reset();
+  // Forgets every position from n on (contiguous only): speculative decoding's rollback of the
+  // drafted tokens the target rejected. The keys past n stay in memory and are overwritten by
+  // the next forward. Throws InvalidInput for n outside [0, n_past], for a paged session, and
+  // for a longrope sequence cut back across long_after (its keys were recomputed with the
+  // long factors).
+  void truncate(int64_t n);
   // Makes this session's sequence and cache a copy of `other`'s (beam search; contiguous only).
   void copy_from(const Session& other);
 

@@ -410,8 +410,12 @@ class Session:
         """Copies other's cache (contiguous sessions: beam search)."""
     def release(self) -> None:
         """Gives every block back."""
-    def forward(self, model: Model, token_ids: npt.ArrayLike, all_logits: bool = True) -> npt.NDArray[np.float32]:
-        """Model.forward on this session: [n, vocab] logits, or [1, vocab] without all_logits."""
+    def truncate(self, n: int) -> None:
+        """Forgets every position from n on (contiguous sessions): speculative decoding's rollback."""
+    def forward(self, model: Model, token_ids: npt.ArrayLike, all_logits: bool = True,
+                cancel: CancelToken | None = None) -> npt.NDArray[np.float32]:
+        """Model.forward on this session: [n, vocab] logits, or [1, vocab] without all_logits;
+        cancel.cancel() from another thread ends it (CancelledError)."""
 
 def forward_step(model: Model, chunks: Sequence[tuple[Session, npt.ArrayLike]]) -> npt.NDArray[np.float32]:
     """One forward over every (session, token_ids) chunk, never split: [chunks, vocab], each

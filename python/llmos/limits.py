@@ -152,6 +152,12 @@ class Limits:
     gguf_max_tensor_elements: int = 1 << 34
     # tokens of the vocabulary in tokenizer.ggml.tokens.
     gguf_max_vocab: int = 1 << 21
+    # --- speculative decoding (runtime/speculative.py) --------------------------------------
+    # drafted tokens verified per target forward (prompt_lookup_num_tokens, num_assistant_tokens).
+    # With at most 6, the verifying forward carries at most 7 tokens, under the core's
+    # kMinPrefillTokens (8): every token keeps the row kernels plain decoding uses, which is
+    # what makes greedy output token-identical.
+    max_speculative_tokens: int = 6
 
 
 def _from_env(base: Limits) -> Limits:

@@ -341,6 +341,10 @@ class Engine:
                                     field="cancel")
         ids = m._ids(prompt)
         cfg, explicit = m._config(generation_config, options)
+        if cfg.prompt_lookup_num_tokens is not None or cfg.num_assistant_tokens is not None:
+            name = "prompt_lookup_num_tokens" if cfg.prompt_lookup_num_tokens is not None else "num_assistant_tokens"
+            raise InvalidInputError(f"{name}: speculative decoding is not supported by the batching engine (or the "
+                                    "server); use Model.generate", field=name)
         core_opts, stop = to_core_options(_core, cfg, len(ids), m.config.vocab_size, m.config.max_position_embeddings,
                                           explicit_limit=explicit)
         # Structured output asked by the options (response_format, guided_json, ...).

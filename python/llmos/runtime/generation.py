@@ -32,7 +32,8 @@ class Generation:
     finish_reason: "length" (token limit), "eos" or "stop" (a stop string);
     logprobs: per new token, log_softmax of the processed scores (when logprobs=True);
     top_logprobs: per new token, [(token id, logprob)] of the best alternatives;
-    score: beam search's length-penalized sequence score (None otherwise).
+    score: beam search's length-penalized sequence score (None otherwise);
+    speculation: with speculative decoding, tokens drafted and accepted and target forwards.
     """
 
     text: str
@@ -42,6 +43,8 @@ class Generation:
     top_logprobs: list[list[tuple[int, float]]] | None = None
     score: float | None = None
     prompt_token_ids: list[int] = field(default_factory=list, repr=False)
+    # speculative decoding: {"drafted", "accepted", "forwards"} (target forwards); None otherwise.
+    speculation: dict | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -101,6 +104,13 @@ class GenerationConfig:
     guided_json: dict | str | None = None
     guided_regex: str | None = None
     guided_grammar: str | None = None
+    # Speculative decoding (runtime/speculative.py): n-gram prompt lookup drafts this many tokens
+    # per round from earlier occurrences of the last max_matching_ngram_size tokens; with
+    # generate(draft_model=...), the draft model proposes num_assistant_tokens per round.
+    # Output follows the target: greedy is token-identical, sampling keeps its distribution.
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int | None = None
+    num_assistant_tokens: int | None = None
 
     DEFAULTS = {  # transformers' defaults where it has the option
         "min_new_tokens": 0, "min_length": 0, "do_sample": False, "temperature": 1.0, "top_k": 50,
@@ -117,11 +127,9 @@ class GenerationConfig:
     UNSUPPORTED = {
         "guidance_scale": "classifier-free guidance needs a second, unconditional forward pass per step",
         "watermarking_config": "watermarking is not implemented",
-        "assistant_model": "assisted (speculative) decoding is not implemented",
-        "prompt_lookup_num_tokens": "prompt-lookup (speculative) decoding is not implemented",
+        "assistant_model": "pass the draft model as generate(..., draft_model=model)",
         "assistant_early_exit": "self-speculative decoding is not implemented",
         "use_mtp": "multi-token-prediction decoding is not implemented",
-        "num_assistant_tokens": "assisted (speculative) decoding is not implemented",
         "constraints": "constrained beam search left transformers' core (now a Hub custom_generate)",
         "force_words_ids": "constrained beam search left transformers' core (now a Hub custom_generate)",
         "penalty_alpha": "contrastive search left transformers' core (now a Hub custom_generate)",

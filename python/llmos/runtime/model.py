@@ -24,6 +24,7 @@ from llmos.arch.families import Architecture
 from llmos.backends.base import Backend
 from llmos.errors import BusyError, ChatTemplateError, ContextLengthError, InvalidInputError
 from llmos.runtime.chat import fit_conversation
+from llmos.runtime import speculative
 from llmos.runtime.generation import Generation, GenerationConfig, to_core_options
 from llmos.text.stream import IncrementalDecoder, StopMatcher
 from llmos.text.structured import constraint_factory
@@ -164,7 +165,7 @@ class Model:
         return self.backend.logits(np.asarray(ids, dtype=np.int64))
 
     def generate(self, prompt, generation_config: GenerationConfig | None = None, *,
-                 cancel: CancelToken | None = None, **options):
+                 cancel: CancelToken | None = None, draft_model: "Model | None" = None, **options):
         """Continues `prompt`: a string or a list of token ids.
 
         Options: every field of llmos.GenerationConfig (transformers' names: max_new_tokens,
@@ -176,6 +177,8 @@ class Model:
         Returns a Generation; a list of prompts gives a list, decoded together (one forward
         per step for all of them); num_return_sequences > 1 gives a list per prompt.
         cancel: a CancelToken; its cancel() from another thread ends the call (CancelledError).
+        draft_model (another llmos.Model with the same tokenizer) or prompt_lookup_num_tokens=N:
+        speculative decoding (llmos.runtime.speculative), same output, fewer target forwards.
         """
         _check_cancel(cancel)
         batch = _is_batch(prompt)
@@ -187,12 +190,12 @@ class Model:
             limits.check("max_sequences", len(prompt) * per,
                          what="sequences (prompts x max(num_beams, num_return_sequences))")
         prompts = [self._ids(p) for p in prompt] if batch else [self._ids(prompt)]
-        per_prompt = self._decode(prompts, cfg, explicit, cancel)
+        per_prompt = self._decode(prompts, cfg, explicit, cancel, speculative.speculation_for(self, draft_model, cfg))
         out = [r[0] if len(r) == 1 and (cfg.get("num_return_sequences") == 1) else r for r in per_prompt]
         return out if batch else out[0]
 
     def stream(self, prompt, generation_config: GenerationConfig | None = None, *,
-               cancel: CancelToken | None = None, **options) -> Iterator[str]:
+               cancel: CancelToken | None = None, draft_model: "Model | None" = None, **options) -> Iterator[str]:
         """Yields the new text piece by piece as tokens are produced. Every piece is valid
         UTF-8, nothing yielded is later cut by a stop string, and the pieces join into the
         `.text` that generate() returns for the same options and seed. Closing the iterator
@@ -206,6 +209,9 @@ class Model:
             raise InvalidInputError("stream: needs num_beams=1 and num_return_sequences=1", field="num_beams")
         core_opts, stop = to_core_options(_core, cfg, len(ids), self.config.vocab_size,
                                           self.config.max_position_embeddings, explicit_limit=explicit)
+        spec = speculative.speculation_for(self, draft_model, cfg)
+        if spec is not None:
+            return self._stream_thread(ids, core_opts, stop, cancel, None, spec)
         return self._stream(ids, core_opts, stop, cancel, self._constraints(cfg, core_opts, 1))
 
     def chat(self, messages, *, add_generation_prompt: bool = True, stream: bool = False,
@@ -258,7 +264,7 @@ class Model:
     # ---- internals --------------------------------------------------------------------
 
     def _decode(self, prompts: list[list[int]], cfg: GenerationConfig, explicit: bool,
-                cancel: CancelToken | None = None) -> list[list[Generation]]:
+                cancel: CancelToken | None = None, spec=None) -> list[list[Generation]]:
         """Runs the core's decode loop; prompts that need the same options go together."""
         groups: dict[int, list[int]] = {}
         opts_by_len = {}
@@ -280,7 +286,7 @@ class Model:
                             f"tokens exceeds the model's context of {self.config.max_position_embeddings} tokens",
                             field="max_new_tokens")
                     o.max_new_tokens = self.config.max_position_embeddings - len(prompts[i])
-        if self._uses_engine(next(iter(opts_by_len.values()))[0]):
+        if spec is None and self._uses_engine(next(iter(opts_by_len.values()))[0]):
             return self._decode_engine(prompts, cfg, groups, opts_by_len, cancel)
         results: list[list[Generation]] = [[] for _ in prompts]
         for key, members in groups.items():
@@ -289,7 +295,10 @@ class Model:
             texts: dict[int, list[str]] = {}
             callback = self._batch_stop_callback(group_prompts, core_opts, stop, texts) if stop else None
             constraints = self._constraints(cfg, core_opts, len(group_prompts) * core_opts.num_return_sequences)
-            raw = self.backend.generate(group_prompts, core_opts, callback, cancel, **constraints)
+            if spec is not None:
+                raw = speculative.generate(self.backend.core, spec, group_prompts, core_opts, callback, cancel)
+            else:
+                raw = self.backend.generate(group_prompts, core_opts, callback, cancel, **constraints)
             for seq, r in enumerate(raw):
                 tokens = r["tokens"]
                 if stop:
@@ -304,6 +313,7 @@ class Model:
                     if core_opts.top_logprobs > 0 else None,
                     score=float(r["score"]) if core_opts.num_beams > 1 else None,
                     prompt_token_ids=list(group_prompts[r["prompt_index"]]),
+                    speculation=r.get("stats"),
                 )
                 results[members[r["prompt_index"]]].append(g)
         return results
@@ -425,7 +435,7 @@ class Model:
             req.cancel()
 
     def _stream_thread(self, ids, core_opts, stop: list[str], cancel: CancelToken | None,
-                       constraints: dict | None = None) -> Iterator[str]:
+                       constraints: dict | None = None, spec=None) -> Iterator[str]:
         # The decode loop runs in a worker thread (the core releases the GIL); pieces come
         # back through a queue. The loop's token is a child of the caller's, cancelled when
         # the iterator is closed or the consumer raises (Ctrl-C in q.get() included), so the
@@ -437,7 +447,10 @@ class Model:
 
         def work():
             try:
-                self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own, **(constraints or {}))
+                if spec is not None:
+                    speculative.generate(self.backend.core, spec, [ids], core_opts, lambda seq, tok: on_token(tok), own)
+                else:
+                    self.backend.generate([ids], core_opts, lambda seq, tok: on_token(tok), own, **(constraints or {}))
                 q.put(done)
             except BaseException as e:  # re-raised in the consumer
                 q.put(e)
