@@ -6,6 +6,7 @@
 // (AArch64 under qemu: .ci/arm64). Prints what it checked; exits 1 on any failure.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -115,16 +116,19 @@ void check_vector_math(const KernelTable& kt, const KernelTable& ref) {
 }
 
 void check_attention(const KernelTable& kt, const KernelTable& ref) {
-  // nq, D, keys before the block, window, softcap: as tests/test_kernels.py's ATTN_CASES
-  const double cases[][5] = {{1, 64, 0, 0, 0},  {16, 64, 37, 0, 0}, {5, 128, 100, 0, 0}, {16, 80, 19, 0, 0},
-                             {3, 8, 0, 0, 0},   {16, 64, 40, 24, 0}, {9, 32, 3, 4, 0},   {16, 256, 21, 0, 50}};
+  // nq, D, keys before the block, window, softcap: as tests/test_kernels.py's ATTN_CASES; then
+  // a sink logit (0 = none), as gpt-oss's attention has.
+  const double cases[][6] = {{1, 64, 0, 0, 0, 0},  {16, 64, 37, 0, 0, 0}, {5, 128, 100, 0, 0, 0}, {16, 80, 19, 0, 0, 0},
+                             {3, 8, 0, 0, 0, 0},   {16, 64, 40, 24, 0, 0}, {9, 32, 3, 4, 0, 0},   {16, 256, 21, 0, 50, 0},
+                             {16, 64, 37, 0, 0, 1.5}, {1, 64, 200, 32, 0, -0.5}};
   for (auto& c : cases) {
     const int64_t nq = int64_t(c[0]), D = int64_t(c[1]), window = int64_t(c[3]), p0 = int64_t(c[2]) + 7;
     const int64_t start = window > 0 ? std::max<int64_t>(0, p0 - window + 1) : 0, len = p0 + nq - start;
     auto q = randn(size_t(nq * D)), k = randn(size_t(len * D)), v = randn(size_t(len * D));
     std::vector<float> out(size_t(nq * D)), outr(out.size()), scratch(size_t(attend_scratch_floats(len, D)));
     AttnBlock a{q.data(), D, k.data(), v.data(), nq, len, D, start, p0, window,
-                c[4] == 0 ? float(1 / std::sqrt(double(D))) : 2.f, float(c[4]), out.data(), D};
+                c[4] == 0 ? float(1 / std::sqrt(double(D))) : 2.f, float(c[4]),
+                c[5] == 0 ? -std::numeric_limits<float>::infinity() : float(c[5]), out.data(), D};
     if (kt.attend) kt.attend(a, scratch.data());
     else attend_generic(kt, a, scratch.data());
     a.out = outr.data();
