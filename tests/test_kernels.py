@@ -128,7 +128,7 @@ def test_attention_matches_float64(isa, nq, D, before, window, softcap):
     assert nmse(out, ref) < 1e-11
 
 
-@pytest.mark.parametrize("isa", ISAS + EMULATED)
+@pytest.mark.parametrize("isa", level_params() + EMULATED)
 @pytest.mark.parametrize("nq,before,window,sink", [(1, 0, 0, 0.5), (16, 37, 0, 2.0), (9, 3, 4, 3.0), (5, 100, 0, 12.0)])
 def test_attention_sink_matches_float64(isa, nq, before, window, sink):
     # gpt-oss's sink: an extra logit in each query's denominator (12: it takes almost all the mass).
@@ -151,7 +151,10 @@ def test_attention_block_shape_is_checked():
 def test_unsupported_isa_is_refused():
     x = np.zeros((1, 4), np.float32)
     with pytest.raises(InvalidInputError, match="unknown ISA"):
-        _core.kernel_matmul("neon", x, x, "float32")
+        _core.kernel_matmul("sse9", x, x, "float32")
+    other = "neon" if BEST in LEVELS else "avx2"  # a level of the other architecture
+    with pytest.raises(InvalidInputError, match=f"does not support {other}"):
+        _core.kernel_matmul(other, x, x, "float32")
 
 
 _LOGITS_SCRIPT = """
