@@ -10,7 +10,6 @@ llama.cpp's converter writes them, then loaded by llmos and compared with transf
 """
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="the gguf extra (pip install llmos[gguf]) is not installed")
 
-from gguf_files import random_kquant, write_gguf  # noqa: E402
+from child_env import child_env  # noqa: E402
+from gguf_files import write_gguf  # noqa: E402
 
 from llmos.errors import LlmosError, ModelFormatError, NotAvailableError  # noqa: E402
 
@@ -254,9 +254,7 @@ def test_missing_extra_says_pip_install(small_gguf, monkeypatch):
 def test_cli_import_gguf_then_run_by_name(checkpoint, tmp_path):
     folder = checkpoint("qwen3", weight_scale=0.1)
     path, _ = write_gguf(folder, tmp_path / "tiny-q8.gguf", "Q8_0")
-    env = {**os.environ, "LLMOS_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "python"),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = child_env(LLMOS_HOME=str(tmp_path / "home"))
     run = [sys.executable, "-m", "llmos"]
     out = subprocess.run(run + ["import", str(path), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
