@@ -327,6 +327,36 @@ def weight_bytes_per_token(engine, shape):
     return n * bits / 8 / 4  # the checkpoint is float32
 
 
+def machine_line(core, engines) -> str:
+    """The CPU, its SIMD flags, the llmos kernel level in force and (when llama.cpp runs) the
+    features its build uses: every table is only meaningful next to these."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+                        "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm") if f in flags]
+    line = (f"CPU: {model} ({os.cpu_count()} logical cores); flags: {' '.join(simd) or 'none of note'}; "
+            f"llmos kernel level: {core.cpu_isa()} (best here: {core.cpu_best_isa()})")
+    if any(e.startswith("llama.cpp-") for e in engines):
+        try:
+            import llama_cpp
+
+            import re
+
+            info = llama_cpp.llama_print_system_info().decode()
+            on = re.findall(r"(\w+) = 1", info)
+            line += f"; llama.cpp build: {' '.join(on)}"
+        except Exception as e:  # the engine's own run reports it missing
+            line += f"; llama.cpp: not loaded ({type(e).__name__})"
+    return line
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
@@ -344,6 +374,7 @@ def main() -> int:
 
     from llmos import _core
 
+    print(machine_line(_core, engines), flush=True)
     bw = {t: _core.memory_bandwidth(t, 1024) for t in threads}
     print("memory read bandwidth (1 GB buffer): " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in threads),
           flush=True)
