@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -330,24 +331,15 @@ def weight_bytes_per_token(engine, shape):
 def machine_line(core, engines) -> str:
     """The CPU, its SIMD flags, the llmos kernel level in force and (when llama.cpp runs) the
     features its build uses: every table is only meaningful next to these."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
-                        "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm") if f in flags]
-    line = (f"CPU: {model} ({os.cpu_count()} logical cores); flags: {' '.join(simd) or 'none of note'}; "
+    from bench_serve import cpu_info  # model name and SIMD flags, one parser for every bench
+
+    cpu = cpu_info()
+    flags = " ".join(cpu["simd_flags"]) or "none of note"
+    line = (f"CPU: {cpu['model']} ({cpu['cpus']} logical cores); flags: {flags}; "
             f"llmos kernel level: {core.cpu_isa()} (best here: {core.cpu_best_isa()})")
     if any(e.startswith("llama.cpp-") for e in engines):
         try:
             import llama_cpp
-
-            import re
 
             info = llama_cpp.llama_print_system_info().decode()
             on = re.findall(r"(\w+) = 1", info)
