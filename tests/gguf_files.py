@@ -52,10 +52,12 @@ def random_kquant(shape: tuple[int, int], qtype, std: float, rng: np.random.Gene
 
 
 def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
-               seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+               seed: int = 0, tensor_types: dict[str, str] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
     """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; 2-D
-    weights in `qtype` (the embedding too, as llama.cpp's --outtype does). Returns the file and
-    the weights it holds, dequantized, under the transformers names and layout: the reference."""
+    weights in `qtype` (the embedding too, as llama.cpp's --outtype does) except those named in
+    `tensor_types` (GGUF name -> type, e.g. {"output.weight": "Q6_K"}, as llama.cpp's mixes keep some
+    tensors at other types; "F16" stores float16). Returns the file and the weights it holds,
+    dequantized, under the transformers names and layout: the reference."""
     import gguf
     from gguf.quants import dequantize, quantize
     from safetensors.numpy import load_file
@@ -103,13 +105,16 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
     if tok_cfg.get("chat_template"):
         w.add_chat_template(tok_cfg["chat_template"])
 
-    qt = gguf.GGMLQuantizationType[qtype]
-    kquant = qtype.endswith("_K")
     rng = np.random.default_rng(seed)
     held = {}
     for name, t in load_file(str(folder / "model.safetensors")).items():
         t = t.astype(np.float32)
-        if t.ndim == 2 and qt != gguf.GGMLQuantizationType.F32:
+        this = (tensor_types or {}).get(gguf_name(name), qtype) if t.ndim == 2 else "F32"
+        qt = gguf.GGMLQuantizationType[this]
+        kquant = this.endswith("_K")
+        if this == "F16":
+            t = t.astype(np.float16).astype(np.float32)
+        if t.ndim == 2 and this not in ("F32", "F16"):
             if kquant:
                 assert arch not in ("llama", "mistral"), "random K-quant blocks: a family without the rope permute"
                 data = random_kquant(t.shape, qt, float(t.std()), rng)
@@ -123,7 +128,7 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
             # whole rows move, so the quantized bytes permute like the floats
             stored = permute(stored, n_head if "q_proj" in name else n_kv)
         if data is None:
-            w.add_tensor(gguf_name(name), stored)
+            w.add_tensor(gguf_name(name), stored.astype(np.float16) if this == "F16" else stored)
         else:
             w.add_tensor(gguf_name(name), stored, raw_dtype=qt)
     w.write_header_to_file()

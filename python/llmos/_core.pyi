@@ -166,6 +166,11 @@ class QuantType(enum.IntEnum):
 def quantize_dequantize(w: npt.ArrayLike, quant: QuantType, group: int) -> npt.NDArray[np.float32]:
     """W [rows, k] after a round trip through a quantized format (k a multiple of 64 and group)."""
 
+def quantize_blocks(w: npt.ArrayLike, quant: QuantType, group: int = 32, threads: int = 1
+                    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint16], npt.NDArray[np.uint16] | None]:
+    """The blocks of W [rows, k] (k a multiple of 64 and group) in `quant`, as the loader quantizes
+    it: (codes [rows, row bytes], float16 scale bits [rows, k / group], min bits for Q4Asym else None)."""
+
 # ---- kernels (bind_kernels.cc) --------------------------------------------------------------
 
 def memory_bandwidth(threads: int, mbytes: int = 512, reps: int = 5) -> float:

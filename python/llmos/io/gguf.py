@@ -2,11 +2,15 @@
 metadata onto config.json, the vocabulary and merges onto tokenizer.json (with the chat template
 in tokenizer_config.json), the tensors onto model.safetensors under the transformers names.
 
-Weights: F32/F16/BF16 are kept as they are (as float32); Q8_0, Q4_0 and the K-quants are
-dequantized with the gguf package and `suggested_quant` names the llmos format the caller should
-re-quantize them to at load (int8 for Q8_0, int4 for the 4-6 bit ones), so the model keeps the
-size class the file had. llama.cpp's converter permutes the llama Q/K rows into its rope layout;
-that is undone here exactly.
+Weights: a file with quantized matrices is written by `write_checkpoint` (llmos/io/gguf_blocks.py)
+as an llmos pre-quantized checkpoint: Q8_0 and Q4_0 blocks become llmos int8 / int4 blocks
+bit for bit, Q4_K blocks int4-asym ones (their scales rounded to float16), Q5_K / Q6_K are
+dequantized and re-quantized to int8 (the errors are stated there), F32/F16/BF16 matrices stay
+float. `suggested_quant` names the checkpoint's format (int4 when the file has 4-bit matrices,
+else int8). `write_folder` writes the whole file in float32 instead (every tensor dequantized),
+for loading at another quant= or none.
+llama.cpp's converter permutes the llama Q/K rows into its rope layout; that is undone here
+exactly (on whole rows: floats and blocks alike).
 
 A hostile file is refused before anything large is allocated: the header's counts, each tensor's
 shape and element count and its data range are checked against llmos.limits and the file size.
@@ -47,7 +51,8 @@ _GPT2_PRE = ("default", "gpt-2", "gpt2")
 
 _Q8 = "int8"
 _Q4 = "int4"
-# GGML type name -> the llmos format its weights are re-quantized to (None: kept as float).
+# GGML type name -> the llmos size class of its weights (None: float): suggested_quant's answer.
+# How each type's blocks become llmos blocks is llmos/io/gguf_blocks.py's.
 _TYPES = {"F32": None, "F16": None, "BF16": None, "Q8_0": _Q8, "Q4_0": _Q4, "Q4_K": _Q4, "Q5_K": _Q8,
           "Q6_K": _Q8}
 
@@ -193,7 +198,8 @@ class GgufFile:
 
     # --- tensors -------------------------------------------------------------------------------
     def suggested_quant(self) -> str | None:
-        """The llmos format the file's quantized matrices come closest to (None: all float)."""
+        """The llmos format the file loads as (`Model.quant.name`): int4 when it has 4-bit matrices,
+        else int8; None when every tensor is float."""
         kinds = {_TYPES[t.tensor_type.name] for t in self.tensors.values()} - {None}
         return _Q4 if _Q4 in kinds else (_Q8 if kinds else None)
 
@@ -220,10 +226,14 @@ class GgufFile:
         except (ValueError, NotImplementedError) as e:
             raise ModelFormatError(f"{self.path}: tensor {name} ({t.tensor_type.name}) cannot be read: {e}",
                                    file=self.path, field=name) from None
+        heads = self.rope_heads(name, cfg)
+        return w if heads is None else unpermute(w, heads)
+
+    def rope_heads(self, name: str, cfg: dict) -> int | None:
+        """The head count whose rope permutation llama.cpp applied to the rows of `name`, or None."""
         if self.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
-            heads = cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"]
-            w = unpermute(w, heads)
-        return w
+            return cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"]
+        return None
 
     def state_dict(self, cfg: dict) -> dict[str, np.ndarray]:
         return {self.hf_name(n): self.array(n, cfg) for n in self.tensors}
@@ -288,6 +298,13 @@ class GgufFile:
         if isinstance(template, str):
             out["chat_template"] = template
         return out
+
+    def write_checkpoint(self, out_dir: str | os.PathLike, threads: int = 1) -> Path:
+        """Writes the file as an llmos pre-quantized checkpoint folder (its quantized matrices as
+        llmos blocks: llmos/io/gguf_blocks.py); for a file with quantized tensors."""
+        from llmos.io.gguf_blocks import write_checkpoint
+
+        return write_checkpoint(self, out_dir, threads)
 
     def write_folder(self, out_dir: str | os.PathLike) -> Path:
         """Writes the file as a Hugging Face checkpoint folder (float32 weights)."""

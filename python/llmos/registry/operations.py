@@ -153,16 +153,19 @@ def import_model(path: str | os.PathLike, name: str | None = None, *, force: boo
 
 def _import_gguf(src: Path, name: str | None, *, force: bool,
                  progress: Callable[[int, int], None] | None) -> Entry:
-    """A GGUF file enters the registry as an llmos checkpoint: float weights written out, then
-    quantized to the llmos format nearest the file's (none for an F32/F16 file)."""
+    """A GGUF file enters the registry as an llmos checkpoint: pre-quantized with the file's own
+    blocks mapped onto llmos's, or re-quantized (llmos/io/gguf_blocks.py), or float for an
+    F32/F16 file."""
     import tempfile
+
+    from llmos.backends.base import check_threads
 
     gguf = GgufFile(src)
     with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as tmp:
-        folder = gguf.write_folder(Path(tmp) / "float")
-        quant = gguf.suggested_quant()
-        if quant is not None:
-            folder = Path(quantize_checkpoint(str(folder), str(Path(tmp) / "quant"), quant))
+        if gguf.suggested_quant() is not None:
+            folder = gguf.write_checkpoint(Path(tmp) / "quant", threads=check_threads(None))
+        else:
+            folder = gguf.write_folder(Path(tmp) / "float")
         return import_model(folder, name=name or slug(src.stem), force=force, progress=progress, _origin=src)
 
 

@@ -16,6 +16,7 @@ from llmos.errors import AdapterError, InvalidInputError, LlmosError, ModelFileE
 from llmos.extras import require
 from llmos.io.config import ConfigReader, read_json
 from llmos.io.gguf import GgufFile, is_gguf
+from llmos.quant.names import parse_quant
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.model import Model
 from llmos.store.resolve import resolve, resolved
@@ -45,8 +46,9 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
     `path` may also name a model in the local registry (`llmos ls`), or a GGUF file (llama.cpp,
-    Ollama; needs the 'gguf' extra): its quantized matrices load as the nearest llmos format
-    (Q8_0 -> int8, Q4_0/Q4_K -> int4) unless `quant` is given.
+    Ollama; needs the 'gguf' extra): its Q8_0 / Q4_0 blocks load as llmos int8 / int4 blocks
+    bit for bit, Q4_K as int4-asym blocks (scales rounded to float16), Q5_K / Q6_K re-quantized
+    to int8 (llmos/io/gguf_blocks.py states the errors), unless `quant` names another format.
     """
     threads = check_threads(threads)
     if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and is_gguf(path):
@@ -121,18 +123,26 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
 
 
 def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
-    """A GGUF file, written out as a float checkpoint folder (llmos.io.gguf) and loaded from there; its
-    quantized matrices are re-quantized to the llmos format nearest theirs unless `quant` says otherwise."""
+    """A GGUF file, written out as a checkpoint folder (llmos.io.gguf) and loaded from there. A file
+    with quantized matrices becomes an llmos pre-quantized checkpoint (its blocks mapped onto
+    llmos's, or re-quantized: llmos/io/gguf_blocks.py) unless `quant` names another format: then
+    every matrix is dequantized and quantized to `quant` at load (or kept float for "none")."""
     import shutil
     import tempfile
     import weakref
 
     gguf = GgufFile(path)
+    suggested = gguf.suggested_quant()
+    choice = parse_quant(quant)
+    direct = suggested is not None and (quant is None or (choice is not None and choice.name == suggested))
     tmp = tempfile.mkdtemp(prefix="llmos-gguf-")
     try:
-        folder = gguf.write_folder(tmp)
-        model = load_checkpoint(str(folder), dtype=dtype, threads=threads,
-                                quant=quant if quant is not None else gguf.suggested_quant())
+        if direct:
+            folder = gguf.write_checkpoint(tmp, threads=threads)
+            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=None)
+        else:
+            folder = gguf.write_folder(tmp)
+            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=quant)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
