@@ -3,11 +3,12 @@ per kernel. Each GPU test copies numpy arrays to the device through a `_core.cud
 binding, runs one kernel and copies the result back.
 
 Without a CUDA build or a GPU every GPU test skips, loudly, with the reason (`tools/gpu_check.sh`
-runs them on a GPU machine). The tests at the end run everywhere: they check, on the CPU,
-numpy models of the two kernel algorithms that are not a plain loop (the threshold search of
-the device sampler, the split-K merge of decode attention) against the CPU path, so a flaw in
-the algorithm shows without a GPU.
+runs them on a GPU machine, with LLMOS_REQUIRE_GPU=1 so that nothing skips there). This file
+needs only numpy and the core (gpu_check.sh runs it without the suite's conftest);
+tests/test_cuda_algorithms.py checks numpy models of the kernels' algorithms on the CPU.
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -24,16 +25,23 @@ GEMV_HALF_REL = 2e-5     # vs x @ W^T in float64, W the same float16 / bfloat16 
 RMS_NORM_REL = 1e-5      # vs numpy float64
 ROPE_MAX_ABS = 1e-5      # per value, inputs of magnitude ~1 (an FMA may round once less)
 ACTIVATION_REL = 1e-5    # vs the CPU's scalar kernel (CUDA's expf / erff are within 2 ulps)
-ATTENTION_REL = 1e-5     # vs the CPU's scalar attention kernel, head by head
+ATTENTION_REL = 2e-5     # vs float64 numpy; the CPU kernels' own float32 error reaches 5.5e-6 (20000 keys, D 256)
 SAMPLE_PROB_MAX_ABS = 1e-5  # the drawn-from distribution vs softmax of the CPU warpers' output
 SAMPLE_FREQ_SIGMAS = 5.0    # empirical token frequencies vs the distribution, in binomial sigmas
 
 
 def _gpu_or_skip():
+    """Skips, saying why, without a CUDA build or a GPU; tools/gpu_check.sh sets LLMOS_REQUIRE_GPU=1,
+    where a skip would hide that nothing ran, so there it fails instead."""
     if not _core.cuda_built():
-        pytest.skip(f"no CUDA build/GPU: {_core.cuda_unavailable_reason(0)}")
-    if _core.cuda_device_count() == 0:
-        pytest.skip(f"no CUDA build/GPU: this build has CUDA but {_core.cuda_unavailable_reason(0)}")
+        why = f"no CUDA build/GPU: {_core.cuda_unavailable_reason(0)}"
+    elif _core.cuda_device_count() == 0:
+        why = f"no CUDA build/GPU: this build has CUDA but {_core.cuda_unavailable_reason(0)}"
+    else:
+        return
+    if os.environ.get("LLMOS_REQUIRE_GPU") == "1":
+        pytest.fail(f"LLMOS_REQUIRE_GPU=1 but {why}")
+    pytest.skip(why)
 
 
 def rel_l2(got, want):
@@ -147,7 +155,25 @@ def test_activate_gated(act):
 
 # ---- decode attention ------------------------------------------------------------------
 
+def _decode_attention_reference(q, k, v, window, scale, softcap):
+    """float64: head h reads kv head h // (heads / kv_heads); the query at len - 1 sees keys j >= len - window."""
+    heads, D = q.shape
+    group = heads // k.shape[0]
+    len_ = k.shape[1]
+    lo = len_ - window if 0 < window < len_ else 0
+    out = np.empty((heads, D))
+    for h in range(heads):
+        kk, vv = k[h // group, lo:].astype(np.float64), v[h // group, lo:].astype(np.float64)
+        s = kk @ q[h].astype(np.float64) * scale
+        if softcap > 0:
+            s = softcap * np.tanh(s / softcap)
+        p = np.exp(s - s.max())
+        out[h] = p @ vv / p.sum()
+    return out
+
+
 def _cpu_decode_attention(q, k, v, window, scale, softcap):
+    """The CPU's scalar kernel, head by head: the semantics the GPU must share."""
     heads, D = q.shape
     group = heads // k.shape[0]
     len_ = k.shape[1]
@@ -167,7 +193,7 @@ def test_attention_decode(heads, kv_heads, D, len_):
     v = RNG.standard_normal((kv_heads, len_, D)).astype(np.float32)
     scale = 1.0 / np.sqrt(D)
     got = _core.cuda_kernel_attention_decode(q, k, v, 0, scale, 0.0)
-    assert rel_l2(got, _cpu_decode_attention(q, k, v, 0, scale, 0.0)) < ATTENTION_REL
+    assert rel_l2(got, _decode_attention_reference(q, k, v, 0, scale, 0.0)) < ATTENTION_REL
 
 
 @pytest.mark.parametrize("window,softcap", [(100, 0.0), (0, 30.0), (1, 0.0)])
@@ -178,6 +204,7 @@ def test_attention_decode_window_and_softcap(window, softcap):
     k = RNG.standard_normal((kv_heads, len_, D)).astype(np.float32)
     v = RNG.standard_normal((kv_heads, len_, D)).astype(np.float32)
     got = _core.cuda_kernel_attention_decode(q, k, v, window, 0.125, softcap)
+    assert rel_l2(got, _decode_attention_reference(q, k, v, window, 0.125, softcap)) < ATTENTION_REL
     assert rel_l2(got, _cpu_decode_attention(q, k, v, window, 0.125, softcap)) < ATTENTION_REL
 
 
@@ -231,77 +258,3 @@ def test_sample_draws_follow_the_distribution_and_the_seed():
     assert np.array_equal(tokens, again), "the same seed and step draw the same tokens"
     other, _ = _core.cuda_kernel_sample(logits, False, 1.0, 20, 0.95, 0.0, seed=7, step=4)
     assert not np.array_equal(tokens, other), "the next step draws anew"
-
-
-# ---- the algorithms, modelled in numpy and checked on the CPU (run everywhere) ---------------
-
-def _order_key(s):
-    u = np.asarray(s, np.float32).view(np.uint32).astype(np.uint64)
-    return np.where(u & 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000)
-
-
-def _device_sampler_model(logits, temperature, top_k, top_p, min_p):
-    """sampling.cu's thresholds, bit by bit as the kernel builds them, in float32."""
-    s = (logits.astype(np.float32) / np.float32(temperature)).astype(np.float32)
-    key = _order_key(s)
-    e = np.exp((s - s.max()).astype(np.float32)).astype(np.float32)
-    tk = 0
-    if 0 < top_k < s.size:
-        for bit in range(31, -1, -1):
-            cand = tk | (1 << bit)
-            if int((key >= cand).sum()) >= top_k:
-                tk = cand
-    keep = key >= tk
-    if top_p < 1.0:
-        target = np.float32(top_p) * np.float32(e[keep].sum(dtype=np.float32))
-        drop = 0
-        for bit in range(31, -1, -1):
-            cand = drop | (1 << bit)
-            if e[(key > cand) & keep].sum(dtype=np.float32) >= target:
-                drop = cand
-        keep &= key > drop
-    if min_p > 0:
-        keep &= e >= np.float32(min_p)
-    w = np.where(keep, e, 0).astype(np.float64)
-    return w / w.sum()
-
-
-@pytest.mark.parametrize("temperature,top_k,top_p,min_p", WARPS + [(1.0, 1, 1.0, 0.0), (1.0, 0, 0.01, 0.0)])
-def test_device_sampler_algorithm_matches_the_cpu_warpers(temperature, top_k, top_p, min_p):
-    rng = np.random.default_rng(5)
-    for _ in range(5):
-        logits = (rng.standard_normal(5000) * 2).astype(np.float32)
-        logits[rng.integers(0, 5000, 10)] = -np.inf  # banned tokens stay out
-        got = _device_sampler_model(logits, temperature, top_k, top_p, min_p)
-        want = _cpu_warped_probs(logits, temperature, top_k, top_p, min_p)
-        assert np.array_equal(got > 0, want > 0)
-        assert np.abs(got - want).max() < SAMPLE_PROB_MAX_ABS
-
-
-def _split_k_model(q, k, v, window, scale, splits):
-    """attention_decode.cu for one head: per split (m, l, acc) by the online softmax, then the merge."""
-    len_ = k.shape[0]
-    lo = len_ - window if 0 < window < len_ else 0
-    chunk = -(-len_ // splits)
-    parts = []
-    for sp in range(splits):
-        m, l, acc = -np.inf, 0.0, np.zeros(q.shape[0])
-        for j in range(max(sp * chunk, lo), min(len_, sp * chunk + chunk)):
-            s = float(q @ k[j]) * scale
-            m_new = max(m, s)
-            corr, p = np.exp(m - m_new), np.exp(s - m_new)
-            l, acc, m = l * corr + p, acc * corr + p * v[j], m_new
-        parts.append((m, l, acc))
-    M = max(m for m, _, _ in parts)
-    w = [0.0 if m == -np.inf else np.exp(m - M) for m, _, _ in parts]
-    return sum(wi * a for wi, (_, _, a) in zip(w, parts)) / sum(wi * l for wi, (_, l, _) in zip(w, parts))
-
-
-@pytest.mark.parametrize("len_,splits,window", [(1, 1, 0), (50, 3, 0), (50, 4, 10), (300, 7, 1), (64, 64, 0)])
-def test_split_k_merge_matches_the_cpu_attention(len_, splits, window):
-    rng = np.random.default_rng(len_ + splits)
-    D = 32
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((D,), (len_, D), (len_, D)))
-    got = _split_k_model(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), window, 0.2, splits)
-    want = _core.kernel_attention("scalar", q[None], k, v, 0, len_ - 1, window, 0.2)[0]
-    assert rel_l2(got, want) < ATTENTION_REL
