@@ -8,10 +8,12 @@
 # Meant to finish in well under 5 minutes, so that a second run fits in a lent GPU's time.
 #
 # Where the GPU machine cannot build (no nvcc, cmake or pybind11 there), build on any machine
-# with the CUDA toolkit (no GPU needed), for the GPU's architecture and the GPU machine's Python:
-#     cmake -S . -B build/gpu-prebuilt -G Ninja -DLLMOS_CUDA=ON -DLLMOS_CUDA_ARCHS=90 \
-#           -Dpybind11_DIR=$(python3 -m pybind11 --cmakedir) && cmake --build build/gpu-prebuilt -j2
-# bring that folder along (the device tool's `carry: ["build/gpu-prebuilt"]`) and run
+# with the CUDA toolkit (no GPU needed), for the GPU's architecture (sm_90: H100 / H200) and the
+# GPU machine's Python, and keep only the module (the build folder is ~100 MB of objects):
+#     cmake -S . -B build/cuda90 -G Ninja -DLLMOS_CUDA=ON -DLLMOS_CUDA_ARCHS=90-real \
+#           -Dpybind11_DIR=$(python3 -m pybind11 --cmakedir) && cmake --build build/cuda90 -j2 &&
+#     mkdir -p build/gpu-prebuilt && cp build/cuda90/_core*.so build/gpu-prebuilt/
+# bring that folder along (the device tool's `carry: ["build/gpu-prebuilt"]`, a few MB) and run
 #     LLMOS_PREBUILT=build/gpu-prebuilt tools/gpu_check.sh
 # (also picked on its own when the machine cannot build and build/gpu-prebuilt/_core*.so exists).
 set -euo pipefail
@@ -44,8 +46,12 @@ if [ -n "$prebuilt" ]; then
 else
   generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
-  echo "=== building the core with CUDA for this GPU (nvcc: $nvcc_path)"
-  cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLLMOS_CUDA=ON -DLLMOS_CUDA_ARCHS=native \
+  # This GPU's architecture from the driver (CMake's "native" needs CMake 3.24 and asks the GPU itself).
+  arch=native
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+  [ -n "$cc" ] && arch="$cc-real"
+  echo "=== building the core with CUDA for this GPU ($arch; nvcc: $nvcc_path)"
+  cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLLMOS_CUDA=ON -DLLMOS_CUDA_ARCHS="$arch" \
         -DCMAKE_CUDA_COMPILER="$nvcc_path" -Dpybind11_DIR="$pybind_dir" >/dev/null
   cmake --build "$build" -j"$(nproc)" >/dev/null
   so=$(ls "$build"/_core*.so | head -1)
