@@ -4,6 +4,8 @@ provider choice is checked against a stubbed list of available providers."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from llmos import _core
@@ -108,6 +110,17 @@ def test_onnx_model_on_the_cpu(onnx_export, llmos):
     model = llmos.load(str(onnx_export), threads=1, device="cpu")
     assert model.device == "cpu" and model.isa == "onnxruntime:cpu"
     model.generate([5, 6], max_new_tokens=2)  # runs there
+
+
+def test_onnx_cuda_that_falls_back_to_the_cpu_is_refused(onnx_export, llmos, providers):
+    """onnxruntime runs on the CPU when its CUDA provider cannot start (here: it has none, though
+    the stub says it has); device="cuda" asked for the GPU, so that is an error, not a quiet CPU run."""
+    providers(GPU_ORT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime's own warning about the missing provider
+        with pytest.raises(DeviceUnavailableError, match="fell back to the CPU") as e:
+            llmos.load(str(onnx_export), threads=1, device="cuda:1")
+    assert e.value.field == "device"
 
 
 def test_onnx_model_on_cuda_refused_without_the_provider(onnx_export, llmos):

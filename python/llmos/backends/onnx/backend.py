@@ -78,12 +78,10 @@ class OnnxBackend:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = providers_for(device)  # refuses "cuda" without the provider, outside the graph's errors
         try:
-            self.session = ort.InferenceSession(file, so, providers=providers_for(device))
+            self.session = ort.InferenceSession(file, so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented classes
-            if device.kind == "cuda":  # a CUDA provider that cannot start (no driver, no GPU N) fails here too
-                raise DeviceUnavailableError(f"device: onnxruntime cannot run {file} on {device}: {e}",
-                                             field="device") from None
             raise ModelFormatError(f"{file}: onnxruntime cannot load the graph: {e}", file=file) from None
         first = self.session.get_providers()[0]
         if device.kind == "cuda" and first != CUDA_PROVIDER:
