@@ -28,6 +28,7 @@ void bind_quant(py::module_& m);     // bind_quant.cc: QuantType (Python None fo
 void bind_sampling(py::module_& m);  // bind_sampling.cc: DecodeOptions, process_logits, Sampler
 void bind_model(py::module_& m);     // bind_model.cc: Model (load, logits, generate)
 void bind_engine(py::module_& m);    // bind_engine.cc: Engine (continuous batching)
+void bind_cuda(py::module_& m);      // bind_cuda.cc: the CUDA device (built or not) and one-kernel calls
 
 namespace llmos::binding {
 

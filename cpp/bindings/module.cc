@@ -75,4 +75,5 @@ PYBIND11_MODULE(_core, m) {
   bind_model(m);
   bind_engine(m);
   bind_io(m);
+  bind_cuda(m);
 }

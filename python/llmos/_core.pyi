@@ -205,6 +205,57 @@ def kernel_activate(isa: str, act: int, x: npt.ArrayLike,
                     up: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
     """act(x), act(x) * up when up is given, or softmax(x) for act == -1 (act: an Activation value)."""
 
+# ---- the CUDA device (bind_cuda.cc; bound in every build) ----------------------------------
+
+def cuda_built() -> bool:
+    """Whether this build has the CUDA kernels (CMake's LLMOS_CUDA)."""
+
+def cuda_device_count() -> int:
+    """CUDA GPUs visible to this process; 0 (never an error) without CUDA in the build, a driver or a GPU."""
+
+def cuda_unavailable_reason(device: int) -> str:
+    """Why GPU `device` cannot be used (no CUDA build, no driver, no such GPU), or '' when it can."""
+
+def cuda_device_info(device: int) -> dict[str, Any]:
+    """name, capability (major, minor), sm_count, total_memory, memory_clock_khz, bus_width_bits and
+    peak_bandwidth_gbs of GPU `device`."""
+
+def cuda_kernel_gemv_quant(x: npt.ArrayLike, w: npt.ArrayLike, quant: QuantType, group: int,
+                           device: int = 0) -> npt.NDArray[np.float32]:
+    """x [1..16, k] @ dequantize(quantize(w))^T on the GPU: w [rows, k] is quantized on the host as the CPU path
+    does, the activations stay float32."""
+
+def cuda_kernel_gemv_half(x: npt.ArrayLike, w: npt.ArrayLike, w_dtype: str,
+                          device: int = 0) -> npt.NDArray[np.float32]:
+    """x [1..16, k] @ w^T on the GPU, w uint16 / float16 [rows, k] holding float16 or bfloat16 bits."""
+
+def cuda_kernel_rms_norm(x: npt.ArrayLike, w: npt.ArrayLike, eps: float, device: int = 0) -> npt.NDArray[np.float32]:
+    """RMSNorm of each row of x [rows, n] times w [n], on the GPU."""
+
+def cuda_kernel_rope(x: npt.ArrayLike, cos_t: npt.ArrayLike, sin_t: npt.ArrayLike,
+                     device: int = 0) -> npt.NDArray[np.float32]:
+    """x [tokens, heads, head_dim] with its first 2 * cos_t.shape[1] values of each head rotated (rotate-half),
+    cos_t / sin_t [tokens, rotary_dim / 2], on the GPU."""
+
+def cuda_kernel_activate_gated(act: int, gate: npt.ArrayLike, up: npt.ArrayLike,
+                               device: int = 0) -> npt.NDArray[np.float32]:
+    """act(gate) * up element-wise on the GPU (act: an Activation value)."""
+
+def cuda_kernel_attention_decode(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, window: int = 0,
+                                 scale: float = 1.0, softcap: float = 0.0,
+                                 device: int = 0) -> npt.NDArray[np.float32]:
+    """Split-K decode attention on the GPU: q [heads, D] at position len - 1 against k, v [kv_heads, len, D]."""
+
+def cuda_kernel_sample(logits: npt.ArrayLike, greedy: bool, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0, min_p: float = 0.0, seed: int = 0, step: int = 0,
+                       device: int = 0) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """One token per row of logits [rows, vocab] on the GPU (argmax, or temperature / top-k / top-p / min-p and a
+    seeded draw), and the distribution it was drawn from."""
+
+def cuda_time_gemv(rows: int, cols: int, tokens: int, quant: QuantType | None, w_dtype: str = "float16",
+                   group: int = 32, reps: int = 200, device: int = 0) -> float:
+    """Seconds per GEMV launch on the GPU (weights larger than L2 in rotation), for tools/bench_cuda.py."""
+
 # ---- token choice (bind_sampling.cc) --------------------------------------------------------
 
 class DecodeOptions:

@@ -110,6 +110,12 @@ class NotAvailableError(LlmosError):
     message names the `pip install` that adds it)."""
 
 
+class DeviceUnavailableError(NotAvailableError):
+    """The device asked for (``device="cuda"`` / ``"cuda:N"``) cannot run this model here: the build
+    has no CUDA, there is no driver or no such GPU, onnxruntime lacks its CUDA provider, or the
+    model's backend does not run on the GPU in this release. The message says which."""
+
+
 class DatasetError(InvalidInputError):
     """A training or evaluation dataset is malformed; ``file`` and ``line`` say where."""
 

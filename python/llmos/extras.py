@@ -12,6 +12,7 @@ from llmos.errors import NotAvailableError
 EXTRAS = {
     "train": ("torch", "transformers"),
     "onnx": ("onnx", "onnxruntime"),
+    "gpu": ("onnx", "onnxruntime"),  # onnxruntime-gpu installs the onnxruntime module
     "eval": ("sacrebleu", "rouge_score"),
     "serve": ("fastapi", "uvicorn", "prometheus_client", "pydantic"),
     "structured": ("llguidance",),

@@ -25,6 +25,7 @@ OnToken = Callable[[int, int], bool]
 
 class Backend(Protocol):
     name: str     # "cpu" (the C++ core) or "onnx"
+    device: str   # where it runs: "cpu", or "cuda:N" (backends/device.py)
     dtype: str    # what the weights are stored as: float32, bfloat16, float16
     quant: object  # llmos.quant.names.QuantChoice of the matrices, or None
 

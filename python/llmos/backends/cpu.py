@@ -28,6 +28,7 @@ class CpuBackend:
     """
 
     name = "cpu"
+    device = "cpu"  # the core's forward pass runs on the CPU only, for now (backends/device.py)
 
     def __init__(self, core: "_core.Model", path: str, family: Family, arch: Architecture, dtype: str,
                  quant: QuantChoice | None, quant_method: str | None, prequantized: bool):

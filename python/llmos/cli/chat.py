@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmos.backends.device import DEVICE_HELP
 from llmos.cli.chat_repl import ChatLoop, ModelPartner
 from llmos.runtime.load import load
 
@@ -27,7 +28,7 @@ def add_decoding_flags(p) -> None:
 
 
 def _chat(args) -> int:
-    model = load(args.model, threads=args.threads, quant=args.quant, dtype=args.dtype)
+    model = load(args.model, threads=args.threads, quant=args.quant, dtype=args.dtype, device=args.device)
     loop = ChatLoop(ModelPartner(model, args.model, system=args.system), params=initial_params(args),
                     meta={"model": args.model, "system": args.system})
     loop.partner.check_params(loop.params)  # a bad flag is an error before the first prompt
@@ -46,4 +47,5 @@ def add_chat_command(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quant", default=None, help="quantize at load: int8, int4, int4-asym (as llmos.load)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(run=_chat)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from llmos.backends.device import DEVICE_HELP
 from llmos.runtime.default_model import default_model_path
 from llmos.runtime.generation import GenerationConfig
 from llmos.runtime.load import load
@@ -45,17 +46,17 @@ def _stream(model, prompt: str, options: GenerationConfig, *, echo: bool) -> int
 
 def _generate(args) -> int:
     options = _decoding_options(args)
-    model = load(args.model, dtype=args.dtype, threads=args.threads, adapter=args.adapter)
+    model = load(args.model, dtype=args.dtype, threads=args.threads, adapter=args.adapter, device=args.device)
     return _stream(model, args.prompt, options, echo=False)
 
 
 def _run(args) -> int:
     options = _decoding_options(args)
     if args.model is None and args.adapter is not None:
-        model = load(args.adapter, threads=args.threads)  # on the base it names
+        model = load(args.adapter, threads=args.threads, device=args.device)  # on the base it names
     else:
         model = load(default_model_path() if args.model is None else args.model, threads=args.threads,
-                     adapter=args.adapter)
+                     adapter=args.adapter, device=args.device)
     return _stream(model, args.prompt, options, echo=True)
 
 
@@ -76,6 +77,7 @@ def add_generate_commands(subparsers) -> None:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.set_defaults(run=_generate)
 
     p = subparsers.add_parser("run", help="continue a prompt with the bundled default model (no download)",
@@ -89,4 +91,5 @@ def add_generate_commands(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(run=_run)

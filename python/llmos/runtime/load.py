@@ -11,6 +11,7 @@ from llmos.adapters.lora import base_candidates, is_adapter_dir, prepare_merge, 
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
+from llmos.backends.device import Device, core_device, parse_device
 from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
 from llmos.errors import AdapterError, InvalidInputError, LlmosError, ModelFileError
 from llmos.extras import require
@@ -28,7 +29,7 @@ _TORCH_DTYPE_NAMES = {"float32": "float32", "float": "float32", "bfloat16": "bfl
 
 
 def load(path: str, dtype: str | None = None, threads: int | None = None, quant: str | None = None,
-         adapter: str | None = None) -> Model:
+         adapter: str | None = None, device: str = "auto") -> Model:
     """Loads a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
 
     dtype: "float32", "bfloat16" or "float16" for the weights (default: the checkpoint's).
@@ -42,6 +43,11 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     adapter: a LoRA adapter folder (llmos train --lora) merged into the weights as they load,
     in memory; an adapter for another base model is refused. `path` may also be the adapter
     folder itself: its adapter_config.json names the base, which is loaded with it merged.
+    device: "auto" (default), "cpu", "cuda" or "cuda:N". An ONNX model runs on onnxruntime's CUDA
+    provider for "cuda:N" (the 'gpu' extra: onnxruntime-gpu) and for "auto" when that provider is
+    installed, else on the CPU. A checkpoint runs on the CPU: the core's CUDA kernels are built and
+    tested but its forward pass does not run on them yet, so "auto" means the CPU and "cuda" raises
+    DeviceUnavailableError saying why (`Model.device` says where a model runs).
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
@@ -51,10 +57,12 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     to int8 (llmos/io/gguf_blocks.py states the errors), unless `quant` names another format.
     """
     threads = check_threads(threads)
+    dev = parse_device(device)
     if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and is_gguf(path):
         if adapter is not None:
             raise InvalidInputError(f"adapter: {os.fspath(path)} is a GGUF file; an adapter merges into a "
                                     "safetensors checkpoint (llmos import it first)", field="adapter")
+        core_device(dev, os.fspath(path))  # before the file is converted
         return load_gguf(os.fspath(path), dtype=dtype, threads=threads, quant=quant)
     # One version of a registry entry, kept whole while it loads even if the name is replaced.
     with resolved(path) as path, base_and_adapter(path, adapter) as (path, adapter):
@@ -62,7 +70,8 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
             if adapter is not None:
                 raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
                                         "checkpoint", field="adapter")
-            return load_onnx(path, dtype=dtype, threads=threads, quant=quant)
+            return load_onnx(path, dtype=dtype, threads=threads, quant=quant, device=dev)
+        core_device(dev, path)  # refused before anything is read
         return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
 
 
@@ -151,7 +160,7 @@ def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> 
     return model
 
 
-def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
+def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None, device: Device = Device("auto")) -> Model:
     """An ONNX decoder folder on onnxruntime."""
     require("onnx", f"{path}: an ONNX model", ("onnx", "onnxruntime"))
     from llmos.backends.onnx import backend as onnx_backend  # imports onnxruntime: only when used
@@ -161,7 +170,7 @@ def load_onnx(path: str, dtype: str | None, threads: int, quant: str | None) -> 
                                 "with (export it with --precision int4, or load a checkpoint)", field="quant")
     # The tokenizer is checked before the (slower) session creation so a bad folder fails fast.
     tokenizer = Tokenizer.from_dir(os.path.dirname(onnx_backend.decoder_file(path)))
-    backend = onnx_backend.load(path, threads, dtype)
+    backend = onnx_backend.load(path, threads, dtype, device=device)
     defaults = _onnx_generation_defaults(backend.folder, backend.config, backend.genai)
     return Model(backend, tokenizer, backend.arch, defaults, path)
 

@@ -65,6 +65,11 @@ class Model:
         return self.backend.isa
 
     @property
+    def device(self) -> str:
+        """Where the model runs: "cpu" or "cuda:N" (llmos.load's device=)."""
+        return self.backend.device
+
+    @property
     def dtype(self) -> str:
         return self.backend.dtype
 

@@ -16,8 +16,10 @@ import numpy as np
 
 from llmos import _core
 from llmos.io.config import ConfigReader, read_json
-from llmos.errors import CancelledError, InvalidInputError, LlmosError, ModelFileError, ModelFormatError
+from llmos.errors import (CancelledError, DeviceUnavailableError, InvalidInputError, LlmosError, ModelFileError,
+                          ModelFormatError)
 from llmos.arch.families import Architecture, family_for
+from llmos.backends.device import Device
 from llmos.backends.onnx import layout
 from llmos.backends.onnx.layout import DecoderLayout
 from llmos.backends.onnx.reader import decoder_layout, load_proto
@@ -25,11 +27,29 @@ from llmos.backends.onnx.reader import decoder_layout, load_proto
 _FINISH = {0: "length", 1: "eos", 2: "stop"}
 
 
-def _providers() -> list[str]:
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_EXTRA_HINT = ("pip install 'llmos[gpu]' (onnxruntime-gpu, which takes the place of onnxruntime: uninstall "
+                  "onnxruntime first)")
+
+
+def providers_for(device: Device) -> list:
+    """onnxruntime's execution providers for `device`: "cpu" only the CPU provider; "cuda:N" the
+    CUDA provider on GPU N, then the CPU one for the operators CUDA lacks (DeviceUnavailableError
+    when this onnxruntime has no CUDA provider); "auto" the CUDA provider on GPU 0 when it is
+    installed, else the CPU."""
     import onnxruntime as ort
 
+    if device.kind == "cpu":
+        return [CPU_PROVIDER]
     available = ort.get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    if CUDA_PROVIDER not in available:
+        if device.kind == "cuda":
+            raise DeviceUnavailableError(
+                f"device: {device} needs onnxruntime's {CUDA_PROVIDER}, which the installed onnxruntime lacks "
+                f"(it has {', '.join(available)}); {GPU_EXTRA_HINT}", field="device")
+        return [CPU_PROVIDER]
+    return [(CUDA_PROVIDER, {"device_id": device.index}), CPU_PROVIDER]
 
 
 class OnnxBackend:
@@ -41,7 +61,7 @@ class OnnxBackend:
 
     def __init__(self, file: str, arch: Architecture, threads: int, *, decoder: DecoderLayout | None = None,
                  kv_dims: tuple[int, int] | None = None, shared_kv: bool = False, min_capacity: int = 0,
-                 providers: list[str] | None = None):
+                 device: Device = Device("auto")):
         import onnxruntime as ort
 
         if decoder is None:
@@ -58,12 +78,21 @@ class OnnxBackend:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = providers_for(device)  # refuses "cuda" without the provider, outside the graph's errors
         try:
-            self.session = ort.InferenceSession(file, so, providers=providers or _providers())
+            self.session = ort.InferenceSession(file, so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented classes
             raise ModelFormatError(f"{file}: onnxruntime cannot load the graph: {e}", file=file) from None
-        self.isa = "onnxruntime:" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
-        self._device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        first = self.session.get_providers()[0]
+        if device.kind == "cuda" and first != CUDA_PROVIDER:
+            # onnxruntime falls back to the CPU when the CUDA provider cannot start; "cuda" asked for the GPU
+            raise DeviceUnavailableError(f"device: onnxruntime could not start its {CUDA_PROVIDER} on {device} "
+                                         "(no NVIDIA driver, no such GPU, or a CUDA / cuDNN it cannot load) and "
+                                         "fell back to the CPU", field="device")
+        self.isa = "onnxruntime:" + first.replace("ExecutionProvider", "").lower()
+        self._device = "cuda" if first == CUDA_PROVIDER else "cpu"
+        self._device_id = device.index if first == CUDA_PROVIDER else 0
+        self.device = f"cuda:{self._device_id}" if first == CUDA_PROVIDER else "cpu"
         heads, dim = self.layout.kv_dims()
         if kv_dims is not None:
             heads, dim = heads or kv_dims[0], dim or kv_dims[1]
@@ -86,7 +115,7 @@ class OnnxBackend:
     def _value(self, arr: np.ndarray):
         import onnxruntime as ort
 
-        return ort.OrtValue.ortvalue_from_numpy(arr, self._device, 0)
+        return ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id)
 
     def _new_past(self, capacity: int) -> list:
         """Empty caches: [1, kv, 0, D] to concatenate onto, or, for graphs that write their
@@ -135,7 +164,7 @@ class OnnxBackend:
                 io = self.session.io_binding()
                 for name, value in feeds.items():
                     io.bind_ortvalue_input(name, value)
-                io.bind_output(lay.logits.name, self._device)
+                io.bind_output(lay.logits.name, self._device, self._device_id)
                 for i, (k, v) in enumerate(lay.present):
                     io.bind_ortvalue_output(k, past[2 * i])
                     io.bind_ortvalue_output(v, past[2 * i + 1])
@@ -262,10 +291,11 @@ def decoder_file(path: str) -> str:
     return os.path.abspath(file)
 
 
-def load(path: str, threads: int, dtype: str | None = None) -> OnnxBackend:
+def load(path: str, threads: int, dtype: str | None = None, device: Device = Device("auto")) -> OnnxBackend:
     """The backend for an ONNX decoder folder (ours, optimum's, the onnxruntime-genai
-    builder's). Runs on onnxruntime's CUDA execution provider when it is available, on the
-    CPU otherwise. Beam search is not available (num_beams must be 1)."""
+    builder's), on the execution providers `device` picks (providers_for): onnxruntime's CUDA
+    provider for "cuda:N", and for "auto" when it is installed; the CPU otherwise. Beam search is
+    not available (num_beams must be 1)."""
     file = decoder_file(path)
     folder = os.path.dirname(file)
     cfg_path = os.path.join(folder, "config.json")
@@ -283,7 +313,7 @@ def load(path: str, threads: int, dtype: str | None = None) -> OnnxBackend:
     shared = bool(((genai or {}).get("search") or {}).get("past_present_share_buffer", False)) or \
         meta.get("past_present_share_buffer") is True
     backend = OnnxBackend(file, arch, threads, decoder=lay, kv_dims=(arch.num_kv_heads, arch.head_dim),
-                          shared_kv=shared, min_capacity=max(windows, default=0))
+                          shared_kv=shared, min_capacity=max(windows, default=0), device=device)
     backend.folder, backend.config, backend.genai = folder, cfg, genai
     if dtype is not None and dtype != backend.dtype:
         raise InvalidInputError(f"dtype: an ONNX model computes in the precision it was exported with "
