@@ -97,6 +97,7 @@ KernelTable make(Isa isa) {
   // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
   if (isa >= Isa::Avx512Vnni) {
     fill_qkernels_avx512vnni(&t);
+    fill_qgemm_avx512vnni(&t);
     t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
