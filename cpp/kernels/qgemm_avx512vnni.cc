@@ -73,7 +73,7 @@ void micro(const ActView& x, const float* sdg, int64_t t0, int64_t group, const 
   const int32_t* qsum = x.qsum + t0 * nb;
   __m512 acc[T][2];
   for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
+  for (int64_t b = 0, g = 0, in_group = 0; b < nb; ++b) {
     __m512i dot[T][2];
     for (int t = 0; t < T; ++t)
       dot[t][0] = dot[t][1] = kZp ? _mm512_set1_epi32(-kZp * qsum[t * nb + b]) : _mm512_setzero_si512();
@@ -89,13 +89,13 @@ void micro(const ActView& x, const float* sdg, int64_t t0, int64_t group, const 
         dot[t][1] = _mm512_dpbusd_epi32(dot[t][1], w1, xb);
       }
     }
-    const int64_t g = b / blocks_per_group;
     const __m512 s0 = _mm512_load_ps(p.scale + g * kPanelRows), s1 = _mm512_load_ps(p.scale + g * kPanelRows + 16);
     for (int t = 0; t < T; ++t) {
       const __m512 d = _mm512_set1_ps(xd[t * nb + b]);
       acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][0]), _mm512_mul_ps(s0, d), acc[t][0]);
       acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][1]), _mm512_mul_ps(s1, d), acc[t][1]);
     }
+    if (++in_group == blocks_per_group) in_group = 0, ++g;  // (no division per block)
   }
   if (Q == QuantType::Q4Asym)  // + sum over groups of m_w * sum_blocks(d_x * sum(q_x))
     for (int64_t g = 0; g < ng; ++g) {
