@@ -89,6 +89,8 @@ struct KernelTable {
   // where that measured faster (AVX2: SmolLM2 int8 prefill 172 -> 216 tok/s; with VNNI
   // the row kernel wins, 620 vs 420).
   bool dequant_prefill = false;
+  // dequantize_row (quant/qformat.h) for rows [r0, r1) into dst [r1 - r0, cols].
+  void (*dequantize_rows)(const QView& w, int64_t r0, int64_t r1, float* dst);
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
   MatmulTilesBf16Fn matmul_tiles_bf16 = nullptr;  // AMX only
   // quant/qformat.h's quantize_activations, vectorized where the ISA allows.

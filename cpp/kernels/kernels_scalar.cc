@@ -63,6 +63,10 @@ void qmatmul_ref(const ActView& x, const float* sdg, const QView& w, int64_t row
     }
 }
 
+void dequantize_rows_ref(const QView& w, int64_t r0, int64_t r1, float* dst) {
+  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, dst + (r - r0) * w.cols);
+}
+
 float dot_ref(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -120,6 +124,7 @@ void fill_kernels_scalar(KernelTable* t) {
   t->matmul_bf16 = matmul_ref<load_bf16>;
   t->matmul_f16 = matmul_ref<load_f16>;
   t->qmatmul = qmatmul_ref;
+  t->dequantize_rows = dequantize_rows_ref;
   t->quantize_acts = quantize_activations;
   t->dot = dot_ref;
   t->axpy = axpy_ref;

@@ -115,7 +115,7 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
       wf.resize(size_t(kBlock * k));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kBlock, r1 = std::min(rows, r0 + kBlock);
-        for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, wf.data() + (r - r0) * k);
+        kt.dequantize_rows(w, r0, r1, wf.data());
         kt.gemm_f32(x, n, k, wf.data(), 0, r1 - r0, y + r0, rows);
         add_bias(bias, 0, n, r0, r1, y, rows);
       }
