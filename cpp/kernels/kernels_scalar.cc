@@ -97,11 +97,12 @@ KernelTable make(Isa isa) {
     fill_kernels_avx512(&t);
     fill_vmath_avx512(&t);
     fill_attention_avx512(&t);
+    fill_qgemm_avx512(&t);  // int4 only: see qgemm_avx512.cc
   }
   // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
   if (isa >= Isa::Avx512Vnni) {
     fill_qkernels_avx512vnni(&t);
-    fill_qgemm_avx512vnni(&t);
+    fill_qgemm_avx512vnni(&t);  // every format
     t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);

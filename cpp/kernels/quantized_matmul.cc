@@ -105,6 +105,10 @@ int64_t on_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool prefill) {
   const int64_t rows = w.rows, k = w.cols;
+  if (prefill && kt.qgemm_prefill && !kt.qmatmul_tiles && (kt.qgemm_types >> int(w.type) & 1)) {
+    int8_gemm(kt, pool, s, x, n, w, bias, y);
+    return;
+  }
   if (prefill && kt.dequant_prefill && kt.gemm_f32) {
     // AVX2: blocks of rows are dequantized to float32 and go through the float prefill
     // GEMM (exact weights against float activations), which beats AVX2's int8 row kernel
@@ -120,10 +124,6 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
         add_bias(bias, 0, n, r0, r1, y, rows);
       }
     });
-    return;
-  }
-  if (prefill && kt.qgemm_prefill && !kt.qmatmul_tiles) {
-    int8_gemm(kt, pool, s, x, n, w, bias, y);
     return;
   }
   if (!kt.qmatmul_tiles || !prefill || rows < 16) {
