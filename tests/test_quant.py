@@ -75,16 +75,17 @@ def test_int6_error_is_that_of_a_6_bit_grid(group):
 
 
 # The later shapes cover AMX's cases: 1 or 2 row tiles of 16 with a row-kernel tail, 1 or 2
-# token tiles with a partial one, and chunks of rows (k = 2048); and the packed int8 GEMM's
-# (VNNI, and AVX-512 for int4): 32-row panels with a partial second half (35, 77) or an empty one (48), token tiles of
-# 6 with 1-5 left over, k not a multiple of 128 (448).
+# token tiles with a partial one, and chunks of rows (k = 2048); and the packed int8 GEMMs'
+# (panels of 32 rows on AVX-512, 16 on AVX2, two vectors each): partial or empty second
+# vectors (4, 7, 13, 35, 48, 77 rows), token tiles (2, 3, 4 or 6) with tokens left over, and k
+# not a multiple of 128 (448).
 SHAPES = [(n, rows, k, g) for (n, rows, k) in [(1, 1, 64), (1, 7, 128), (3, 9, 256), (5, 4, 384), (9, 13, 128),
                                                (17, 35, 384), (40, 48, 256), (33, 16, 2048), (13, 77, 448)]
           for g in (32, 64, 128) if k % g == 0]
 # Prefill kernels that do the reference's integer dot products (the packed int8 GEMMs) differ
 # from it only in float summation order.
 SAME_INTEGERS_NMSE = 1e-11
-# Prefill kernels that dequantize W to float32 (AVX2, AVX-512 without VNNI) against float64
+# Prefill kernels that dequantize W to float32 (int8 on AVX2, AVX-512 without VNNI) against float64
 # math on the dequantized weights: float32 rounding only.
 DEQUANTIZED_NMSE = 1e-10
 # The AMX tiles (bf16 activations and weights, float32 accumulation) against the same.
@@ -104,14 +105,14 @@ def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):
     # The row kernel (decode): the same integer dot products as the reference.
     assert nmse(_core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=False), ref) < 1e-11
     # The prefill path (kernels/quantized_matmul.cc): AMX takes whole 16-row slices on bf16
-    # tiles (the row kernel the rest); avx512_vnni and avx512_bf16 run the packed int8 GEMM on
-    # the same int8 activations, as avx512 does for int4; avx2 and avx512's other formats
-    # dequantize to float32 for the float GEMM.
+    # tiles (the row kernel the rest); the other levels run the packed int8 GEMM on the same
+    # int8 activations, except int8 weights on avx2 / avx512, which are dequantized to float32
+    # for the float GEMM.
     out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=True)
     tiled = rows // 16 * 16 if isa == "amx" else 0
     if tiled:
         assert nmse(out[:, :tiled], exact[:, :tiled]) < BF16_TILES_NMSE
-    if isa == "avx2" or (isa == "avx512" and qname in ("int8", "int6")):
+    if isa in ("avx2", "avx512") and qname == "int8":
         assert nmse(out, exact) < DEQUANTIZED_NMSE
     elif tiled < rows:
         assert nmse(out[:, tiled:], ref[:, tiled:]) < SAME_INTEGERS_NMSE

@@ -120,6 +120,7 @@ void fill_qkernels_avx2(KernelTable* t);
 void fill_qkernels_avx512vnni(KernelTable* t);
 void fill_qgemm_avx512vnni(KernelTable* t);
 void fill_qgemm_avx512(KernelTable* t);
+void fill_qgemm_avx2(KernelTable* t);
 void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);

@@ -89,6 +89,7 @@ KernelTable make(Isa isa) {
   if (isa >= Isa::Avx2) {
     fill_kernels_avx2(&t);
     fill_qkernels_avx2(&t);
+    fill_qgemm_avx2(&t);  // int4 / int6; int8 keeps dequant_prefill (qgemm_avx2.cc says why)
     fill_vmath_avx2(&t);
     fill_attention_avx2(&t);
     t.dequant_prefill = true;
@@ -97,7 +98,7 @@ KernelTable make(Isa isa) {
     fill_kernels_avx512(&t);
     fill_vmath_avx512(&t);
     fill_attention_avx512(&t);
-    fill_qgemm_avx512(&t);  // int4 only: see qgemm_avx512.cc
+    fill_qgemm_avx512(&t);
   }
   // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
   if (isa >= Isa::Avx512Vnni) {

@@ -157,28 +157,7 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
   }
 }
 
-// The 64 codes of chunk c of one row, as bytes in input order: lo = values 0-31, hi = 32-63.
-template <QuantType Q>
-inline void chunk_codes(const uint8_t* codes, int64_t c, __m256i* lo, __m256i* hi) {
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  if (Q == QuantType::Q8) {
-    *lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 64));
-    *hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 64 + 32));
-  } else if (Q == QuantType::Q6) {  // as in rows() above
-    const uint8_t* p = codes + c * kQ6ChunkBytes;
-    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const __m256i high = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32)));
-    const __m256i hmask = _mm256_set1_epi8(0x30);
-    *lo = _mm256_or_si256(_mm256_and_si256(packed, mask),
-                          _mm256_and_si256(_mm256_sllv_epi32(high, _mm256_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2)), hmask));
-    *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask),
-                          _mm256_and_si256(_mm256_srlv_epi32(high, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)), hmask));
-  } else {
-    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + c * 32));
-    *lo = _mm256_and_si256(packed, mask);
-    *hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-  }
-}
+#include "kernels/qcodes_avx2.inc"
 
 // 32 codes (bytes) to floats d * u + m at dst.
 inline void dequant32(__m256i u, __m256 d, __m256 m, float* dst) {
