@@ -87,9 +87,9 @@ struct KernelTable {
   QMatmulRowsFn qgemm_prefill = nullptr;
   uint32_t qgemm_types = 0;
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
-  // Quantized prefill as dequantize-to-float32 + gemm_f32 instead of the row kernel: set
-  // where that measured faster (AVX2: SmolLM2 int8 prefill 172 -> 216 tok/s; with VNNI
-  // the row kernel wins, 620 vs 420).
+  // Quantized prefill of the formats qgemm_prefill does not serve as dequantize-to-float32 +
+  // gemm_f32 instead of the row kernel: set where that measured faster (AVX2: SmolLM2 int8
+  // prefill 172 -> 216 tok/s). With VNNI the packed GEMM serves every format.
   bool dequant_prefill = false;
   // dequantize_row (quant/qformat.h) for rows [r0, r1) into dst [r1 - r0, cols].
   void (*dequantize_rows)(const QView& w, int64_t r0, int64_t r1, float* dst);
