@@ -120,6 +120,29 @@ def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):
     assert nmse(ref, exact) < 1e-4
 
 
+@pytest.mark.parametrize("isa", level_params())
+@pytest.mark.parametrize("qname", list(TYPES))
+def test_prefill_sums_hold_the_largest_codes(isa, qname):
+    """The largest products the vpmaddubsw GEMMs meet (qgemm_avx512.cc / qgemm_avx2.cc sum them
+    in int16): every weight code at the top of its range bar the one that sets the group's
+    scale, every activation code at +-127. A saturated sum would be off by thousands of units."""
+    rows, k, group = 35, 256, 32
+    w = np.full((rows, k), 0.97, np.float32)
+    w[:, ::group] = -1.0  # the extreme sets the scale (on the bottom code); the rest land on the top
+    w[1::2] *= -1.0  # odd rows mirrored: the bottom codes, and for int8 negative weights
+    x = np.ones((13, k), np.float32)
+    x[1::2] = -1.0
+    x[12] = np.random.default_rng(3).standard_normal(k)
+    out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=True)
+    if isa == "amx" or (isa in ("avx2", "avx512") and qname == "int8"):  # float activations
+        wd = _core.quantize_dequantize(w, TYPES[qname], group).astype(np.float64)
+        bound = BF16_TILES_NMSE if isa == "amx" else DEQUANTIZED_NMSE
+        assert nmse(out, x.astype(np.float64) @ wd.T) < bound
+    else:
+        ref = _core.kernel_qmatmul("scalar", x, w, TYPES[qname], group, prefill=False)
+        assert nmse(out, ref) < SAME_INTEGERS_NMSE
+
+
 @pytest.mark.parametrize("bad", ["int3", "int4-g48", "int8-g16", "fp8", "int4-asym-g7"])
 def test_bad_quant_names(bad):
     with pytest.raises(InvalidInputError):
