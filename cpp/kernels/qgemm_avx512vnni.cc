@@ -21,8 +21,9 @@
 // Predicted before measuring: ~1.8x the row kernel (vpdpbusd-bound, 3 float ops per 8). Measured
 // (tools/bench_qmatmul.py; Sapphire Rapids forced to avx512_vnni, 1 thread of a shared 2-core VM,
 // 256 tokens, group 32, best of 11): int8 Qwen2.5-0.5B shapes 896->896 / 896->9728 / 4864->896
-// 3.74 / 43.4 / 20.3 ms on the row kernel -> 1.06 / 16.6 / 5.87 ms (2.9x over the three; ~195
-// GMAC/s); int4 70.3 -> 21.4 ms in all (3.3x).
+// 3.74 / 43.4 / 20.3 ms on the row kernel -> 1.06 / 16.6 / 5.87 ms (2.9x over the three: 53 ->
+// 150 GMAC/s; 195 on the first); int4 70.3 -> 21.4 ms in all (3.3x). Qwen2.5-0.5B int8 prefill
+// (tools/bench.py, 2 threads): 254 -> 605 tok/s.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
