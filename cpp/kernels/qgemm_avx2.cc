@@ -5,11 +5,12 @@
 // Q6 two quads; Q8 panels hold signed q = u - 128 and use the sign trick, one vpmaddwd per quad.
 // 16 registers: Q4 keeps 3 tokens (6 int16 + 6 float accumulators), Q8 / Q6 2 (+ int32 sums).
 //
-// Against the dequantizing prefill (64-row blocks to float32, then the float GEMM), measured with
-// tools/bench_qmatmul.py (Sapphire Rapids forced to avx2, 1 thread, 256 tokens, the three
-// Qwen2.5-0.5B shapes, best of 11): int4 102.8 -> 42.2 ms (2.4x), int6 ~1.6x, int8 74.1 vs
-// ~72 ms (no gain: |q| x (x * sign(q)) is 4 instructions per 32 multiply-adds, as the FMAs'
-// 4 per 32), so int8 keeps the float path on avx2 (and avx512: 46 ms vs 58 with the sign trick).
+// Measured with tools/bench_qmatmul.py (Sapphire Rapids forced to avx2, 1 thread of a shared
+// 2-core VM, 256 tokens, group 32, best of 11; ms for the three Qwen2.5-0.5B shapes), against the
+// dequantizing prefill as it was (scalar dequantization, then the float GEMM): int4 102.8 ->
+// 42.2 (2.4x), int6 121.6 -> 49.7 (2.4x). int8 through this GEMM only matched the dequantizing
+// path with its dequantization vectorized (~1.0x in A/B runs: |q| x (x * sign(q)) is 4
+// instructions per 32 multiply-adds, as the FMAs' 4), so int8 stays on that path (74.1 -> 72.7).
 #include <immintrin.h>
 
 #include "kernels/kernels.h"

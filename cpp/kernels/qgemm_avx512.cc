@@ -8,9 +8,9 @@
 // vpmaddwd per quad. The int16 sums use the saturating add all the same: unlike a plain add,
 // the compiler cannot reassociate it into a tree that holds every product and spills.
 //
-// Measured against the dequantizing prefill (tools/bench_qmatmul.py, Sapphire Rapids forced to
-// avx512, 1 thread, 256 tokens, the three Qwen2.5-0.5B shapes): int4 73.7 -> 32.5 ms (2.3x),
-// int6 ~1.5x; int8 with the sign trick ~0.8x, so int8 keeps the float GEMM (qgemm_types).
+// Measured as in qgemm_avx2.cc (forced to avx512), against the dequantizing prefill as it was:
+// int4 73.7 -> 32.5 ms (2.3x), int6 99.1 -> 34.7 ms (2.9x). int8 with the sign trick ran ~0.8x
+// the dequantizing path (46 ms), so int8 keeps the float GEMM (qgemm_types).
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
