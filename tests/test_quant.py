@@ -75,10 +75,21 @@ def test_int6_error_is_that_of_a_6_bit_grid(group):
 
 
 # The later shapes cover AMX's cases: 1 or 2 row tiles of 16 with a row-kernel tail, 1 or 2
-# token tiles with a partial one, and chunks of rows (k = 2048).
+# token tiles with a partial one, and chunks of rows (k = 2048); and the packed int8 GEMMs'
+# (panels of 32 rows on AVX-512, 16 on AVX2, two vectors each): partial or empty second
+# vectors (4, 7, 13, 35, 48, 77 rows), token tiles (2, 3, 4 or 6) with tokens left over, and k
+# not a multiple of 128 (448).
 SHAPES = [(n, rows, k, g) for (n, rows, k) in [(1, 1, 64), (1, 7, 128), (3, 9, 256), (5, 4, 384), (9, 13, 128),
-                                               (17, 35, 384), (40, 48, 256), (33, 16, 2048)]
+                                               (17, 35, 384), (40, 48, 256), (33, 16, 2048), (13, 77, 448)]
           for g in (32, 64, 128) if k % g == 0]
+# Prefill kernels that do the reference's integer dot products (the packed int8 GEMMs) differ
+# from it only in float summation order.
+SAME_INTEGERS_NMSE = 1e-11
+# Prefill kernels that dequantize W to float32 (int8 on AVX2, AVX-512 without VNNI) against float64
+# math on the dequantized weights: float32 rounding only.
+DEQUANTIZED_NMSE = 1e-10
+# The AMX tiles (bf16 activations and weights, float32 accumulation) against the same.
+BF16_TILES_NMSE = 2e-5
 
 
 @pytest.mark.parametrize("isa", level_params())
@@ -93,18 +104,43 @@ def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):
     exact = x.astype(np.float64) @ wd.astype(np.float64).T
     # The row kernel (decode): the same integer dot products as the reference.
     assert nmse(_core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=False), ref) < 1e-11
-    # The prefill path: AMX takes whole 16-row slices on bf16 tiles (the row kernel the rest);
-    # AVX2 dequantizes to float32 for the float GEMM (float math on the dequantized weights).
+    # The prefill path (kernels/quantized_matmul.cc): AMX takes whole 16-row slices on bf16
+    # tiles (the row kernel the rest); the other levels run the packed int8 GEMM on the same
+    # int8 activations, except int8 weights on avx2 / avx512, which are dequantized to float32
+    # for the float GEMM.
     out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=True)
     tiled = rows // 16 * 16 if isa == "amx" else 0
     if tiled:
-        assert nmse(out[:, :tiled], exact[:, :tiled]) < 2e-5
-    if isa == "avx2":
-        assert nmse(out, exact) < 1e-10
+        assert nmse(out[:, :tiled], exact[:, :tiled]) < BF16_TILES_NMSE
+    if isa in ("avx2", "avx512") and qname == "int8":
+        assert nmse(out, exact) < DEQUANTIZED_NMSE
     elif tiled < rows:
-        assert nmse(out[:, tiled:], ref[:, tiled:]) < 1e-11
+        assert nmse(out[:, tiled:], ref[:, tiled:]) < SAME_INTEGERS_NMSE
     # and the reference itself agrees with float math on the dequantized weights
     assert nmse(ref, exact) < 1e-4
+
+
+@pytest.mark.parametrize("isa", level_params())
+@pytest.mark.parametrize("qname", list(TYPES))
+def test_prefill_sums_hold_the_largest_codes(isa, qname):
+    """The largest products the vpmaddubsw GEMMs meet (qgemm_avx512.cc / qgemm_avx2.cc sum them
+    in int16): every weight code at the top of its range bar the one that sets the group's
+    scale, every activation code at +-127. A saturated sum would be off by thousands of units."""
+    rows, k, group = 35, 256, 32
+    w = np.full((rows, k), 0.97, np.float32)
+    w[:, ::group] = -1.0  # the extreme sets the scale (on the bottom code); the rest land on the top
+    w[1::2] *= -1.0  # odd rows mirrored: the bottom codes, and for int8 negative weights
+    x = np.ones((13, k), np.float32)
+    x[1::2] = -1.0
+    x[12] = np.random.default_rng(3).standard_normal(k)
+    out = _core.kernel_qmatmul(isa, x, w, TYPES[qname], group, prefill=True)
+    if isa == "amx" or (isa in ("avx2", "avx512") and qname == "int8"):  # float activations
+        wd = _core.quantize_dequantize(w, TYPES[qname], group).astype(np.float64)
+        bound = BF16_TILES_NMSE if isa == "amx" else DEQUANTIZED_NMSE
+        assert nmse(out, x.astype(np.float64) @ wd.T) < bound
+    else:
+        ref = _core.kernel_qmatmul("scalar", x, w, TYPES[qname], group, prefill=False)
+        assert nmse(out, ref) < SAME_INTEGERS_NMSE
 
 
 @pytest.mark.parametrize("bad", ["int3", "int4-g48", "int8-g16", "fp8", "int4-asym-g7"])

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <optional>
+#include <vector>
 
 #include "bindings/bindings.h"
 #include "core/bandwidth.h"
@@ -92,6 +94,42 @@ void bind_kernels(py::module_& m) {
         return y;
       },
       py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"), py::arg("prefill") = true);
+
+  m.def(
+      "kernel_qmatmul_seconds",
+      [](const std::string& isa, FloatArray x, FloatArray w, QuantType quant, int64_t group, bool prefill,
+         int64_t threads, int64_t reps) {
+        // For tools/bench_qmatmul.py: W quantized once, then `reps` timed calls of the forward
+        // pass's dispatch (x @ W^T on `threads` threads); the seconds of each call.
+        const KernelTable& kt = kernels_named(isa);
+        group_arg(group, "group");
+        require(threads >= 1 && threads <= ThreadPool::kMaxThreads, "threads",
+                "must be from 1 to " + std::to_string(ThreadPool::kMaxThreads));
+        require(reps >= 1 && reps <= 10000, "reps", "must be from 1 to 10000");
+        require(x.ndim() == 2 && x.shape(0) > 0, "x", "expected x [n, k], n > 0");
+        require(w.ndim() == 2 && w.shape(0) > 0 && w.shape(1) == x.shape(1) && w.shape(1) % 64 == 0 &&
+                    w.shape(1) % group == 0,
+                "w", "expected w [rows, k], rows > 0, k a positive multiple of 64 and group");
+        const int64_t n = x.shape(0), k = x.shape(1), rows = w.shape(0);
+        const float* xp = x.data();
+        const float* wp = w.data();
+        std::vector<double> seconds;
+        {
+          py::gil_scoped_release nogil;
+          const Matrix mat = quantized_copy(wp, rows, k, quant, group);
+          ThreadPool pool{int(threads)};
+          QuantScratch scratch;
+          std::vector<float> y(size_t(n * rows));
+          for (int64_t i = 0; i < reps; ++i) {
+            const auto t0 = std::chrono::steady_clock::now();
+            quantized_matmul(kt, pool, scratch, xp, n, mat.qview(), nullptr, y.data(), prefill);
+            seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          }
+        }
+        return seconds;
+      },
+      py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("quant"), py::arg("group"), py::arg("prefill"),
+      py::arg("threads"), py::arg("reps"));
 
   m.def(
       "kernel_attention",

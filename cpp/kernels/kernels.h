@@ -81,11 +81,18 @@ struct KernelTable {
   // Null where the ISA has none (the matmul_* slots serve then); see gemm_for().
   MatmulRowsFn gemm_f32 = nullptr, gemm_bf16 = nullptr, gemm_f16 = nullptr;
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
+  // The same product for many tokens (prefill): W repacked per call into k-major int8 panels,
+  // the same int8 activations. Null where the level has none; it serves the QuantTypes whose
+  // bit (1 << type) is in qgemm_types, where it measured faster than the other prefill paths.
+  QMatmulRowsFn qgemm_prefill = nullptr;
+  uint32_t qgemm_types = 0;
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
-  // Quantized prefill as dequantize-to-float32 + gemm_f32 instead of the row kernel: set
-  // where that measured faster (AVX2: SmolLM2 int8 prefill 172 -> 216 tok/s; with VNNI
-  // the row kernel wins, 620 vs 420).
+  // Quantized prefill of the formats qgemm_prefill does not serve as dequantize-to-float32 +
+  // gemm_f32 instead of the row kernel: set where that measured faster (AVX2: SmolLM2 int8
+  // prefill 172 -> 216 tok/s). With VNNI the packed GEMM serves every format.
   bool dequant_prefill = false;
+  // dequantize_row (quant/qformat.h) for rows [r0, r1) into dst [r1 - r0, cols].
+  void (*dequantize_rows)(const QView& w, int64_t r0, int64_t r1, float* dst);
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
   MatmulTilesBf16Fn matmul_tiles_bf16 = nullptr;  // AMX only
   // quant/qformat.h's quantize_activations, vectorized where the ISA allows.
@@ -111,6 +118,9 @@ void fill_kernels_avx2(KernelTable* t);
 void fill_kernels_avx512(KernelTable* t);
 void fill_qkernels_avx2(KernelTable* t);
 void fill_qkernels_avx512vnni(KernelTable* t);
+void fill_qgemm_avx512vnni(KernelTable* t);
+void fill_qgemm_avx512(KernelTable* t);
+void fill_qgemm_avx2(KernelTable* t);
 void fill_qkernels_amx(KernelTable* t);
 void fill_vmath_avx2(KernelTable* t);
 void fill_vmath_avx512(KernelTable* t);

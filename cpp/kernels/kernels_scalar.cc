@@ -63,6 +63,10 @@ void qmatmul_ref(const ActView& x, const float* sdg, const QView& w, int64_t row
     }
 }
 
+void dequantize_rows_ref(const QView& w, int64_t r0, int64_t r1, float* dst) {
+  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, dst + (r - r0) * w.cols);
+}
+
 float dot_ref(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -85,6 +89,7 @@ KernelTable make(Isa isa) {
   if (isa >= Isa::Avx2) {
     fill_kernels_avx2(&t);
     fill_qkernels_avx2(&t);
+    fill_qgemm_avx2(&t);  // int4 / int6; int8 keeps dequant_prefill (qgemm_avx2.cc says why)
     fill_vmath_avx2(&t);
     fill_attention_avx2(&t);
     t.dequant_prefill = true;
@@ -93,10 +98,12 @@ KernelTable make(Isa isa) {
     fill_kernels_avx512(&t);
     fill_vmath_avx512(&t);
     fill_attention_avx512(&t);
+    fill_qgemm_avx512(&t);
   }
   // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
   if (isa >= Isa::Avx512Vnni) {
     fill_qkernels_avx512vnni(&t);
+    fill_qgemm_avx512vnni(&t);  // every format
     t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
@@ -119,6 +126,7 @@ void fill_kernels_scalar(KernelTable* t) {
   t->matmul_bf16 = matmul_ref<load_bf16>;
   t->matmul_f16 = matmul_ref<load_f16>;
   t->qmatmul = qmatmul_ref;
+  t->dequantize_rows = dequantize_rows_ref;
   t->quantize_acts = quantize_activations;
   t->dot = dot_ref;
   t->axpy = axpy_ref;

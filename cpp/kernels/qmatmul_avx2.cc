@@ -157,9 +157,55 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
   }
 }
 
+#include "kernels/qcodes_avx2.inc"
+
+// 32 codes (bytes) to floats d * u + m at dst.
+inline void dequant32(__m256i u, __m256 d, __m256 m, float* dst) {
+  const __m128i a = _mm256_castsi256_si128(u), b = _mm256_extracti128_si256(u, 1);
+  const __m128i parts[4] = {a, _mm_srli_si128(a, 8), b, _mm_srli_si128(b, 8)};
+  for (int i = 0; i < 4; ++i)
+    _mm256_storeu_ps(dst + 8 * i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i])), d, m));
+}
+
+// dequantize_row (quant/qformat.cc) for rows [r0, r1) into dst [r1 - r0, cols], vectorized.
+// The values are bitwise the scalar ones: d (float16) * u (<= 8 bits) is exact in float32, so
+// the FMA and the scalar multiply-then-add round the same single sum.
+template <QuantType Q>
+void dequantize_rows_q(const QView& w, int64_t r0, int64_t r1, float* dst) {
+  const int64_t k = w.cols, ng = k / w.group, row_bytes = quant_row_bytes(Q, k);
+  constexpr float kZp = Q == QuantType::Q8 ? 128.f : Q == QuantType::Q4 ? 8.f : Q == QuantType::Q6 ? 32.f : 0.f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* codes = w.codes + r * row_bytes;
+    float* out = dst + (r - r0) * k;
+    for (int64_t c = 0; c < k / 64; ++c) {
+      __m256i lo, hi;
+      chunk_codes<Q>(codes, c, &lo, &hi);
+      for (int half = 0; half < 2; ++half) {
+        const int64_t g = (c * 64 + half * 32) / w.group;
+        const float d = h2f(w.scale[r * ng + g]);
+        const float m = Q == QuantType::Q4Asym ? h2f(w.min[r * ng + g]) : -kZp * d;
+        dequant32(half ? hi : lo, _mm256_set1_ps(d), _mm256_set1_ps(m), out + c * 64 + half * 32);
+      }
+    }
+  }
+}
+
+void dequantize_rows(const QView& w, int64_t r0, int64_t r1, float* dst) {
+  switch (w.type) {
+    case QuantType::Q8: dequantize_rows_q<QuantType::Q8>(w, r0, r1, dst); break;
+    case QuantType::Q4: dequantize_rows_q<QuantType::Q4>(w, r0, r1, dst); break;
+    case QuantType::Q4Asym: dequantize_rows_q<QuantType::Q4Asym>(w, r0, r1, dst); break;
+    case QuantType::Q6: dequantize_rows_q<QuantType::Q6>(w, r0, r1, dst); break;
+    default: break;
+  }
+}
+
 }  // namespace
 }  // namespace simd::avx2
 
-void fill_qkernels_avx2(KernelTable* t) { t->qmatmul = simd::avx2::qmatmul; }
+void fill_qkernels_avx2(KernelTable* t) {
+  t->qmatmul = simd::avx2::qmatmul;
+  t->dequantize_rows = simd::avx2::dequantize_rows;
+}
 
 }  // namespace llmos

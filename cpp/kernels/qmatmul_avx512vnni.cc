@@ -10,25 +10,7 @@ namespace llmos {
 namespace simd::avx512vnni {
 namespace {
 
-// 64 codes of row `codes` at chunk c, as bytes in input order.
-template <QuantType Q>
-inline __m512i load_codes(const uint8_t* codes, int64_t c) {
-  if (Q == QuantType::Q8) return _mm512_loadu_si512(codes + c * 64);
-  // Q4 / Q6 nibbles: the 32 packed bytes in both 256-bit halves, the upper half's qwords
-  // shifted right by 4, then & 0x0F: bytes 0-31 get the low nibbles, 32-63 the high ones.
-  const uint8_t* p = codes + c * (Q == QuantType::Q6 ? kQ6ChunkBytes : 32);
-  const __m512i nib = _mm512_srlv_epi64(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
-                                        _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4));
-  if (Q == QuantType::Q6) {
-    // The 16 bytes of high bits go to all four 128-bit lanes, and lane L rotates its dwords
-    // so that bits 2L..2L+1 of each byte land on bits 4-5 of the same byte.
-    const __m512i high = _mm512_rolv_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32))),
-                                           _mm512_setr_epi32(4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0, 30, 30, 30, 30));
-    // (nib & 0x0F) | (high & 0x30)
-    return _mm512_ternarylogic_epi32(_mm512_and_si512(nib, _mm512_set1_epi8(0x0F)), high, _mm512_set1_epi8(0x30), 0xF8);
-  }
-  return _mm512_and_si512(nib, _mm512_set1_epi8(0x0F));
-}
+#include "kernels/qcodes_avx512.inc"
 
 // sum over groups of m_w(g) * sdg(g) for one row and one token.
 template <QuantType Q>

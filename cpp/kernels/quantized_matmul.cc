@@ -13,11 +13,11 @@ void add_bias(const float* bias, int64_t t0, int64_t t1, int64_t r0, int64_t r1,
     for (int64_t r = r0; r < r1; ++r) y[t * rows + r] += bias[r];
 }
 
-// Rows [row0, row1) with the row kernel: int8 activations (codes and scales per 32-value
-// block, and per weight group the sum of d * sum(codes) that the zero-point term needs).
-void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, const QView& w,
-                int64_t row0, int64_t row1, const float* bias, float* y) {
-  const int64_t rows = w.rows, k = w.cols;
+// x quantized to int8 for the integer kernels: codes and scales per 32-value block, and per
+// weight group the sum of d * sum(codes) that the zero-point term needs.
+ActView quantize_for(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
+                     const QView& w) {
+  const int64_t k = w.cols;
   const int64_t nb = k / kActBlock, ng = k / w.group, per_group = w.group / kActBlock;
   s.q.resize(size_t(n * k));
   s.d.resize(size_t(n * nb) * 4);
@@ -38,6 +38,16 @@ void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const 
         sdg[t * ng + g] = acc;
       }
   });
+  return ActView{q, d, sd, qsum, n, k};
+}
+
+// Rows [row0, row1) with the row kernel on int8 activations.
+void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, const QView& w,
+                int64_t row0, int64_t row1, const float* bias, float* y) {
+  const int64_t rows = w.rows, k = w.cols;
+  const int64_t nb = k / kActBlock, ng = k / w.group;
+  const ActView a = quantize_for(kt, pool, s, x, n, w);
+  const float* sdg = s.sdg.as<float>();
   // Threads split the output rows; each walks the tokens in blocks so a block of x stays
   // in cache while the thread's rows pass over it.
   constexpr int64_t kTokenBlock = 64;
@@ -46,10 +56,25 @@ void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const 
     const int64_t r0 = row0 + b, r1 = row0 + e;
     for (int64_t t = 0; t < n; t += kTokenBlock) {
       const int64_t nt = std::min(kTokenBlock, n - t);
-      const ActView xv{q + t * k, d + t * nb, sd + t * nb, qsum + t * nb, nt, k};
+      const ActView xv{a.q + t * k, a.d + t * nb, a.sd + t * nb, a.qsum + t * nb, nt, k};
       kt.qmatmul(xv, sdg + t * ng, w, r0, r1, y + t * rows + r0, rows);
       add_bias(bias, t, t + nt, r0, r1, y, rows);
     }
+  });
+}
+
+// All rows with the packed int8 GEMM (kt.qgemm_prefill): threads split the rows in whole
+// 32-row panels, each panel packed once and run over every token.
+void int8_gemm(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, const QView& w,
+               const float* bias, float* y) {
+  const int64_t rows = w.rows;
+  const ActView a = quantize_for(kt, pool, s, x, n, w);
+  const float* sdg = s.sdg.as<float>();
+  constexpr int64_t kPanel = 32;
+  pool.parallel_for((rows + kPanel - 1) / kPanel, 1, [&](int64_t b, int64_t e) {
+    const int64_t r0 = b * kPanel, r1 = std::min(rows, e * kPanel);
+    kt.qgemm_prefill(a, sdg, w, r0, r1, y + r0, rows);
+    add_bias(bias, 0, n, r0, r1, y, rows);
   });
 }
 
@@ -80,6 +105,10 @@ int64_t on_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool prefill) {
   const int64_t rows = w.rows, k = w.cols;
+  if (prefill && kt.qgemm_prefill && !kt.qmatmul_tiles && (kt.qgemm_types >> int(w.type) & 1)) {
+    int8_gemm(kt, pool, s, x, n, w, bias, y);
+    return;
+  }
   if (prefill && kt.dequant_prefill && kt.gemm_f32) {
     // AVX2: blocks of rows are dequantized to float32 and go through the float prefill
     // GEMM (exact weights against float activations), which beats AVX2's int8 row kernel
@@ -90,7 +119,7 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
       wf.resize(size_t(kBlock * k));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kBlock, r1 = std::min(rows, r0 + kBlock);
-        for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, wf.data() + (r - r0) * k);
+        kt.dequantize_rows(w, r0, r1, wf.data());
         kt.gemm_f32(x, n, k, wf.data(), 0, r1 - r0, y + r0, rows);
         add_bias(bias, 0, n, r0, r1, y, rows);
       }

@@ -195,6 +195,10 @@ def kernel_qmatmul(isa: str, x: npt.ArrayLike, w: npt.ArrayLike, quant: QuantTyp
                    prefill: bool = True) -> npt.NDArray[np.float32]:
     """x [n, k] @ W^T with W [rows, k] quantized first, through the forward pass's dispatch."""
 
+def kernel_qmatmul_seconds(isa: str, x: npt.ArrayLike, w: npt.ArrayLike, quant: QuantType, group: int,
+                           prefill: bool, threads: int, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of x @ W^T (W quantized once) on `threads` threads."""
+
 def kernel_attention(isa: str, q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, start: int, p0: int,
                      window: int, scale: float, softcap: float = 0.0,
                      sink: float = float("-inf")) -> npt.NDArray[np.float32]:
