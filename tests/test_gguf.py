@@ -5,7 +5,7 @@ llama.cpp's converter writes them, then loaded by llmos and compared with transf
 * Q8_0 / Q4_0 / K-quants: llmos on the GGUF against transformers on the GGUF's own weights dequantized
   (what transformers' gguf_file loader computes; it needs accelerate, absent here), rel-L2 of the
   logits and top-1 agreement within the int8 / int4 bounds of tests/test_quant.py.
-* The blocks the model runs with (llmos/io/gguf_blocks.py), dequantized here from their documented
+* The blocks the model runs with (llmos/runtime/gguf_blocks.py), dequantized here from their documented
   layout, against gguf's dequantization of the file: Q8_0 / Q4_0 differ by exactly 0, K-quants stay
   within the error the module states; mixed files load as one checkpoint.
 * Tokenizer: the tokenizer rebuilt from the GGUF metadata encodes and decodes as the original tokenizer.json.
@@ -166,7 +166,7 @@ def test_block_converters_on_every_code():
     from gguf.quants import dequantize
 
     from llmos._core import QuantType
-    from llmos.io import gguf_blocks as gb
+    from llmos.runtime import gguf_blocks as gb
 
     rng = np.random.default_rng(3)
     rows, cols = 4, 256
@@ -239,14 +239,14 @@ def test_mixed_file_loads_as_one_checkpoint(checkpoint, llmos, tmp_path):
     follows its own rule and the model loads as one int4 checkpoint."""
     from llmos._core import QuantType
     from llmos.io.gguf import GgufFile
-    from llmos.io.gguf_blocks import role_report
+    from llmos.runtime.gguf_blocks import role_report, write_checkpoint
 
     folder = checkpoint("qwen3", weight_scale=0.1, hidden_size=256, intermediate_size=512, head_dim=64)
     types = {"token_embd.weight": "Q6_K", "blk.0.attn_v.weight": "Q8_0", "blk.0.attn_output.weight": "Q4_K",
              "blk.1.attn_k.weight": "Q4_K", "blk.1.ffn_down.weight": "Q4_K", "blk.1.ffn_gate.weight": "Q5_K",
              "blk.1.attn_output.weight": "F16"}
     path, held = write_gguf(folder, tmp_path / "mixed.gguf", "Q4_0", tensor_types=types)
-    report = role_report(GgufFile(path).write_checkpoint(tmp_path / "ckpt"))
+    report = role_report(write_checkpoint(GgufFile(path), tmp_path / "ckpt"))
     assert report == {
         "llmos.embed": "requantized Q6_K -> int8",
         "llmos.qkv.weight.0": "exact Q4_0+Q8_0 -> int8",         # Q4_0 widened to int8 exactly
@@ -275,7 +275,7 @@ def test_mixed_file_loads_as_one_checkpoint(checkpoint, llmos, tmp_path):
     assert rel < 0.03 and (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
 
 
-# The stated error of K-quants in llmos blocks (llmos/io/gguf_blocks.py, docs/architecture.md): per
+# The stated error of K-quants in llmos blocks (llmos/runtime/gguf_blocks.py, docs/architecture.md): per
 # weight, |llmos - file| over the largest |w| of its 32-value group (floored where the float16 scale
 # turns subnormal: int8 127 * 2^-14, int4 8 * 2^-14); bounds on the max and the mean.
 KQUANT_BOUNDS = {"Q4_K": ("int4-asym", "mapped", 8 * 2.0 ** -14, 0.002, 0.0002),
@@ -286,12 +286,12 @@ KQUANT_BOUNDS = {"Q4_K": ("int4-asym", "mapped", 8 * 2.0 ** -14, 0.002, 0.0002),
 @pytest.mark.parametrize("qtype", sorted(KQUANT_BOUNDS))
 def test_kquant_error_bound(qtype, checkpoint, llmos, tmp_path):
     from llmos.io.gguf import GgufFile
-    from llmos.io.gguf_blocks import TYPE_NAMES, role_report
+    from llmos.runtime.gguf_blocks import TYPE_NAMES, role_report, write_checkpoint
 
     folder = checkpoint("qwen3", hidden_size=256, intermediate_size=512, head_dim=64)
     path, held = write_gguf(folder, tmp_path / f"{qtype}.gguf", qtype)
     fmt, how, floor, max_bound, mean_bound = KQUANT_BOUNDS[qtype]
-    assert set(role_report(GgufFile(path).write_checkpoint(tmp_path / "ckpt")).values()) == {f"{how} {qtype} -> {fmt}"}
+    assert set(role_report(write_checkpoint(GgufFile(path), tmp_path / "ckpt")).values()) == {f"{how} {qtype} -> {fmt}"}
     model = llmos.load(str(path), threads=1)
     worst, means = 0.0, []
     for (role, layer), (t, diff) in _blocks_against_file(model, held).items():

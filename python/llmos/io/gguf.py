@@ -2,7 +2,7 @@
 metadata onto config.json, the vocabulary and merges onto tokenizer.json (with the chat template
 in tokenizer_config.json), the tensors onto model.safetensors under the transformers names.
 
-Weights: a file with quantized matrices is written by `write_checkpoint` (llmos/io/gguf_blocks.py)
+Weights: a file with quantized matrices is written by llmos/runtime/gguf_blocks.py
 as an llmos pre-quantized checkpoint: Q8_0 and Q4_0 blocks become llmos int8 / int4 blocks
 bit for bit, Q4_K blocks int4-asym ones (their scales rounded to float16), Q5_K / Q6_K are
 dequantized and re-quantized to int8 (the errors are stated there), F32/F16/BF16 matrices stay
@@ -52,7 +52,7 @@ _GPT2_PRE = ("default", "gpt-2", "gpt2")
 _Q8 = "int8"
 _Q4 = "int4"
 # GGML type name -> the llmos size class of its weights (None: float): suggested_quant's answer.
-# How each type's blocks become llmos blocks is llmos/io/gguf_blocks.py's.
+# How each type's blocks become llmos blocks is llmos/runtime/gguf_blocks.py's.
 _TYPES = {"F32": None, "F16": None, "BF16": None, "Q8_0": _Q8, "Q4_0": _Q4, "Q4_K": _Q4, "Q5_K": _Q8,
           "Q6_K": _Q8}
 
@@ -298,13 +298,6 @@ class GgufFile:
         if isinstance(template, str):
             out["chat_template"] = template
         return out
-
-    def write_checkpoint(self, out_dir: str | os.PathLike, threads: int = 1) -> Path:
-        """Writes the file as an llmos pre-quantized checkpoint folder (its quantized matrices as
-        llmos blocks: llmos/io/gguf_blocks.py); for a file with quantized tensors."""
-        from llmos.io.gguf_blocks import write_checkpoint
-
-        return write_checkpoint(self, out_dir, threads)
 
     def write_folder(self, out_dir: str | os.PathLike) -> Path:
         """Writes the file as a Hugging Face checkpoint folder (float32 weights)."""

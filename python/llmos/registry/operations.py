@@ -154,16 +154,17 @@ def import_model(path: str | os.PathLike, name: str | None = None, *, force: boo
 def _import_gguf(src: Path, name: str | None, *, force: bool,
                  progress: Callable[[int, int], None] | None) -> Entry:
     """A GGUF file enters the registry as an llmos checkpoint: pre-quantized with the file's own
-    blocks mapped onto llmos's, or re-quantized (llmos/io/gguf_blocks.py), or float for an
+    blocks mapped onto llmos's, or re-quantized (llmos/runtime/gguf_blocks.py), or float for an
     F32/F16 file."""
     import tempfile
 
     from llmos.backends.base import check_threads
+    from llmos.runtime.gguf_blocks import write_checkpoint
 
     gguf = GgufFile(src)
     with tempfile.TemporaryDirectory(prefix="llmos-gguf-") as tmp:
         if gguf.suggested_quant() is not None:
-            folder = gguf.write_checkpoint(Path(tmp) / "quant", threads=check_threads(None))
+            folder = write_checkpoint(gguf, Path(tmp) / "quant", threads=check_threads(None))
         else:
             folder = gguf.write_folder(Path(tmp) / "float")
         return import_model(folder, name=name or slug(src.stem), force=force, progress=progress, _origin=src)

@@ -19,6 +19,7 @@ from llmos.io.config import ConfigReader, read_json
 from llmos.io.gguf import GgufFile, is_gguf
 from llmos.quant.names import parse_quant
 from llmos.runtime.generation import GenerationConfig
+from llmos.runtime.gguf_blocks import write_checkpoint
 from llmos.runtime.model import Model
 from llmos.store.resolve import resolve, resolved
 from llmos.text.tokenizer import Tokenizer
@@ -54,7 +55,7 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     `path` may also name a model in the local registry (`llmos ls`), or a GGUF file (llama.cpp,
     Ollama; needs the 'gguf' extra): its Q8_0 / Q4_0 blocks load as llmos int8 / int4 blocks
     bit for bit, Q4_K as int4-asym blocks (scales rounded to float16), Q5_K / Q6_K re-quantized
-    to int8 (llmos/io/gguf_blocks.py states the errors), unless `quant` names another format.
+    to int8 (llmos/runtime/gguf_blocks.py states the errors), unless `quant` names another format.
     """
     threads = check_threads(threads)
     dev = parse_device(device)
@@ -134,7 +135,7 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
 def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
     """A GGUF file, written out as a checkpoint folder (llmos.io.gguf) and loaded from there. A file
     with quantized matrices becomes an llmos pre-quantized checkpoint (its blocks mapped onto
-    llmos's, or re-quantized: llmos/io/gguf_blocks.py) unless `quant` names another format: then
+    llmos's, or re-quantized: llmos/runtime/gguf_blocks.py) unless `quant` names another format: then
     every matrix is dequantized and quantized to `quant` at load (or kept float for "none")."""
     import shutil
     import tempfile
@@ -147,7 +148,7 @@ def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> 
     tmp = tempfile.mkdtemp(prefix="llmos-gguf-")
     try:
         if direct:
-            folder = gguf.write_checkpoint(tmp, threads=threads)
+            folder = write_checkpoint(gguf, tmp, threads=threads)
             model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=None)
         else:
             folder = gguf.write_folder(tmp)
