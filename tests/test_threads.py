@@ -130,3 +130,17 @@ def test_failed_thread_start_is_a_clean_error(checkpoint):
         assert (kind, field) == ("InvalidInputError", "threads"), out
         assert "could not start thread" in msg, msg
     assert len(out["after"]) == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_callers_denormals_survive_a_forward(checkpoint, llmos, threads):
+    """The pool flushes denormals while it computes (thread_pool.h FlushDenormals: an FMA on a
+    denormal costs a microcode assist on Intel); the calling thread gets its own mode back, so
+    numpy arithmetic after a forward still makes denormals instead of zeros."""
+    tiny = np.float32(1e-38)
+    assert tiny * np.float32(0.01) != 0  # the mode this thread starts with keeps denormals
+    model = llmos.load(str(checkpoint("llama")), threads=threads)
+    model.logits(list(range(5, 45)))  # a prefill: many pool jobs on this thread
+    model.generate([5, 6, 7], max_new_tokens=4, do_sample=False)
+    assert tiny * np.float32(0.01) != 0
+    assert np.float32(1e-39) + np.float32(0) == np.float32(1e-39)  # DAZ would read it as 0

@@ -19,6 +19,7 @@
 namespace llmos {
 
 namespace {
+
 // How long an idle worker polls for the next job before it sleeps. Decode issues a job
 // every few microseconds, so a short spin saves a futex wake-up per op.
 constexpr auto kSpin = std::chrono::microseconds(200);
@@ -87,6 +88,7 @@ void ThreadPool::drain(const std::function<void(int64_t)>* task, int64_t n) {
 
 void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& task) {
   if (n_tasks <= 0) return;
+  const FlushDenormals flush;
   if (n_threads_ == 1 || n_tasks == 1) {
     for (int64_t i = 0; i < n_tasks; ++i) task(i);
     return;
@@ -115,6 +117,7 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& task) 
 }
 
 void ThreadPool::worker_loop() {
+  const FlushDenormals flush;  // for the worker's whole life
   uint64_t seen = 0;
   for (;;) {
     auto spin_until = std::chrono::steady_clock::now() + (oversubscribed_ ? std::chrono::microseconds(0) : kSpin);
