@@ -299,16 +299,22 @@ class GgufFile:
             out["chat_template"] = template
         return out
 
-    def write_folder(self, out_dir: str | os.PathLike) -> Path:
-        """Writes the file as a Hugging Face checkpoint folder (float32 weights)."""
-        from safetensors.numpy import save_file
-
+    def write_metadata(self, out_dir: str | os.PathLike) -> tuple[Path, dict]:
+        """Creates `out_dir` with the file's config.json, tokenizer.json and tokenizer_config.json;
+        returns the folder and the config (every checkpoint written from the file starts so)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         cfg = self.config()
         (out / "tokenizer.json").write_text(self.tokenizer_json())
         (out / "tokenizer_config.json").write_text(json.dumps(self.tokenizer_config(), indent=2))
         (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        return out, cfg
+
+    def write_folder(self, out_dir: str | os.PathLike) -> Path:
+        """Writes the file as a Hugging Face checkpoint folder (float32 weights)."""
+        from safetensors.numpy import save_file
+
+        out, cfg = self.write_metadata(out_dir)
         save_file(self.state_dict(cfg), str(out / "model.safetensors"), metadata={"format": "pt"})
         return out
 

@@ -210,12 +210,7 @@ def write_checkpoint(g, out_dir: str | os.PathLike, threads: int = 1) -> Path:
     if g.suggested_quant() is None:
         raise InvalidInputError(f"{g.path}: has no quantized tensors to keep as blocks (write_folder "
                                 "writes a float checkpoint)", field="path")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = g.config()
-    (out / "tokenizer.json").write_text(g.tokenizer_json())
-    (out / "tokenizer_config.json").write_text(json.dumps(g.tokenizer_config(), indent=2))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    out, cfg = g.write_metadata(out_dir)
 
     reader = ConfigReader(cfg, str(out / "config.json"))
     family = family_for(reader)
