@@ -2,15 +2,16 @@
 // 256-bit vectors: 16 weight rows per panel (two vectors of 8), vpmaddubsw for the products.
 //
 // int16 must not saturate (see qgemm_avx512.cc): Q4 codes sum a whole 32-value block in int16,
-// Q6 two quads; Q8 panels hold signed q = u - 128 and use the sign trick, one vpmaddwd per quad.
-// 16 registers: Q4 keeps 3 tokens (6 int16 + 6 float accumulators), Q8 / Q6 2 (+ int32 sums).
+// Q6 two quads; Q8 would need the sign trick and is not served (measured below).
+// 16 registers: Q4 keeps 3 tokens (6 int16 + 6 float accumulators), Q6 2 (+ int32 sums).
 //
 // Measured with tools/bench_qmatmul.py (Sapphire Rapids forced to avx2, 1 thread of a shared
 // 2-core VM, 256 tokens, group 32, best of 11; ms for the three Qwen2.5-0.5B shapes), against the
 // dequantizing prefill as it was (scalar dequantization, then the float GEMM): int4 102.8 ->
 // 42.2 (2.4x), int6 121.6 -> 49.7 (2.4x). int8 through this GEMM only matched the dequantizing
 // path with its dequantization vectorized (~1.0x in A/B runs: |q| x (x * sign(q)) is 4
-// instructions per 32 multiply-adds, as the FMAs' 4), so int8 stays on that path (74.1 -> 72.7).
+// instructions per 32 multiply-adds, as the FMAs' 4), so int8 stays on that path (74.1 -> 72.7):
+// kGemmTypes leaves it out.
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -24,6 +25,7 @@ namespace {
 
 constexpr int kPanelRows = 16;  // two vectors of 8 rows
 constexpr int kQuadBytes = kPanelRows * 4;
+constexpr uint32_t kGemmTypes = 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) | 1u << int(QuantType::Q6);
 
 template <QuantType Q>
 constexpr int kTokensFor = Q == QuantType::Q4 || Q == QuantType::Q4Asym ? 3 : 2;
@@ -39,8 +41,8 @@ inline int64_t panel_bytes(int64_t k, int64_t ng) { return kPanelRows * k + 2 * 
 template <QuantType Q>
 void pack_panel(const QView& w, int64_t r0, int nr, const Panel& p) {
   const int64_t k = w.cols, ng = k / w.group, row_bytes = quant_row_bytes(Q, k);
-  // Rows past nr: code 0 (signed Q8: q = 0); their scales are 0.
-  const __m256i pad = _mm256_set1_epi8(char(Q == QuantType::Q8 ? 128 : 0));
+  // Rows past nr: code 0; their scales are 0.
+  const __m256i pad = _mm256_setzero_si256();
   for (int half = 0; half < 2; ++half)
     for (int64_t c = 0; c < k / 64; ++c) {
       __m256 lo[8], hi[8];
@@ -48,10 +50,6 @@ void pack_panel(const QView& w, int64_t r0, int nr, const Panel& p) {
         const int r = half * 8 + i;
         __m256i a = pad, b = pad;
         if (r < nr) chunk_codes<Q>(w.codes + (r0 + r) * row_bytes, c, &a, &b);
-        if (Q == QuantType::Q8) {  // q = u - 128
-          a = _mm256_xor_si256(a, _mm256_set1_epi8(char(0x80)));
-          b = _mm256_xor_si256(b, _mm256_set1_epi8(char(0x80)));
-        }
         lo[i] = _mm256_castsi256_ps(a);
         hi[i] = _mm256_castsi256_ps(b);
       }
@@ -82,23 +80,6 @@ inline void block_dots(const uint8_t* pc, const int8_t* xq, int64_t k, const int
     __builtin_memcpy(&word, xq + t * k + j * 4, 4);
     return _mm256_set1_epi32(word);
   };
-  if (Q == QuantType::Q8) {
-    for (int t = 0; t < T; ++t) dot[t][0] = dot[t][1] = _mm256_set1_epi32(start[t]);
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pc + j * kQuadBytes));
-      const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pc + j * kQuadBytes + 32));
-      const __m256i a0 = _mm256_sign_epi8(w0, w0), a1 = _mm256_sign_epi8(w1, w1);
-      for (int t = 0; t < T; ++t) {
-        const __m256i xb = bcast(t, j);
-        dot[t][0] = _mm256_add_epi32(dot[t][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
-        dot[t][1] = _mm256_add_epi32(dot[t][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
-        keep(dot[t][0]);
-        keep(dot[t][1]);
-      }
-    }
-    return;
-  }
   constexpr int kQuadsPerSum = Q == QuantType::Q6 ? 2 : 8;
   if (Q == QuantType::Q6)
     for (int t = 0; t < T; ++t) dot[t][0] = dot[t][1] = _mm256_set1_epi32(start[t]);
@@ -135,7 +116,7 @@ template <QuantType Q, int T>
 void micro(const ActView& x, const float* sdg, int64_t t0, int64_t group, const Panel& p, float* y, int64_t ldy,
            int n0, int n1) {
   const int64_t k = x.k, nb = k / kActBlock, ng = k / group, blocks_per_group = group / kActBlock;
-  constexpr int32_t kZp = Q == QuantType::Q4 ? 8 : Q == QuantType::Q6 ? 32 : 0;  // signed Q8: 0
+  constexpr int32_t kZp = Q == QuantType::Q4 ? 8 : Q == QuantType::Q6 ? 32 : 0;  // Q4Asym: 0
   const int8_t* xq = x.q + t0 * k;
   const float* xd = x.d + t0 * nb;
   const int32_t* qsum = x.qsum + t0 * nb;
@@ -201,9 +182,9 @@ void gemm_q(const ActView& x, const float* sdg, const QView& w, int64_t row0, in
   }
 }
 
+// Only the formats in kGemmTypes are instantiated (quantized_matmul.cc sends no others).
 void qgemm(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
   switch (w.type) {
-    case QuantType::Q8: gemm_q<QuantType::Q8>(x, sdg, w, row0, row1, y, ldy); break;
     case QuantType::Q4: gemm_q<QuantType::Q4>(x, sdg, w, row0, row1, y, ldy); break;
     case QuantType::Q4Asym: gemm_q<QuantType::Q4Asym>(x, sdg, w, row0, row1, y, ldy); break;
     case QuantType::Q6: gemm_q<QuantType::Q6>(x, sdg, w, row0, row1, y, ldy); break;
@@ -216,7 +197,7 @@ void qgemm(const ActView& x, const float* sdg, const QView& w, int64_t row0, int
 
 void fill_qgemm_avx2(KernelTable* t) {
   t->qgemm_prefill = simd::avx2::qgemm;
-  t->qgemm_types = 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) | 1u << int(QuantType::Q6);
+  t->qgemm_types = simd::avx2::kGemmTypes;
 }
 
 }  // namespace llmos

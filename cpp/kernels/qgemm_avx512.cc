@@ -3,14 +3,14 @@
 //
 // int16 must not saturate. Q4 codes (<= 15) give pair sums <= 2 * 15 * 127 = 3810, so a whole
 // 32-value block (8 quads) sums in int16 (<= 30480) before one vpmaddwd widens it. Q6 codes
-// (<= 63) allow two quads (<= 32004). Q8 codes (<= 255) would overflow one pair, so Q8 panels
-// hold signed q = u - 128 and use the sign trick: |q| x (x * sign(q)) <= 2 * 127 * 127, one
-// vpmaddwd per quad. The int16 sums use the saturating add all the same: unlike a plain add,
+// (<= 63) allow two quads (<= 32004). Q8 codes (<= 255) would overflow one pair: they need the
+// sign trick (|q| x (x * sign(q)) on signed q = u - 128), which was built and measured (below)
+// and is not served. The int16 sums use the saturating add all the same: unlike a plain add,
 // the compiler cannot reassociate it into a tree that holds every product and spills.
 //
 // Measured as in qgemm_avx2.cc (forced to avx512), against the dequantizing prefill as it was:
 // int4 73.7 -> 32.5 ms (2.3x), int6 99.1 -> 34.7 ms (2.9x). int8 with the sign trick ran ~0.8x
-// the dequantizing path (46 ms), so int8 keeps the float GEMM (qgemm_types).
+// the dequantizing path (46 ms), so int8 keeps the float GEMM (kGemmTypes leaves it out).
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
@@ -22,8 +22,8 @@ namespace {
 
 #include "kernels/qcodes_avx512.inc"
 
-constexpr bool kSignedQ8 = true;
-// Q4: 12 int16 + 12 float accumulators; Q8 / Q6 also keep int32 sums: 4 tokens.
+constexpr uint32_t kGemmTypes = 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) | 1u << int(QuantType::Q6);
+// Q4: 12 int16 + 12 float accumulators; Q6 also keeps int32 sums: 4 tokens.
 template <QuantType Q>
 constexpr int kTokensFor = Q == QuantType::Q4 || Q == QuantType::Q4Asym ? 6 : 4;
 
@@ -39,25 +39,6 @@ inline void block_dots(const uint8_t* pc, const int8_t* xq, int64_t k, const int
     __builtin_memcpy(&word, xq + t * k + j * 4, 4);
     return _mm512_set1_epi32(word);
   };
-  if (Q == QuantType::Q8) {
-    for (int t = 0; t < T; ++t) dot[t][0] = dot[t][1] = _mm512_set1_epi32(start[t]);
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) {
-      const __m512i w0 = _mm512_load_si512(pc + j * 128), w1 = _mm512_load_si512(pc + j * 128 + 64);
-      const __m512i a0 = _mm512_abs_epi8(w0), a1 = _mm512_abs_epi8(w1);
-      const __mmask64 n0 = _mm512_movepi8_mask(w0), n1 = _mm512_movepi8_mask(w1);
-      for (int t = 0; t < T; ++t) {
-        const __m512i xb = bcast(t, j);
-        const __m512i x0 = _mm512_mask_sub_epi8(xb, n0, _mm512_setzero_si512(), xb);
-        const __m512i x1 = _mm512_mask_sub_epi8(xb, n1, _mm512_setzero_si512(), xb);
-        dot[t][0] = _mm512_add_epi32(dot[t][0], _mm512_madd_epi16(_mm512_maddubs_epi16(a0, x0), ones));
-        dot[t][1] = _mm512_add_epi32(dot[t][1], _mm512_madd_epi16(_mm512_maddubs_epi16(a1, x1), ones));
-        keep(dot[t][0]);
-        keep(dot[t][1]);
-      }
-    }
-    return;
-  }
   // Q4 / Q4Asym: int16 sums over the 8 quads; Q6: over pairs of quads.
   constexpr int kQuadsPerSum = Q == QuantType::Q6 ? 2 : 8;
   if (Q == QuantType::Q6)
@@ -92,7 +73,7 @@ inline void block_dots(const uint8_t* pc, const int8_t* xq, int64_t k, const int
 
 void fill_qgemm_avx512(KernelTable* t) {
   t->qgemm_prefill = simd::avx512::qgemm;
-  t->qgemm_types = 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) | 1u << int(QuantType::Q6);
+  t->qgemm_types = simd::avx512::kGemmTypes;
 }
 
 }  // namespace llmos

@@ -37,7 +37,8 @@ namespace {
 
 // The VNNI step: one vpdpbusd per quad advances 16 rows of a token; the accumulators start
 // at the zero point's term.
-constexpr bool kSignedQ8 = false;
+constexpr uint32_t kGemmTypes =
+    1u << int(QuantType::Q8) | 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) | 1u << int(QuantType::Q6);
 template <QuantType>
 constexpr int kTokensFor = 6;  // 12 int32 + 12 float accumulators, 2 panel vectors, 2 scales: 28 of 32
 
@@ -64,8 +65,7 @@ inline void block_dots(const uint8_t* pc, const int8_t* xq, int64_t k, const int
 
 void fill_qgemm_avx512vnni(KernelTable* t) {
   t->qgemm_prefill = simd::avx512vnni::qgemm;
-  t->qgemm_types = 1u << int(QuantType::Q8) | 1u << int(QuantType::Q4) | 1u << int(QuantType::Q4Asym) |
-                   1u << int(QuantType::Q6);
+  t->qgemm_types = simd::avx512vnni::kGemmTypes;
 }
 
 }  // namespace llmos
