@@ -45,11 +45,6 @@ def parse_device(device) -> Device:
     return Device(m.group(1), int(m.group(2) or 0))
 
 
-def cuda_unavailable_reason(index: int) -> str:
-    """Why the core cannot use GPU `index` ("" when it can): no CUDA in this build, no driver, no such GPU."""
-    return _core.cuda_unavailable_reason(index)
-
-
 # The one thing a CUDA build with a GPU still lacks; said in every refusal of device="cuda" for a checkpoint.
 CORE_FORWARD_MISSING = ("the core's forward pass on the GPU is not available in this release (the CUDA kernels "
                         "are built and tested, the decoder does not run on them yet); use device=\"cpu\" or "
@@ -62,7 +57,7 @@ def core_device(device: Device, what: str) -> Device:
     missing GPU forward pass)."""
     if device.kind != "cuda":
         return Device("cpu")
-    reason = cuda_unavailable_reason(device.index)
+    reason = _core.cuda_unavailable_reason(device.index)  # "" when the core could use that GPU
     if reason:
         raise DeviceUnavailableError(f"device: {what} cannot run on {device}: {reason}", field="device")
     raise DeviceUnavailableError(f"device: {what} cannot run on {device}: {CORE_FORWARD_MISSING}", field="device")

@@ -90,9 +90,9 @@ class OnnxBackend:
                                          "(no NVIDIA driver, no such GPU, or a CUDA / cuDNN it cannot load) and "
                                          "fell back to the CPU", field="device")
         self.isa = "onnxruntime:" + first.replace("ExecutionProvider", "").lower()
-        self._device = "cuda" if first == CUDA_PROVIDER else "cpu"
-        self._device_id = device.index if first == CUDA_PROVIDER else 0
-        self.device = f"cuda:{self._device_id}" if first == CUDA_PROVIDER else "cpu"
+        # Where the session runs; its kind and index name the device of bound inputs and outputs.
+        self._on = Device("cuda", device.index) if first == CUDA_PROVIDER else Device("cpu")
+        self.device = str(self._on)
         heads, dim = self.layout.kv_dims()
         if kv_dims is not None:
             heads, dim = heads or kv_dims[0], dim or kv_dims[1]
@@ -115,7 +115,7 @@ class OnnxBackend:
     def _value(self, arr: np.ndarray):
         import onnxruntime as ort
 
-        return ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id)
+        return ort.OrtValue.ortvalue_from_numpy(arr, self._on.kind, self._on.index)
 
     def _new_past(self, capacity: int) -> list:
         """Empty caches: [1, kv, 0, D] to concatenate onto, or, for graphs that write their
@@ -164,7 +164,7 @@ class OnnxBackend:
                 io = self.session.io_binding()
                 for name, value in feeds.items():
                     io.bind_ortvalue_input(name, value)
-                io.bind_output(lay.logits.name, self._device, self._device_id)
+                io.bind_output(lay.logits.name, self._on.kind, self._on.index)
                 for i, (k, v) in enumerate(lay.present):
                     io.bind_ortvalue_output(k, past[2 * i])
                     io.bind_ortvalue_output(v, past[2 * i + 1])
