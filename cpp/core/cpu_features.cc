@@ -1,3 +1,4 @@
+#include <cstdint>
 #include "core/cpu_features.h"
 
 #include <cstdlib>
