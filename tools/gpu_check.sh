@@ -4,7 +4,11 @@
 #      architecture, so it compiles fast), into build/gpu, staged with the Python package in
 #      build/gpu/stage (the worktree's own python/llmos/_core*.so is left alone);
 #   2. tests/test_cuda_kernels.py with LLMOS_REQUIRE_GPU=1 (a skip becomes a failure);
-#   3. tools/bench_cuda.py, whose table is printed last.
+#   3. tests/test_cuda_model.py: the forward pass on the GPU against the CPU (needs torch and
+#      transformers there, as the suite does);
+#   4. tools/bench_cuda.py (the GEMV table) and tools/bench_cuda_decode.py (batch-1 decode of a
+#      Llama-3.2-3B-shaped model against the HBM limit; LLMOS_GPU_DECODE_ARGS passes options),
+#      whose table is printed last.
 # Meant to finish in well under 5 minutes, so that a second run fits in a lent GPU's time.
 #
 # Where the GPU machine cannot build (no nvcc, cmake or pybind11 there), build on any machine
@@ -81,10 +85,30 @@ n = _core.cuda_device_count()
 assert n > 0, "no GPU: " + _core.cuda_unavailable_reason(0)
 print("=== GPU 0:", _core.cuda_device_info(0))'
 
+# Every step runs even when an earlier one fails (a lent GPU's minutes are few); the exit status
+# says whether all passed.
+failed=()
 echo "=== tests/test_cuda_kernels.py"
 # --noconftest: the suite's conftest imports the test extra (torch, onnx), which a GPU machine
 # lent for this run may not have; these tests need only numpy and the core.
-LLMOS_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_kernels.py
+LLMOS_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_cuda_kernels.py ||
+  failed+=(test_cuda_kernels)
 
-echo "=== tools/bench_cuda.py (after $((SECONDS - started)) s; the table is the last thing printed)"
-python3 tools/bench_cuda.py --json "$build/bench_cuda.json"
+echo "=== tests/test_cuda_model.py (after $((SECONDS - started)) s)"
+# The forward pass against the CPU on checkpoints built by transformers: needs the test extra.
+if python3 -c "import torch, transformers, onnx, onnxruntime" 2>/dev/null; then
+  LLMOS_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_model.py || failed+=(test_cuda_model)
+else
+  echo "gpu_check: tests/test_cuda_model.py needs torch, transformers, onnx and onnxruntime here" >&2
+  failed+=(test_cuda_model)
+fi
+
+echo "=== tools/bench_cuda.py (after $((SECONDS - started)) s)"
+python3 tools/bench_cuda.py --json "$build/bench_cuda.json" || failed+=(bench_cuda)
+
+echo "=== tools/bench_cuda_decode.py (after $((SECONDS - started)) s; its table is the last thing printed)"
+python3 tools/bench_cuda_decode.py ${LLMOS_GPU_DECODE_ARGS:-} --json "$build/bench_cuda_decode.json" ||
+  failed+=(bench_cuda_decode)
+
+echo "=== gpu_check: $((SECONDS - started)) s; ${#failed[@]} step(s) failed${failed:+: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]

@@ -168,6 +168,17 @@ void bind_model(py::module_& m) {
            "role (prequant a QuantType, else None) one part (file, base name, False) or\n"
            "(name, (codes, scale, min or None), False).")
       .def_property_readonly("n_threads", &Model::n_threads)
+      .def("to_device", [](Model& m, int device) {
+             py::gil_scoped_release nogil;
+             m.to_device(device);
+           }, py::arg("device"),
+           "Runs every later forward on GPU `device` (weights copied there, KV caches made there);\n"
+           "raises InvalidInputError (field device) saying why when it cannot.")
+      .def_property_readonly("device", &Model::device, "\"cpu\" or \"cuda:N\"")
+      .def_property_readonly("device_weight_bytes", [](const Model& m) { return m.cuda() ? m.cuda()->weight_bytes() : 0; },
+                             "Bytes of weights on the GPU (0 on the CPU)")
+      .def_static("cuda_unsupported", [](const Model& m) { return CudaDecoder::unsupported(m.spec(), m.weights()); },
+                  py::arg("model"), "Why this model cannot run on the GPU (\"\" when it can)")
       .def(
           "quantized_matrices",
           [](const Model& m) {

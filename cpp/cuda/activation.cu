@@ -3,6 +3,7 @@
 // result matches the CPU's scalar reference to float rounding.
 #include <cuda_runtime.h>
 
+#include "cuda/activation.cuh"
 #include "cuda/cuda_check.cuh"
 #include "cuda/cuda_ops.h"
 #include "model/arch.h"
@@ -10,17 +11,6 @@
 namespace llmos::cuda {
 
 namespace {
-
-template <int Act>
-__device__ __forceinline__ float act1(float v) {
-  if (Act == int(Activation::Silu)) return v / (1.0f + expf(-v));
-  if (Act == int(Activation::GeluErf)) return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-  if (Act == int(Activation::GeluTanh)) {
-    const float k = 0.79788456080286536f;  // sqrt(2 / pi); v * sigmoid(2u) as ops.cc writes it
-    return v / (1.0f + expf(-2.0f * k * (v + 0.044715f * v * v * v)));
-  }
-  return v > 0.f ? v : 0.f;  // Relu
-}
 
 template <int Act>
 __global__ void gated_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,

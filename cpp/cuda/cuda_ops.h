@@ -65,6 +65,7 @@ class DeviceBuffer {
 
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_on_device(void* dst, const void* src, size_t bytes);
 void synchronize();  // waits for the device; throws what an earlier launch left behind
 
 // ---- matrix-vector products for decode (gemv_quant.cu, gemv_half.cu) ----------------------
@@ -82,6 +83,10 @@ void gemv_quant(const QView& w, const float* x, int64_t m, float* y, int64_t ldy
 void gemv_half(DType wtype, const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t m,
                float* y, int64_t ldy, Stream s);
 
+// W float32 [rows, cols], x float32 [m, cols] (checkpoints kept in float32).
+void gemv_float(const float* w, int64_t rows, int64_t cols, const float* x, int64_t m, float* y, int64_t ldy,
+                Stream s);
+
 // ---- element-wise and row-wise ops (norm.cu, rope.cu, activation.cu) ----------------------
 
 // out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w for rows r < rows, n values each (norm_row's
@@ -96,6 +101,31 @@ void rope(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t rot
 
 // out[i] = act(gate[i]) * up[i], i < n (activate_gated; act is model/arch.h's Activation as int).
 void activate_gated(int act, const float* gate, const float* up, float* out, int64_t n, Stream s);
+
+// ---- the forward pass's steps over stacked tokens (forward_ops.cu; model/decoder_cuda.cc) ---
+
+// RMSNorm (or LayerNorm with mean and optional bias b) of `rows` rows of n values, kernels/ops.cc's
+// norm_row: row r is x + (r / per) * ld + (r % per) * n, so per > 1 norms each of `per` heads
+// inside a strided row (qk_norm). out has x's layout and may alias it.
+void norm_rows(const float* x, int64_t ld, int64_t rows, int64_t per, int64_t n, const float* w, const float* b,
+               float eps, bool layer_norm, float* out, Stream s);
+// rope_head on every head h < heads of every token t of x + t * ld (heads of D values), with
+// the tables cos_t / sin_t [tokens, rotary_dim / 2], in place.
+void rope_rows(float* x, int64_t tokens, int64_t ld, int64_t heads, int64_t D, int64_t rotary_dim,
+               const float* cos_t, const float* sin_t, Stream s);
+// k (at k_off) and v (at v_off) of each token's row of qkv [tokens, ld] into the caches
+// [kv_heads, capacity, D] at positions pos0 + t.
+void kv_append(const float* qkv, int64_t tokens, int64_t ld, int64_t k_off, int64_t v_off, int64_t kv_heads,
+               int64_t D, float* k_cache, float* v_cache, int64_t capacity, int64_t pos0, Stream s);
+// out[t, j] = act(up[t, j]) * up[t, F + j] (gated) or act(up[t, j]), j < F; up [tokens, U].
+void mlp_activation(int act, bool gated, const float* up, int64_t tokens, int64_t U, int64_t F, float* out,
+                    Stream s);
+// y[r, c] += b[c] for r < rows, c < cols (rows ld apart).
+void add_bias(float* y, int64_t rows, int64_t cols, int64_t ld, const float* b, Stream s);
+// x[i] += scale * y[i], i < n.
+void add_residual(float* x, const float* y, int64_t n, float scale, Stream s);
+// logits times scale, then softcap * tanh(l / softcap) when softcap > 0 (no launch when neither).
+void finish_logits(float* logits, int64_t n, float scale, float softcap, Stream s);
 
 // ---- attention for one decode token (attention_decode.cu) ---------------------------------
 

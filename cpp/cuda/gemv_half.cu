@@ -96,6 +96,59 @@ void dispatch(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int
   else launch<16, Bf16>(w, rows, cols, x, m, y, ldy, vec, s);
 }
 
+// float32 weights (checkpoints kept in float32): 4 weights per 16-byte load.
+template <int M, bool Vec>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+gemv_float_kernel(const float* __restrict__ w, int64_t rows, int64_t cols, const float* __restrict__ x, int m,
+                  float* __restrict__ y, int64_t ldy) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;  // whole warp
+  const float* wr = w + r * cols;
+  float acc[M];
+#pragma unroll
+  for (int t = 0; t < M; ++t) acc[t] = 0.f;
+  if (Vec) {
+    const int64_t units = cols / 4;
+#pragma unroll 4
+    for (int64_t u = lane; u < units; u += 32) {
+      const float4 b = __ldg(reinterpret_cast<const float4*>(wr) + u);
+#pragma unroll
+      for (int t = 0; t < M; ++t) {
+        if (t < m) {
+          const float4 a = __ldg(reinterpret_cast<const float4*>(x + int64_t(t) * cols) + u);
+          float s = acc[t];
+          s = fmaf(b.x, a.x, s); s = fmaf(b.y, a.y, s); s = fmaf(b.z, a.z, s); s = fmaf(b.w, a.w, s);
+          acc[t] = s;
+        }
+      }
+    }
+  } else {
+    for (int64_t c = lane; c < cols; c += 32) {
+      const float wv = wr[c];
+#pragma unroll
+      for (int t = 0; t < M; ++t)
+        if (t < m) acc[t] = fmaf(wv, x[int64_t(t) * cols + c], acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < M; ++t) {
+    if (t < m) {
+      const float s = warp_sum(acc[t]);
+      if (lane == 0) y[int64_t(t) * ldy + r] = s;
+    }
+  }
+}
+
+template <int M>
+void launch_float(const float* w, int64_t rows, int64_t cols, const float* x, int m, float* y, int64_t ldy, bool vec,
+                  Stream s) {
+  const dim3 grid(unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(32 * kWarpsPerBlock);
+  if (vec) gemv_float_kernel<M, true><<<grid, block, 0, s>>>(w, rows, cols, x, m, y, ldy);
+  else gemv_float_kernel<M, false><<<grid, block, 0, s>>>(w, rows, cols, x, m, y, ldy);
+  check_launch("gemv_float");
+}
+
 }  // namespace
 
 void gemv_half(DType wtype, const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t m, float* y,
@@ -110,6 +163,23 @@ void gemv_half(DType wtype, const uint16_t* w, int64_t rows, int64_t cols, const
                    (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
   if (wtype == DType::BF16) dispatch<true>(w, rows, cols, x, int(m), y, ldy, vec, s);
   else dispatch<false>(w, rows, cols, x, int(m), y, ldy, vec, s);
+}
+
+void gemv_float(const float* w, int64_t rows, int64_t cols, const float* x, int64_t m, float* y, int64_t ldy,
+                Stream s) {
+  require(rows > 0 && rows < (int64_t(1) << 31) / kWarpsPerBlock * kWarpsPerBlock, "w", "rows must be from 1 to 2**31 - 4");
+  require(cols > 0, "w", "cols must be positive");
+  require(m >= 1 && m <= kMaxGemvTokens, "x", "expected 1 to 16 tokens");
+  require(ldy >= rows, "ldy", "must be >= the rows of w");
+  require(w && x && y, "w", "null device pointer");
+  const bool vec = cols % 4 == 0 && (reinterpret_cast<uintptr_t>(w) & 15u) == 0 &&
+                   (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  const int mi = int(m);
+  if (mi == 1) launch_float<1>(w, rows, cols, x, mi, y, ldy, vec, s);
+  else if (mi == 2) launch_float<2>(w, rows, cols, x, mi, y, ldy, vec, s);
+  else if (mi <= 4) launch_float<4>(w, rows, cols, x, mi, y, ldy, vec, s);
+  else if (mi <= 8) launch_float<8>(w, rows, cols, x, mi, y, ldy, vec, s);
+  else launch_float<16>(w, rows, cols, x, mi, y, ldy, vec, s);
 }
 
 }  // namespace llmos::cuda

@@ -36,10 +36,25 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 }
 void copy_to_device(void*, const void*, size_t) { refuse(); }
 void copy_to_host(void*, const void*, size_t) { refuse(); }
+void copy_on_device(void*, const void*, size_t) { refuse(); }
 void synchronize() { refuse(); }
 
 void gemv_quant(const QView&, const float*, int64_t, float*, int64_t, Stream) { refuse(); }
 void gemv_half(DType, const uint16_t*, int64_t, int64_t, const float*, int64_t, float*, int64_t, Stream) { refuse(); }
+void gemv_float(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, Stream) { refuse(); }
+void norm_rows(const float*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, float, bool, float*,
+               Stream) {
+  refuse();
+}
+void rope_rows(float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*, Stream) { refuse(); }
+void kv_append(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t, int64_t,
+               Stream) {
+  refuse();
+}
+void mlp_activation(int, bool, const float*, int64_t, int64_t, int64_t, float*, Stream) { refuse(); }
+void add_bias(float*, int64_t, int64_t, int64_t, const float*, Stream) { refuse(); }
+void add_residual(float*, const float*, int64_t, float, Stream) { refuse(); }
+void finish_logits(float*, int64_t, float, float, Stream) { refuse(); }
 void rms_norm(const float*, const float*, float, int64_t, int64_t, float*, Stream) { refuse(); }
 void rope(float*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, Stream) { refuse(); }
 void activate_gated(int, const float*, const float*, float*, int64_t, Stream) { refuse(); }

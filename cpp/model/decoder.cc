@@ -31,7 +31,7 @@ void add_rows(float* dst, const float* src, int64_t count) {
 
 }  // namespace
 
-Session::Session(const Model& model, KvPool* pool) : spec_(&model.spec()), pool_(pool) {
+Session::Session(const Model& model, KvPool* pool) : spec_(&model.spec()), cuda_(model.cuda()), pool_(pool) {
   if (pool) {
     const Architecture& ps = pool->spec();
     if (ps.num_layers != spec_->num_layers || ps.num_kv_heads != spec_->num_kv_heads || ps.head_dim != spec_->head_dim)
@@ -78,6 +78,14 @@ void Session::copy_from(const Session& other) {
   n_past_ = 0;
   if (other.n_past_ == 0) {  // an empty session has no buffers to copy from
     history_.clear();
+    return;
+  }
+  if (cuda_) {
+    if (!other.cuda_kv_) throw Error(Error::Kind::InvalidInput, "", "session", "copy_from a session of the CPU model");
+    if (!cuda_kv_) cuda_kv_ = std::make_shared<CudaKv>();
+    cuda_->copy_cache(*cuda_kv_, *other.cuda_kv_, other.n_past_);
+    n_past_ = other.n_past_;
+    history_ = other.history_;
     return;
   }
   reserve(other.n_past_);
@@ -428,8 +436,21 @@ void Model::forward_step(const std::vector<SeqChunk>& chunks, float* logits, Can
   run(chunks, logits, false, false, cancel);
 }
 
+void Model::to_device(int device) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cuda_) throw Error(Error::Kind::InvalidInput, "", "device", "the model is already on " + this->device());
+  cuda_ = std::make_unique<CudaDecoder>(spec_, w_, device);
+}
+
 void Model::run(const std::vector<SeqChunk>& chunks, float* logits, bool all_logits, bool split, CancelCheck* cancel) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (cuda_) {
+    for (const SeqChunk& ch : chunks)
+      if (ch.session->cuda_ != cuda_.get())
+        throw Error(Error::Kind::InvalidInput, "", "session", "was made before the model moved to " + device());
+    cuda_->forward(chunks, logits, all_logits, cancel);
+    return;
+  }
   cancel_ = cancel;
   struct ForgetCancel {
     CancelCheck*& c;

@@ -28,6 +28,7 @@
 #include "kernels/kernels.h"
 #include "kernels/quantized_matmul.h"
 #include "model/arch.h"
+#include "model/decoder_cuda.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
@@ -81,6 +82,7 @@ class Session {
 
  private:
   friend class Model;
+  friend class CudaDecoder;
   void reserve(int64_t n_total);
 
   const Architecture* spec_;
@@ -88,6 +90,9 @@ class Session {
   int64_t capacity_ = 0;           // positions the cache holds now; grows by doubling
   std::vector<int32_t> history_;   // every token in the cache (longrope re-prefill; paged: hashing)
   std::vector<Buffer> k_, v_;      // per layer: [num_kv_heads, capacity, head_dim] float32
+  // A model on the GPU (Model::to_device) keeps the cache there instead, made by its first forward.
+  const CudaDecoder* cuda_ = nullptr;
+  std::shared_ptr<CudaKv> cuda_kv_;
 
   // Paged mode.
   KvPool* pool_ = nullptr;
@@ -112,6 +117,14 @@ class Model {
   const KernelTable& kernels() const { return *kernels_; }
   ThreadPool& pool() { return pool_; }
   const ModelWeights& weights() const { return w_; }
+
+  // Runs every later forward on GPU `device` (decoder_cuda.h), weights copied there; sessions
+  // made after this keep their caches on the GPU. Throws InvalidInput (field "device") with the
+  // reason when the GPU or this model's architecture cannot be used; once only.
+  void to_device(int device);
+  // "cpu" or "cuda:N".
+  std::string device() const { return cuda_ ? "cuda:" + std::to_string(cuda_->device()) : "cpu"; }
+  const CudaDecoder* cuda() const { return cuda_.get(); }
 
   // Appends each chunk's tokens to its session and runs them through the model.
   // logits receives, per chunk in order, [n, vocab] rows when all_logits, else one row
@@ -200,6 +213,7 @@ class Model {
 
   Architecture spec_;
   ModelWeights w_;
+  std::unique_ptr<CudaDecoder> cuda_;  // set by to_device
   ThreadPool pool_;
   const KernelTable* kernels_;
   std::mutex mu_;

@@ -70,21 +70,23 @@ struct Engine::Request {
 
 // The KV cache of the engine's sequences: blocks of one budget. Paged (model/kv_cache.h): a
 // KvPool whose blocks sequences share (fork, prefix cache). A longrope model cannot share
-// blocks (its keys are recomputed past the switch length), so there each sequence keeps a
-// contiguous cache and the pool's budget is only counted: same admission and preemption.
+// blocks (its keys are recomputed past the switch length), and a model on the GPU has no paged
+// cache there yet, so then each sequence keeps a contiguous cache and the pool's budget is
+// only counted: same admission and preemption.
 class Engine::Kv {
  public:
   Kv(Model& m, const EngineOptions& o) : model_(m), bt_(o.block_tokens) {
     const KvDtype dtype = kv_dtype_from_name(o.kv_dtype);
     const Architecture& a = m.spec();
     const int64_t block = KvPool::block_bytes(a, dtype, bt_);
-    if (a.rope.inv_freq_long.empty()) {
+    if (a.rope.inv_freq_long.empty() && !m.cuda()) {
       pool_ = std::make_unique<KvPool>(a, dtype, bt_, o.kv_budget_bytes);
       total_ = pool_->num_blocks();
       return;
     }
     require(dtype == KvDtype::F32, "kv_dtype",
-            "a longrope model keeps a float32 contiguous cache per sequence, got " + o.kv_dtype);
+            std::string(m.cuda() ? "a model on the GPU" : "a longrope model") +
+                " keeps a float32 contiguous cache per sequence, got " + o.kv_dtype);
     total_ = o.kv_budget_bytes / block;
     require(total_ >= 1, "kv_memory",
             std::to_string(o.kv_budget_bytes) + " bytes hold no block of " + std::to_string(bt_) + " tokens (" +

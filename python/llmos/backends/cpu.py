@@ -28,7 +28,7 @@ class CpuBackend:
     """
 
     name = "cpu"
-    device = "cpu"  # the core's forward pass runs on the CPU only, for now (backends/device.py)
+    device = "cpu"  # "cuda:N" once the core model is moved to a GPU (backends/device.py place)
 
     def __init__(self, core: "_core.Model", path: str, family: Family, arch: Architecture, dtype: str,
                  quant: QuantChoice | None, quant_method: str | None, prequantized: bool):
@@ -94,7 +94,7 @@ class CpuBackend:
 
     @property
     def isa(self) -> str:
-        return self.core.isa
+        return "cuda" if self.device.startswith("cuda") else self.core.isa
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self.core.logits(ids)

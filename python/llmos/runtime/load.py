@@ -11,7 +11,7 @@ from llmos.adapters.lora import base_candidates, is_adapter_dir, prepare_merge, 
 from llmos.arch.families import family_for
 from llmos.backends.base import check_threads
 from llmos.backends.cpu import CpuBackend
-from llmos.backends.device import Device, core_device, parse_device
+from llmos.backends.device import Device, core_device, parse_device, place
 from llmos.backends.onnx.layout import GENAI_CONFIG, is_onnx_model
 from llmos.errors import AdapterError, InvalidInputError, LlmosError, ModelFileError
 from llmos.extras import require
@@ -46,9 +46,11 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
     folder itself: its adapter_config.json names the base, which is loaded with it merged.
     device: "auto" (default), "cpu", "cuda" or "cuda:N". An ONNX model runs on onnxruntime's CUDA
     provider for "cuda:N" (the 'gpu' extra: onnxruntime-gpu) and for "auto" when that provider is
-    installed, else on the CPU. A checkpoint runs on the CPU: the core's CUDA kernels are built and
-    tested but its forward pass does not run on them yet, so "auto" means the CPU and "cuda" raises
-    DeviceUnavailableError saying why (`Model.device` says where a model runs).
+    installed, else on the CPU. A checkpoint (or GGUF file) loads on the host and then moves to the
+    GPU for "cuda:N", and for "auto" when this llmos was built with CUDA and a GPU is there; an
+    architecture the GPU path does not run yet (mixture of experts, attention sinks, longrope, ...:
+    cpp/model/decoder_cuda.h) stays on the CPU under "auto" and raises DeviceUnavailableError
+    saying why under "cuda", as does a missing driver or GPU (`Model.device` says where a model runs).
 
     A folder holding an ONNX decoder (model.onnx, decoder_model_merged.onnx, genai_config.json)
     and no safetensors runs through onnxruntime instead (`Model.backend.name == "onnx"`).
@@ -63,8 +65,8 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
         if adapter is not None:
             raise InvalidInputError(f"adapter: {os.fspath(path)} is a GGUF file; an adapter merges into a "
                                     "safetensors checkpoint (llmos import it first)", field="adapter")
-        core_device(dev, os.fspath(path))  # before the file is converted
-        return load_gguf(os.fspath(path), dtype=dtype, threads=threads, quant=quant)
+        core_device(dev, os.fspath(path))  # refused before the file is converted
+        return load_gguf(os.fspath(path), dtype=dtype, threads=threads, quant=quant, device=dev)
     # One version of a registry entry, kept whole while it loads even if the name is replaced.
     with resolved(path) as path, base_and_adapter(path, adapter) as (path, adapter):
         if is_onnx_model(path):
@@ -73,7 +75,7 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
                                         "checkpoint", field="adapter")
             return load_onnx(path, dtype=dtype, threads=threads, quant=quant, device=dev)
         core_device(dev, path)  # refused before anything is read
-        return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter)
+        return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter, device=dev)
 
 
 @contextlib.contextmanager
@@ -111,8 +113,9 @@ def adapter_base(adapter_dir: str) -> str:
 
 
 def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | None,
-                    adapter: str | None = None) -> Model:
-    """A safetensors checkpoint folder on the C++ core, with a LoRA adapter merged if given."""
+                    adapter: str | None = None, device: Device = Device("cpu")) -> Model:
+    """A safetensors checkpoint folder on the C++ core, with a LoRA adapter merged if given, moved
+    to the GPU when `device` resolves to one (backends/device.py)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ModelFileError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)", file=path)
@@ -128,11 +131,13 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
     tokenizer = Tokenizer.from_dir(path)
     defaults = generation_defaults(path, cfg)
     merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
+    where = core_device(device, path)
     backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant, adapter=merge)
+    backend.device = place(backend.core, where, device, path)
     return Model(backend, tokenizer, arch, defaults, path)
 
 
-def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> Model:
+def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None, device: Device = Device("cpu")) -> Model:
     """A GGUF file, written out as a checkpoint folder (llmos.io.gguf) and loaded from there. A file
     with quantized matrices becomes an llmos pre-quantized checkpoint (its blocks mapped onto
     llmos's, or re-quantized: llmos/runtime/gguf_blocks.py) unless `quant` names another format: then
@@ -149,10 +154,10 @@ def load_gguf(path: str, dtype: str | None, threads: int, quant: str | None) -> 
     try:
         if direct:
             folder = write_checkpoint(gguf, tmp, threads=threads)
-            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=None)
+            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=None, device=device)
         else:
             folder = gguf.write_folder(tmp)
-            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=quant)
+            model = load_checkpoint(str(folder), dtype=dtype, threads=threads, quant=quant, device=device)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
