@@ -6,7 +6,8 @@
 // the formats it serves) by NMSE < 1e-11 against the scalar reference on the same int8
 // activations (tests/test_quant.py's: the same integer dot products, only the float summation
 // order differs), each token's result bitwise the one it gets alone (test_qmatmul_batch.py),
-// and on AArch64 bitwise the neon level's (qmatmul_neon.inc's numerics). Built without
+// and on AArch64 bitwise the neon level's (qmatmul_neon.inc's numerics); and the forward
+// pass's quantized_matmul dispatch on a thread pool by the same bound. Built without
 // Python, so it runs where only the core builds (AArch64 under qemu: .ci/arm64). Prints what
 // it checked and which quantized kernel the level chose; exits 1 on any failure.
 #include <cmath>
@@ -18,7 +19,9 @@
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
+#include "core/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/quantized_matmul.h"
 #include "quant/qformat.h"
 
 using namespace llmos;
@@ -259,6 +262,35 @@ void check_quantized(const KernelTable& kt, const KernelTable& ref) {
               kt.qgemm_prefill ? " and qgemm_prefill" : "", cases, neon ? ", bitwise the neon level's" : "");
 }
 
+// The forward pass's own dispatch (kernels/quantized_matmul.cc) on 3 threads, 70 tokens (past
+// its 64-token blocks) and 37 rows with a bias: decode runs the row kernel; prefill runs it too
+// where the level has neither AMX tiles nor a dequantizing prefill (test_quant.py checks those
+// against float math), otherwise the packed GEMM for its formats. Against the scalar table's.
+void check_quantized_dispatch(const KernelTable& kt, const KernelTable& ref) {
+  const int64_t n = 70, rows = 37, k = 320, group = 64;
+  const auto w = randn(size_t(rows * k)), x = randn(size_t(n * k)), bias = randn(size_t(rows));
+  ThreadPool pool(3);
+  QuantScratch scratch;
+  int runs = 0;
+  for (QuantType t : {QuantType::Q8, QuantType::Q4, QuantType::Q4Asym, QuantType::Q6}) {
+    const QCase c(t, 1, rows, k, group, w, x);  // the weights (its activations go unused)
+    std::vector<float> yr(size_t(n * rows));
+    quantized_matmul(ref, pool, scratch, x.data(), n, c.w(), bias.data(), yr.data(), false);
+    for (bool prefill : {false, true}) {
+      if (prefill && (kt.qmatmul_tiles || kt.dequant_prefill)) continue;
+      std::vector<float> y(yr.size());
+      quantized_matmul(kt, pool, scratch, x.data(), n, c.w(), bias.data(), y.data(), prefill);
+      char msg[96];
+      const double e = nmse(y, yr);
+      std::snprintf(msg, sizeof msg, "%s %s n=%ld rows=%ld nmse=%.3g", quant_name(t), prefill ? "prefill" : "decode",
+                    long(n), long(rows), e);
+      expect(e < kSameIntegersNmse, "quantized_matmul vs scalar", msg);
+      ++runs;
+    }
+  }
+  std::printf("quantized_matmul dispatch, 3 threads: %d runs\n", runs);
+}
+
 }  // namespace
 
 int main() {
@@ -269,6 +301,7 @@ int main() {
   check_vector_math(kt, ref);
   check_attention(kt, ref);
   check_quantized(kt, ref);
+  check_quantized_dispatch(kt, ref);
   std::printf("%d checks, %d failures\n", checks, failures);
   return failures ? 1 : 0;
 }
