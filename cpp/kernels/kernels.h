@@ -81,6 +81,8 @@ struct KernelTable {
   // Null where the ISA has none (the matmul_* slots serve then); see gemm_for().
   MatmulRowsFn gemm_f32 = nullptr, gemm_bf16 = nullptr, gemm_f16 = nullptr;
   QMatmulRowsFn qmatmul;     // block-quantized W (every QuantType)
+  // Which qmatmul the level chose, for logs and tests/cpp/kernel_check's report.
+  const char* qmatmul_name = "scalar";
   // The same product for many tokens (prefill): W repacked per call into k-major int8 panels,
   // the same int8 activations. Null where the level has none; it serves the QuantTypes whose
   // bit (1 << type) is in qgemm_types, where it measured faster than the other prefill paths.
@@ -129,6 +131,9 @@ void fill_attention_avx512(KernelTable* t);
 void fill_kernels_neon(KernelTable* t);
 void fill_vmath_neon(KernelTable* t);
 void fill_attention_neon(KernelTable* t);
+void fill_qkernels_neon(KernelTable* t);
+void fill_qkernels_neon_dotprod(KernelTable* t);
+void fill_qkernels_neon_i8mm(KernelTable* t);
 
 // Test-only: the table for a name given to the bindings: an ISA name (kernels_for), or
 // "emu16", the scalar table with the shared SIMD algorithms over a portable 16-lane vector

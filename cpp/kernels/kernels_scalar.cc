@@ -112,7 +112,12 @@ KernelTable make(Isa isa) {
     fill_kernels_neon(&t);
     fill_vmath_neon(&t);
     fill_attention_neon(&t);
+    fill_qkernels_neon(&t);
   }
+  // Each quantized kernel from the file compiled for its level (+dotprod, +dotprod+i8mm): only
+  // the table of a level the CPU has is ever used (kernels_for refuses the others).
+  if (isa >= Isa::NeonDotprod) fill_qkernels_neon_dotprod(&t);
+  if (isa >= Isa::NeonI8mm) fill_qkernels_neon_i8mm(&t);
 #endif
   t.isa = isa;
   return t;

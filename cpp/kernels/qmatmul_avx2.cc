@@ -205,6 +205,7 @@ void dequantize_rows(const QView& w, int64_t r0, int64_t r1, float* dst) {
 
 void fill_qkernels_avx2(KernelTable* t) {
   t->qmatmul = simd::avx2::qmatmul;
+  t->qmatmul_name = "avx2 (vpmaddubsw)";
   t->dequantize_rows = simd::avx2::dequantize_rows;
 }
 

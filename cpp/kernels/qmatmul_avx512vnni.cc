@@ -168,6 +168,7 @@ void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, fl
 
 void fill_qkernels_avx512vnni(KernelTable* t) {
   t->qmatmul = simd::avx512vnni::qmatmul;
+  t->qmatmul_name = "avx512_vnni (vpdpbusd)";
   t->quantize_acts = simd::avx512vnni::quantize_acts;
 }
 

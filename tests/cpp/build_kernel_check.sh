@@ -1,12 +1,14 @@
 #!/bin/sh
 # Builds tests/cpp/kernel_check (the core's kernels without Python) with CXX (default g++)
 # for the machine CXX targets, each ISA file with the flags CMakeLists.txt gives it.
-# Usage: build_kernel_check.sh OUT_BINARY
+# Usage: build_kernel_check.sh OUT_BINARY [OBJECT_DIR]; the objects are kept in OBJECT_DIR when
+# given (.ci/arm64 reads their symbols), else built in a temporary directory and removed.
 set -e
 cd "$(dirname "$0")/../.."
 out=$1
 cxx=${CXX:-g++}
-objs=$(mktemp -d)
+objs=${2:-$(mktemp -d)}
+mkdir -p "$objs"
 arch=$($cxx -dumpmachine)
 # The same flags per file suffix as CMakeLists.txt: change both together.
 avx2="-mavx2 -mfma -mf16c"
@@ -27,4 +29,4 @@ for src in cpp/core/*.cc cpp/kernels/*.cc cpp/quant/*.cc tests/cpp/kernel_check.
 done
 wait
 $cxx -o "$out" "$objs"/*.o -pthread ${LDFLAGS:-}
-rm -rf "$objs"
+[ -n "${2:-}" ] || rm -rf "$objs"

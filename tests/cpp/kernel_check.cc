@@ -2,17 +2,27 @@
 // reference over random shapes with vector tails, with tests/test_kernels.py's metrics:
 // matmuls and attention by NMSE = sum((y - ref)^2) / sum(ref^2) < 1e-11; activations by
 // |y - ref| <= 2e-6 |ref| + 1e-12 |x| + 1e-38; softmax by max relative error < 2e-6 and
-// masked entries exactly 0. Built without Python, so it runs where only the core builds
-// (AArch64 under qemu: .ci/arm64). Prints what it checked; exits 1 on any failure.
+// masked entries exactly 0; the quantized kernels (row kernel qmatmul, and qgemm_prefill for
+// the formats it serves) by NMSE < 1e-11 against the scalar reference on the same int8
+// activations (tests/test_quant.py's: the same integer dot products, only the float summation
+// order differs), each token's result bitwise the one it gets alone (test_qmatmul_batch.py),
+// and on AArch64 bitwise the neon level's (qmatmul_neon.inc's numerics); and the forward
+// pass's quantized_matmul dispatch on a thread pool by the same bound. Built without
+// Python, so it runs where only the core builds (AArch64 under qemu: .ci/arm64). Prints what
+// it checked and which quantized kernel the level chose; exits 1 on any failure.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
+#include "core/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/quantized_matmul.h"
+#include "quant/qformat.h"
 
 using namespace llmos;
 
@@ -141,6 +151,146 @@ void check_attention(const KernelTable& kt, const KernelTable& ref) {
   std::printf("attention (%s): 8 blocks\n", kt.attend ? "vector kernel" : "generic");
 }
 
+// The quantized kernels do the reference's integer dot products; only the float rounding
+// order differs (tests/test_quant.py's SAME_INTEGERS_NMSE).
+constexpr double kSameIntegersNmse = 1e-11;
+
+// A quantized W [rows, k] and int8 activations x [n, k], built with the scalar code.
+struct QCase {
+  QuantType type;
+  int64_t n, rows, k, group;
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scale, min;
+  std::vector<int8_t> q;
+  std::vector<float> d, sd, sdg;
+  std::vector<int32_t> qsum;
+
+  QCase(QuantType t, int64_t n_, int64_t rows_, int64_t k_, int64_t group_, const std::vector<float>& w,
+        const std::vector<float>& x)
+      : type(t), n(n_), rows(rows_), k(k_), group(group_) {
+    const int64_t rb = quant_row_bytes(t, k), ng = k / group, nb = k / kActBlock;
+    codes.resize(size_t(rows * rb));
+    scale.resize(size_t(rows * ng));
+    min.resize(t == QuantType::Q4Asym ? size_t(rows * ng) : 0);
+    for (int64_t r = 0; r < rows; ++r)
+      quantize_row(t, group, w.data() + r * k, k, codes.data() + r * rb, scale.data() + r * ng,
+                   min.empty() ? nullptr : min.data() + r * ng);
+    q.resize(size_t(n * k)), d.resize(size_t(n * nb)), sd.resize(d.size()), qsum.resize(d.size());
+    quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data(), qsum.data());
+    sdg.assign(size_t(n * ng), 0.f);  // as kernels/quantized_matmul.cc's quantize_for
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t b = 0; b < nb; ++b) sdg[size_t(t * ng + b * kActBlock / group)] += sd[size_t(t * nb + b)];
+  }
+  QView w() const { return QView{type, rows, k, group, codes.data(), scale.data(), min.empty() ? nullptr : min.data()}; }
+  // y [nt, row1 - row0] = the kernel's product of tokens [t0, t0 + nt) and rows [row0, row1).
+  std::vector<float> run(QMatmulRowsFn f, int64_t t0, int64_t nt, int64_t row0, int64_t row1) const {
+    const int64_t nb = k / kActBlock;
+    const ActView x{q.data() + t0 * k, d.data() + t0 * nb, sd.data() + t0 * nb, qsum.data() + t0 * nb, nt, k};
+    std::vector<float> y(size_t(nt * (row1 - row0)));
+    f(x, sdg.data() + t0 * (k / group), w(), row0, row1, y.data(), row1 - row0);
+    return y;
+  }
+};
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// One case: the row kernel on rows [row0, rows) (a range that starts off 0 where there are
+// rows to spare), each token alone, the packed GEMM where it serves the format, and on
+// AArch64 levels above neon the neon kernel's bits.
+void check_qcase(const KernelTable& kt, const KernelTable& ref, const KernelTable* neon, const QCase& c) {
+  const int64_t row0 = c.rows > 2 ? 1 : 0, width = c.rows - row0;
+  const auto yr = c.run(ref.qmatmul, 0, c.n, row0, c.rows);
+  const auto y = c.run(kt.qmatmul, 0, c.n, row0, c.rows);
+  char msg[160];
+  const int len = std::snprintf(msg, sizeof msg, "%s n=%ld rows=%ld k=%ld group=%ld", quant_name(c.type), long(c.n),
+                                long(c.rows), long(c.k), long(c.group));
+  char* tail = msg + len;
+  const size_t room = sizeof msg - size_t(len);
+  const double e = nmse(y, yr);
+  std::snprintf(tail, room, " nmse=%.3g", e);
+  expect(e < kSameIntegersNmse, "qmatmul vs scalar", msg);
+  bool alone = true;
+  for (int64_t t = 0; t < c.n; ++t) {
+    const auto yt = c.run(kt.qmatmul, t, 1, row0, c.rows);
+    alone &= std::memcmp(yt.data(), y.data() + t * width, size_t(width) * sizeof(float)) == 0;
+  }
+  std::snprintf(tail, room, " (a token alone differs from it in the batch)");
+  expect(alone, "qmatmul batch invariance", msg);
+  if (neon) {
+    std::snprintf(tail, room, " (differs from the neon level's bits)");
+    expect(same_bits(y, c.run(neon->qmatmul, 0, c.n, row0, c.rows)), "qmatmul neon levels agree", msg);
+  }
+  if (kt.qgemm_prefill && (kt.qgemm_types >> int(c.type) & 1)) {  // called from row 0, as quantized_matmul does
+    const double eg = nmse(c.run(kt.qgemm_prefill, 0, c.n, 0, c.rows), c.run(ref.qmatmul, 0, c.n, 0, c.rows));
+    std::snprintf(tail, room, " nmse=%.3g", eg);
+    expect(eg < kSameIntegersNmse, "qgemm_prefill vs scalar", msg);
+  }
+}
+
+void check_quantized(const KernelTable& kt, const KernelTable& ref) {
+  const KernelTable* neon = isa_is_arm(kt.isa) && kt.isa != Isa::Neon ? &kernels_for(Isa::Neon) : nullptr;
+  std::printf("quantized kernels: qmatmul %s; prefill %s\n", kt.qmatmul_name,
+              kt.qmatmul_tiles    ? "AMX tiles (bf16: tests/test_quant.py checks them), qgemm_prefill checked here"
+              : kt.qgemm_prefill ? "qgemm_prefill for its formats"
+                                 : "the row kernel");
+  // k is a multiple of 64 (every quantized matrix's), and of 128 or not (192, 320, 448); odd
+  // row counts and row tails of 1-3 past each 4-row step; 1..7 tokens (every tail of pairs
+  // and quads of tokens), 9 and 33.
+  const int64_t shapes[][3] = {{1, 1, 64},  {1, 7, 128}, {2, 5, 192}, {3, 9, 256}, {4, 4, 384}, {5, 13, 448},
+                               {6, 3, 64},  {7, 11, 320}, {9, 6, 128}, {33, 10, 256}};
+  const QuantType types[] = {QuantType::Q8, QuantType::Q4, QuantType::Q4Asym, QuantType::Q6};
+  int cases = 0;
+  for (auto& s : shapes)
+    for (int64_t group : {32, 64, 128}) {
+      if (s[2] % group) continue;
+      const auto w = randn(size_t(s[1] * s[2])), x = randn(size_t(s[0] * s[2]));
+      for (QuantType t : types) check_qcase(kt, ref, neon, QCase(t, s[0], s[1], s[2], group, w, x)), ++cases;
+    }
+  // The largest sums (as test_quant.py's test_prefill_sums_hold_the_largest_codes): every code at
+  // the top or bottom of its range bar the one that sets each group's scale, activations +-127
+  // (int16 partial sums that overflowed would be off by thousands).
+  const int64_t n = 7, rows = 9, k = 256;
+  std::vector<float> w(size_t(rows * k), 0.97f), x(size_t(n * k), 1.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < k; ++i) w[size_t(r * k + i)] = (i % 32 == 0 ? -1.f : 0.97f) * (r % 2 ? -1.f : 1.f);
+  for (int64_t t = 1; t < n; t += 2)
+    for (int64_t i = 0; i < k; ++i) x[size_t(t * k + i)] = -1.f;
+  for (QuantType t : types) check_qcase(kt, ref, neon, QCase(t, n, rows, k, 32, w, x)), ++cases;
+  std::printf("qmatmul%s: %d cases (4 formats), each token alone bitwise%s\n",
+              kt.qgemm_prefill ? " and qgemm_prefill" : "", cases, neon ? ", bitwise the neon level's" : "");
+}
+
+// The forward pass's own dispatch (kernels/quantized_matmul.cc) on 3 threads, 70 tokens (past
+// its 64-token blocks) and 37 rows with a bias: decode runs the row kernel; prefill runs it too
+// where the level has neither AMX tiles nor a dequantizing prefill (test_quant.py checks those
+// against float math), otherwise the packed GEMM for its formats. Against the scalar table's.
+void check_quantized_dispatch(const KernelTable& kt, const KernelTable& ref) {
+  const int64_t n = 70, rows = 37, k = 320, group = 64;
+  const auto w = randn(size_t(rows * k)), x = randn(size_t(n * k)), bias = randn(size_t(rows));
+  ThreadPool pool(3);
+  QuantScratch scratch;
+  int runs = 0;
+  for (QuantType t : {QuantType::Q8, QuantType::Q4, QuantType::Q4Asym, QuantType::Q6}) {
+    const QCase c(t, 1, rows, k, group, w, x);  // the weights (its activations go unused)
+    std::vector<float> yr(size_t(n * rows));
+    quantized_matmul(ref, pool, scratch, x.data(), n, c.w(), bias.data(), yr.data(), false);
+    for (bool prefill : {false, true}) {
+      if (prefill && (kt.qmatmul_tiles || kt.dequant_prefill)) continue;
+      std::vector<float> y(yr.size());
+      quantized_matmul(kt, pool, scratch, x.data(), n, c.w(), bias.data(), y.data(), prefill);
+      char msg[96];
+      const double e = nmse(y, yr);
+      std::snprintf(msg, sizeof msg, "%s %s n=%ld rows=%ld nmse=%.3g", quant_name(t), prefill ? "prefill" : "decode",
+                    long(n), long(rows), e);
+      expect(e < kSameIntegersNmse, "quantized_matmul vs scalar", msg);
+      ++runs;
+    }
+  }
+  std::printf("quantized_matmul dispatch, 3 threads: %d runs\n", runs);
+}
+
 }  // namespace
 
 int main() {
@@ -150,6 +300,8 @@ int main() {
   check_matmuls(kt, ref);
   check_vector_math(kt, ref);
   check_attention(kt, ref);
+  check_quantized(kt, ref);
+  check_quantized_dispatch(kt, ref);
   std::printf("%d checks, %d failures\n", checks, failures);
   return failures ? 1 : 0;
 }
