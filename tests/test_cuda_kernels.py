@@ -81,9 +81,10 @@ def test_kernels_refuse_clearly_without_a_gpu():
 @pytest.mark.parametrize("quant", QUANTS, ids=lambda q: q.name)
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
-def test_gemv_quant(quant, group, m):
+@pytest.mark.parametrize("k", [384, 4224])  # 6 and 66 chunks of 64: one and several units per thread (m = 1)
+def test_gemv_quant(quant, group, m, k):
     _gpu_or_skip()
-    rows, k = 200, 384  # rows not a multiple of the 4 rows per block; k = 6 chunks of 64
+    rows = 203  # not a multiple of the 4 rows per block (m > 1) nor of the 4 or 8 rows of the one-token kernel
     w = RNG.standard_normal((rows, k)).astype(np.float32)
     x = RNG.standard_normal((m, k)).astype(np.float32)
     y = _core.cuda_kernel_gemv_quant(x, w, quant, group)

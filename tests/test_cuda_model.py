@@ -131,3 +131,22 @@ def test_unsupported_architectures_stay_on_the_cpu_or_are_refused(checkpoint, ll
 
 def test_auto_picks_the_gpu(checkpoint, llmos):
     assert llmos.load(str(checkpoint("llama")), threads=1).device == "cuda:0"
+
+
+def test_decode_graphs_give_the_launches_results(checkpoint, llmos, monkeypatch):
+    # The captured decode step (the default) against the same ops launched one by one
+    # (LLMOS_CUDA_GRAPHS=0): the same kernels with the same splits, so the same bits. 250 prompt
+    # tokens and 30 new ones cross the cache's first 256 positions (the step is captured again
+    # for the grown cache) and the 256 keys of one attention split; a sliding-window model
+    # checks the window against the position the graph reads on the device.
+    path = str(checkpoint("mistral_swa", max_position_embeddings=1024))
+    graphs = llmos.load(path, threads=1, device="cuda")
+    monkeypatch.setenv("LLMOS_CUDA_GRAPHS", "0")
+    plain = llmos.load(path, threads=1, device="cuda")
+    ids = ids_for(graphs, 250, seed=4).tolist()
+    kw = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, logprobs=True)
+    a, b = graphs.generate(ids, **kw), plain.generate(ids, **kw)
+    assert a.token_ids == b.token_ids
+    assert np.array_equal(np.asarray(a.logprobs, np.float32), np.asarray(b.logprobs, np.float32))
+    cpu = llmos.load(path, threads=2, device="cpu")
+    assert cpu.generate(ids, **kw).token_ids == a.token_ids

@@ -8,9 +8,10 @@ The checkpoint is made here with numpy (no torch, no download): Llama-3.2-3B's s
 weights of random sign and mantissa, the bundled model's tokenizer (its vocabulary is smaller
 than the model's; the prompt is token ids). Speed does not depend on the values. Decode time
 is the difference of two greedy generations of 8 and 8 + --tokens tokens from the same
-prompt, so the prefill and the first step cancel out. The bandwidth a token reads is every
-weight on the GPU once (`device_weight_bytes`: the layers and the tied LM head; the KV cache
-of a short context is negligible), over the time per token.
+prompt, so the prefill and the first step cancel out. Decode steps run as CUDA graphs (the
+default); --no-graphs names weights measured again with every op launched one by one. The
+bandwidth a token reads is every weight on the GPU once (`device_weight_bytes`: the layers
+and the tied LM head; the KV cache of a short context is negligible), over the time per token.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-graphs", default="int4",
+                    help="weights also measured with LLMOS_CUDA_GRAPHS=0 (every op launched one by one); '' for none")
     args = ap.parse_args()
     reason = _core.cuda_unavailable_reason(0)
     if reason:
@@ -118,22 +121,26 @@ def main() -> int:
         make_checkpoint(folder, args.layers)
         print(f"checkpoint: Llama-3.2-3B shape, {args.layers} layers, bfloat16, made in {time.perf_counter() - t:.1f} s",
               flush=True)
-        for q in args.quant.split(","):
+        runs = [(q, True) for q in args.quant.split(",")] + [(q, False) for q in args.no_graphs.split(",") if q]
+        for q, graphs in runs:
+            os.environ["LLMOS_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the model moves to the GPU
             t = time.perf_counter()
             model = llmos.load(folder, threads=args.threads, device="cuda", quant=None if q == "none" else q)
             load_s = time.perf_counter() - t
             wbytes = model.backend.core.device_weight_bytes
             s = decode_seconds_per_token(model, args.tokens)
             gbs = wbytes / s / 1e9
-            rows.append(dict(quant=q, layers=args.layers, weight_bytes=wbytes, ms_per_token=s * 1e3, tok_s=1 / s,
-                             gbs=gbs, pct_peak=100 * gbs / peak, load_s=load_s))
-            print(f"  {q}: loaded in {load_s:.1f} s, {wbytes / 1e9:.2f} GB on the GPU, {s * 1e3:.2f} ms/token", flush=True)
+            rows.append(dict(quant=q if graphs else f"{q} (no graph)", graphs=graphs, layers=args.layers,
+                             weight_bytes=wbytes, ms_per_token=s * 1e3, tok_s=1 / s, gbs=gbs, pct_peak=100 * gbs / peak,
+                             load_s=load_s))
+            print(f"  {rows[-1]['quant']}: loaded in {load_s:.1f} s, {wbytes / 1e9:.2f} GB on the GPU, "
+                  f"{s * 1e3:.2f} ms/token", flush=True)
             del model
     print(f"\n{info['name']} (sm_{info['capability'][0]}{info['capability'][1]}), peak {peak:.0f} GB/s; "
           f"batch-1 greedy decode, {args.tokens} tokens, Llama-3.2-3B shape ({args.layers} layers)")
-    print(f"{'weights':>8} | {'GB on GPU':>9} | {'ms/token':>8} | {'tok/s':>7} | {'GB/s':>6} | {'% of peak':>9}")
+    print(f"{'weights':>15} | {'GB on GPU':>9} | {'ms/token':>8} | {'tok/s':>7} | {'GB/s':>6} | {'% of peak':>9}")
     for r in rows:
-        print(f"{r['quant']:>8} | {r['weight_bytes'] / 1e9:9.2f} | {r['ms_per_token']:8.2f} | {r['tok_s']:7.1f} | "
+        print(f"{r['quant']:>15} | {r['weight_bytes'] / 1e9:9.2f} | {r['ms_per_token']:8.2f} | {r['tok_s']:7.1f} | "
               f"{r['gbs']:6.0f} | {r['pct_peak']:8.1f}%")
     print("target: int4 >= 60% of peak (stretch 70%)")
     if args.json:

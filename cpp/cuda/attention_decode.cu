@@ -25,14 +25,24 @@ constexpr int64_t kMaxSplits = 64;
 
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 
+// attention_splits() on either side: the kernels derive the splits from the keys they see.
+__host__ __device__ __forceinline__ int64_t splits_for(int64_t len) {
+  const int64_t s = (len + kKeysPerSplit - 1) / kKeysPerSplit;
+  return s < 1 ? 1 : s > kMaxSplits ? kMaxSplits : s;
+}
+
 __global__ void __launch_bounds__(32 * kWarps)
 attention_partial_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                         int64_t heads, int64_t group, int64_t D, int64_t len, int64_t capacity, int64_t lo,
-                         int64_t chunk, float scale, float softcap, float* __restrict__ ws) {
+                         int64_t heads, int64_t group, int64_t D, int64_t len, const int64_t* __restrict__ len_dev,
+                         int64_t capacity, int64_t window, float scale, float softcap, float* __restrict__ ws) {
   __shared__ float sm[kWarps], sl[kWarps];
   __shared__ float sacc[kWarps][kMaxAttentionHeadDim];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t split = blockIdx.x, h = blockIdx.y, splits = gridDim.x;
+  if (len_dev) len = *len_dev;
+  const int64_t split = blockIdx.x, h = blockIdx.y, splits = splits_for(len);
+  if (split >= splits) return;  // a graph's grid is sized for the longest cache
+  const int64_t chunk = (len + splits - 1) / splits;
+  const int64_t lo = window > 0 && len > window ? len - window : 0;  // first visible key
   const int64_t kvh = h / group;
   const float* kb = k + kvh * capacity * D;
   const float* vb = v + kvh * capacity * D;
@@ -94,8 +104,10 @@ attention_partial_kernel(const float* __restrict__ q, const float* __restrict__ 
   }
 }
 
-__global__ void attention_merge_kernel(const float* __restrict__ ws, int64_t splits, int64_t D, float* __restrict__ out) {
+__global__ void attention_merge_kernel(const float* __restrict__ ws, int64_t len, const int64_t* __restrict__ len_dev,
+                                       int64_t D, float* __restrict__ out) {
   const int64_t h = blockIdx.x;
+  const int64_t splits = splits_for(len_dev ? *len_dev : len);
   const float* hw = ws + h * splits * (D + 2);
   float M = neg_inf();
   for (int64_t s = 0; s < splits; ++s) M = fmaxf(M, hw[s * (D + 2)]);
@@ -117,10 +129,7 @@ __global__ void attention_merge_kernel(const float* __restrict__ ws, int64_t spl
 
 }  // namespace
 
-int64_t attention_splits(int64_t len) {
-  const int64_t s = (len + kKeysPerSplit - 1) / kKeysPerSplit;
-  return s < 1 ? 1 : s > kMaxSplits ? kMaxSplits : s;
-}
+int64_t attention_splits(int64_t len) { return splits_for(len); }
 
 int64_t attention_workspace_floats(int64_t heads, int64_t D, int64_t len) {
   return heads * attention_splits(len) * (D + 2);
@@ -134,13 +143,12 @@ void attention_decode(const DecodeAttention& a, float* workspace, Stream s) {
   require(a.window >= 0, "window", "must be >= 0 (0: every key)");
   require(std::isfinite(a.scale) && a.softcap >= 0.f, "scale", "scale must be finite and softcap >= 0");
   require(a.q && a.k && a.v && a.out && workspace, "q", "null device pointer");
-  const int64_t splits = attention_splits(a.len);
-  const int64_t chunk = (a.len + splits - 1) / splits;
-  const int64_t lo = a.window > 0 && a.len > a.window ? a.len - a.window : 0;  // first visible key
+  const int64_t splits = attention_splits(a.len);  // with len_dev: the most the device's len may need
   attention_partial_kernel<<<dim3(unsigned(splits), unsigned(a.heads)), 32 * kWarps, 0, s>>>(
-      a.q, a.k, a.v, a.heads, a.heads / a.kv_heads, a.D, a.len, a.capacity, lo, chunk, a.scale, a.softcap, workspace);
+      a.q, a.k, a.v, a.heads, a.heads / a.kv_heads, a.D, a.len, a.len_dev, a.capacity, a.window, a.scale, a.softcap,
+      workspace);
   check_launch("attention_decode (partial)");
-  attention_merge_kernel<<<unsigned(a.heads), 128, 0, s>>>(workspace, splits, a.D, a.out);
+  attention_merge_kernel<<<unsigned(a.heads), 128, 0, s>>>(workspace, a.len, a.len_dev, a.D, a.out);
   check_launch("attention_decode (merge)");
 }
 

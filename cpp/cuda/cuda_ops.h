@@ -19,11 +19,13 @@
 #include "core/dtype.h"
 #include "quant/qformat.h"
 
-struct CUstream_st;  // cudaStream_t is CUstream_st* (cuda_runtime_api.h)
+struct CUstream_st;     // cudaStream_t is CUstream_st* (cuda_runtime_api.h)
+struct CUgraphExec_st;  // cudaGraphExec_t
 
 namespace llmos::cuda {
 
 using Stream = CUstream_st*;
+using GraphExec = CUgraphExec_st*;
 
 // ---- devices (device.cu) ----------------------------------------------------------------
 
@@ -67,6 +69,23 @@ void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_on_device(void* dst, const void* src, size_t bytes);
 void synchronize();  // waits for the device; throws what an earlier launch left behind
+
+// ---- streams and graphs (device.cu) -------------------------------------------------------
+
+// A stream ordered with the legacy default stream (the synchronous copies above), so work on
+// it and those copies never overtake each other.
+Stream stream_create();
+void stream_destroy(Stream s);  // never throws
+void stream_synchronize(Stream s);
+// Records the launches this thread makes on s until capture_end, which returns them as one
+// instantiated graph (replayed by graph_launch with a single launch); capture_abort ends a
+// capture that failed half-way and discards it. Nothing but kernel launches on s may happen
+// in between (no copies, no allocation).
+void capture_begin(Stream s);
+GraphExec capture_end(Stream s);
+void capture_abort(Stream s);  // never throws
+void graph_launch(GraphExec g, Stream s);
+void graph_destroy(GraphExec g);  // never throws
 
 // ---- matrix-vector products for decode (gemv_quant.cu, gemv_half.cu) ----------------------
 
@@ -114,9 +133,11 @@ void norm_rows(const float* x, int64_t ld, int64_t rows, int64_t per, int64_t n,
 void rope_rows(float* x, int64_t tokens, int64_t ld, int64_t heads, int64_t D, int64_t rotary_dim,
                const float* cos_t, const float* sin_t, Stream s);
 // k (at k_off) and v (at v_off) of each token's row of qkv [tokens, ld] into the caches
-// [kv_heads, capacity, D] at positions pos0 + t.
+// [kv_heads, capacity, D] at positions pos0 + t; pos0 is read on the device from *pos0_dev
+// when that is set (a captured graph; the caller checks it fits).
 void kv_append(const float* qkv, int64_t tokens, int64_t ld, int64_t k_off, int64_t v_off, int64_t kv_heads,
-               int64_t D, float* k_cache, float* v_cache, int64_t capacity, int64_t pos0, Stream s);
+               int64_t D, float* k_cache, float* v_cache, int64_t capacity, int64_t pos0, Stream s,
+               const int64_t* pos0_dev = nullptr);
 // out[t, j] = act(up[t, j]) * up[t, F + j] (gated) or act(up[t, j]), j < F; up [tokens, U].
 void mlp_activation(int act, bool gated, const float* up, int64_t tokens, int64_t U, int64_t F, float* out,
                     Stream s);
@@ -141,6 +162,11 @@ struct DecodeAttention {
   int64_t heads, kv_heads, D, len, capacity, window;
   float scale, softcap;  // softcap > 0: s = softcap * tanh(s / softcap)
   float* out;            // [heads, D]
+  // Set: the number of keys is read on the device from *len_dev when the kernels run (a
+  // captured graph replayed at every position), and `len` is only its upper bound (the grid
+  // and the workspace are sized for it). The splits follow the device's len exactly as they
+  // follow `len` otherwise, so both give the same result.
+  const int64_t* len_dev = nullptr;
 };
 constexpr int64_t kMaxAttentionHeadDim = 256;
 // Splits used for `len` keys, and the float32 workspace the call needs.

@@ -107,4 +107,42 @@ void copy_on_device(void* dst, const void* src, size_t bytes) {
 
 void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
+Stream stream_create() {
+  cudaStream_t s = nullptr;
+  check(cudaStreamCreate(&s), "cudaStreamCreate");
+  return s;
+}
+
+void stream_destroy(Stream s) {
+  if (s) cudaStreamDestroy(s);
+}
+
+void stream_synchronize(Stream s) { check(cudaStreamSynchronize(s), "cudaStreamSynchronize"); }
+
+void capture_begin(Stream s) {
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+}
+
+GraphExec capture_end(Stream s) {
+  cudaGraph_t g = nullptr;
+  check(cudaStreamEndCapture(s, &g), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+  cudaGraphDestroy(g);
+  check(e, "cudaGraphInstantiate");
+  return exec;
+}
+
+void capture_abort(Stream s) {
+  cudaGraph_t g = nullptr;
+  if (cudaStreamEndCapture(s, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+  cudaGetLastError();  // the failed capture's status is not the next call's
+}
+
+void graph_launch(GraphExec g, Stream s) { check(cudaGraphLaunch(g, s), "cudaGraphLaunch"); }
+
+void graph_destroy(GraphExec g) {
+  if (g) cudaGraphExecDestroy(g);
+}
+
 }  // namespace llmos::cuda

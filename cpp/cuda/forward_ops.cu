@@ -18,38 +18,27 @@ namespace {
 
 constexpr int kNormThreads = 256;
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024): every thread gets it.
-__device__ float block_sum(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // part may still be read from an earlier call
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  float s = lane < warps ? part[lane] : 0.f;
-  return warp_sum(s);
-}
-
 // One block per row r: row = x + (r / per) * ld + (r % per) * n (per rows of n values inside each
 // strided row), normalized over its n values into out (same layout, may alias x).
 __global__ void norm_kernel(const float* x, int64_t ld, int64_t per, int64_t n, const float* __restrict__ w,
                             const float* __restrict__ b, float eps, bool layer_norm, float* out) {
   const int64_t r = blockIdx.x;
   const int64_t off = (r / per) * ld + (r % per) * n;
+  __shared__ float red[32];
   const float* xr = x + off;
   float* orow = out + off;
   float mean = 0.f;
   if (layer_norm) {
     float s = 0.f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
-    mean = block_sum(s) / float(n);
+    mean = block_sum(s, red) / float(n);
   }
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const float d = xr[i] - mean;
     ss = fmaf(d, d, ss);
   }
-  const float inv = 1.0f / sqrtf(block_sum(ss) / float(n) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(n) + eps);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     float v = (xr[i] - mean) * inv * w[i];
     if (b) v += b[i];
@@ -72,8 +61,10 @@ __global__ void rope_rows_kernel(float* x, int64_t ld, int64_t D, int64_t half, 
 
 // Grid (token, kv head): k and v of the token into the cache at position pos0 + t.
 __global__ void kv_append_kernel(const float* __restrict__ qkv, int64_t ld, int64_t k_off, int64_t v_off, int64_t D,
-                                 float* __restrict__ kc, float* __restrict__ vc, int64_t capacity, int64_t pos0) {
+                                 float* __restrict__ kc, float* __restrict__ vc, int64_t capacity, int64_t pos0,
+                                 const int64_t* __restrict__ pos0_dev) {
   const int64_t t = blockIdx.x, h = blockIdx.y;
+  if (pos0_dev) pos0 = *pos0_dev;
   const float* k = qkv + t * ld + k_off + h * D;
   const float* v = qkv + t * ld + v_off + h * D;
   float* kd = kc + (h * capacity + pos0 + t) * D;
@@ -140,11 +131,12 @@ void rope_rows(float* x, int64_t tokens, int64_t ld, int64_t heads, int64_t D, i
 }
 
 void kv_append(const float* qkv, int64_t tokens, int64_t ld, int64_t k_off, int64_t v_off, int64_t kv_heads,
-               int64_t D, float* k_cache, float* v_cache, int64_t capacity, int64_t pos0, Stream s) {
+               int64_t D, float* k_cache, float* v_cache, int64_t capacity, int64_t pos0, Stream s,
+               const int64_t* pos0_dev) {
   require(tokens >= 1 && kv_heads >= 1 && kv_heads < 65536 && pos0 >= 0 && pos0 + tokens <= capacity, "kv",
           "the new positions must fit the cache");
   kv_append_kernel<<<dim3(unsigned(tokens), unsigned(kv_heads)), 128, 0, s>>>(qkv, ld, k_off, v_off, D, k_cache,
-                                                                              v_cache, capacity, pos0);
+                                                                              v_cache, capacity, pos0, pos0_dev);
   check_launch("kv_append");
 }
 

@@ -146,6 +146,139 @@ gemv_quant_kernel(const uint8_t* __restrict__ codes, const uint16_t* __restrict_
   }
 }
 
+// One token (decode): a block of 4 warps takes R rows at once and its 128 threads stride over
+// the rows' 16-byte units together. Each thread loads the unit's activations once and reuses
+// them for the R rows (the kernel above reads x once per row, 2-8 times the weight bytes, which
+// bounded it by L1 traffic at a fifth of the HBM bandwidth), and keeps R independent 16-byte
+// weight loads in flight. Threads sum their rows' partials in a warp, then across the 4 warps
+// through shared memory. Rows past the end repeat the last row and are not stored.
+constexpr int kOneTokThreads = 128;
+
+template <int QT>
+constexpr int one_token_rows() {
+  return QT == int(QuantType::Q8) ? 4 : 8;  // x is 4 (int8) or 8 (4-bit) times the weight bytes
+}
+
+template <int QT, int R>
+__global__ void __launch_bounds__(kOneTokThreads)
+gemv_quant_one_token_kernel(const uint8_t* __restrict__ codes, const uint16_t* __restrict__ scale,
+                            const uint16_t* __restrict__ mins, int64_t rows, int64_t cols, int64_t group,
+                            const float* __restrict__ x, float* __restrict__ y) {
+  constexpr bool kQ8 = QT == int(QuantType::Q8), kQ6 = QT == int(QuantType::Q6);
+  constexpr bool kAsym = QT == int(QuantType::Q4Asym);
+  const float zero = kQ8 ? 128.f : kQ6 ? 32.f : kAsym ? 0.f : 8.f;
+  __shared__ float part[kOneTokThreads / 32][R];
+  const int64_t r0 = int64_t(blockIdx.x) * R;
+  const int64_t row_bytes = kQ8 ? cols : kQ6 ? cols / 64 * 48 : cols / 2;
+  const int64_t groups = cols / group;
+  int64_t row[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) row[i] = r0 + i < rows ? r0 + i : rows - 1;
+
+  float acc[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) acc[i] = 0.f;
+  float q[16];
+  if (kQ8) {
+    const int64_t units = cols / 16;
+    for (int64_t u = threadIdx.x; u < units; u += kOneTokThreads) {
+      const int64_t c = u * 16;
+      const float4* xp = reinterpret_cast<const float4*>(x + c);
+      float xv[16];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 v = __ldg(xp + j);
+        xv[4 * j] = v.x, xv[4 * j + 1] = v.y, xv[4 * j + 2] = v.z, xv[4 * j + 3] = v.w;
+      }
+      uint4 b[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) b[i] = __ldg(reinterpret_cast<const uint4*>(codes + row[i] * row_bytes) + u);
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        bytes16(b[i], zero, q);
+        float sdot = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) sdot = fmaf(q[j], xv[j], sdot);
+        acc[i] = fmaf(half_bits(scale[row[i] * groups + c / group]), sdot, acc[i]);
+      }
+    }
+  } else {
+    const int64_t units = cols / 32;  // half chunks: two runs of 16 values
+    for (int64_t u = threadIdx.x; u < units; u += kOneTokThreads) {
+      const int64_t chunk = u >> 1;
+      const int h = int(u & 1);
+      const int64_t c_lo = chunk * 64 + 16 * h, c_hi = c_lo + 32;
+      float xlo[16], xhi[16];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(x + c_lo) + j);
+        const float4 v = __ldg(reinterpret_cast<const float4*>(x + c_hi) + j);
+        xlo[4 * j] = a.x, xlo[4 * j + 1] = a.y, xlo[4 * j + 2] = a.z, xlo[4 * j + 3] = a.w;
+        xhi[4 * j] = v.x, xhi[4 * j + 1] = v.y, xhi[4 * j + 2] = v.z, xhi[4 * j + 3] = v.w;
+      }
+      float sx_lo = 0.f, sx_hi = 0.f;
+      if (kAsym) {
+#pragma unroll
+        for (int j = 0; j < 16; ++j) sx_lo += xlo[j], sx_hi += xhi[j];
+      }
+      uint4 b[R], hb[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const uint8_t* base = codes + row[i] * row_bytes + chunk * (kQ6 ? 48 : 32);
+        b[i] = __ldg(reinterpret_cast<const uint4*>(base) + h);
+        if (kQ6) hb[i] = __ldg(reinterpret_cast<const uint4*>(base + 32));
+      }
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        uint4 top_lo = make_uint4(0, 0, 0, 0), top_hi = top_lo;
+        if (kQ6) {
+          const int sl = 2 * h, sh = 2 * h + 4;
+          auto pick = [](uint32_t v, int s) { return ((v >> s) & 0x03030303u) << 4; };
+          top_lo = make_uint4(pick(hb[i].x, sl), pick(hb[i].y, sl), pick(hb[i].z, sl), pick(hb[i].w, sl));
+          top_hi = make_uint4(pick(hb[i].x, sh), pick(hb[i].y, sh), pick(hb[i].z, sh), pick(hb[i].w, sh));
+        }
+        const uint16_t* sr = scale + row[i] * groups;
+        nibbles16(b[i], false, top_lo, zero, q);
+        float s_lo = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) s_lo = fmaf(q[j], xlo[j], s_lo);
+        nibbles16(b[i], true, top_hi, zero, q);
+        float s_hi = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) s_hi = fmaf(q[j], xhi[j], s_hi);
+        acc[i] = fmaf(half_bits(sr[c_lo / group]), s_lo, acc[i]);
+        acc[i] = fmaf(half_bits(sr[c_hi / group]), s_hi, acc[i]);
+        if (kAsym) {
+          const uint16_t* mr = mins + row[i] * groups;
+          acc[i] = fmaf(half_bits(mr[c_lo / group]), sx_lo, acc[i]);
+          acc[i] = fmaf(half_bits(mr[c_hi / group]), sx_hi, acc[i]);
+        }
+      }
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const float v = warp_sum(acc[i]);
+    if (lane == 0) part[warp][i] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < R && r0 + threadIdx.x < rows) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kOneTokThreads / 32; ++w) v += part[w][threadIdx.x];
+    y[r0 + threadIdx.x] = v;
+  }
+}
+
+template <int QT>
+void launch_one_token(const QView& w, const float* x, float* y, Stream s) {
+  constexpr int R = one_token_rows<QT>();
+  const unsigned grid = unsigned((w.rows + R - 1) / R);
+  gemv_quant_one_token_kernel<QT, R><<<grid, kOneTokThreads, 0, s>>>(w.codes, w.scale, w.min, w.rows, w.cols,
+                                                                      w.group, x, y);
+}
+
 template <int M>
 void launch(const QView& w, const float* x, int m, float* y, int64_t ldy, Stream s) {
   const dim3 grid(unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock)), block(32 * kWarpsPerBlock);
@@ -191,7 +324,15 @@ void gemv_quant(const QView& w, const float* x, int64_t m, float* y, int64_t ldy
   // multiples of 16 for these widths), and so does every token's x when x does.
   require(aligned16(w.codes) && aligned16(x), "x", "the codes and x must be 16-byte aligned on the device");
   const int mi = int(m);
-  if (mi == 1) launch<1>(w, x, mi, y, ldy, s);
+  if (mi == 1) {
+    switch (w.type) {
+      case QuantType::Q8: launch_one_token<int(QuantType::Q8)>(w, x, y, s); break;
+      case QuantType::Q4: launch_one_token<int(QuantType::Q4)>(w, x, y, s); break;
+      case QuantType::Q4Asym: launch_one_token<int(QuantType::Q4Asym)>(w, x, y, s); break;
+      default: launch_one_token<int(QuantType::Q6)>(w, x, y, s); break;
+    }
+    check_launch("gemv_quant (one token)");
+  }
   else if (mi == 2) launch<2>(w, x, mi, y, ldy, s);
   else if (mi <= 4) launch<4>(w, x, mi, y, ldy, s);
   else if (mi <= 8) launch<8>(w, x, mi, y, ldy, s);

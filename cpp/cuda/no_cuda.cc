@@ -38,6 +38,14 @@ void copy_to_device(void*, const void*, size_t) { refuse(); }
 void copy_to_host(void*, const void*, size_t) { refuse(); }
 void copy_on_device(void*, const void*, size_t) { refuse(); }
 void synchronize() { refuse(); }
+Stream stream_create() { refuse(); }
+void stream_destroy(Stream) {}
+void stream_synchronize(Stream) { refuse(); }
+void capture_begin(Stream) { refuse(); }
+GraphExec capture_end(Stream) { refuse(); }
+void capture_abort(Stream) {}
+void graph_launch(GraphExec, Stream) { refuse(); }
+void graph_destroy(GraphExec) {}
 
 void gemv_quant(const QView&, const float*, int64_t, float*, int64_t, Stream) { refuse(); }
 void gemv_half(DType, const uint16_t*, int64_t, int64_t, const float*, int64_t, float*, int64_t, Stream) { refuse(); }
@@ -48,7 +56,7 @@ void norm_rows(const float*, int64_t, int64_t, int64_t, int64_t, const float*, c
 }
 void rope_rows(float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, const float*, Stream) { refuse(); }
 void kv_append(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t, int64_t,
-               Stream) {
+               Stream, const int64_t*) {
   refuse();
 }
 void mlp_activation(int, bool, const float*, int64_t, int64_t, int64_t, float*, Stream) { refuse(); }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/errors.h"
@@ -39,6 +40,9 @@ CudaDecoder::CudaDecoder(const Architecture& spec, const ModelWeights& w, int de
   const std::string why = unsupported(spec, w);
   if (!why.empty()) refuse(why);
   cuda::set_device(device);
+  const char* graphs = std::getenv("LLMOS_CUDA_GRAPHS");
+  graphs_ = !(graphs && std::string(graphs) == "0");
+  pos_ = cuda::DeviceBuffer(2 * sizeof(int64_t));
   layers_.reserve(w.layers.size());
   for (const LayerWeights& L : w.layers) {
     DLayer d;
@@ -64,9 +68,10 @@ CudaDecoder::CudaDecoder(const Architecture& spec, const ModelWeights& w, int de
   final_norm_b_ = upload(w.final_norm_b);
   lm_head_ = upload(w.output_matrix());
   cuda::synchronize();
+  stream_ = cuda::stream_create();  // last: nothing after it throws, so the destructor frees it
 }
 
-CudaDecoder::~CudaDecoder() = default;
+CudaDecoder::~CudaDecoder() { cuda::stream_destroy(stream_); }
 
 CudaDecoder::DMatrix CudaDecoder::upload(const Matrix& m) {
   DMatrix d;
@@ -106,21 +111,21 @@ void CudaDecoder::matmul(const DMatrix& w, const float* x, int64_t n, const cuda
     if (w.qtype != QuantType::None) {
       const QView v{w.qtype, w.rows, w.cols, w.group, w.data.as<uint8_t>(), w.scale.as<uint16_t>(),
                     w.qtype == QuantType::Q4Asym ? w.min.as<uint16_t>() : nullptr};
-      cuda::gemv_quant(v, xr, m, yr, w.rows, nullptr);
+      cuda::gemv_quant(v, xr, m, yr, w.rows, stream_);
     } else if (w.dtype == DType::F32) {
-      cuda::gemv_float(w.data.as<float>(), w.rows, w.cols, xr, m, yr, w.rows, nullptr);
+      cuda::gemv_float(w.data.as<float>(), w.rows, w.cols, xr, m, yr, w.rows, stream_);
     } else {
-      cuda::gemv_half(w.dtype, w.data.as<uint16_t>(), w.rows, w.cols, xr, m, yr, w.rows, nullptr);
+      cuda::gemv_half(w.dtype, w.data.as<uint16_t>(), w.rows, w.cols, xr, m, yr, w.rows, stream_);
     }
   }
-  if (bias.data()) cuda::add_bias(y, n, w.rows, w.rows, bias.as<float>(), nullptr);
+  if (bias.data()) cuda::add_bias(y, n, w.rows, w.rows, bias.as<float>(), stream_);
 }
 
 void CudaDecoder::norm(int64_t n, const float* x, const cuda::DeviceBuffer& w, const cuda::DeviceBuffer& b,
                        float* out) {
   const int64_t H = spec_.hidden_size;
   cuda::norm_rows(x, H, n, 1, H, w.as<float>(), b.as<float>(), spec_.norm_eps, spec_.norm == NormKind::LayerNorm, out,
-                  nullptr);
+                  stream_);
 }
 
 void CudaDecoder::scratch(int64_t n) {
@@ -133,6 +138,7 @@ void CudaDecoder::scratch(int64_t n) {
   tmp_ = floats(n * H), up_ = floats(n * U), act_ = floats(n * F), logits_ = floats(n * spec_.vocab_size);
   cos_ = floats(n * half), sin_ = floats(n * half), cos_local_ = floats(n * half), sin_local_ = floats(n * half);
   scratch_tokens_ = n;
+  ++buffers_;  // every captured step read the old ones
 }
 
 void CudaDecoder::reserve(CudaKv& kv, int64_t n_past, int64_t n_total) {
@@ -160,6 +166,7 @@ void CudaDecoder::reserve(CudaKv& kv, int64_t n_past, int64_t n_total) {
     const int64_t len = std::max<int64_t>(n_total, kv.capacity);
     attn_ws_ = cuda::DeviceBuffer(size_t(cuda::attention_workspace_floats(spec_.num_heads, D, len)) * sizeof(float));
     attn_ws_len_ = len;
+    ++buffers_;
   }
 }
 
@@ -210,12 +217,47 @@ void CudaDecoder::forward(const std::vector<SeqChunk>& chunks, float* logits, bo
 
 void CudaDecoder::piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t pos0, float* logits, bool all_logits,
                         CancelCheck* cancel) {
-  const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
-  const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
-  const int64_t V = spec_.vocab_size;
   scratch(n);
   if (cancel) (*cancel)();
+  upload_inputs(tokens, n, pos0);
+  if (n == 1 && logits && graphs_) {
+    decode_step(kv);
+  } else {
+    layers(kv, n, pos0, nullptr, cancel);
+    if (!logits) {
+      cuda::stream_synchronize(stream_);
+      return;
+    }
+    head(n, all_logits ? n : 1);
+  }
+  const int64_t rows = all_logits ? n : 1;
+  // A synchronous copy on the legacy stream: it waits for the step's work on stream_.
+  cuda::copy_to_host(logits, logits_.data(), size_t(rows * spec_.vocab_size) * sizeof(float));
+}
 
+void CudaDecoder::decode_step(CudaKv& kv) {
+  if (!kv.step || kv.step_k0 != kv.k[0].data() || kv.step_capacity != kv.capacity || kv.step_buffers != buffers_) {
+    cuda::graph_destroy(kv.step);
+    kv.step = nullptr;
+    cuda::stream_synchronize(stream_);
+    cuda::capture_begin(stream_);
+    try {
+      layers(kv, 1, 0, pos_.as<int64_t>(), nullptr);
+      head(1, 1);
+    } catch (...) {
+      cuda::capture_abort(stream_);
+      throw;
+    }
+    kv.step = cuda::capture_end(stream_);
+    kv.step_k0 = kv.k[0].data();
+    kv.step_capacity = kv.capacity;
+    kv.step_buffers = buffers_;
+  }
+  cuda::graph_launch(kv.step, stream_);
+}
+
+void CudaDecoder::upload_inputs(const int32_t* tokens, int64_t n, int64_t pos0) {
+  const int64_t H = spec_.hidden_size;
   // x = embed[tokens] * scale, made on the host (one row per token) and copied up.
   host_rows_.resize(size_t(n * H));
   for (int64_t t = 0; t < n; ++t) {
@@ -245,7 +287,13 @@ void CudaDecoder::piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t po
   };
   tables(spec_.rope, cos_, sin_);
   tables(spec_.rope_local, cos_local_, sin_local_);
+  const int64_t pos[2] = {pos0, pos0 + 1};  // a one-token step's position and its number of keys
+  cuda::copy_to_device(pos_.data(), pos, sizeof(pos));
+}
 
+void CudaDecoder::layers(CudaKv& kv, int64_t n, int64_t pos0, const int64_t* pos_dev, CancelCheck* cancel) {
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, Nq = spec_.num_heads, Nkv = spec_.num_kv_heads;
+  const int64_t QKV = (Nq + 2 * Nkv) * D, F = spec_.intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
   float* x = x_.as<float>();
   float* h = h_.as<float>();
   float* qkv = qkv_.as<float>();
@@ -253,6 +301,7 @@ void CudaDecoder::piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t po
   float* tmp = tmp_.as<float>();
   const float scale = spec_.attn_scale > 0 ? spec_.attn_scale : 1.0f / std::sqrt(float(D));
   const bool across = spec_.qk_norm && spec_.qk_norm_across_heads;
+  const cuda::Stream s = stream_;
 
   for (int64_t l = 0; l < spec_.num_layers; ++l) {
     if (cancel) (*cancel)();
@@ -268,36 +317,38 @@ void CudaDecoder::piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t po
     if (spec_.qk_norm) {
       const float eps = spec_.norm_eps;
       if (across) {
-        cuda::norm_rows(qkv, QKV, n, 1, Nq * D, L.q_norm_w.as<float>(), nullptr, eps, false, qkv, nullptr);
-        cuda::norm_rows(qkv + Nq * D, QKV, n, 1, Nkv * D, L.k_norm_w.as<float>(), nullptr, eps, false, qkv + Nq * D,
-                        nullptr);
+        cuda::norm_rows(qkv, QKV, n, 1, Nq * D, L.q_norm_w.as<float>(), nullptr, eps, false, qkv, s);
+        cuda::norm_rows(qkv + Nq * D, QKV, n, 1, Nkv * D, L.k_norm_w.as<float>(), nullptr, eps, false, qkv + Nq * D, s);
       } else {
-        cuda::norm_rows(qkv, QKV, n * Nq, Nq, D, L.q_norm_w.as<float>(), nullptr, eps, false, qkv, nullptr);
+        cuda::norm_rows(qkv, QKV, n * Nq, Nq, D, L.q_norm_w.as<float>(), nullptr, eps, false, qkv, s);
         cuda::norm_rows(qkv + Nq * D, QKV, n * Nkv, Nkv, D, L.k_norm_w.as<float>(), nullptr, eps, false, qkv + Nq * D,
-                        nullptr);
+                        s);
       }
     }
     const bool rotates = spec_.rope_layers.empty() || spec_.rope_layers[size_t(l)];
     if (rotates && spec_.rope.rotary_dim > 0) {
       const bool local = spec_.rope_local.rotary_dim > 0 && window > 0;
       cuda::rope_rows(qkv, n, QKV, Nq + Nkv, D, spec_.rope.rotary_dim, (local ? cos_local_ : cos_).as<float>(),
-                      (local ? sin_local_ : sin_).as<float>(), nullptr);
+                      (local ? sin_local_ : sin_).as<float>(), s);
     }
     float* kc = kv.k[size_t(l)].as<float>();
     float* vc = kv.v[size_t(l)].as<float>();
-    cuda::kv_append(qkv, n, QKV, Nq * D, (Nq + Nkv) * D, Nkv, D, kc, vc, kv.capacity, pos0, nullptr);
+    cuda::kv_append(qkv, n, QKV, Nq * D, (Nq + Nkv) * D, Nkv, D, kc, vc, kv.capacity, pos0, s, pos_dev);
     for (int64_t t = 0; t < n; ++t) {
       cuda::DecodeAttention a;
       a.q = qkv + t * QKV;
       a.k = kc, a.v = vc;
-      a.heads = Nq, a.kv_heads = Nkv, a.D = D, a.len = pos0 + t + 1, a.capacity = kv.capacity, a.window = window;
+      a.heads = Nq, a.kv_heads = Nkv, a.D = D, a.capacity = kv.capacity, a.window = window;
+      // With the position on the device, len is the bound the graph is sized for.
+      a.len = pos_dev ? kv.capacity : pos0 + t + 1;
+      a.len_dev = pos_dev ? pos_dev + 1 : nullptr;
       a.scale = scale, a.softcap = spec_.attn_softcap;
       a.out = attn + t * Nq * D;
-      cuda::attention_decode(a, attn_ws_.as<float>(), nullptr);
+      cuda::attention_decode(a, attn_ws_.as<float>(), s);
     }
     matmul(L.o, attn, n, L.o_b, tmp);
     if (spec_.post_attn_norm) norm(n, tmp, L.attn_post_norm_w, cuda::DeviceBuffer(), tmp);
-    cuda::add_residual(x, tmp, n * H, spec_.residual_scale, nullptr);
+    cuda::add_residual(x, tmp, n * H, spec_.residual_scale, s);
 
     // x += post_norm(down(act(gate) * up)(norm(x)))
     in = x;
@@ -306,22 +357,20 @@ void CudaDecoder::piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t po
       in = h;
     }
     matmul(L.up, in, n, L.up_b, up_.as<float>());
-    cuda::mlp_activation(int(spec_.activation), spec_.gated_mlp, up_.as<float>(), n, U, F, act_.as<float>(), nullptr);
+    cuda::mlp_activation(int(spec_.activation), spec_.gated_mlp, up_.as<float>(), n, U, F, act_.as<float>(), s);
     matmul(L.down, act_.as<float>(), n, L.down_b, tmp);
     if (spec_.post_ffn_norm) norm(n, tmp, L.ffn_post_norm_w, cuda::DeviceBuffer(), tmp);
-    cuda::add_residual(x, tmp, n * H, spec_.residual_scale, nullptr);
+    cuda::add_residual(x, tmp, n * H, spec_.residual_scale, s);
   }
-  if (!logits) {
-    cuda::synchronize();
-    return;
-  }
-  // Final norm and LM head on the rows asked for.
-  const int64_t rows = all_logits ? n : 1;
-  const float* last = x + (n - rows) * H;
-  norm(rows, last, final_norm_w_, final_norm_b_, h);
+}
+
+void CudaDecoder::head(int64_t n, int64_t rows) {
+  // Final norm and LM head on the last `rows` rows, into logits_.
+  const int64_t H = spec_.hidden_size;
+  float* h = h_.as<float>();
+  norm(rows, x_.as<float>() + (n - rows) * H, final_norm_w_, final_norm_b_, h);
   matmul(lm_head_, h, rows, cuda::DeviceBuffer(), logits_.as<float>());
-  cuda::finish_logits(logits_.as<float>(), rows * V, spec_.logit_scale, spec_.final_softcap, nullptr);
-  cuda::copy_to_host(logits, logits_.data(), size_t(rows * V) * sizeof(float));
+  cuda::finish_logits(logits_.as<float>(), rows * spec_.vocab_size, spec_.logit_scale, spec_.final_softcap, stream_);
 }
 
 }  // namespace llmos

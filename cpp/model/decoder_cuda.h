@@ -14,6 +14,12 @@
 // (they are small) and copied up per forward; the matrices' products use the GEMV kernels in
 // runs of up to 16 tokens, and attention the split-K decode kernel once per query.
 //
+// A one-token step (decode) runs as a CUDA graph: the first step of a session captures its
+// ~13 launches per layer once, with the position read on the device, and every later step is
+// one graph launch after copying the step's inputs up; the cache growing (or the decoder's
+// buffers being reallocated) makes the next step capture again. LLMOS_CUDA_GRAPHS=0 turns
+// this off (each op launched as it comes, as for prompts); both give the same result.
+//
 // Without CUDA in the build, constructing one throws (cuda/no_cuda.cc).
 #pragma once
 
@@ -32,10 +38,22 @@ namespace llmos {
 class Session;
 struct SeqChunk;
 
-// One session's keys and values on the device: per layer [num_kv_heads, capacity, head_dim].
+// One session's keys and values on the device: per layer [num_kv_heads, capacity, head_dim];
+// and the captured decode step that reads and writes them (replayed at every position until
+// the cache or the decoder's buffers move).
 struct CudaKv {
+  CudaKv() = default;
+  ~CudaKv() { cuda::graph_destroy(step); }
+  CudaKv(const CudaKv&) = delete;
+  CudaKv& operator=(const CudaKv&) = delete;
   std::vector<cuda::DeviceBuffer> k, v;
   int64_t capacity = 0;
+  cuda::GraphExec step = nullptr;
+  // What the step was captured with: the cache's first buffer and capacity, the decoder's
+  // buffer generation.
+  const void* step_k0 = nullptr;
+  int64_t step_capacity = 0;
+  uint64_t step_buffers = 0;
 };
 
 class CudaDecoder {
@@ -82,10 +100,20 @@ class CudaDecoder {
   // (logits non-null) the head on the last row or, all_logits, on every row.
   void piece(CudaKv& kv, const int32_t* tokens, int64_t n, int64_t pos0, float* logits, bool all_logits,
              CancelCheck* cancel);
+  // The steps of a piece: its inputs copied up (embedding rows, rope tables, position), the
+  // layers (pos_dev set: the position is read on the device, for a graph), the head on `rows`
+  // rows ending at the piece's last.
+  void upload_inputs(const int32_t* tokens, int64_t n, int64_t pos0);
+  void layers(CudaKv& kv, int64_t n, int64_t pos0, const int64_t* pos_dev, CancelCheck* cancel);
+  void head(int64_t n, int64_t rows);
+  void decode_step(CudaKv& kv);  // layers + head of one token through the session's graph
 
   const Architecture& spec_;
   const ModelWeights& host_;  // the embedding rows are read on the host
   int device_;
+  cuda::Stream stream_ = nullptr;
+  bool graphs_ = true;        // LLMOS_CUDA_GRAPHS
+  uint64_t buffers_ = 1;      // bumped whenever a buffer a graph reads moves
   int64_t weight_bytes_ = 0;
   std::vector<DLayer> layers_;
   cuda::DeviceBuffer final_norm_w_, final_norm_b_;
@@ -95,6 +123,7 @@ class CudaDecoder {
   int64_t scratch_tokens_ = 0;
   cuda::DeviceBuffer x_, h_, qkv_, attn_, tmp_, up_, act_, logits_, cos_, sin_, cos_local_, sin_local_;
   cuda::DeviceBuffer attn_ws_;
+  cuda::DeviceBuffer pos_;  // int64 [2]: the step's position and its number of keys (graphs)
   int64_t attn_ws_len_ = 0;
   std::vector<float> host_rows_, host_cos_, host_sin_;
 };

@@ -394,6 +394,18 @@ class Model:
     @property
     def isa(self) -> str:
         """The ISA of its kernels."""
+    @property
+    def device(self) -> str:
+        """Where its forward passes run: "cpu" or "cuda:N"."""
+    @property
+    def device_weight_bytes(self) -> int:
+        """Bytes of weights on the GPU (0 on the CPU)."""
+    def to_device(self, device: int) -> None:
+        """Runs every later forward on GPU `device` (weights copied there, KV caches made there);
+        raises InvalidInputError (field device) saying why when it cannot."""
+    @staticmethod
+    def cuda_unsupported(model: Model) -> str:
+        """Why this model cannot run on the GPU ("" when it can)."""
     def __init__(self, arch: Architecture, sources: Iterable[tuple[Any, ...]], dtype: str, n_threads: int,
                  quant: QuantType | None = None, group: int = 32, head_quant: QuantType | None = None) -> None:
         """Loads the weights: sources yields (role, layer, parts, prequant, group), each taken and let
