@@ -25,6 +25,7 @@ float weights the reference model holds.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -68,6 +69,37 @@ def _grid(w: torch.Tensor, bits: int, group: int, sym: bool, g_idx: torch.Tensor
     return q, scales, zeros
 
 
+def _quantize_module(w, prefix, method, bits, g, sym, fmt, g_idx, fp16_scales=True):
+    """({tensor name: array} of module `prefix` in the AWQ / GPTQ format, its dequantized
+    weight [out, in] as a torch tensor) for float weight w [out, in]."""
+    # v1 GPTQ cannot store a zero point of 0 (it stores z - 1): keep z >= 1 there.
+    zero_min = 1 if method == "gptq" and fmt != "gptq_v2" else 0
+    q, s, z = _grid(w, bits, g, sym, g_idx, zero_min)
+    deq = ((q - z[:, g_idx.long()]).float() * s.float()[:, g_idx.long()])
+    out = {}
+    if method == "awq":
+        qweight, qzeros, scales = awq_pack(deq, bits, g, s.float().t().contiguous(), z.t().contiguous())
+        ref_deq = awq_dequantize(qweight, qzeros, scales.float(), bits, g).t()
+    else:
+        qweight, qzeros, scales, gi = gptq_pack(deq, s.float(), z.clone(), g_idx, bits, v2=fmt == "gptq_v2")
+        ref_deq = gptq_dequantize(qweight, qzeros, scales.float(), gi, bits, v2=fmt == "gptq_v2").t()
+        out[prefix + ".g_idx"] = gi.numpy()
+    # The format authors' dequantization is the weight the test expects.
+    assert torch.equal(ref_deq, deq), f"{prefix}: reference packer/dequantizer disagree"
+    out[prefix + ".qweight"] = qweight.numpy()
+    out[prefix + ".qzeros"] = qzeros.numpy()
+    out[prefix + ".scales"] = scales.numpy() if fp16_scales else scales.float().numpy()
+    return out, deq
+
+
+def _quantization_config(method, bits, group, sym, fmt, act_order=False):
+    if method == "awq":
+        return {"quant_method": "awq", "bits": bits, "group_size": group, "zero_point": True, "version": "gemm",
+                "modules_to_not_convert": None}
+    return {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": act_order, "sym": sym,
+            "checkpoint_format": fmt or "gptq", "damp_percent": 0.01, "true_sequential": True}
+
+
 def build_quantized(src, out, *, method, bits=4, group=128, sym=False, fmt=None, act_order=False,
                     seed=0, config_extra=None, fp16_scales=True, module_bits=None, lm_head=False):
     """Writes the AWQ / GPTQ twin of float checkpoint `src` into `out`; returns (path, the
@@ -92,36 +124,16 @@ def build_quantized(src, out, *, method, bits=4, group=128, sym=False, fmt=None,
             perm = torch.randperm(cols, generator=gen)
             g_idx = torch.empty(cols, dtype=torch.int32)
             g_idx[perm] = torch.arange(cols, dtype=torch.int32) // g
-        # v1 GPTQ cannot store a zero point of 0 (it stores z - 1): keep z >= 1 there.
-        zero_min = 1 if method == "gptq" and fmt != "gptq_v2" else 0
-        q, s, z = _grid(w, mbits, g, sym, g_idx, zero_min)
-        deq = ((q - z[:, g_idx.long()]).float() * s.float()[:, g_idx.long()])
         del tensors[prefix + ".weight"]
-        if method == "awq":
-            qweight, qzeros, scales = awq_pack(deq, mbits, g, s.float().t().contiguous(), z.t().contiguous())
-            ref_deq = awq_dequantize(qweight, qzeros, scales.float(), mbits, g).t()
-        else:
-            qweight, qzeros, scales, gi = gptq_pack(deq, s.float(), z.clone(), g_idx, mbits,
-                                                    v2=fmt == "gptq_v2")
-            ref_deq = gptq_dequantize(qweight, qzeros, scales.float(), gi, mbits, v2=fmt == "gptq_v2").t()
-            tensors[prefix + ".g_idx"] = gi.numpy()
-        # The format authors' dequantization is the weight the test expects.
-        assert torch.equal(ref_deq, deq), f"{prefix}: reference packer/dequantizer disagree"
-        tensors[prefix + ".qweight"] = qweight.numpy()
-        tensors[prefix + ".qzeros"] = qzeros.numpy()
-        tensors[prefix + ".scales"] = scales.numpy() if fp16_scales else scales.float().numpy()
+        packed, deq = _quantize_module(w, prefix, method, mbits, g, sym, fmt, g_idx, fp16_scales)
+        tensors.update(packed)
         with torch.no_grad():
             mod.weight.copy_(deq)
         expected[prefix] = deq.numpy()
     shutil.copytree(src, out)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = json.loads((out / "config.json").read_text())
-    if method == "awq":
-        qc = {"quant_method": "awq", "bits": bits, "group_size": group, "zero_point": True, "version": "gemm",
-              "modules_to_not_convert": None}
-    else:
-        qc = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": act_order, "sym": sym,
-              "checkpoint_format": fmt or "gptq", "damp_percent": 0.01, "true_sequential": True}
+    qc = _quantization_config(method, bits, group, sym, fmt, act_order)
     qc.update(config_extra or {})
     cfg["quantization_config"] = qc
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -531,3 +543,89 @@ def test_no_temporary_files_are_left(awq_checkpoint, llmos, tmp_path, monkeypatc
     with pytest.raises(TensorError):
         llmos.load(str(bad))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+# ---- mixture of experts: each expert's matrices quantized as AutoAWQ / GPTQModel write them ----
+
+# Every linear layer but the router (`gate`, which AutoAWQ and GPTQModel leave float).
+_MOE_LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|.*experts\.\d+\.(w1|w2|w3|gate_proj|up_proj|"
+                         r"down_proj)|mlp\.shared_expert\.(gate|up|down)_proj)\.weight")
+# gate rows then up rows, as the core stacks an expert's MLP (arch/families.py)
+_EXPERT_PARTS = {"up": (("w1", "w3"), ("gate_proj", "up_proj")), "down": (("w2",), ("down_proj",))}
+
+
+def build_quantized_experts(src, out, *, method, bits=4, group=64, sym=False, fmt=None):
+    """The AWQ / GPTQ twin of MoE checkpoint `src`: attention, every expert and the shared expert
+    quantized, the router float (as those tools leave it). Returns (path, the transformers
+    reference on the dequantized weights, {module: dequantized weight})."""
+    tensors = load_file(str(src / "model.safetensors"))
+    twin = dict(tensors)
+    expected = {}
+    for name in sorted(tensors):
+        if not _MOE_LINEAR.fullmatch(name):
+            continue
+        w = torch.from_numpy(tensors.pop(name).astype(np.float32))
+        prefix = name[: -len(".weight")]
+        g_idx = torch.arange(w.shape[1], dtype=torch.int32) // group
+        packed, deq = _quantize_module(w, prefix, method, bits, group, sym, fmt, g_idx)
+        tensors.update(packed)
+        twin[name] = deq.numpy()
+        expected[prefix] = deq.numpy()
+    assert any("experts" in k for k in expected), "no expert matrices found"
+    shutil.copytree(src, out)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = _quantization_config(method, bits, group, sym, fmt)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    float_twin = out.parent / (out.name + "-float")
+    shutil.copytree(src, float_twin)
+    save_file(twin, str(float_twin / "model.safetensors"), metadata={"format": "pt"})
+    return out, reference_model_uncached(float_twin), expected
+
+
+def _moe_weight(expected, role, layer):
+    if role in ("qkv.weight", "o.weight"):
+        return _fused(expected, role, layer)
+    if role in ("up.weight", "down.weight"):  # the shared expert
+        names = ("gate_proj", "up_proj") if role == "up.weight" else ("down_proj",)
+        return np.concatenate([expected[f"model.layers.{layer}.mlp.shared_expert.{n}"] for n in names])
+    e, kind = role.split(".")[1], role.split(".")[2]
+    for names in _EXPERT_PARTS[kind]:
+        keys = [k for n in names for k in expected if k.startswith(f"model.layers.{layer}.")
+                and k.endswith(f"experts.{e}.{n}")]
+        if len(keys) == len(names):
+            return np.concatenate([expected[k] for k in keys])
+    raise KeyError(role)
+
+
+MOE_CASES = [
+    ("mixtral", dict(intermediate_size=128), "awq", 4, False, "gemm", "int4-asym-g64"),
+    ("qwen2_moe", dict(moe_intermediate_size=128, shared_expert_intermediate_size=128), "gptq", 4, True, "gptq",
+     "int4-g64"),
+    ("qwen3_moe", dict(moe_intermediate_size=128), "gptq", 8, True, "gptq_v2", "int8-g64"),
+]
+
+
+@pytest.mark.parametrize("kind,sizes,method,bits,sym,fmt,name", MOE_CASES, ids=[c[0] + "-" + c[2] for c in MOE_CASES])
+def test_quantized_experts_load_exactly_and_match_transformers(kind, sizes, method, bits, sym, fmt, name,
+                                                               checkpoint, llmos, tmp_path):
+    src = checkpoint(kind, hidden_size=128, weight_scale=0.1, **sizes)
+    path, ref, expected = build_quantized_experts(src, tmp_path / "q", method=method, bits=bits, sym=sym, fmt=fmt)
+    m = llmos.load(str(path), dtype="float32", threads=1)
+    assert m.prequantized and m.quant_method == method and m.quant.name == name
+    blocks = m.backend.quantized_matrices()
+    arch = m.backend.arch
+    roles = ["qkv.weight", "o.weight"] + [f"experts.{e}.{k}.weight" for e in range(arch.num_experts) for k in ("up", "down")]
+    if arch.shared_expert_size:
+        roles += ["up.weight", "down.weight"]
+    assert sorted((r, l) for r, l, *_ in blocks) == sorted((r, l) for l in range(arch.num_layers) for r in roles)
+    for role, layer, qtype, g, codes, scale, mn in blocks:
+        got = _dequantize_blocks(qtype, g, codes, scale, mn)
+        want = _moe_weight(expected, role, layer)
+        if qtype == 3:  # m = -s*z rounded to float16
+            m_stored = np.repeat(mn.view(np.float16).astype(np.float32), g, axis=1)
+            assert (np.abs(got - want) <= 2.0**-11 * np.abs(m_stored) * 1.001 + 1e-6 * np.abs(want)).all(), role
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=f"{role} of layer {layer}")
+    # the dense cases' bound: measured 0.003-0.005 (the core's int8 activations)
+    _check_against_reference(m, ref, rel_bound=0.01, report=print)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ Q8, Q4, Q4ASYM = QuantType.Q8, QuantType.Q4, QuantType.Q4Asym
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column 8c + j sits in nibble AWQ_REVERSE_ORDER[j]
 MATRIX_ROLES = ("qkv.weight", "o.weight", "up.weight", "down.weight", "lm_head")
+# A mixture of experts' per-expert matrices (gate|up stacked, down), as arch/families.py names them.
+_EXPERT_ROLE = re.compile(r"experts\.\d+\.(up|down)\.weight")
+
+
+def _is_matrix(role: str) -> bool:
+    return role in MATRIX_ROLES or _EXPERT_ROLE.fullmatch(role) is not None
 FALLBACK_GROUP = 32
 _FLOAT_DTYPES = ("F16", "BF16", "F32")
 _F = "quantization_config"
@@ -414,11 +421,17 @@ class _Reader:
 
 def _role_shape(arch, role: str) -> tuple[int, int]:
     hd = arch.head_dim
+    expert = _EXPERT_ROLE.fullmatch(role)
+    if expert:
+        e = arch.expert_intermediate_size
+        return (2 * e, arch.hidden_size) if expert.group(1) == "up" else (arch.hidden_size, e)
+    # A mixture of experts' own up/down are its shared expert's.
+    f = arch.shared_expert_size if arch.num_experts else arch.intermediate_size
     return {
         "qkv.weight": ((arch.num_heads + 2 * arch.num_kv_heads) * hd, arch.hidden_size),
         "o.weight": (arch.hidden_size, arch.num_heads * hd),
-        "up.weight": ((2 if arch.gated_mlp else 1) * arch.intermediate_size, arch.hidden_size),
-        "down.weight": (arch.hidden_size, arch.intermediate_size),
+        "up.weight": ((2 if arch.gated_mlp else 1) * f, arch.hidden_size),
+        "down.weight": (arch.hidden_size, f),
         "lm_head": (arch.vocab_size, arch.hidden_size),
     }[role]
 
@@ -498,7 +511,7 @@ def convert(hq: HfQuant, family, arch, locations: dict[str, str], model_dir: str
             roles = list(family.tensors(arch))
             pending = {}
             for i, (role, layer, parts) in enumerate(roles):
-                if role in MATRIX_ROLES:
+                if _is_matrix(role):
                     what = role if layer < 0 else f"{role} of layer {layer}"
                     plan = _plan(reader, role, layer, parts, what)
                     if plan is not None:
