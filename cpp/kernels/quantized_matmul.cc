@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/errors.h"
+
 namespace llmos {
 
 namespace {
@@ -135,6 +137,36 @@ void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, 
     kt.qmatmul_tiles(acts, n, w, r0, r1, y + r0, rows);
   });
   if (tiled < rows) row_kernel(kt, pool, s, x, n, w, tiled, rows, bias, y);
+}
+
+void quantized_matmul_group(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n_x,
+                            const std::vector<QuantJob>& jobs) {
+  if (jobs.empty()) return;
+  const QView& w0 = jobs[0].w;
+  const int64_t k = w0.cols, nb = k / kActBlock, ng = k / w0.group;
+  for (const QuantJob& j : jobs)
+    if (j.w.cols != k || j.w.group != w0.group || j.t0 < 0 || j.t0 + j.n > n_x)
+      throw Error(Error::Kind::InvalidInput, "", "jobs", "every job needs k columns, one group and tokens of x");
+  const ActView a = quantize_for(kt, pool, s, x, n_x, w0);
+  const float* sdg = s.sdg.as<float>();
+  // Tasks of at most kRows rows of one job, so the pool balances jobs of any size.
+  constexpr int64_t kRows = 64;
+  std::vector<std::pair<int64_t, int64_t>> tasks;  // (job, first row)
+  for (size_t j = 0; j < jobs.size(); ++j)
+    for (int64_t r = 0; r < jobs[j].w.rows; r += kRows) tasks.emplace_back(int64_t(j), r);
+  pool.parallel_for(int64_t(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const QuantJob& j = jobs[size_t(tasks[size_t(i)].first)];
+      const int64_t rows = j.w.rows, r0 = tasks[size_t(i)].second, r1 = std::min(rows, r0 + kRows);
+      constexpr int64_t kTokenBlock = 64;  // as row_kernel walks the tokens
+      for (int64_t t = 0; t < j.n; t += kTokenBlock) {
+        const int64_t nt = std::min(kTokenBlock, j.n - t), tx = j.t0 + t;
+        const ActView xv{a.q + tx * k, a.d + tx * nb, a.sd + tx * nb, a.qsum + tx * nb, nt, k};
+        kt.qmatmul(xv, sdg + tx * ng, j.w, r0, r1, j.y + t * rows + r0, rows);
+      }
+      add_bias(j.bias, 0, j.n, r0, r1, j.y, rows);
+    }
+  });
 }
 
 void bf16_matmul_tiles(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,

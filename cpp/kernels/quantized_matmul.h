@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/buffer.h"
 #include "core/thread_pool.h"
@@ -31,6 +32,21 @@ constexpr int64_t kPrefillPiece = 256;
 
 void quantized_matmul(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n,
                       const QView& w, const float* bias, float* y, bool prefill);
+
+// Several row-kernel products in one pass over the pool, for a mixture of experts' decode:
+// job j computes y_j = x[t0 .. t0 + n) W_j^T (+ bias_j) on the int8 row kernel, exactly as
+// quantized_matmul(..., prefill = false) would, but the activations x [n_x, k] are quantized
+// once for all jobs and the jobs' rows share one parallel_for, so many small matrices (the
+// routed experts) cost one dispatch instead of one each. Every W_j has k columns and the
+// same group.
+struct QuantJob {
+  QView w;
+  int64_t t0, n;      // the job's tokens: rows [t0, t0 + n) of x
+  const float* bias;  // [w.rows] or null
+  float* y;           // [n, w.rows]
+};
+void quantized_matmul_group(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n_x,
+                            const std::vector<QuantJob>& jobs);
 
 // y = x W^T (+ bias) for bfloat16 W [rows, k] on AMX tiles (kt.matmul_tiles_bf16 must be
 // set, k a multiple of 32): the activations are rounded to bf16 (as a bf16 model's are in

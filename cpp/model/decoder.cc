@@ -780,8 +780,6 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
   }
   float* sum = s.moe_sum.as<float>();
   std::fill(sum, sum + n * H, 0.0f);
-  float* gathered = s.gathered.as<float>();
-  float* y = s.expert_out.as<float>();
   // The (token, choice) slots bucketed by expert in one pass, in token order within an expert.
   std::vector<int64_t> start(static_cast<size_t>(E) + 1, 0);
   for (int32_t e : s.route_expert) ++start[size_t(e) + 1];
@@ -791,6 +789,37 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
     std::vector<int64_t> next(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < n * K; ++i) slots[size_t(next[size_t(s.route_expert[size_t(i)])]++)] = i;
   }
+  // Decode tokens only, quantized experts: every routed expert's products in one pass over
+  // the pool (moe_decode), the same results as one expert at a time.
+  const bool decode_only = std::find(prefill.begin(), prefill.end(), uint8_t(1)) == prefill.end();
+  if (decode_only && L.expert_up[0].quantized() && L.expert_down[0].quantized()) {
+    moe_decode(L, s, in, start, slots, sum);
+  } else {
+    moe_per_expert(L, s, in, start, slots, prefill, sum);
+  }
+  if (spec_.shared_expert_size > 0) {
+    float* y = s.expert_out.as<float>();  // after the experts: moe_decode may have grown it
+    dense_mlp(in, b.runs, n, L.up, L.up_b, L.down, L.down_b, spec_.shared_expert_size, s, y);
+    if (spec_.shared_expert_gate) {
+      std::vector<float> gate(static_cast<size_t>(n));
+      matmul(in, b.runs, L.shared_gate, nullptr, gate.data());
+      for (int64_t t = 0; t < n; ++t) {
+        const float g = 1.0f / (1.0f + std::exp(-gate[size_t(t)]));
+        for (int64_t c = 0; c < H; ++c) sum[t * H + c] += g * y[t * H + c];
+      }
+    } else {
+      for (int64_t i = 0; i < n * H; ++i) sum[i] += y[i];
+    }
+  }
+  std::memcpy(out, sum, size_t(n * H) * 4);
+}
+
+void Model::moe_per_expert(const LayerWeights& L, Scratch& s, const float* in, const std::vector<int64_t>& start,
+                           const std::vector<int64_t>& slots, const std::vector<uint8_t>& prefill, float* sum) {
+  // Each expert that some token chose, over just those tokens gathered, one after another.
+  const int64_t H = spec_.hidden_size, E = spec_.num_experts, K = spec_.experts_per_token;
+  float* gathered = s.gathered.as<float>();
+  float* y = s.expert_out.as<float>();
   std::vector<int64_t> rows;
   std::vector<float> weights;
   std::vector<TokenRun> runs;
@@ -819,20 +848,59 @@ void Model::moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, 
       for (int64_t c = 0; c < H; ++c) dst[c] += weights[i] * src[c];
     }
   }
-  if (spec_.shared_expert_size > 0) {
-    dense_mlp(in, b.runs, n, L.up, L.up_b, L.down, L.down_b, spec_.shared_expert_size, s, y);
-    if (spec_.shared_expert_gate) {
-      std::vector<float> gate(static_cast<size_t>(n));
-      matmul(in, b.runs, L.shared_gate, nullptr, gate.data());
-      for (int64_t t = 0; t < n; ++t) {
-        const float g = 1.0f / (1.0f + std::exp(-gate[size_t(t)]));
-        for (int64_t c = 0; c < H; ++c) sum[t * H + c] += g * y[t * H + c];
-      }
-    } else {
-      for (int64_t i = 0; i < n * H; ++i) sum[i] += y[i];
-    }
+}
+
+void Model::moe_decode(const LayerWeights& L, Scratch& s, const float* in, const std::vector<int64_t>& start,
+                       const std::vector<int64_t>& slots, float* sum) {
+  // Every (token, choice) slot's input gathered by expert into one matrix [slots, H]; the
+  // routed experts' gate|up products as one group of row-kernel jobs, the activation over all
+  // slots, the down products as another group, then each slot's output weighted into its
+  // token's sum. Two pool passes for the products instead of two per routed expert.
+  const int64_t H = spec_.hidden_size, E = spec_.num_experts, K = spec_.experts_per_token;
+  const int64_t F = spec_.expert_intermediate_size, U = (spec_.gated_mlp ? 2 : 1) * F;
+  const int64_t m = int64_t(slots.size());
+  s.gathered.resize(size_t(m * H) * 4);
+  s.up.resize(size_t(m * U) * 4);
+  s.act.resize(size_t(m * F) * 4);
+  s.expert_out.resize(size_t(m * H) * 4);
+  float* gathered = s.gathered.as<float>();
+  float* up = s.up.as<float>();
+  float* act = s.act.as<float>();
+  float* y = s.expert_out.as<float>();
+  const bool eb = spec_.expert_bias;
+  std::vector<QuantJob> ups, downs;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t j0 = start[size_t(e)], cnt = start[size_t(e) + 1] - j0;
+    if (cnt == 0) continue;
+    for (int64_t j = j0; j < j0 + cnt; ++j)
+      std::memcpy(gathered + j * H, in + (slots[size_t(j)] / K) * H, size_t(H) * 4);
+    ups.push_back({L.expert_up[size_t(e)].qview(), j0, cnt, eb ? L.expert_up_b[size_t(e)].data() : nullptr,
+                   up + j0 * U});
+    downs.push_back({L.expert_down[size_t(e)].qview(), j0, cnt, eb ? L.expert_down_b[size_t(e)].data() : nullptr,
+                     y + j0 * H});
   }
-  std::memcpy(out, sum, size_t(n * H) * 4);
+  check_cancel();
+  quantized_matmul_group(*kernels_, pool_, qscratch_, gathered, m, ups);
+  pool_.parallel_for(m, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      // as dense_mlp does per token
+      if (spec_.swiglu_limit > 0) {
+        clamped_swiglu(up + j * U, up + j * U + F, act + j * F, F, spec_.swiglu_limit, spec_.swiglu_alpha);
+      } else if (spec_.gated_mlp) {
+        kernels_->activate_gated(int(spec_.activation), up + j * U, up + j * U + F, act + j * F, F);
+      } else {
+        std::memcpy(act + j * F, up + j * U, size_t(F) * 4);
+        kernels_->activate(int(spec_.activation), act + j * F, F);
+      }
+    }
+  });
+  quantized_matmul_group(*kernels_, pool_, qscratch_, act, m, downs);
+  for (int64_t j = 0; j < m; ++j) {
+    float* dst = sum + (slots[size_t(j)] / K) * H;
+    const float* src = y + j * H;
+    const float wt = s.route_weight[size_t(slots[size_t(j)])];
+    for (int64_t c = 0; c < H; ++c) dst[c] += wt * src[c];
+  }
 }
 
 void Model::head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits) {

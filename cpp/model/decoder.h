@@ -198,6 +198,12 @@ class Model {
                  float swiglu_limit = 0.0f);
   // out[n, H] = the experts' weighted sum (+ the gated shared expert) for in[n, H].
   void moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out);
+  // moe_mlp's routed experts added into sum[n, H]: (token, choice) slots i = t * K + k, listed
+  // by expert in `slots` (expert e's are slots[start[e] .. start[e + 1])).
+  void moe_per_expert(const LayerWeights& L, Scratch& s, const float* in, const std::vector<int64_t>& start,
+                      const std::vector<int64_t>& slots, const std::vector<uint8_t>& prefill, float* sum);
+  void moe_decode(const LayerWeights& L, Scratch& s, const float* in, const std::vector<int64_t>& start,
+                  const std::vector<int64_t>& slots, float* sum);
   void head(const std::vector<SeqChunk>& chunks, const Batch& b, Scratch& s, float* logits, bool all_logits);
 
   // What the blocks are made of.
