@@ -180,19 +180,22 @@ def test_every_precision_passes_full_check(precision, exported):
         assert domains == {""}
 
 
-def test_batch_with_left_padding(exported, checkpoint, load_llmos):
+@pytest.mark.parametrize("kind", ["llama_gqa"] + NEWER_DENSE_KINDS)
+def test_batch_with_left_padding(kind, exported, checkpoint, load_llmos):
     """Two prompts of different lengths in one batch, the shorter padded on the left with
-    attention_mask 0 and positions counted from its first real token, as optimum feeds it."""
-    core = load_llmos(checkpoint("llama_gqa"))
-    sess = _session(exported("llama_gqa"))
+    attention_mask 0 and positions counted from its first real token, as optimum feeds it
+    (the newer families: per-row positions reach both rope tables and the NoPE layers)."""
+    core = load_llmos(checkpoint(kind))
+    c = core.config
+    sess = _session(exported(kind))
     a, b = PROMPT[:10], PROMPT[3:9]
     ids = np.array([a, [0] * 4 + b], np.int64)
     mask = np.array([[1] * 10, [0] * 4 + [1] * 6], np.int64)
     pos = np.array([list(range(10)), [0] * 4 + list(range(6))], np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
-    for i in range(2):
+    for i in range(c.num_layers):
         for part in ("key", "value"):
-            feeds[f"past_key_values.{i}.{part}"] = np.zeros((2, 2, 0, 16), np.float32)
+            feeds[f"past_key_values.{i}.{part}"] = np.zeros((2, c.num_kv_heads, 0, c.head_dim), np.float32)
     logits = sess.run(["logits"], feeds)[0]
     assert np.abs(logits[0] - core.logits(a)).max() <= FP32_BOUND
     assert np.abs(logits[1, 4:] - core.logits(b)).max() <= FP32_BOUND
