@@ -21,7 +21,7 @@ import pytest
 
 
 PROMPT = [(11 * i + 5) % 300 + 5 for i in range(24)]
-GENAI_KINDS = ["llama", "qwen2", "qwen3", "gemma2"]
+GENAI_KINDS = ["llama", "qwen2", "qwen3", "gemma2", "granite"]
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +108,7 @@ def test_convert_genai_builder_export_for_the_core(kind, genai_export, llmos, tm
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama_gqa", "mistral_swa", "qwen2", "qwen3", "phi3", "phi3_longrope",
-                                  "gemma", "gemma2"])
+                                  "gemma", "gemma2", "gemma3_text", "smollm3", "olmo2", "granite"])
 def test_convert_our_export_round_trips(kind, checkpoint, load_llmos, llmos, tmp_path):
     onnx_dir = tmp_path / "onnx"
     llmos.export_onnx(str(checkpoint(kind)), str(onnx_dir))

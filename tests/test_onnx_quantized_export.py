@@ -148,6 +148,22 @@ def test_int4_export_computes_with_llmos_blocks(quant, accuracy_level, quantized
         assert_near_quantized(got, llmos.load(src, threads=1))
 
 
+@pytest.mark.parametrize("kind", ["gemma3_text", "smollm3", "olmo2", "granite"])
+@pytest.mark.parametrize("quant,precision", [("int4", "int4"), ("int8", "fp32")])
+def test_newer_dense_families_export_their_blocks(kind, quant, precision, checkpoint, llmos, load_llmos, tmp_path):
+    """An llmos-quantized checkpoint of each newer dense family: int4 keeps its blocks (level 0,
+    float32 compute), fp32 dequantizes an int8 one; both exact on the export's own weights."""
+    src = str(tmp_path / "q")
+    llmos.quantize(str(checkpoint(kind)), src, quant)
+    folder = str(tmp_path / "out")
+    llmos.export_onnx(src, folder, precision=precision, accuracy_level=0)
+    got = llmos.load(folder, threads=1).logits(PROMPT)
+    assert np.abs(got - own_weights_logits(llmos, load_llmos, folder, tmp_path)).max() <= FP32_BOUND
+    assert_near_quantized(got, llmos.load(src, threads=1))
+    if precision == "int4":
+        assert {v["bits"] for k, v in _nbits(folder).items() if k.startswith("layers.")} == {4}
+
+
 def test_other_block_size_quantizes_again(quantized, llmos, load_llmos, tmp_path):
     """--block-size unlike the checkpoint's group: the layers are quantized again at that size."""
     folder = str(tmp_path / "out")

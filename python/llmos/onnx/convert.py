@@ -412,7 +412,7 @@ def convert_onnx(path, out_dir, *, verify: bool = True) -> str:
 
 def _rope_caches(g: _Graph) -> set[str]:
     """Initializers that are rope tables, not weights."""
-    out = {"rope.cos", "rope.sin"}
+    out = {"rope.cos", "rope.sin", "rope_local.cos", "rope_local.sin"}  # ours (rope_local: Gemma 3)
     for n in g.nodes("GroupQueryAttention"):
         out.update(n.input[7:9])
     for n in g.nodes("RotaryEmbedding"):

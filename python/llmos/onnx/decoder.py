@@ -1,7 +1,8 @@
 """The decoder as an ONNX graph: the same computation as cpp/model/decoder.cc, one node at a time.
 
-Every switch comes from the `Architecture` (norm kind, rope tables, GQA, biases, q/k norm,
-sliding windows, soft-capping, Gemma scaling), so one builder covers every family.
+Every switch comes from the `Architecture` (norm kind and placement, rope tables per layer
+kind, NoPE layers, GQA, biases, q/k norm, sliding windows, soft-capping, Gemma and Granite
+scaling), so one builder covers every dense family.
 
 Precision is a property of the weights only: norms, softmax, rope and the residual stream
 stay float32 in every precision, so fp16 and int4 exports lose accuracy only in the matrix
@@ -11,7 +12,7 @@ fp16 as well: that is where a long context spends its memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -132,11 +133,12 @@ def _activation(g: GraphBuilder, name: str, x: str) -> str:
     return g.op("Mul", [g.op("Mul", [x, t]), g.const(0.5)])
 
 
-def rope_tables(arch: Architecture) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [positions, rotary_dim / 2] float32, as cpp/model/decoder.cc computes them
-    (float32 angle pos * inv_freq, times the rope's attention scaling). Longrope stacks the
-    long-factor table after the short one."""
-    rope = arch.rope
+def rope_tables(arch: Architecture, rope=None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [positions, rotary_dim / 2] float32 of `rope` (default arch.rope; Gemma 3's
+    sliding layers pass arch.rope_local), as cpp/model/decoder.cc computes them (float32
+    angle pos * inv_freq, times the rope's attention scaling). Longrope stacks the long-factor
+    table after the short one."""
+    rope = rope if rope is not None else arch.rope
     positions = np.arange(arch.max_position_embeddings, dtype=np.float32)[:, None]
     freqs = [rope.inv_freq] + ([rope.inv_freq_long] if rope.inv_freq_long is not None else [])
     angles = np.concatenate([(positions * f.astype(np.float32)[None, :]).astype(np.float32) for f in freqs])
@@ -154,17 +156,33 @@ def _rope(g: GraphBuilder, x: str, cos: str, sin: str, rotary_dim: int, head_dim
     return g.op("Concat", parts, axis=-1)
 
 
+def _qk_norm(g: GraphBuilder, arch: Architecture, w, p: str, t: str, part: str, heads: int, flat: bool) -> str:
+    """q or k (`part`) RMS-normed as the family does: per head (Qwen 3, Gemma 3), or over all
+    heads at once (OLMo 2: one weight of heads * D). `t` is [B, S, heads * D] when `flat`, else
+    [B, S, heads, D]; the result has the same shape."""
+    key = p + f"{part}_norm.weight"
+    D = arch.head_dim
+    if arch.qk_norm_across_heads:
+        t = t if flat else g.reshape(t, [0, 0, heads * D])
+        t = _norm(g, arch, t, w[key], None, key, kind="rmsnorm")
+        return t if flat else g.reshape(t, [0, 0, heads, D])
+    t = g.reshape(t, [0, 0, heads, D]) if flat else t
+    t = _norm(g, arch, t, w[key], None, key, kind="rmsnorm")
+    return g.reshape(t, [0, 0, heads * D]) if flat else t
+
+
 def _attention(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, past: tuple[str, str],
                present: tuple[str, str], cos, sin, mask: str, scale: float, kv_type: int) -> str:
-    """Attention in standard ops: [B, S, QKV] -> [B, S, Nq * D]; writes present.{i}.key/value."""
+    """Attention in standard ops: [B, S, QKV] -> [B, S, Nq * D]; writes present.{i}.key/value.
+    cos/sin None: a layer without rope (SmolLM3's NoPE layers)."""
     D, Nq, Nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
     G = Nq // Nkv
-    rotary_dim = arch.rope.rotary_dim if arch.rope is not None else 0
+    rotary_dim = arch.rope.rotary_dim if arch.rope is not None and cos is not None else 0
     q, k, v = g.split(qkv, [Nq * D, Nkv * D, Nkv * D], -1)
     q, k, v = (g.reshape(t, [0, 0, n, D]) for t, n in ((q, Nq), (k, Nkv), (v, Nkv)))  # [B, S, n, D]
     if arch.qk_norm:
-        q = _norm(g, arch, q, w[p + "q_norm.weight"], None, p + "q_norm.weight", kind="rmsnorm")
-        k = _norm(g, arch, k, w[p + "k_norm.weight"], None, p + "k_norm.weight", kind="rmsnorm")
+        q = _qk_norm(g, arch, w, p, q, "q", Nq, flat=False)
+        k = _qk_norm(g, arch, w, p, k, "k", Nkv, flat=False)
     if rotary_dim:
         q = _rope(g, q, cos, sin, rotary_dim, D)
         k = _rope(g, k, cos, sin, rotary_dim, D)
@@ -216,18 +234,17 @@ def _fused_inputs(g: GraphBuilder, arch: Architecture, mask: str, cos_name: str 
 
 
 def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, past: tuple[str, str],
-                     present: tuple[str, str], fused: dict, scale: float) -> str:
+                     present: tuple[str, str], fused: dict, scale: float, rotates: bool = True) -> str:
     """Attention as onnxruntime's GroupQueryAttention (com.microsoft), for the int4 graph:
     one kernel for rope, the cache append, GQA and the causal softmax instead of ~30 nodes.
-    Positions come from the attention mask (right padding), as in onnxruntime-genai."""
+    Positions come from the attention mask (right padding), as in onnxruntime-genai.
+    rotates False: a NoPE layer (do_rotary 0)."""
     D, Nq, Nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
-    rotary = bool(fused["cos"])
+    rotary = bool(fused["cos"]) and rotates
     if arch.qk_norm:
         q, k, v = g.split(qkv, [Nq * D, Nkv * D, Nkv * D], -1)
-        q = g.reshape(_norm(g, arch, g.reshape(q, [0, 0, Nq, D]), w[p + "q_norm.weight"], None,
-                            p + "q_norm.weight", kind="rmsnorm"), [0, 0, Nq * D])
-        k = g.reshape(_norm(g, arch, g.reshape(k, [0, 0, Nkv, D]), w[p + "k_norm.weight"], None,
-                            p + "k_norm.weight", kind="rmsnorm"), [0, 0, Nkv * D])
+        q = _qk_norm(g, arch, w, p, q, "q", Nq, flat=True)
+        k = _qk_norm(g, arch, w, p, k, "k", Nkv, flat=True)
         query = [q, k, v]
     else:
         query = [qkv, "", ""]  # packed
@@ -235,8 +252,8 @@ def _attention_fused(g: GraphBuilder, arch: Architecture, w, p: str, qkv: str, p
                  local_window_size=-1)
     if arch.attn_softcap > 0:
         attrs["softcap"] = float(arch.attn_softcap)
-    outs = g.op("GroupQueryAttention", query + [past[0], past[1], fused["seqlens"], fused["total"],
-                                                fused["cos"], fused["sin"]],
+    cos, sin = (fused["cos"], fused["sin"]) if rotary else ("", "")
+    outs = g.op("GroupQueryAttention", query + [past[0], past[1], fused["seqlens"], fused["total"], cos, sin],
                 domain=MS_DOMAIN, outputs=3, names=[f"{present[0]}/attn_output", present[0], present[1]], **attrs)
     return outs[0]
 
@@ -258,10 +275,16 @@ class _AttentionInputs:
 
     scale: float
     standard: list[int]        # layers with standard-op attention; the others use GroupQueryAttention
-    cos: str | None = None     # [B, S, 1, rotary_dim / 2] rope rows of these positions (standard layers)
-    sin: str | None = None
+    rope_kind: list[str | None]  # per layer: "global" (arch.rope), "local" (arch.rope_local) or None (NoPE)
+    # rope kind -> (cos, sin) [B, S, 1, rotary_dim / 2]: rope rows of these positions (standard layers)
+    rows: dict = field(default_factory=dict)
     masks: dict | None = None  # sliding window (0: none) -> [B, 1, 1, S, T] the keys each query may see
     fused: dict | None = None  # _fused_inputs, when some layer uses GroupQueryAttention
+
+    def rope_rows(self, i: int) -> tuple[str | None, str | None]:
+        """Layer i's (cos, sin) rows; (None, None) for a layer without rope."""
+        kind = self.rope_kind[i]
+        return self.rows[kind] if kind is not None else (None, None)
 
 
 class _DecoderGraph:
@@ -319,22 +342,30 @@ class _DecoderGraph:
         # int4 is onnxruntime-only (MatMulNBits) anyway, so its attention may use onnxruntime's
         # fused kernel too; layers it cannot express (sliding windows, partial rope, head sizes
         # its kernel refuses) keep the standard-op attention.
+        # Sliding layers are never fused, so Gemma 3's local rope is a standard-layer matter only.
         fused_ok = self.precision == "int4" and gqa_supports(D, rotary_dim)
         standard = [i for i in range(L) if not (fused_ok and arch.sliding_window[i] == 0)]
         scale = arch.attn_scale if arch.attn_scale > 0 else 1.0 / np.sqrt(np.float32(D))
-        out = _AttentionInputs(scale=scale, standard=standard)
+        out = _AttentionInputs(scale=scale, standard=standard, rope_kind=[self._rope_kind(i) for i in range(L)])
         with g.scope("model/rotary_emb"):
             cos_name = g.weight("rope.cos", cos_t) if rotary_dim else None
             sin_name = g.weight("rope.sin", sin_t) if rotary_dim else None
-            if rotary_dim and standard:
+            kinds = {out.rope_kind[i] for i in standard} - {None}
+            if "global" in kinds:
                 index = pos
                 if arch.rope.inv_freq_long is not None:
                     # Longrope: past the original context every position reads the long table, as
                     # the core does once the sequence outgrows long_after.
                     longer = g.cast(g.op("Greater", [g.dim(mask, 1), g.const(arch.rope.long_after, np.int64)]), INT64)
                     index = g.op("Add", [pos, g.op("Mul", [longer, g.const(arch.max_position_embeddings, np.int64)])])
-                out.cos = g.unsqueeze(g.op("Gather", [cos_name, index], axis=0), [2])
-                out.sin = g.unsqueeze(g.op("Gather", [sin_name, index], axis=0), [2])
+                out.rows["global"] = (g.unsqueeze(g.op("Gather", [cos_name, index], axis=0), [2]),
+                                      g.unsqueeze(g.op("Gather", [sin_name, index], axis=0), [2]))
+            if "local" in kinds:
+                # Gemma 3's sliding layers: their own base (families.py refuses a local rope with
+                # longrope, dynamic scaling or another rotary width).
+                cos_l, sin_l = rope_tables(arch, arch.rope_local)
+                out.rows["local"] = (g.unsqueeze(g.op("Gather", [g.weight("rope_local.cos", cos_l), pos], axis=0), [2]),
+                                     g.unsqueeze(g.op("Gather", [g.weight("rope_local.sin", sin_l), pos], axis=0), [2]))
         if standard:
             with g.scope("model/attn_mask"):
                 out.masks = self._attention_masks(ids, mask, standard)
@@ -342,6 +373,13 @@ class _DecoderGraph:
             with g.scope("model/attn_lengths"):
                 out.fused = _fused_inputs(g, arch, mask, cos_name, sin_name)
         return out
+
+    def _rope_kind(self, i: int) -> str | None:
+        """Which rope layer i rotates with, as cpp/model/decoder.cc's rope_and_cache picks it."""
+        arch = self.arch
+        if arch.rope is None or arch.rope.rotary_dim == 0 or (arch.rope_layers and not arch.rope_layers[i]):
+            return None
+        return "local" if arch.rope_local is not None and arch.sliding_window[i] > 0 else "global"
 
     def _attention_masks(self, ids: str, mask: str, standard: list[int]) -> dict[int, str]:
         """Causal and padding mask [B, 1, 1, S, T], and one per sliding window the layers use."""
@@ -360,9 +398,14 @@ class _DecoderGraph:
             masks[window] = g.op("And", [allowed, near])
         return masks
 
-    def add_norm(self, x: str, residual: str | None, key: str) -> tuple[str, str]:
-        """(norm(x + residual), x + residual); one SkipSimplifiedLayerNormalization in int4."""
-        g, arch, wt = self.g, self.arch, self.w[key]
+    def add_norm(self, x: str, residual: str | None, key: str, norm: bool = True) -> tuple[str, str]:
+        """(norm(x + residual), x + residual); one SkipSimplifiedLayerNormalization in int4.
+        norm False (a block input of OLMo 2, which has no pre-norms): (x + residual, x + residual)."""
+        g, arch = self.g, self.arch
+        if not norm:
+            x = x if residual is None else g.op("Add", [x, residual], tag="residual")
+            return x, x
+        wt = self.w[key]
         if residual is None:
             return _norm(g, arch, x, wt, self.w.get(key.replace(".weight", ".bias")), key), x
         if self.fuse_norms:
@@ -380,14 +423,16 @@ class _DecoderGraph:
         g, arch, w, linear = self.g, self.arch, self.w, self.linear
         p = f"layers.{i}."
         with g.scope("input_layernorm"):
-            h, x = self.add_norm(x, pending, p + "attn_norm.weight")
+            h, x = self.add_norm(x, pending, p + "attn_norm.weight", norm=arch.pre_norm)
         with g.scope("attn"):
             qkv = linear(h, p + "qkv.weight", w[p + "qkv.weight"], w.get(p + "qkv.bias"), tag="qkv_proj/MatMul")
             present = (layout.present_key(i), layout.present_value(i))
             if i not in attn.standard:
-                ctx = _attention_fused(g, arch, w, p, qkv, past, present, attn.fused, attn.scale)
+                ctx = _attention_fused(g, arch, w, p, qkv, past, present, attn.fused, attn.scale,
+                                       rotates=attn.rope_kind[i] is not None)
             else:
-                ctx = _attention(g, arch, w, p, qkv, past, present, attn.cos, attn.sin,
+                cos, sin = attn.rope_rows(i)
+                ctx = _attention(g, arch, w, p, qkv, past, present, cos, sin,
                                  attn.masks[arch.sliding_window[i]], attn.scale, self.kv_type)
             o = linear(ctx, p + "o.weight", w[p + "o.weight"], w.get(p + "o.bias"), tag="o_proj/MatMul")
         for name in present:
@@ -396,7 +441,7 @@ class _DecoderGraph:
         if arch.post_attn_norm:
             with g.scope("post_attention_layernorm"):
                 o = _norm(g, arch, o, w[p + "attn_post_norm.weight"], None, p + "attn_post_norm.weight")
-        return o, x
+        return self.residual_branch(o), x
 
     def mlp_block(self, i: int, x: str, o: str) -> tuple[str, str]:
         """Layer i's MLP on norm(x + o): (its output [B, S, H], not yet added; the residual
@@ -404,7 +449,7 @@ class _DecoderGraph:
         g, arch, w, linear = self.g, self.arch, self.w, self.linear
         p, F = f"layers.{i}.", arch.intermediate_size
         with g.scope("post_attention_layernorm" if not arch.post_attn_norm else "pre_feedforward_layernorm"):
-            h, x = self.add_norm(x, o, p + "ffn_norm.weight")
+            h, x = self.add_norm(x, o, p + "ffn_norm.weight", norm=arch.pre_norm)
         with g.scope("mlp"):
             wu, bu = w[p + "up.weight"], w.get(p + "up.bias")
             if arch.gated_mlp and self.precision == "int4":
@@ -424,10 +469,17 @@ class _DecoderGraph:
         if arch.post_ffn_norm:
             with g.scope("post_feedforward_layernorm"):
                 d = _norm(g, arch, d, w[p + "ffn_post_norm.weight"], None, p + "ffn_post_norm.weight")
-        return d, x
+        return self.residual_branch(d), x
+
+    def residual_branch(self, out: str) -> str:
+        """A block's output as it joins the residual stream: scaled by Granite's
+        residual_multiplier, as the core's add_residual does."""
+        if self.arch.residual_scale == 1.0:
+            return out
+        return self.g.op("Mul", [out, self.g.const(self.arch.residual_scale)], tag="residual_scale")
 
     def head(self, x: str, pending: str | None, embed_name: str) -> str:
-        """logits [B, S, V] = lm_head(norm(x + pending)) (soft-capped)."""
+        """logits [B, S, V] = lm_head(norm(x + pending)) (scaled, soft-capped)."""
         g, arch = self.g, self.arch
         with g.scope("model/norm"):
             x, _ = self.add_norm(x, pending, "final_norm.weight")
@@ -436,6 +488,8 @@ class _DecoderGraph:
                 logits = self.linear.tied(x, embed_name, self.w["embed"])
             else:
                 logits = self.linear(x, "lm_head", self.w["lm_head"], head=True)
+            if arch.logit_scale != 1.0:  # Granite: logits / logits_scaling, before any soft-capping
+                logits = g.op("Mul", [logits, g.const(arch.logit_scale)])
             if arch.final_softcap > 0:
                 c = g.const(arch.final_softcap)
                 logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
@@ -444,12 +498,6 @@ class _DecoderGraph:
 
 # Decoder switches the graph builder does not express yet, with the families that use them.
 _UNEXPORTED = {
-    "pre_norm": (lambda a: not a.pre_norm, "norms only after attention and MLP (olmo2)"),
-    "qk_norm_across_heads": (lambda a: a.qk_norm_across_heads, "q/k norms over all heads at once (olmo2)"),
-    "rope_layers": (lambda a: bool(a.rope_layers) and not all(a.rope_layers), "layers without RoPE (smollm3)"),
-    "rope_local": (lambda a: a.rope_local is not None, "a second rope for the sliding layers (gemma3_text)"),
-    "residual_scale": (lambda a: a.residual_scale != 1.0, "scaled residual branches (granite)"),
-    "logit_scale": (lambda a: a.logit_scale != 1.0, "scaled logits (granite)"),
     "attn_sinks": (lambda a: a.attn_sinks, "attention sinks (gpt_oss)"),
     "num_experts": (lambda a: a.num_experts > 0, "a mixture of experts (mixtral, qwen2_moe, qwen3_moe, olmoe, gpt_oss)"),
 }
