@@ -51,6 +51,18 @@ def random_kquant(shape: tuple[int, int], qtype, std: float, rng: np.random.Gene
     return with_scale(std / unit)
 
 
+def _bpe_vocab(tok_json: dict, vocab_size: int) -> tuple[list[str], list[int]]:
+    """A byte-level BPE vocabulary in id order and its token types (3 special, 4 added, 1 normal)."""
+    vocab = dict(tok_json["model"]["vocab"])
+    added = {t["content"]: t for t in tok_json.get("added_tokens", [])}
+    for t in added.values():
+        vocab[t["content"]] = t["id"]
+    tokens = [None] * vocab_size
+    for t, i in vocab.items():
+        tokens[i] = t
+    return tokens, [(3 if added[t]["special"] else 4) if t in added else 1 for t in tokens]
+
+
 def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
                seed: int = 0, tensor_types: dict[str, str] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
     """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; 2-D
@@ -63,6 +75,7 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
     from safetensors.numpy import load_file
 
     from llmos.io.gguf import permute
+    from sentencepiece_vocab import gguf_vocab
 
     folder, out = Path(folder), Path(out)
     cfg = json.loads((folder / "config.json").read_text())
@@ -85,20 +98,25 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
     w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
 
-    vocab = tok_json["model"]["vocab"]
-    added = {t["content"]: t for t in tok_json.get("added_tokens", [])}
-    for t in added.values():
-        vocab[t["content"]] = t["id"]
-    tokens = [None] * cfg["vocab_size"]
-    for t, i in vocab.items():
-        tokens[i] = t
-    types = [(3 if added[t]["special"] else 4) if t in added else 1 for t in tokens]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
+    if tok_json["model"].get("byte_fallback"):
+        # a SentencePiece-style vocabulary (Llama 2, Mistral): tokens, scores and types, no merges
+        tokens, scores, types = gguf_vocab(tok_json)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(tokens.index(tok_json["model"]["unk_token"]))
+        w.add_add_space_prefix(True)
+    else:
+        tokens, types = _bpe_vocab(tok_json, cfg["vocab_size"])
+        merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+    vocab = {t: i for i, t in enumerate(tokens)}
     w.add_bos_token_id(vocab[tok_cfg["bos_token"]])
     w.add_eos_token_id(vocab[tok_cfg["eos_token"]])
     w.add_add_bos_token(False)

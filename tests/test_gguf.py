@@ -23,6 +23,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf", reason="the gguf extra (pip install llmos[gguf]) is not installed")
 
+from checkpoints import CORPUS  # noqa: E402
 from child_env import child_env  # noqa: E402
 from gguf_files import write_gguf  # noqa: E402
 
@@ -322,6 +323,98 @@ def test_tokenizer_from_metadata_matches_tokenizer_json(checkpoint, tmp_path):
     assert GgufFile(path).tokenizer_config()["chat_template"] == cfg["chat_template"]
 
 
+# SentencePiece-style texts: leading / repeated spaces ("▁" runs), characters the vocabulary lacks
+# (byte fallback), digits, special tokens in the middle (the space prefix after them).
+SPM_TEXTS = TEXTS + [" leading space", "trailing space ", "   ", "a", "\n", "<s>Hello</s> world<unk>!",
+                     "tabs\tand\u00a0nbsp", "zzz qqq xylophone", "ÿ\u0000\u007f control", CORPUS]
+
+
+@pytest.fixture()
+def llama_spm_gguf(checkpoint, tmp_path):
+    """A llama checkpoint with a Llama 2 style SentencePiece BPE tokenizer, and its F32 GGUF."""
+    from sentencepiece_vocab import with_llama_style_tokenizer
+
+    folder = with_llama_style_tokenizer(checkpoint("llama"), tmp_path / "spm-folder")
+    return write_gguf(folder, tmp_path / "spm.gguf")[0], folder
+
+
+def _same_tokenizer(original, rebuilt, texts):
+    assert rebuilt.get_vocab_size() == original.get_vocab_size()
+    for text in texts:
+        a, b = original.encode(text), rebuilt.encode(text)
+        assert a.ids == b.ids, (text, a.tokens, b.tokens)
+        for skip in (True, False):
+            assert original.decode(a.ids, skip_special_tokens=skip) == rebuilt.decode(b.ids, skip_special_tokens=skip)
+
+
+def test_sentencepiece_vocabulary_matches_tokenizer_json(llama_spm_gguf):
+    """tokenizer.ggml.model "llama" (tokens, scores, types; no merges) rebuilds as a BPE with byte
+    fallback that encodes and decodes as the Llama 2 style tokenizer.json the file was written from."""
+    from tokenizers import Tokenizer
+
+    from llmos.io.gguf import GgufFile
+
+    path, folder = llama_spm_gguf
+    original = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    rebuilt = Tokenizer.from_str(GgufFile(path).tokenizer_json())
+    # the texts really exercise the byte fallback and the merges
+    assert any(t.startswith("<0x") for t in original.encode("日本語 🙂").tokens)
+    assert any(len(t) > 3 for t in original.encode("The quick brown fox jumps over the lazy dog.").tokens)
+    _same_tokenizer(original, rebuilt, SPM_TEXTS)
+
+
+def test_sentencepiece_model_tokenizes_as_sentencepiece(tmp_path):
+    """A vocabulary trained by SentencePiece itself (BPE, byte fallback, Llama 2's identity
+    normalizer), written as llama.cpp's converter writes a tokenizer.model (its pieces, scores and
+    types): the rebuilt tokenizer encodes and decodes as SentencePiece does."""
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece is not installed: the check against "
+                                                      "SentencePiece's own tokenizer cannot run")
+    import io
+
+    from tokenizers import Tokenizer
+
+    from llmos.io.gguf import GgufFile
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS.splitlines() * 4), model_writer=model,
+                                   vocab_size=500, model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   unk_id=0, bos_id=1, eos_id=2, minloglevel=2,
+                                   # Llama 2's normalizer: text as it is (llama.cpp applies none)
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):  # gguf's SentencePieceVocab
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else
+                     5 if sp.is_unused(i) else 1)
+    w = gguf.GGUFWriter(str(tmp_path / "sp.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(sp.unk_id())
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    rebuilt = Tokenizer.from_str(GgufFile(tmp_path / "sp.gguf").tokenizer_json())
+    for text in [t for t in SPM_TEXTS if "<s>" not in t and "<|" not in t] + [CORPUS]:
+        want = sp.encode(text)
+        got = rebuilt.encode(text).ids
+        assert got == want, (text, rebuilt.encode(text).tokens, [sp.id_to_piece(i) for i in want])
+        assert rebuilt.decode(got) == sp.decode(want), text
+
+
+def test_sentencepiece_gguf_generates_as_its_folder(llama_spm_gguf, llmos):
+    path, folder = llama_spm_gguf
+    a, b = llmos.load(str(path), threads=1), llmos.load(str(folder), threads=1)
+    assert a.tokenizer.encode("Hello 日本") == b.tokenizer.encode("Hello 日本")
+    assert a.generate("Hello 日本", max_new_tokens=8).text == b.generate("Hello 日本", max_new_tokens=8).text
+
+
 def test_loaded_gguf_chats_with_its_template(checkpoint, llmos, tmp_path):
     folder = checkpoint("qwen2")
     path, _ = write_gguf(folder, tmp_path / "c.gguf")
@@ -378,10 +471,21 @@ def test_unsupported_tensor_type_names_tensor_and_type(small_gguf, llmos, tmp_pa
     assert e.value.file == str(bad)
 
 
-def test_sentencepiece_tokenizer_is_refused_clearly(small_gguf, llmos, tmp_path):
-    bad = _edit(small_gguf, tmp_path / "x.gguf", **{"tokenizer.ggml.model": "llama"})
-    with pytest.raises(ModelFormatError, match=r"tokenizer.ggml.model='llama' is not supported"):
+def test_unsupported_tokenizer_model_lists_the_supported(small_gguf, llmos, tmp_path):
+    bad = _edit(small_gguf, tmp_path / "x.gguf", **{"tokenizer.ggml.model": "t5"})
+    with pytest.raises(ModelFormatError, match=r"tokenizer.ggml.model='t5' is not supported; supported: 'gpt2', 'llama'") as e:
         llmos.load(str(bad))
+    assert e.value.field == "tokenizer.ggml.model"
+
+
+def test_sentencepiece_scores_of_the_wrong_length_are_refused(llama_spm_gguf, tmp_path):
+    from llmos.io.gguf import GgufFile
+
+    path, _ = llama_spm_gguf
+    scores = gguf.GGUFReader(str(path)).fields["tokenizer.ggml.scores"].contents()
+    bad = _edit(path, tmp_path / "x.gguf", **{"tokenizer.ggml.scores": scores[:-3]})
+    with pytest.raises(ModelFormatError, match=r"tokenizer.ggml.scores has \d+ entries for 384 tokens"):
+        GgufFile(bad).tokenizer_json()
 
 
 def test_truncated_file_is_a_format_error(small_gguf, llmos, tmp_path):

@@ -1,6 +1,7 @@
 """GGUF files (llama.cpp, Ollama) as Hugging Face checkpoint folders: the architecture from the
-metadata onto config.json, the vocabulary and merges onto tokenizer.json (with the chat template
-in tokenizer_config.json), the tensors onto model.safetensors under the transformers names.
+metadata onto config.json, the vocabulary onto tokenizer.json (llmos/io/gguf_tokenizer.py: byte-level
+BPE or SentencePiece BPE; the chat template in tokenizer_config.json), the tensors onto
+model.safetensors under the transformers names.
 
 Weights: a file with quantized matrices is written by llmos/runtime/gguf_blocks.py
 as an llmos pre-quantized checkpoint: Q8_0 and Q4_0 blocks become llmos int8 / int4 blocks
@@ -40,14 +41,6 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-# tokenizer.ggml.pre -> the pre-tokenizer regex of that family (llama.cpp's llama-vocab.cpp).
-_PRE_REGEX = {
-    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-}
-_PRE_REGEX["llama3"] = _PRE_REGEX["llama-bpe"]
-_GPT2_PRE = ("default", "gpt-2", "gpt2")
 
 _Q8 = "int8"
 _Q4 = "int4"
@@ -240,51 +233,9 @@ class GgufFile:
 
     # --- tokenizer -----------------------------------------------------------------------------
     def tokenizer_json(self) -> str:
-        model = self.value("tokenizer.ggml.model", required=True)
-        if model != "gpt2":
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.model={model!r} is not supported (llmos builds "
-                                   "byte-level BPE 'gpt2' tokenizers from GGUF; convert from the Hugging Face "
-                                   "folder instead)", file=self.path, field="tokenizer.ggml.model")
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+        from llmos.io.gguf_tokenizer import tokenizer_json
 
-        tokens = self.value("tokenizer.ggml.tokens", required=True)
-        limits.check("gguf_max_vocab", len(tokens), what=f"{self.path}: tokenizer.ggml.tokens")
-        merges = self.value("tokenizer.ggml.merges", [])
-        types = self.value("tokenizer.ggml.token_type", [1] * len(tokens))
-        if len(types) != len(tokens):
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.token_type has {len(types)} entries for "
-                                   f"{len(tokens)} tokens", file=self.path, field="tokenizer.ggml.token_type")
-        vocab = {t: i for i, t in enumerate(tokens)}
-        pairs = []
-        for m in merges:
-            a, sep, b = m.partition(" ")
-            if not sep:
-                raise ModelFormatError(f"{self.path}: merge {m!r} is not 'A B'", file=self.path,
-                                       field="tokenizer.ggml.merges")
-            pairs.append((a, b))
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-        pre = self.value("tokenizer.ggml.pre", "default")
-        if pre in _GPT2_PRE:
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        elif pre in _PRE_REGEX:
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(_PRE_REGEX[pre]), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        else:
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
-                                   f"{', '.join(sorted(set(_GPT2_PRE) | set(_PRE_REGEX)))}", file=self.path,
-                                   field="tokenizer.ggml.pre")
-        tok.decoder = decoders.ByteLevel()
-        # control (3) and user-defined (4) tokens match whole, before the BPE
-        added = [AddedToken(tokens[i], special=(ty == 3), normalized=False)
-                 for i, ty in enumerate(types) if ty in (3, 4)]
-        tok.add_tokens(added)
-        bos = self.value("tokenizer.ggml.bos_token_id")
-        if self.value("tokenizer.ggml.add_bos_token", False) and bos is not None:
-            b = tokens[int(bos)]
-            tok.post_processor = processors.TemplateProcessing(single=f"{b} $A", pair=f"{b} $A {b} $B",
-                                                               special_tokens=[(b, int(bos))])
-        return tok.to_str()
+        return tokenizer_json(self)
 
     def tokenizer_config(self) -> dict:
         tokens = self.value("tokenizer.ggml.tokens", required=True)
