@@ -1,31 +1,47 @@
 """Writes a Hugging Face checkpoint folder (tests/checkpoints.py) as a GGUF file the way llama.cpp's
-convert_hf_to_gguf does for the llama-layout families: metadata keys, tensor names, the llama Q/K
-rope permutation, the byte-level BPE vocabulary with merges and token types, the chat template.
-Matrices are stored as F32 or quantized with gguf.quants (Q8_0, Q4_0, Q4_K...); norms, biases and
-1-D tensors stay F32 as llama.cpp keeps them."""
+convert_hf_to_gguf does: metadata keys, tensor names (gguf's own TensorNameMap, the converter's
+mapping), the llama Q/K rope permutation, Gemma's norms stored as 1 + w, experts stacked into
+[expert, rows, cols] tensors, the vocabulary (byte-level BPE with merges, or SentencePiece-style
+tokens, scores and types) and the chat template. Matrices are stored as F32 or quantized with
+gguf.quants (Q8_0, Q4_0, Q4_K...); norms, biases, 1-D tensors and routers stay F32 as llama.cpp
+keeps them.
+
+What a GGUF file cannot say is refused here (`Unwritable`), so a test never runs on a file that
+quietly differs from its checkpoint: llama.cpp fixes some settings per architecture instead of
+reading them (Gemma 3: every 6th layer full, sliding layers on rope base 10000, attention scale
+1/sqrt(head_dim)), and a checkpoint that differs there has no faithful GGUF."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-_LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+# transformers model_type -> general.architecture (the converter's choice)
+GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
+             "phi3": "phi3", "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+_EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
+_ALWAYS_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")  # routers, as llama.cpp keeps them
 
 
-def gguf_name(hf: str) -> str:
-    stem, _, suffix = hf.rpartition(".")
-    if stem.startswith("model.layers."):
-        _, _, i, rest = stem.split(".", 3)
-        return f"blk.{i}.{_LAYER[rest]}.{suffix}"
-    return f"{_GLOBAL[stem]}.{suffix}"
+class Unwritable(ValueError):
+    """The checkpoint has a setting its GGUF file cannot carry."""
+
+
+def _name_map(arch: str, n_layers: int):
+    import gguf
+
+    kind = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    return gguf.get_tensor_name_map(kind, n_layers)
+
+
+def gguf_name(hf: str, arch: str = "llama", n_layers: int = 64) -> str:
+    name = _name_map(arch, n_layers).get_name(hf, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise Unwritable(f"{hf}: no GGUF name for it in a {arch} file")
+    return name
 
 
 def random_kquant(shape: tuple[int, int], qtype, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -63,40 +79,132 @@ def _bpe_vocab(tok_json: dict, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, [(3 if added[t]["special"] else 4) if t in added else 1 for t in tokens]
 
 
-def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
-               seed: int = 0, tensor_types: dict[str, str] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
-    """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; 2-D
-    weights in `qtype` (the embedding too, as llama.cpp's --outtype does) except those named in
-    `tensor_types` (GGUF name -> type, e.g. {"output.weight": "Q6_K"}, as llama.cpp's mixes keep some
-    tensors at other types; "F16" stores float16). Returns the file and the weights it holds,
-    dequantized, under the transformers names and layout: the reference."""
-    import gguf
-    from gguf.quants import dequantize, quantize
-    from safetensors.numpy import load_file
+def _rope(cfg: dict, layer_type: str | None = None) -> dict:
+    params = cfg.get("rope_parameters") or {}
+    if layer_type is not None and layer_type in params:
+        params = params[layer_type]
+    return {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0), **params}
 
-    from llmos.io.gguf import permute
-    from sentencepiece_vocab import gguf_vocab
 
-    folder, out = Path(folder), Path(out)
-    cfg = json.loads((folder / "config.json").read_text())
-    tok_json = json.loads((folder / "tokenizer.json").read_text())
-    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    arch = cfg["model_type"]
-    w = gguf.GGUFWriter(str(out), arch)
-    n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+def _metadata(w, cfg: dict, arch: str) -> None:
+    """The hyperparameters as the converter writes them for `arch`."""
+    n_head = cfg["num_attention_heads"]
+    model_type = cfg["model_type"]
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_feed_forward_length(cfg["intermediate_size"])
     w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    rope = cfg.get("rope_parameters") or {}
-    w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    w.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
     w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    if cfg.get("head_dim"):
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if model_type == "gemma3_text":
+        _gemma3_metadata(w, cfg, head_dim)
+        return
+    rope = _rope(cfg)
+    if rope["rope_type"] != "default":
+        raise Unwritable(f"rope_type {rope['rope_type']}: this writer writes default rope only")
+    w.add_rope_freq_base(float(rope["rope_theta"]))
+    if model_type == "phi3":
+        _phi3_metadata(w, cfg, head_dim, rope)
+        return
+    w.add_rope_dimension_count(head_dim)
+    if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
+        w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        if cfg.get("norm_topk_prob") != (model_type == "qwen3_moe"):
+            # llama.cpp fixes it per architecture; newer converters write it
+            w.add_expert_weights_norm(bool(cfg["norm_topk_prob"]))
+    if model_type == "qwen2_moe":
+        w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+
+
+def _gemma3_metadata(w, cfg: dict, head_dim: int) -> None:
+    n = cfg["num_hidden_layers"]
+    every_sixth = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+    if cfg.get("layer_types") != every_sixth:
+        raise Unwritable(f"layer_types {cfg.get('layer_types')}: llama.cpp lays Gemma 3 out as {every_sixth}")
+    local, full = _rope(cfg, "sliding_attention"), _rope(cfg, "full_attention")
+    if local["rope_type"] != "default" or local["rope_theta"] != 10000.0:
+        raise Unwritable(f"sliding layers' rope {local}: llama.cpp fixes base 10000, no scaling")
+    if cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
+        raise Unwritable(f"query_pre_attn_scalar {cfg['query_pre_attn_scalar']}: llama.cpp scales by 1/sqrt(head_dim)")
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_rope_freq_base(float(full["rope_theta"]))
+    w.add_rope_dimension_count(head_dim)
+    if full["rope_type"] == "linear":
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(full["factor"]))
+    elif full["rope_type"] != "default":
+        raise Unwritable(f"full layers' rope {full}: the Gemma 3 converter writes linear scaling only")
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(key) is not None:
+            getattr(w, f"add_{key}")(float(cfg[key]))
+
+
+def _phi3_metadata(w, cfg: dict, head_dim: int, rope: dict) -> None:
+    w.add_rope_dimension_count(int(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) * head_dim))
+    w.add_rope_scaling_orig_ctx_len(cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    w.add_sliding_window(cfg.get("sliding_window") or 0)
+    if cfg.get("rope_scaling"):
+        raise Unwritable(f"rope_scaling {cfg['rope_scaling']}: this writer writes Phi-3 without LongRoPE")
+
+
+def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-expert tensors stacked into one [expert, rows, cols] tensor each, as the converter does."""
+    out, stacks = {}, {}
+    for name, t in weights.items():
+        m = _EXPERT.match(name)
+        if m is None:
+            out[name] = t
+        else:
+            stacks.setdefault(f"{m[1]}.{m[3]}.weight", {})[int(m[2])] = t
+    for name, by_expert in stacks.items():
+        out[name] = np.stack([by_expert[e] for e in range(len(by_expert))])
+    return out
+
+
+def _unstack(name: str, held: np.ndarray) -> dict[str, np.ndarray]:
+    """The transformers tensors a stacked (or plain) tensor `name` holds."""
+    if held.ndim != 3:
+        return {name: held}
+    base, _, matrix = name[:-len(".weight")].rpartition(".")
+    return {f"{base}.{e}.{matrix}.weight": held[e] for e in range(held.shape[0])}
+
+
+def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
+               seed: int = 0, tensor_types: dict[str, str] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
+    """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; matrices
+    (2-D, and the stacked experts) in `qtype` (the embedding too, as llama.cpp's --outtype does)
+    except those named in `tensor_types` (GGUF name -> type, e.g. {"output.weight": "Q6_K"}, as
+    llama.cpp's mixes keep some tensors at other types; "F16" stores float16). Returns the file
+    and the weights it holds, dequantized, under the transformers names and layout: the reference."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+    from safetensors.numpy import load_file
+    from sentencepiece_vocab import gguf_vocab
+
+    from llmos.io.gguf import permute
+
+    folder, out = Path(folder), Path(out)
+    cfg = json.loads((folder / "config.json").read_text())
+    tok_json = json.loads((folder / "tokenizer.json").read_text())
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    model_type = cfg["model_type"]
+    if model_type not in GGUF_ARCH:
+        raise Unwritable(f"model_type {model_type}: no GGUF architecture written here")
+    arch = GGUF_ARCH[model_type]
+    n_layers = cfg["num_hidden_layers"]
+    w = gguf.GGUFWriter(str(out), arch)
+    _metadata(w, cfg, arch)
+    n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
 
     if tok_json["model"].get("byte_fallback"):
         # a SentencePiece-style vocabulary (Llama 2, Mistral): tokens, scores and types, no merges
@@ -125,30 +233,37 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
 
     rng = np.random.default_rng(seed)
     held = {}
-    for name, t in load_file(str(folder / "model.safetensors")).items():
-        t = t.astype(np.float32)
-        this = (tensor_types or {}).get(gguf_name(name), qtype) if t.ndim == 2 else "F32"
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    for name, t in _stack_experts(weights).items():
+        gname = gguf_name(name, arch, n_layers)
+        matrix = t.ndim >= 2 and not gname.endswith(_ALWAYS_F32)
+        this = (tensor_types or {}).get(gname, qtype) if matrix else "F32"
+        if matrix and this not in ("F32", "F16") and t.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[this]][0]:
+            this = "F16"  # rows that are not whole blocks: the converter falls back to F16
         qt = gguf.GGMLQuantizationType[this]
-        kquant = this.endswith("_K")
         if this == "F16":
             t = t.astype(np.float16).astype(np.float32)
-        if t.ndim == 2 and this not in ("F32", "F16"):
-            if kquant:
+        if matrix and this not in ("F32", "F16"):
+            if this.endswith("_K"):
                 assert arch not in ("llama", "mistral"), "random K-quant blocks: a family without the rope permute"
-                data = random_kquant(t.shape, qt, float(t.std()), rng)
+                flat = t.reshape(-1, t.shape[-1])
+                data = random_kquant(flat.shape, qt, float(t.std()), rng).reshape(*t.shape[:-1], -1)
             else:
                 data = quantize(t, qt)
-            held[name] = dequantize(data, qt).astype(np.float32).reshape(t.shape)
+            value = dequantize(data, qt).astype(np.float32).reshape(t.shape)
         else:
-            data, held[name] = None, t
-        stored = held[name] if data is None else data
-        if arch in ("llama", "mistral") and name.endswith(("q_proj.weight", "k_proj.weight")):
+            data, value = None, t
+        held.update(_unstack(name, value))
+        stored = value if data is None else data
+        if arch == "gemma3" and gname.endswith("norm.weight"):
+            stored = stored + np.float32(1.0)  # the converter's norm_shift: Gemma's norm computes (1 + w)
+        if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
             # whole rows move, so the quantized bytes permute like the floats
-            stored = permute(stored, n_head if "q_proj" in name else n_kv)
+            stored = permute(stored, n_head if "attn_q" in gname else n_kv)
         if data is None:
-            w.add_tensor(gguf_name(name), stored.astype(np.float16) if this == "F16" else stored)
+            w.add_tensor(gname, stored.astype(np.float16) if this == "F16" else stored)
         else:
-            w.add_tensor(gguf_name(name), stored, raw_dtype=qt)
+            w.add_tensor(gname, stored, raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

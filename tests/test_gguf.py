@@ -70,18 +70,101 @@ def test_f32_gguf_matches_transformers(kind, checkpoint, reference_model, llmos,
     assert diff <= 1e-3, f"{kind}: max |llmos(gguf) - transformers| = {diff:.3g}"
 
 
+# The families llama.cpp writes under other GGUF architectures: (checkpoint kind, overrides).
+# Gemma 3 as llama.cpp lays it out (every 6th layer full, attention scaled by 1/sqrt(head_dim)):
+# 6 layers, the last full with base 1e6 and linear scaling 2, the others sliding (window 16) on base 1e4.
+GEMMA3_AS_LLAMA_CPP = dict(num_hidden_layers=6, query_pre_attn_scalar=32,
+                           layer_types=["sliding_attention"] * 5 + ["full_attention"])
+ARCH_CASES = {
+    "gemma3": ("gemma3_text", GEMMA3_AS_LLAMA_CPP),
+    "phi3": ("phi3", {}),                                   # fused qkv / gate_up
+    "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
+    "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
+    "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
+    "qwen2_moe_norm_topk": ("qwen2_moe", dict(norm_topk_prob=True)),  # expert_weights_norm key
+    "qwen3_moe": ("qwen3_moe", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCH_CASES))
+def test_f32_gguf_of_each_architecture_matches_transformers(case, checkpoint, reference_model, llmos, tmp_path):
+    """An F32 GGUF written from the random checkpoint as llama.cpp's converter writes that family:
+    llmos on the file against transformers on the folder, logits within 1e-3 and greedy tokens
+    identical (up to a genuine tie, test_reference_agreement's rule)."""
+    from test_reference_agreement import check_greedy, ref_generate
+
+    kind, overrides = ARCH_CASES[case]
+    folder = checkpoint(kind, **overrides)
+    path, _ = write_gguf(folder, tmp_path / f"{case}.gguf")
+    model = llmos.load(str(path), threads=1)
+    assert model.quant is None and model.config.family == json.loads((folder / "config.json").read_text())["model_type"]
+    reference = reference_model(folder)
+    got, want = model.logits(IDS), _torch_logits(reference, IDS)
+    diff = np.abs(got - want).max()
+    assert diff <= 1e-3, f"{case}: max |llmos(gguf) - transformers| = {diff:.3g}"
+    ref_new, ref_steps = ref_generate(reference, IDS[:16], 24)
+    gen = model.generate(IDS[:16], max_new_tokens=24, do_sample=False)
+    assert check_greedy(gen.token_ids, ref_new, ref_steps, what=case) >= 1
+
+
+def test_gemma3_gguf_norms_hold_one_plus_w(checkpoint, tmp_path):
+    """llama.cpp's converter stores Gemma's norm weights as 1 + w: the file holds them so and the
+    reader gives transformers' w back."""
+    from safetensors.numpy import load_file
+
+    from llmos.io.gguf import GgufFile
+
+    folder = checkpoint("gemma3_text", **GEMMA3_AS_LLAMA_CPP)
+    path, _ = write_gguf(folder, tmp_path / "g.gguf")
+    hf = load_file(str(folder / "model.safetensors"))
+    g = GgufFile(path)
+    for gname, name in (("blk.0.attn_q_norm.weight", "model.layers.0.self_attn.q_norm.weight"),
+                        ("blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight"),
+                        ("output_norm.weight", "model.norm.weight")):
+        stored = np.asarray(g.tensors[gname].data, np.float32)
+        assert np.allclose(stored, hf[name] + 1, atol=1e-6), gname
+        assert np.allclose(g.hf_array(name, g.config()), hf[name], atol=1e-6), name
+    cfg = g.config()
+    assert cfg["layer_types"] == GEMMA3_AS_LLAMA_CPP["layer_types"] and cfg["sliding_window"] == 16
+    assert cfg["rope_parameters"]["full_attention"] == {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0}
+
+
+@pytest.mark.parametrize("kind,overrides,why", [
+    ("gemma3_text", {}, r"layer_types .*llama.cpp lays Gemma 3 out as"),
+    ("gemma3_text", dict(GEMMA3_AS_LLAMA_CPP, query_pre_attn_scalar=48), r"query_pre_attn_scalar 48"),
+])
+def test_writer_refuses_what_gguf_cannot_carry(kind, overrides, why, checkpoint, tmp_path):
+    """llama.cpp fixes Gemma 3's layer pattern and attention scale instead of reading them: a
+    checkpoint that differs has no faithful GGUF, and the test writer says so instead of writing one."""
+    from gguf_files import Unwritable
+
+    with pytest.raises(Unwritable, match=why):
+        write_gguf(checkpoint(kind, **overrides), tmp_path / "x.gguf")
+
+
 # (GGUF type, llmos format it loads as, max rel-L2, min top-1): test_quant.py's int8 / int4 bounds
 QUANT_CASES = [("llama", "Q8_0", "int8", 0.03, 0.95), ("llama", "Q4_0", "int4", 0.15, 0.7),
                ("qwen3", "Q8_0", "int8", 0.03, 0.95), ("qwen3", "Q4_0", "int4", 0.15, 0.7),
                ("qwen3", "Q4_K", "int4", 0.15, 0.7), ("qwen3", "Q5_K", "int8", 0.03, 0.95),
-               ("qwen3", "Q6_K", "int8", 0.03, 0.95)]
+               ("qwen3", "Q6_K", "int8", 0.03, 0.95), ("gemma3", "Q8_0", "int8", 0.03, 0.95),
+               ("phi3", "Q4_0", "int4", 0.15, 0.7), ("mixtral", "Q8_0", "int8", 0.03, 0.95),
+               ("mixtral", "Q4_0", "int4", 0.15, 0.7), ("qwen2_moe", "Q8_0", "int8", 0.03, 0.95),
+               ("qwen3_moe", "Q4_0", "int4", 0.15, 0.7), ("qwen3_moe", "Q4_K", "int4", 0.15, 0.7)]
+
+
+def _case_folder(checkpoint, case, **overrides):
+    """The checkpoint of a kind of tests/checkpoints.py or of an ARCH_CASES case."""
+    kind, extra = ARCH_CASES.get(case, (case, {}))
+    return checkpoint(kind, **{**extra, **overrides})
 
 
 @pytest.mark.parametrize("kind,qtype,quant,max_rel,min_top1", QUANT_CASES)
 def test_quantized_gguf_tracks_its_own_weights(kind, qtype, quant, max_rel, min_top1, checkpoint, llmos, tmp_path):
     # K-quant super-blocks are 256 inputs wide: the matrices need a multiple of 256 inputs
-    wide = qtype.endswith("_K")
-    folder = checkpoint(kind, weight_scale=0.1, **({"hidden_size": 256, "intermediate_size": 512, "head_dim": 64} if wide else {}))
+    wide = {"hidden_size": 256, "intermediate_size": 512, "head_dim": 64} if qtype.endswith("_K") else {}
+    if wide and kind.endswith("_moe"):
+        wide["moe_intermediate_size"] = 256
+    folder = _case_folder(checkpoint, kind, weight_scale=0.1, **wide)
     path, weights = write_gguf(folder, tmp_path / f"{kind}-{qtype}.gguf", qtype)
     model = llmos.load(str(path), threads=1)
     assert model.quant.name == quant
@@ -109,19 +192,14 @@ def test_q8_0_maps_exactly_onto_int8(checkpoint, llmos, tmp_path):
 
 # ---- the blocks the model runs with, against the file's own values ----------------------------
 
-# role -> the transformers tensors stacked into it (q|k|v and gate|up fused along the rows)
-_ROLE_PARTS = {"qkv.weight": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-               "o.weight": ("self_attn.o_proj",), "up.weight": ("mlp.gate_proj", "mlp.up_proj"),
-               "down.weight": ("mlp.down_proj",)}
-
-
-def _role_weights(held, role, layer):
-    """The GGUF's dequantized weights (transformers layout) stacked as the core's role."""
-    if role == "embed":
-        return held["model.embed_tokens.weight"]
-    if role == "lm_head":
-        return held["lm_head.weight"]
-    return np.concatenate([held[f"model.layers.{layer}.{p}.weight"] for p in _ROLE_PARTS[role]])
+def _role_weights(model, held, role, layer):
+    """The GGUF's dequantized weights (transformers layout) stacked as the core's role (the
+    family's tensor map: q|k|v and gate|up fused along the rows, per expert too)."""
+    backend = model.backend
+    for r, l, parts in backend.family.tensors(backend.arch):
+        if (r, l) == (role, layer):
+            return np.concatenate([held[name] for name, _ in parts])
+    raise KeyError((role, layer))
 
 
 def _dequantize_llmos(qtype, codes, scale, mn, cols, group):
@@ -146,7 +224,7 @@ def _blocks_against_file(model, held):
     quantized matrix the model runs with."""
     out = {}
     for role, layer, qtype, group, codes, scale, mn in model.backend.quantized_matrices():
-        want = _role_weights(held, role, layer)
+        want = _role_weights(model, held, role, layer)
         got = _dequantize_llmos(qtype, codes, scale, mn, want.shape[1], group)
         out[(role, layer)] = (qtype, got - want)
     return out
@@ -188,22 +266,25 @@ def test_block_converters_on_every_code():
         assert np.abs(got - want).max() == 0.0, convert.__name__
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3", "gemma3", "phi3", "mixtral", "qwen3_moe"])
 @pytest.mark.parametrize("qtype,quant", [("Q8_0", "int8"), ("Q4_0", "int4")])
 def test_q8_0_q4_0_blocks_are_the_files_bit_for_bit(kind, qtype, quant, checkpoint, llmos, tmp_path):
-    """The codes and scales the model runs with are the file's: every quantized matrix, dequantized
-    from llmos's blocks, equals gguf's own dequantization of the file (llama: with the rope row
-    permutation undone on the blocks) with a difference of exactly 0."""
+    """The codes and scales the model runs with are the file's: every quantized matrix (each
+    expert's too), dequantized from llmos's blocks, equals gguf's own dequantization of the file
+    (llama: with the rope row permutation undone on the blocks) with a difference of exactly 0."""
     from llmos._core import QuantType
+    from llmos.runtime.gguf_blocks import _is_matrix_role
 
-    folder = checkpoint(kind, weight_scale=0.1)
+    # experts 64 wide: whole Q8_0 / Q4_0 blocks (48 falls back to F16, as the converter does)
+    folder = _case_folder(checkpoint, kind, weight_scale=0.1, **({"moe_intermediate_size": 64} if "moe" in kind else {}))
     path, held = write_gguf(folder, tmp_path / f"{kind}-{qtype}.gguf", qtype)
     model = llmos.load(str(path), threads=1)
     assert model.prequantized and model.quant.name == quant
     found = _blocks_against_file(model, held)
-    roles = {r for r, _ in found}
-    assert roles == {"embed", "lm_head", "qkv.weight", "o.weight", "up.weight", "down.weight"} - (
-        {"lm_head"} if json.loads((folder / "config.json").read_text())["tie_word_embeddings"] else set())
+    backend = model.backend
+    want_roles = {(r, l) for r, l, _ in backend.family.tensors(backend.arch) if _is_matrix_role(r)}
+    assert set(found) == want_roles
+    assert any(r.startswith("experts.") for r, _ in want_roles) == ("moe" in kind or kind == "mixtral")
     want_type = QuantType.Q8 if qtype == "Q8_0" else QuantType.Q4
     for key, (t, diff) in found.items():
         assert t == want_type, (key, t)
@@ -297,7 +378,7 @@ def test_kquant_error_bound(qtype, checkpoint, llmos, tmp_path):
     worst, means = 0.0, []
     for (role, layer), (t, diff) in _blocks_against_file(model, held).items():
         assert TYPE_NAMES[t] == fmt
-        rel = _group_relative(diff, _role_weights(held, role, layer), floor)
+        rel = _group_relative(diff, _role_weights(model, held, role, layer), floor)
         worst = max(worst, float(rel.max()))
         means.append(float(rel.mean()))
     print(f"{qtype} -> {fmt}: max {worst:.5f}, mean {np.mean(means):.6f} of the group's largest |w|")
@@ -460,8 +541,10 @@ def small_gguf(checkpoint, tmp_path):
 
 def test_unknown_architecture_lists_the_supported(small_gguf, llmos, tmp_path):
     bad = _edit(small_gguf, tmp_path / "x.gguf", arch="rwkv6")
-    with pytest.raises(ModelFormatError, match=r"'rwkv6' is not supported; supported: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(ModelFormatError, match=r"'rwkv6' is not supported; supported: gemma3, llama, mistral, phi3, "
+                                               r"qwen2, qwen2moe, qwen3, qwen3moe \(llama with expert_count: Mixtral\)") as e:
         llmos.load(str(bad))
+    assert e.value.field == "general.architecture" and e.value.file == str(bad)
 
 
 def test_unsupported_tensor_type_names_tensor_and_type(small_gguf, llmos, tmp_path):

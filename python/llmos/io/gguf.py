@@ -29,18 +29,8 @@ import numpy as np
 from llmos import limits
 from llmos.errors import ModelFileError, ModelFormatError
 from llmos.extras import require
-
-# general.architecture -> transformers model_type, for the families llmos runs whose GGUF
-# layout is the llama one (plus per-family extras such as q/k norms and qkv biases).
-ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
-
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+from llmos.io.gguf_arch import ARCHITECTURES, NOT_WEIGHTS, arch_for, hf_names
+from llmos.io import gguf_arch
 
 _Q8 = "int8"
 _Q4 = "int4"
@@ -106,7 +96,8 @@ class GgufFile:
         self.arch = self.string("general.architecture")
         if self.arch not in ARCHITECTURES:
             raise ModelFormatError(f"{self.path}: GGUF architecture {self.arch!r} is not supported; supported: "
-                                   f"{', '.join(sorted(ARCHITECTURES))}", file=self.path, field="general.architecture")
+                                   f"{', '.join(sorted(ARCHITECTURES))} (llama with expert_count: Mixtral)", file=self.path,
+                                   field="general.architecture")
         self.tensors = {}
         for t in self.reader.tensors:
             shape = [int(d) for d in t.shape]
@@ -123,6 +114,8 @@ class GgufFile:
                 raise ModelFormatError(f"{self.path}: tensor {t.name} has GGML type {t.tensor_type.name}; llmos "
                                        f"reads {', '.join(_TYPES)}", file=self.path, field=f"{t.name}.type")
             self.tensors[t.name] = t
+        self.spec = arch_for(self)
+        self._sources = None
 
     # --- metadata ------------------------------------------------------------------------------
     def value(self, key: str, default=None, *, required: bool = False):
@@ -155,17 +148,18 @@ class GgufFile:
     # --- config --------------------------------------------------------------------------------
     def config(self) -> dict:
         scaling = self.value(f"{self.arch}.rope.scaling.type", "none")
-        if scaling != "none":
+        linear = scaling == "linear" and self.spec.model_type == "gemma3_text"  # Gemma 3's full layers
+        if scaling != "none" and not linear:
             raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.type={scaling!r} is not supported from "
                                    "GGUF (load the Hugging Face folder)", file=self.path,
                                    field=f"{self.arch}.rope.scaling.type")
         tokens = self.value("tokenizer.ggml.tokens", required=True)
+        limits.check("gguf_max_vocab", len(tokens), what=f"{self.path}: tokenizer.ggml.tokens")
         n_head = self.number("attention.head_count", required=True)
         hidden = self.number("embedding_length", required=True)
+        # per-layer lists are built from it before the family's own checks run
+        _limit(self.path, "max_layers", self.number("block_count", required=True), f"{self.arch}.block_count")
         cfg = {
-            "model_type": ARCHITECTURES[self.arch],
-            "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                               "qwen3": "Qwen3ForCausalLM"}[self.arch]],
             "vocab_size": len(tokens),
             "hidden_size": hidden,
             "intermediate_size": self.number("feed_forward_length", required=True),
@@ -180,6 +174,8 @@ class GgufFile:
             "torch_dtype": "float32",
             "hidden_act": "silu",
         }
+        if linear:
+            cfg["_rope_linear_factor"] = self.number("rope.scaling.factor", required=True)
         if self.arch in ("llama", "mistral"):
             cfg["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
         for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
@@ -187,7 +183,7 @@ class GgufFile:
             v = self.value(name)
             if v is not None:
                 cfg[key] = int(v)
-        return cfg
+        return gguf_arch.config(self, self.spec, cfg)
 
     # --- tensors -------------------------------------------------------------------------------
     def suggested_quant(self) -> str | None:
@@ -196,40 +192,77 @@ class GgufFile:
         kinds = {_TYPES[t.tensor_type.name] for t in self.tensors.values()} - {None}
         return _Q4 if _Q4 in kinds else (_Q8 if kinds else None)
 
-    def hf_name(self, name: str) -> str:
-        stem, _, suffix = name.rpartition(".")
-        parts = stem.split(".")
-        if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-            return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.{suffix}"
-        if stem in _GLOBAL_NAMES:
-            return f"{_GLOBAL_NAMES[stem]}.{suffix}"
-        raise ModelFormatError(f"{self.path}: tensor {name} has no place in a {self.arch} model", file=self.path,
-                               field=name)
+    def sources(self) -> dict[str, tuple[str, int | None]]:
+        """{transformers tensor name: (GGUF tensor, expert or None)} for every weight in the file
+        (a stacked expert tensor holds one per expert; -1: the tensor is one expert alone)."""
+        if self._sources is None:
+            out = {}
+            for name in self.tensors:
+                if name in NOT_WEIGHTS:
+                    continue
+                for hf, expert in hf_names(self, self.spec, name):
+                    if hf in out:
+                        raise ModelFormatError(f"{self.path}: tensors {out[hf][0]} and {name} both hold {hf}",
+                                               file=self.path, field=name)
+                    out[hf] = (name, expert)
+            self._sources = out
+        return self._sources
 
-    def array(self, name: str, cfg: dict) -> np.ndarray:
-        """The tensor `name` as float32, in the transformers layout."""
+    def hf_name(self, name: str) -> str:
+        """The transformers name of GGUF tensor `name` (one that holds a single tensor)."""
+        (hf, _), *more = hf_names(self, self.spec, name)
+        if more:
+            raise ModelFormatError(f"{self.path}: tensor {name} holds {len(more) + 1} tensors", file=self.path,
+                                   field=name)
+        return hf
+
+    def array(self, name: str, cfg: dict, expert: int | None = None) -> np.ndarray:
+        """The tensor `name` as float32, in the transformers layout; `expert`: only that expert of
+        a stacked expert tensor (None or -1: all of it)."""
         gguf = _gguf()
         t = self.tensors[name]
         shape = tuple(reversed([int(d) for d in t.shape]))
+        data = t.data
+        if expert is not None and expert >= 0:
+            data, shape = data[expert], shape[1:]
         try:
             if t.tensor_type.name == "F32":
-                w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+                w = np.asarray(data, dtype=np.float32).reshape(shape)
             else:
-                w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+                w = gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).reshape(shape)
         except (ValueError, NotImplementedError) as e:
             raise ModelFormatError(f"{self.path}: tensor {name} ({t.tensor_type.name}) cannot be read: {e}",
                                    file=self.path, field=name) from None
+        if self.spec.norm_shift and name.endswith("norm.weight"):
+            w = w - np.float32(self.spec.norm_shift)  # the converter stored 1 + w
         heads = self.rope_heads(name, cfg)
         return w if heads is None else unpermute(w, heads)
 
+    def hf_array(self, hf: str, cfg: dict) -> np.ndarray:
+        """The transformers tensor `hf` as float32."""
+        name, expert = self.sources()[hf]
+        w = self.array(name, cfg, expert)
+        if hf.endswith("shared_expert_gate.weight"):
+            w = w.reshape(1, -1)  # [1, hidden] in transformers; llama.cpp may hold it 1-D
+        return np.ascontiguousarray(w)
+
+    def vector(self, name: str, n: int) -> list[float]:
+        """The 1-D float tensor `name` of `n` values (rope factors) as a list."""
+        t = self.tensors[name]
+        if [int(d) for d in t.shape] != [n] or t.tensor_type.name != "F32":
+            raise ModelFormatError(f"{self.path}: tensor {name}: expected {n} float32 values, got "
+                                   f"{t.tensor_type.name} {[int(d) for d in t.shape]}", file=self.path,
+                                   field=f"{name}.shape")
+        return [float(v) for v in np.asarray(t.data, np.float32)]
+
     def rope_heads(self, name: str, cfg: dict) -> int | None:
         """The head count whose rope permutation llama.cpp applied to the rows of `name`, or None."""
-        if self.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+        if self.spec.rope_permuted and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
             return cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"]
         return None
 
     def state_dict(self, cfg: dict) -> dict[str, np.ndarray]:
-        return {self.hf_name(n): self.array(n, cfg) for n in self.tensors}
+        return {hf: self.hf_array(hf, cfg) for hf in self.sources()}
 
     # --- tokenizer -----------------------------------------------------------------------------
     def tokenizer_json(self) -> str:

@@ -1,0 +1,223 @@
+"""The GGUF architectures llmos reads, as llama.cpp's converter (convert_hf_to_gguf.py) writes them
+and its loader (llama-model.cpp) reads them: for each, the transformers model_type, the config
+fields that come from the metadata, and the GGUF tensor names under their transformers names.
+
+Per architecture, what differs from the llama layout:
+
+* llama: Q/K rows permuted into llama.cpp's rope layout (undone on load). With
+  `llama.expert_count` it is Mixtral: `ffn_gate_inp` the router, `ffn_{gate,up,down}_exps` the
+  experts stacked [expert, rows, cols] (older files: one `ffn_gate.E` tensor per expert).
+* qwen2, qwen3, mistral: the llama layout without the permutation (qwen3: q/k norms).
+* gemma3: RMSNorm weights stored as 1 + w (the converter adds the 1 Gemma's norm applies; it is
+  taken off again here); pre- and post-norms around attention and MLP; sliding-window layers
+  as llama.cpp lays them out: every 6th layer full (or `attention.sliding_window_pattern`, true =
+  sliding, when the file has it), the sliding layers on rope base 10000, the full ones on
+  `rope.freq_base` with the file's linear scaling; attention scaled by 1/sqrt(head_dim) (the 62-layer
+  27B by 1/sqrt(hidden / heads)), llama.cpp's rule, since the file carries no
+  query_pre_attn_scalar; soft-capping from `final_logit_softcapping` / `attn_logit_softcapping`
+  when present (Gemma 3 has none).
+* phi3: q|k|v fused in `attn_qkv` and gate|up in `ffn_up`, as the transformers checkpoint fuses
+  them (kept fused); `rope.dimension_count` gives the partial rotary factor; LongRoPE factors
+  come as the `rope_factors_short` / `rope_factors_long` tensors.
+* qwen2moe / qwen3moe: router `ffn_gate_inp`, experts `ffn_*_exps`; qwen2moe's shared expert
+  `ffn_*_shexp` behind the sigmoid gate `ffn_gate_inp_shexp`. The top-k weights are renormalised
+  as llama.cpp does for the architecture (qwen2moe no, qwen3moe yes) unless the file says
+  `expert_weights_norm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmos.errors import ModelFormatError
+
+# GGUF layer tensor -> transformers name under model.layers.N. (the llama layout)
+LLAMA_LAYER = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_QWEN_EXPERTS = {"ffn_gate_exps": "mlp.experts.{e}.gate_proj", "ffn_up_exps": "mlp.experts.{e}.up_proj",
+                 "ffn_down_exps": "mlp.experts.{e}.down_proj"}
+# Tensors llama.cpp writes that are not weights of the transformers model (read into the config).
+NOT_WEIGHTS = ("rope_factors_short.weight", "rope_factors_long.weight", "rope_freqs.weight")
+
+
+@dataclass(frozen=True)
+class GgufArch:
+    model_type: str
+    hf_class: str
+    layer: dict[str, str] = field(default_factory=lambda: dict(LLAMA_LAYER))
+    experts: dict[str, str] = field(default_factory=dict)  # stacked expert tensor -> name with {e}
+    rope_permuted: bool = False   # llama.cpp's Q/K row permutation
+    norm_shift: float = 0.0       # GGUF norm weights = transformers' + norm_shift
+
+
+def _with(**changes) -> dict[str, str]:
+    return {**LLAMA_LAYER, **changes}
+
+
+_MIXTRAL = GgufArch("mixtral", "MixtralForCausalLM", _with(ffn_gate_inp="block_sparse_moe.gate"), {
+    "ffn_gate_exps": "block_sparse_moe.experts.{e}.w1", "ffn_up_exps": "block_sparse_moe.experts.{e}.w3",
+    "ffn_down_exps": "block_sparse_moe.experts.{e}.w2"}, rope_permuted=True)
+
+# general.architecture -> how it reads
+ARCHITECTURES: dict[str, GgufArch] = {
+    "llama": GgufArch("llama", "LlamaForCausalLM", rope_permuted=True),
+    "mistral": GgufArch("mistral", "MistralForCausalLM"),
+    "qwen2": GgufArch("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": GgufArch("qwen3", "Qwen3ForCausalLM"),
+    "gemma3": GgufArch("gemma3_text", "Gemma3ForCausalLM", _with(
+        ffn_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
+        post_ffw_norm="post_feedforward_layernorm"), norm_shift=1.0),
+    "phi3": GgufArch("phi3", "Phi3ForCausalLM", _with(attn_qkv="self_attn.qkv_proj", ffn_up="mlp.gate_up_proj")),
+    "qwen2moe": GgufArch("qwen2_moe", "Qwen2MoeForCausalLM", _with(
+        ffn_gate_inp="mlp.gate", ffn_gate_shexp="mlp.shared_expert.gate_proj",
+        ffn_up_shexp="mlp.shared_expert.up_proj", ffn_down_shexp="mlp.shared_expert.down_proj",
+        ffn_gate_inp_shexp="mlp.shared_expert_gate"), _QWEN_EXPERTS),
+    "qwen3moe": GgufArch("qwen3_moe", "Qwen3MoeForCausalLM", _with(ffn_gate_inp="mlp.gate"), _QWEN_EXPERTS),
+}
+# how a file says "mixture of experts" where the architecture name does not (llama -> Mixtral)
+_MOE_OF = {"llama": _MIXTRAL}
+
+
+def arch_for(g) -> GgufArch:
+    """The GgufArch of GgufFile `g` (its general.architecture already checked)."""
+    if g.arch in _MOE_OF and (g.number("expert_count", 0) or 0) > 0:
+        return _MOE_OF[g.arch]
+    return ARCHITECTURES[g.arch]
+
+
+def hf_names(g, spec: GgufArch, name: str) -> list[tuple[str, int | None]]:
+    """The transformers tensors GGUF tensor `name` holds: [(name, expert or None)] (a stacked
+    expert tensor holds one per expert)."""
+    stem, _, suffix = name.rpartition(".")
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
+        layer, kind = int(parts[1]), parts[2]
+        p = f"model.layers.{layer}."
+        if kind in spec.layer:
+            return [(f"{p}{spec.layer[kind]}.{suffix}", None)]
+        if kind in spec.experts:
+            n = _expert_count(g, name)
+            return [(f"{p}{spec.experts[kind].format(e=e)}.{suffix}", e) for e in range(n)]
+    # older Mixtral files: blk.N.ffn_gate.E.weight, one tensor per expert
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[3].isdigit():
+        stacked = f"{parts[2]}_exps"
+        if stacked in spec.experts:
+            e = int(parts[3])
+            if e >= (g.number("expert_count", 0) or 0):
+                raise ModelFormatError(f"{g.path}: tensor {name}: expert {e} is not below {g.arch}.expert_count",
+                                       file=g.path, field=name)
+            return [(f"model.layers.{int(parts[1])}.{spec.experts[stacked].format(e=e)}.{suffix}", -1)]
+    if stem in GLOBAL:
+        return [(f"{GLOBAL[stem]}.{suffix}", None)]
+    raise ModelFormatError(f"{g.path}: tensor {name} has no place in a {g.arch} model", file=g.path, field=name)
+
+
+def _expert_count(g, name: str) -> int:
+    """The expert dimension of stacked tensor `name`, which must be the file's expert_count."""
+    t = g.tensors[name]
+    shape = [int(d) for d in t.shape]  # GGUF order: [cols, rows, experts]
+    want = g.number("expert_count", 0) or 0
+    if len(shape) != 3 or shape[2] != want:
+        raise ModelFormatError(f"{g.path}: tensor {name} has shape {list(reversed(shape))}; expected "
+                               f"[{g.arch}.expert_count={want}, rows, cols]", file=g.path, field=f"{name}.shape")
+    return want
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+def config(g, spec: GgufArch, cfg: dict) -> dict:
+    """`cfg` (the llama-layout fields read by GgufFile.config) completed for the architecture."""
+    cfg["model_type"], cfg["architectures"] = spec.model_type, [spec.hf_class]
+    extra = _CONFIG.get(spec.model_type)
+    if extra is not None:
+        extra(g, cfg)
+    return cfg
+
+
+def _experts(g, cfg: dict, *, count_key: str, size_key: str | None, renormalise: bool) -> None:
+    cfg[count_key] = g.number("expert_count", required=True)
+    cfg["num_experts_per_tok"] = g.number("expert_used_count", required=True)
+    if size_key is not None:
+        cfg[size_key] = g.number("expert_feed_forward_length", required=True)
+    cfg["norm_topk_prob"] = bool(g.value(f"{g.arch}.expert_weights_norm", renormalise))
+    cfg["decoder_sparse_step"], cfg["mlp_only_layers"] = 1, []
+
+
+def _mixtral(g, cfg: dict) -> None:
+    _experts(g, cfg, count_key="num_local_experts", size_key=None, renormalise=True)
+    cfg["router_jitter_noise"] = 0.0
+
+
+def _qwen2_moe(g, cfg: dict) -> None:
+    _experts(g, cfg, count_key="num_experts", size_key="moe_intermediate_size", renormalise=False)
+    cfg["shared_expert_intermediate_size"] = g.number("expert_shared_feed_forward_length", 0)
+    cfg["qkv_bias"] = "blk.0.attn_q.bias" in g.tensors
+    cfg["intermediate_size"] = g.number("feed_forward_length", cfg["moe_intermediate_size"])
+
+
+def _qwen3_moe(g, cfg: dict) -> None:
+    _experts(g, cfg, count_key="num_experts", size_key="moe_intermediate_size", renormalise=True)
+    cfg["intermediate_size"] = g.number("feed_forward_length", cfg["moe_intermediate_size"])
+
+
+GEMMA3_FULL_EVERY = 6        # llama.cpp: every 6th Gemma 3 layer is full attention
+GEMMA3_LOCAL_BASE = 10000.0  # llama.cpp: the sliding layers' rope base
+
+
+def _gemma3(g, cfg: dict) -> None:
+    n, window = cfg["num_hidden_layers"], g.number("attention.sliding_window", 0)
+    pattern = g.value(f"{g.arch}.attention.sliding_window_pattern")
+    if window <= 0:
+        sliding = [False] * n
+    elif pattern is None:
+        sliding = [(i + 1) % GEMMA3_FULL_EVERY != 0 for i in range(n)]
+    elif isinstance(pattern, list) and len(pattern) == n:
+        sliding = [bool(p) for p in pattern]
+    else:
+        raise ModelFormatError(f"{g.path}: {g.arch}.attention.sliding_window_pattern: expected {n} entries "
+                               f"(one per layer: block_count)", file=g.path,
+                               field=f"{g.arch}.attention.sliding_window_pattern")
+    cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+    cfg["sliding_window"] = window if window > 0 else None
+    full = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
+    factor = cfg.pop("_rope_linear_factor", None)
+    if factor is not None:
+        full.update(rope_type="linear", factor=factor)
+    cfg["rope_parameters"] = {"full_attention": full,
+                              "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_BASE}}
+    heads = cfg["num_attention_heads"]
+    cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // heads if n == 62 else cfg["head_dim"]
+    cfg["final_logit_softcapping"] = g.number("final_logit_softcapping")
+    cfg["attn_logit_softcapping"] = g.number("attn_logit_softcapping")
+    cfg["hidden_activation"] = "gelu_pytorch_tanh"
+    cfg.pop("hidden_act", None)
+
+
+def _phi3(g, cfg: dict) -> None:
+    dims = g.number("rope.dimension_count", cfg["head_dim"])
+    if not 0 < dims <= cfg["head_dim"] or dims % 2:
+        raise ModelFormatError(f"{g.path}: {g.arch}.rope.dimension_count={dims}: expected an even count up to the "
+                               f"head size {cfg['head_dim']}", file=g.path, field=f"{g.arch}.rope.dimension_count")
+    cfg["partial_rotary_factor"] = dims / cfg["head_dim"]
+    window = g.number("attention.sliding_window", 0)
+    cfg["sliding_window"] = window if window > 0 else None
+    original = g.number("rope.scaling.original_context_length")
+    if original is not None:
+        cfg["original_max_position_embeddings"] = original
+    short, long = "rope_factors_short.weight", "rope_factors_long.weight"
+    if short in g.tensors or long in g.tensors:
+        if not (short in g.tensors and long in g.tensors) or original is None:
+            raise ModelFormatError(f"{g.path}: LongRoPE needs both {short} and {long} and "
+                                   f"{g.arch}.rope.scaling.original_context_length", file=g.path, field=long)
+        cfg["rope_scaling"] = {"type": "longrope", "short_factor": g.vector(short, dims // 2),
+                               "long_factor": g.vector(long, dims // 2)}
+    cfg.pop("head_dim", None)  # transformers' Phi-3 has none: hidden_size / heads
+
+
+_CONFIG = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe, "gemma3_text": _gemma3,
+           "phi3": _phi3}
