@@ -105,12 +105,12 @@ def _metadata(w, cfg: dict, arch: str) -> None:
         _gemma3_metadata(w, cfg, head_dim)
         return
     rope = _rope(cfg)
-    if rope["rope_type"] != "default":
-        raise Unwritable(f"rope_type {rope['rope_type']}: this writer writes default rope only")
     w.add_rope_freq_base(float(rope["rope_theta"]))
     if model_type == "phi3":
         _phi3_metadata(w, cfg, head_dim, rope)
         return
+    if rope["rope_type"] != "default":
+        raise Unwritable(f"rope_type {rope['rope_type']}: this writer writes default rope only")
     w.add_rope_dimension_count(head_dim)
     if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
         w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
@@ -150,11 +150,22 @@ def _gemma3_metadata(w, cfg: dict, head_dim: int) -> None:
 
 
 def _phi3_metadata(w, cfg: dict, head_dim: int, rope: dict) -> None:
-    w.add_rope_dimension_count(int(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) * head_dim))
-    w.add_rope_scaling_orig_ctx_len(cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+    rope_dims = int(rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)) * head_dim)
+    w.add_rope_dimension_count(rope_dims)
+    original = rope.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings")
+    w.add_rope_scaling_orig_ctx_len(original or cfg["max_position_embeddings"])
     w.add_sliding_window(cfg.get("sliding_window") or 0)
-    if cfg.get("rope_scaling"):
-        raise Unwritable(f"rope_scaling {cfg['rope_scaling']}: this writer writes Phi-3 without LongRoPE")
+    if rope["rope_type"] == "longrope":
+        # the converter's LongRoPE: the factors as tensors, the attention factor as metadata
+        for which in ("long", "short"):
+            factors = np.asarray(rope[f"{which}_factor"], np.float32)
+            if factors.shape != (rope_dims // 2,):
+                raise Unwritable(f"{which}_factor has {factors.size} entries, not rope dims / 2 = {rope_dims // 2}")
+            w.add_tensor(f"rope_factors_{which}.weight", factors)
+        scale = cfg["max_position_embeddings"] / original
+        w.add_rope_scaling_attn_factors(1.0 if scale <= 1 else float(np.sqrt(1 + np.log(scale) / np.log(original))))
+    elif rope["rope_type"] != "default":
+        raise Unwritable(f"rope_type {rope['rope_type']}: the Phi-3 converter writes LongRoPE only")
 
 
 def _stack_experts(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

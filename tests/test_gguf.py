@@ -79,6 +79,7 @@ ARCH_CASES = {
     "gemma3": ("gemma3_text", GEMMA3_AS_LLAMA_CPP),
     "phi3": ("phi3", {}),                                   # fused qkv / gate_up
     "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
+    "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
     "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
     "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
     "qwen2_moe_norm_topk": ("qwen2_moe", dict(norm_topk_prob=True)),  # expert_weights_norm key
@@ -506,8 +507,11 @@ def test_loaded_gguf_chats_with_its_template(checkpoint, llmos, tmp_path):
     assert a.chat(msgs, max_new_tokens=8).text == b.chat(msgs, max_new_tokens=8).text
 
 
-def _edit(path, out, **changes):
-    """Rewrites `path` with metadata changed: a small GGUF rewriter over the reader's fields."""
+def _edit(path, out, *, extra=None, drop=(), split_experts=False, **changes):
+    """Rewrites `path` with metadata changed: a small GGUF rewriter over the reader's fields.
+    extra: {key: (value, type, array sub-type or None)} added; drop: tensors left out;
+    split_experts: stacked ffn_*_exps tensors written as one blk.N.ffn_*.E tensor per expert
+    (the layout of older Mixtral files)."""
     r = gguf.GGUFReader(str(path))
     arch = changes.pop("arch", r.fields["general.architecture"].contents())
     w = gguf.GGUFWriter(str(out), arch)
@@ -520,11 +524,19 @@ def _edit(path, out, **changes):
             w.add_key_value(name, value, vtype, sub_type=f.types[-1])
         else:
             w.add_key_value(name, value, vtype)
+    for name, (value, vtype, sub) in (extra or {}).items():
+        w.add_key_value(name, value, vtype, sub_type=sub)
     qt = changes.get("qtype")
     for t in r.tensors:
         data = np.array(t.data)
+        if t.name in drop:
+            continue
         if qt is not None and data.ndim == 2 and t.name.endswith("ffn_up.weight"):
             w.add_tensor(t.name, gguf.quants.quantize(data.astype(np.float32), qt), raw_dtype=qt)
+        elif split_experts and t.name.endswith("_exps.weight"):
+            stem = t.name[:-len("_exps.weight")]
+            for e in range(data.shape[0]):
+                w.add_tensor(f"{stem}.{e}.weight", np.ascontiguousarray(data[e]), raw_dtype=t.tensor_type)
         else:
             w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
     w.write_header_to_file()
@@ -660,3 +672,71 @@ def test_cli_import_gguf_then_run_by_name(checkpoint, tmp_path):
     lines = shown.stdout.splitlines()
     assert lines[0] == "True int8"
     assert lines[1] == str(np.asarray(llmos.load(str(path), threads=1).logits(IDS[:8])).argmax(-1).tolist())
+
+
+# ---- the other architectures' fields, from hostile or older files ------------------------------
+
+def _arch_gguf(checkpoint, tmp_path, case):
+    kind, overrides = ARCH_CASES[case]
+    return write_gguf(checkpoint(kind, **overrides), tmp_path / f"{case}.gguf")[0]
+
+
+def test_older_per_expert_mixtral_tensors_load_the_same(checkpoint, llmos, tmp_path):
+    """Mixtral files from before llama.cpp stacked the experts hold blk.N.ffn_gate.E.weight per
+    expert: they load as the same model."""
+    stacked = _arch_gguf(checkpoint, tmp_path, "mixtral")
+    split = _edit(stacked, tmp_path / "split.gguf", split_experts=True)
+    names = {t.name for t in gguf.GGUFReader(str(split)).tensors}
+    assert "blk.1.ffn_down.3.weight" in names and not any(n.endswith("_exps.weight") for n in names)
+    a = llmos.load(str(stacked), threads=1).logits(IDS)
+    b = llmos.load(str(split), threads=1).logits(IDS)
+    assert np.abs(a - b).max() == 0.0
+
+
+def test_expert_count_that_disagrees_with_the_tensors_is_refused(checkpoint, llmos, tmp_path):
+    bad = _edit(_arch_gguf(checkpoint, tmp_path, "qwen3_moe"), tmp_path / "x.gguf", **{"qwen3moe.expert_count": 3})
+    with pytest.raises(ModelFormatError, match=r"tensor blk\.0\.ffn_\w+_exps\.weight has shape \[4, \d+, \d+\]; "
+                                               r"expected \[qwen3moe\.expert_count=3") as e:
+        llmos.load(str(bad))
+    assert e.value.file == str(bad)
+
+
+def test_per_expert_tensor_past_the_expert_count_is_refused(checkpoint, llmos, tmp_path):
+    split = _edit(_arch_gguf(checkpoint, tmp_path, "mixtral"), tmp_path / "split.gguf", split_experts=True)
+    bad = _edit(split, tmp_path / "x.gguf", **{"llama.expert_count": 3, "llama.expert_used_count": 2})
+    with pytest.raises(ModelFormatError, match=r"tensor blk\.0\.ffn_\w+\.3\.weight: expert 3 is not below "
+                                               r"llama\.expert_count"):
+        llmos.load(str(bad))
+
+
+def test_gemma3_sliding_window_pattern_of_the_wrong_length_is_refused(checkpoint, llmos, tmp_path):
+    A = gguf.GGUFValueType.ARRAY
+    bad = _edit(_arch_gguf(checkpoint, tmp_path, "gemma3"), tmp_path / "x.gguf",
+                extra={"gemma3.attention.sliding_window_pattern": ([True, False], A, gguf.GGUFValueType.BOOL)})
+    with pytest.raises(ModelFormatError, match=r"sliding_window_pattern: expected 6 entries") as e:
+        llmos.load(str(bad))
+    assert e.value.field == "gemma3.attention.sliding_window_pattern"
+
+
+def test_gemma3_sliding_window_pattern_is_read(checkpoint, tmp_path):
+    from llmos.io.gguf import GgufFile
+
+    A = gguf.GGUFValueType.ARRAY
+    pattern = [True, False, True, True, False, False]
+    edited = _edit(_arch_gguf(checkpoint, tmp_path, "gemma3"), tmp_path / "x.gguf",
+                   extra={"gemma3.attention.sliding_window_pattern": (pattern, A, gguf.GGUFValueType.BOOL)})
+    assert GgufFile(edited).config()["layer_types"] == [
+        "sliding_attention" if p else "full_attention" for p in pattern]
+
+
+def test_block_count_over_the_limit_is_refused_before_per_layer_lists(checkpoint, llmos, tmp_path):
+    bad = _edit(_arch_gguf(checkpoint, tmp_path, "gemma3"), tmp_path / "x.gguf", **{"gemma3.block_count": (1 << 32) - 1})
+    with pytest.raises(ModelFormatError, match=r"gemma3\.block_count=\d+ is over the limit .*max_layers"):
+        llmos.load(str(bad))
+
+
+def test_longrope_without_both_factor_tensors_is_refused(checkpoint, llmos, tmp_path):
+    bad = _edit(_arch_gguf(checkpoint, tmp_path, "phi3_longrope"), tmp_path / "x.gguf",
+                drop=("rope_factors_short.weight",))
+    with pytest.raises(ModelFormatError, match=r"LongRoPE needs both rope_factors_short\.weight and rope_factors_long"):
+        llmos.load(str(bad))
