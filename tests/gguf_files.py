@@ -26,6 +26,25 @@ _EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\
 _ALWAYS_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")  # routers, as llama.cpp keeps them
 
 
+# The families llama.cpp writes under other GGUF architectures: (checkpoint kind, overrides).
+# Gemma 3 as llama.cpp lays it out (every 6th layer full, attention scaled by 1/sqrt(head_dim)):
+# 6 layers, the last full with base 1e6 and linear scaling 2, the others sliding (window 16) on base 1e4.
+GEMMA3_AS_LLAMA_CPP = dict(num_hidden_layers=6, query_pre_attn_scalar=32,
+                           layer_types=["sliding_attention"] * 5 + ["full_attention"])
+# The families llama.cpp writes under their own GGUF architectures: name -> (checkpoint kind of
+# tests/checkpoints.py, overrides). Used by tests/test_gguf.py and tools/gguf_llama_cpp.py.
+ARCH_CASES = {
+    "gemma3": ("gemma3_text", GEMMA3_AS_LLAMA_CPP),
+    "phi3": ("phi3", {}),                                   # fused qkv / gate_up
+    "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
+    "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
+    "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
+    "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
+    "qwen2_moe_norm_topk": ("qwen2_moe", dict(norm_topk_prob=True)),  # expert_weights_norm key
+    "qwen3_moe": ("qwen3_moe", {}),
+}
+
+
 class Unwritable(ValueError):
     """The checkpoint has a setting its GGUF file cannot carry."""
 

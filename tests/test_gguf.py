@@ -25,7 +25,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf extra (pip install llmos[ggu
 
 from checkpoints import CORPUS  # noqa: E402
 from child_env import child_env  # noqa: E402
-from gguf_files import write_gguf  # noqa: E402
+from gguf_files import ARCH_CASES, GEMMA3_AS_LLAMA_CPP, write_gguf  # noqa: E402
 
 from llmos.errors import LlmosError, ModelFormatError, NotAvailableError  # noqa: E402
 
@@ -68,23 +68,6 @@ def test_f32_gguf_matches_transformers(kind, checkpoint, reference_model, llmos,
     got, want = model.logits(IDS), _torch_logits(reference_model(folder), IDS)
     diff = np.abs(got - want).max()
     assert diff <= 1e-3, f"{kind}: max |llmos(gguf) - transformers| = {diff:.3g}"
-
-
-# The families llama.cpp writes under other GGUF architectures: (checkpoint kind, overrides).
-# Gemma 3 as llama.cpp lays it out (every 6th layer full, attention scaled by 1/sqrt(head_dim)):
-# 6 layers, the last full with base 1e6 and linear scaling 2, the others sliding (window 16) on base 1e4.
-GEMMA3_AS_LLAMA_CPP = dict(num_hidden_layers=6, query_pre_attn_scalar=32,
-                           layer_types=["sliding_attention"] * 5 + ["full_attention"])
-ARCH_CASES = {
-    "gemma3": ("gemma3_text", GEMMA3_AS_LLAMA_CPP),
-    "phi3": ("phi3", {}),                                   # fused qkv / gate_up
-    "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
-    "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
-    "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
-    "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
-    "qwen2_moe_norm_topk": ("qwen2_moe", dict(norm_topk_prob=True)),  # expert_weights_norm key
-    "qwen3_moe": ("qwen3_moe", {}),
-}
 
 
 @pytest.mark.parametrize("case", sorted(ARCH_CASES))

@@ -5,6 +5,9 @@ top-1 agreement, and the same for llama.cpp against transformers on the F32 fold
 file's own quantization sets).
 
     PYTHONPATH=python:tests python3 tools/gguf_llama_cpp.py [--kinds llama,qwen2,qwen3] [--types F32,Q8_0,Q4_0]
+
+--kinds takes checkpoint kinds and the architecture cases of tests/gguf_files.py's ARCH_CASES
+(gemma3, phi3, mixtral, qwen2_moe, qwen3_moe...: the checkpoint as llama.cpp lays that family out).
 """
 
 from __future__ import annotations
@@ -43,24 +46,28 @@ def compare(a: np.ndarray, b: np.ndarray) -> str:
 
 def main() -> None:
     import checkpoints
-    from gguf_files import write_gguf
+    from gguf_files import ARCH_CASES, write_gguf
 
     import llmos
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kinds", default="llama,qwen2,qwen3")
+    ap.add_argument("--kinds", default="llama,qwen2,qwen3,gemma3,phi3,mixtral,qwen2_moe,qwen3_moe")
     ap.add_argument("--types", default="F32,Q8_0,Q4_0")
     args = ap.parse_args()
     ids = np.random.default_rng(0).integers(3, 380, 64).tolist()
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
-            folder = checkpoints.build_checkpoint(kind, Path(tmp) / kind, weight_scale=0.1)
+            base, overrides = ARCH_CASES.get(kind, (kind, {}))
+            # experts 64 wide: whole Q8_0 / Q4_0 blocks (the kinds' 48 would fall back to F16)
+            if "moe" in base:
+                overrides = {**overrides, "moe_intermediate_size": 64}
+            folder = checkpoints.build_checkpoint(base, Path(tmp) / kind, weight_scale=0.1, **overrides)
             ref = transformers_logits(folder, ids)
             for qtype in args.types.split(","):
                 path, _ = write_gguf(folder, Path(tmp) / f"{kind}-{qtype}.gguf", qtype)
                 ours = np.asarray(llmos.load(str(path), threads=1).logits(ids))
                 theirs = llama_cpp_logits(path, ids)
-                print(f"{kind:6} {qtype:5} llmos vs llama.cpp: {compare(ours, theirs)} | "
+                print(f"{kind:10} {qtype:5} llmos vs llama.cpp: {compare(ours, theirs)} | "
                       f"llama.cpp vs transformers(F32): {compare(theirs, ref)} | "
                       f"llmos vs transformers(F32): {compare(ours, ref)}")
 
