@@ -467,7 +467,7 @@ def test_sentencepiece_model_tokenizes_as_sentencepiece(tmp_path):
     w.close()
     rebuilt = Tokenizer.from_str(GgufFile(tmp_path / "sp.gguf").tokenizer_json())
     for text in [t for t in SPM_TEXTS if "<s>" not in t and "<|" not in t] + [CORPUS]:
-        want = sp.encode(text)
+        want = [sp.bos_id()] + sp.encode(text)  # no add_bos_token key: llama.cpp adds BOS
         got = rebuilt.encode(text).ids
         assert got == want, (text, rebuilt.encode(text).tokens, [sp.id_to_piece(i) for i in want])
         assert rebuilt.decode(got) == sp.decode(want), text
@@ -490,16 +490,16 @@ def test_loaded_gguf_chats_with_its_template(checkpoint, llmos, tmp_path):
     assert a.chat(msgs, max_new_tokens=8).text == b.chat(msgs, max_new_tokens=8).text
 
 
-def _edit(path, out, *, extra=None, drop=(), split_experts=False, **changes):
+def _edit(path, out, *, extra=None, drop=(), drop_keys=(), split_experts=False, **changes):
     """Rewrites `path` with metadata changed: a small GGUF rewriter over the reader's fields.
-    extra: {key: (value, type, array sub-type or None)} added; drop: tensors left out;
+    extra: {key: (value, type, array sub-type or None)} added; drop / drop_keys: tensors / keys left out;
     split_experts: stacked ffn_*_exps tensors written as one blk.N.ffn_*.E tensor per expert
     (the layout of older Mixtral files)."""
     r = gguf.GGUFReader(str(path))
     arch = changes.pop("arch", r.fields["general.architecture"].contents())
     w = gguf.GGUFWriter(str(out), arch)
     for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
+        if name.startswith("GGUF.") or name == "general.architecture" or name in drop_keys:
             continue
         value = changes.get(name, f.contents())
         vtype = f.types[0]
@@ -723,3 +723,24 @@ def test_longrope_without_both_factor_tensors_is_refused(checkpoint, llmos, tmp_
                 drop=("rope_factors_short.weight",))
     with pytest.raises(ModelFormatError, match=r"LongRoPE needs both rope_factors_short\.weight and rope_factors_long"):
         llmos.load(str(bad))
+
+
+def test_router_other_than_softmax_is_refused(checkpoint, llmos, tmp_path):
+    bad = _edit(_arch_gguf(checkpoint, tmp_path, "qwen3_moe"), tmp_path / "x.gguf",
+                extra={"qwen3moe.expert_gating_func": (2, gguf.GGUFValueType.UINT32, None)})
+    with pytest.raises(ModelFormatError, match=r"qwen3moe\.expert_gating_func=2 is not supported") as e:
+        llmos.load(str(bad))
+    assert e.value.field == "qwen3moe.expert_gating_func"
+
+
+def test_sentencepiece_vocabulary_adds_bos_unless_the_file_says_not(llama_spm_gguf, tmp_path):
+    """llama.cpp adds BOS to a SentencePiece vocabulary's text when add_bos_token is absent."""
+    from tokenizers import Tokenizer
+
+    from llmos.io.gguf import GgufFile
+
+    path, _ = llama_spm_gguf
+    said_no = Tokenizer.from_str(GgufFile(path).tokenizer_json())
+    silent = Tokenizer.from_str(GgufFile(_edit(path, tmp_path / "x.gguf", drop_keys=("tokenizer.ggml.add_bos_token",)))
+                                .tokenizer_json())
+    assert silent.encode("Hello").ids == [1] + said_no.encode("Hello").ids

@@ -10,8 +10,9 @@ dequantized and re-quantized to int8 (the errors are stated there), F32/F16/BF16
 float. `suggested_quant` names the checkpoint's format (int4 when the file has 4-bit matrices,
 else int8). `write_folder` writes the whole file in float32 instead (every tensor dequantized),
 for loading at another quant= or none.
-llama.cpp's converter permutes the llama Q/K rows into its rope layout; that is undone here
-exactly (on whole rows: floats and blocks alike).
+Per architecture (llmos/io/gguf_arch.py): llama.cpp's converter permutes the llama Q/K rows into
+its rope layout, undone here exactly (on whole rows: floats and blocks alike); Gemma's norms are
+stored as 1 + w; experts are stacked [expert, rows, cols] and cut per expert here.
 
 A hostile file is refused before anything large is allocated: the header's counts, each tensor's
 shape and element count and its data range are checked against llmos.limits and the file size.
@@ -29,8 +30,8 @@ import numpy as np
 from llmos import limits
 from llmos.errors import ModelFileError, ModelFormatError
 from llmos.extras import require
-from llmos.io.gguf_arch import ARCHITECTURES, NOT_WEIGHTS, arch_for, hf_names
 from llmos.io import gguf_arch
+from llmos.io.gguf_arch import ARCHITECTURES, NOT_WEIGHTS, arch_for, hf_names
 
 _Q8 = "int8"
 _Q4 = "int4"

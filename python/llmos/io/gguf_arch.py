@@ -139,7 +139,14 @@ def config(g, spec: GgufArch, cfg: dict) -> dict:
     return cfg
 
 
+GATING_SOFTMAX = 1  # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX, these families' router
+
+
 def _experts(g, cfg: dict, *, count_key: str, size_key: str | None, renormalise: bool) -> None:
+    gating = g.value(f"{g.arch}.expert_gating_func", GATING_SOFTMAX)
+    if gating != GATING_SOFTMAX:
+        raise ModelFormatError(f"{g.path}: {g.arch}.expert_gating_func={gating!r} is not supported ({g.arch} "
+                               f"routes by softmax: {GATING_SOFTMAX})", file=g.path, field=f"{g.arch}.expert_gating_func")
     cfg[count_key] = g.number("expert_count", required=True)
     cfg["num_experts_per_tok"] = g.number("expert_used_count", required=True)
     if size_key is not None:

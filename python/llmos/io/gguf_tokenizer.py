@@ -48,7 +48,8 @@ def tokenizer_json(g) -> str:
     tokens = _strings(g, "tokenizer.ggml.tokens", g.value("tokenizer.ggml.tokens", required=True))
     types = _per_token(g, "tokenizer.ggml.token_type", len(tokens), NORMAL)
     tok = _byte_level_bpe(g, tokens) if model == "gpt2" else _sentencepiece_bpe(g, tokens, types)
-    _add_special_tokens(g, tok, tokens, types)
+    # llama.cpp adds BOS by default to SentencePiece vocabularies, not to byte-level BPE ones
+    _add_special_tokens(g, tok, tokens, types, add_bos_default=(model == "llama"))
     return tok.to_str()
 
 
@@ -134,9 +135,9 @@ def _sentencepiece_bpe(g, tokens: list[str], types: list[int]):
     return tok
 
 
-def _add_special_tokens(g, tok, tokens: list[str], types: list[int]) -> None:
+def _add_special_tokens(g, tok, tokens: list[str], types: list[int], *, add_bos_default: bool) -> None:
     """Control, unknown (3, 2) and user-defined (4) tokens match whole, before the model; the
-    BOS / EOS the file asks to add are added."""
+    BOS / EOS the file asks to add (add_bos_token, add_eos_token) are added."""
     from tokenizers import AddedToken, processors
 
     added = [AddedToken(tokens[i], special=(ty != USER_DEFINED), normalized=False)
@@ -145,7 +146,8 @@ def _add_special_tokens(g, tok, tokens: list[str], types: list[int]) -> None:
     around = []
     for key, where in (("bos", 0), ("eos", 1)):
         tid = g.value(f"tokenizer.ggml.{key}_token_id")
-        if g.value(f"tokenizer.ggml.add_{key}_token", False) and tid is not None and 0 <= int(tid) < len(tokens):
+        default = add_bos_default if key == "bos" else False
+        if g.value(f"tokenizer.ggml.add_{key}_token", default) and tid is not None and 0 <= int(tid) < len(tokens):
             around.append((where, tokens[int(tid)], int(tid)))
     if around:
         bos = [t for w, t, _ in around if w == 0]
