@@ -490,9 +490,10 @@ def test_loaded_gguf_chats_with_its_template(checkpoint, llmos, tmp_path):
     assert a.chat(msgs, max_new_tokens=8).text == b.chat(msgs, max_new_tokens=8).text
 
 
-def _edit(path, out, *, extra=None, drop=(), drop_keys=(), split_experts=False, **changes):
+def _edit(path, out, *, extra=None, drop=(), drop_keys=(), add_tensors=None, split_experts=False, **changes):
     """Rewrites `path` with metadata changed: a small GGUF rewriter over the reader's fields.
     extra: {key: (value, type, array sub-type or None)} added; drop / drop_keys: tensors / keys left out;
+    add_tensors: {name: float32 array} added;
     split_experts: stacked ffn_*_exps tensors written as one blk.N.ffn_*.E tensor per expert
     (the layout of older Mixtral files)."""
     r = gguf.GGUFReader(str(path))
@@ -510,6 +511,8 @@ def _edit(path, out, *, extra=None, drop=(), drop_keys=(), split_experts=False, 
     for name, (value, vtype, sub) in (extra or {}).items():
         w.add_key_value(name, value, vtype, sub_type=sub)
     qt = changes.get("qtype")
+    for name, data in (add_tensors or {}).items():
+        w.add_tensor(name, data)
     for t in r.tensors:
         data = np.array(t.data)
         if t.name in drop:
@@ -744,3 +747,13 @@ def test_sentencepiece_vocabulary_adds_bos_unless_the_file_says_not(llama_spm_gg
     silent = Tokenizer.from_str(GgufFile(_edit(path, tmp_path / "x.gguf", drop_keys=("tokenizer.ggml.add_bos_token",)))
                                 .tokenizer_json())
     assert silent.encode("Hello").ids == [1] + said_no.encode("Hello").ids
+
+
+def test_llama31_rope_freqs_are_refused_not_ignored(checkpoint, llmos, tmp_path):
+    """llama.cpp stores Llama 3.1's rope scaling as a rope_freqs tensor of per-frequency divisors;
+    loading the file without them would give wrong logits, so it is refused naming the tensor."""
+    path, _ = write_gguf(checkpoint("llama"), tmp_path / "l.gguf")
+    bad = _edit(path, tmp_path / "x.gguf", add_tensors={"rope_freqs.weight": np.ones(8, np.float32)})
+    with pytest.raises(ModelFormatError, match=r"tensor rope_freqs\.weight .* is not supported from GGUF") as e:
+        llmos.load(str(bad))
+    assert e.value.field == "rope_freqs.weight"

@@ -42,7 +42,10 @@ GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "outp
 _QWEN_EXPERTS = {"ffn_gate_exps": "mlp.experts.{e}.gate_proj", "ffn_up_exps": "mlp.experts.{e}.up_proj",
                  "ffn_down_exps": "mlp.experts.{e}.down_proj"}
 # Tensors llama.cpp writes that are not weights of the transformers model (read into the config).
-NOT_WEIGHTS = ("rope_factors_short.weight", "rope_factors_long.weight", "rope_freqs.weight")
+NOT_WEIGHTS = ("rope_factors_short.weight", "rope_factors_long.weight")
+# Per-frequency rope divisors (Llama 3.1's rope scaling as llama.cpp stores it): the rope_scaling
+# parameters they came from are not in the file, so such a file is refused.
+ROPE_FREQS = "rope_freqs.weight"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,10 @@ def _expert_count(g, name: str) -> int:
 
 def config(g, spec: GgufArch, cfg: dict) -> dict:
     """`cfg` (the llama-layout fields read by GgufFile.config) completed for the architecture."""
+    if ROPE_FREQS in g.tensors:
+        raise ModelFormatError(f"{g.path}: tensor {ROPE_FREQS} (per-frequency rope scaling, as llama.cpp stores "
+                               "Llama 3.1's) is not supported from GGUF: load the Hugging Face folder",
+                               file=g.path, field=ROPE_FREQS)
     cfg["model_type"], cfg["architectures"] = spec.model_type, [spec.hf_class]
     extra = _CONFIG.get(spec.model_type)
     if extra is not None:
