@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 # transformers model_type -> general.architecture (the converter's choice)
-GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3",
+GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
+             "gemma2": "gemma2", "gemma3_text": "gemma3",
              "phi3": "phi3", "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
 _EXPERT = re.compile(r"^(model\.layers\.\d+\.(?:mlp|block_sparse_moe)\.experts)\.(\d+)\.(\w+)\.weight$")
 _ALWAYS_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")  # routers, as llama.cpp keeps them
@@ -34,6 +35,8 @@ GEMMA3_AS_LLAMA_CPP = dict(num_hidden_layers=6, query_pre_attn_scalar=32,
 # The families llama.cpp writes under their own GGUF architectures: name -> (checkpoint kind of
 # tests/checkpoints.py, overrides). Used by tests/test_gguf.py and tools/gguf_llama_cpp.py.
 ARCH_CASES = {
+    "gemma": ("gemma", {}),                                 # norms stored as 1 + w
+    "gemma2": ("gemma2", dict(query_pre_attn_scalar=32)),   # soft-capping keys, even layers slide
     "gemma3": ("gemma3_text", GEMMA3_AS_LLAMA_CPP),
     "phi3": ("phi3", {}),                                   # fused qkv / gate_up
     "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
@@ -123,6 +126,8 @@ def _metadata(w, cfg: dict, arch: str) -> None:
     if model_type == "gemma3_text":
         _gemma3_metadata(w, cfg, head_dim)
         return
+    if model_type == "gemma2":
+        _gemma2_metadata(w, cfg, head_dim)
     rope = _rope(cfg)
     w.add_rope_freq_base(float(rope["rope_theta"]))
     if model_type == "phi3":
@@ -163,6 +168,19 @@ def _gemma3_metadata(w, cfg: dict, head_dim: int) -> None:
         w.add_rope_scaling_factor(float(full["factor"]))
     elif full["rope_type"] != "default":
         raise Unwritable(f"full layers' rope {full}: the Gemma 3 converter writes linear scaling only")
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(key) is not None:
+            getattr(w, f"add_{key}")(float(cfg[key]))
+
+
+def _gemma2_metadata(w, cfg: dict, head_dim: int) -> None:
+    n = cfg["num_hidden_layers"]
+    even_slide = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+    if cfg.get("layer_types", even_slide) != even_slide:
+        raise Unwritable(f"layer_types {cfg.get('layer_types')}: llama.cpp lays Gemma 2 out as {even_slide}")
+    if cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
+        raise Unwritable(f"query_pre_attn_scalar {cfg['query_pre_attn_scalar']}: llama.cpp scales by 1/sqrt(head_dim)")
+    w.add_sliding_window(cfg["sliding_window"])
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         if cfg.get(key) is not None:
             getattr(w, f"add_{key}")(float(cfg[key]))
@@ -285,7 +303,7 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: 
             data, value = None, t
         held.update(_unstack(name, value))
         stored = value if data is None else data
-        if arch == "gemma3" and gname.endswith("norm.weight"):
+        if arch.startswith("gemma") and gname.endswith("norm.weight"):
             stored = stored + np.float32(1.0)  # the converter's norm_shift: Gemma's norm computes (1 + w)
         if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
             # whole rows move, so the quantized bytes permute like the floats

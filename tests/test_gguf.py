@@ -539,7 +539,7 @@ def small_gguf(checkpoint, tmp_path):
 
 def test_unknown_architecture_lists_the_supported(small_gguf, llmos, tmp_path):
     bad = _edit(small_gguf, tmp_path / "x.gguf", arch="rwkv6")
-    with pytest.raises(ModelFormatError, match=r"'rwkv6' is not supported; supported: gemma3, llama, mistral, phi3, "
+    with pytest.raises(ModelFormatError, match=r"'rwkv6' is not supported; supported: gemma, gemma2, gemma3, llama, mistral, phi3, "
                                                r"qwen2, qwen2moe, qwen3, qwen3moe \(llama with expert_count: Mixtral\)") as e:
         llmos.load(str(bad))
     assert e.value.field == "general.architecture" and e.value.file == str(bad)

@@ -8,14 +8,15 @@ Per architecture, what differs from the llama layout:
   `llama.expert_count` it is Mixtral: `ffn_gate_inp` the router, `ffn_{gate,up,down}_exps` the
   experts stacked [expert, rows, cols] (older files: one `ffn_gate.E` tensor per expert).
 * qwen2, qwen3, mistral: the llama layout without the permutation (qwen3: q/k norms).
-* gemma3: RMSNorm weights stored as 1 + w (the converter adds the 1 Gemma's norm applies; it is
-  taken off again here); pre- and post-norms around attention and MLP; sliding-window layers
+* gemma, gemma2, gemma3: RMSNorm weights stored as 1 + w (the converter adds the 1 Gemma's norm
+  applies; it is taken off again here). gemma2 / gemma3: pre- and post-norms around attention and
+  MLP; Gemma 2's even layers slide (llama.cpp's pattern of 2). Gemma 3's sliding-window layers
   as llama.cpp lays them out: every 6th layer full (or `attention.sliding_window_pattern`, true =
   sliding, when the file has it), the sliding layers on rope base 10000, the full ones on
   `rope.freq_base` with the file's linear scaling; attention scaled by 1/sqrt(head_dim) (the 62-layer
   27B by 1/sqrt(hidden / heads)), llama.cpp's rule, since the file carries no
-  query_pre_attn_scalar; soft-capping from `final_logit_softcapping` / `attn_logit_softcapping`
-  when present (Gemma 3 has none).
+  query_pre_attn_scalar (Gemma 2 likewise, its 46-layer 27B by hidden / heads); soft-capping from
+  `final_logit_softcapping` / `attn_logit_softcapping` when present (Gemma 2 has both, 3 none).
 * phi3: q|k|v fused in `attn_qkv` and gate|up in `ffn_up`, as the transformers checkpoint fuses
   them (kept fused); `rope.dimension_count` gives the partial rotary factor; LongRoPE factors
   come as the `rope_factors_short` / `rope_factors_long` tensors.
@@ -72,6 +73,10 @@ ARCHITECTURES: dict[str, GgufArch] = {
     "mistral": GgufArch("mistral", "MistralForCausalLM"),
     "qwen2": GgufArch("qwen2", "Qwen2ForCausalLM"),
     "qwen3": GgufArch("qwen3", "Qwen3ForCausalLM"),
+    "gemma": GgufArch("gemma", "GemmaForCausalLM", norm_shift=1.0),
+    "gemma2": GgufArch("gemma2", "Gemma2ForCausalLM", _with(
+        ffn_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
+        post_ffw_norm="post_feedforward_layernorm"), norm_shift=1.0),
     "gemma3": GgufArch("gemma3_text", "Gemma3ForCausalLM", _with(
         ffn_norm="pre_feedforward_layernorm", post_attention_norm="post_attention_layernorm",
         post_ffw_norm="post_feedforward_layernorm"), norm_shift=1.0),
@@ -179,17 +184,27 @@ def _qwen3_moe(g, cfg: dict) -> None:
     cfg["intermediate_size"] = g.number("feed_forward_length", cfg["moe_intermediate_size"])
 
 
+GEMMA2_FULL_EVERY = 2        # llama.cpp: every 2nd Gemma 2 layer is full attention (layer 0 slides)
 GEMMA3_FULL_EVERY = 6        # llama.cpp: every 6th Gemma 3 layer is full attention
 GEMMA3_LOCAL_BASE = 10000.0  # llama.cpp: the sliding layers' rope base
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}  # llama.cpp scales the 27B's attention by hidden / heads
 
 
-def _gemma3(g, cfg: dict) -> None:
+def _gemma(g, cfg: dict) -> None:
+    cfg["hidden_activation"] = "gelu_pytorch_tanh"
+    cfg.pop("hidden_act", None)
+
+
+def _gemma_windows(g, cfg: dict, full_every: int) -> None:
+    """layer_types, sliding_window, query_pre_attn_scalar and the soft-capping of Gemma 2 / 3 as
+    llama.cpp reads them."""
+    _gemma(g, cfg)
     n, window = cfg["num_hidden_layers"], g.number("attention.sliding_window", 0)
     pattern = g.value(f"{g.arch}.attention.sliding_window_pattern")
     if window <= 0:
         sliding = [False] * n
     elif pattern is None:
-        sliding = [(i + 1) % GEMMA3_FULL_EVERY != 0 for i in range(n)]
+        sliding = [(i + 1) % full_every != 0 for i in range(n)]
     elif isinstance(pattern, list) and len(pattern) == n:
         sliding = [bool(p) for p in pattern]
     else:
@@ -198,18 +213,20 @@ def _gemma3(g, cfg: dict) -> None:
                                field=f"{g.arch}.attention.sliding_window_pattern")
     cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
     cfg["sliding_window"] = window if window > 0 else None
+    big = n == GEMMA_27B_LAYERS[g.arch]
+    cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // cfg["num_attention_heads"] if big else cfg["head_dim"]
+    cfg["final_logit_softcapping"] = g.number("final_logit_softcapping")
+    cfg["attn_logit_softcapping"] = g.number("attn_logit_softcapping")
+
+
+def _gemma3(g, cfg: dict) -> None:
+    _gemma_windows(g, cfg, GEMMA3_FULL_EVERY)
     full = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
     factor = cfg.pop("_rope_linear_factor", None)
     if factor is not None:
         full.update(rope_type="linear", factor=factor)
     cfg["rope_parameters"] = {"full_attention": full,
                               "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_BASE}}
-    heads = cfg["num_attention_heads"]
-    cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // heads if n == 62 else cfg["head_dim"]
-    cfg["final_logit_softcapping"] = g.number("final_logit_softcapping")
-    cfg["attn_logit_softcapping"] = g.number("attn_logit_softcapping")
-    cfg["hidden_activation"] = "gelu_pytorch_tanh"
-    cfg.pop("hidden_act", None)
 
 
 def _phi3(g, cfg: dict) -> None:
@@ -233,5 +250,6 @@ def _phi3(g, cfg: dict) -> None:
     cfg.pop("head_dim", None)  # transformers' Phi-3 has none: hidden_size / heads
 
 
-_CONFIG = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe, "gemma3_text": _gemma3,
+_CONFIG = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe, "gemma": _gemma,
+           "gemma2": lambda g, cfg: _gemma_windows(g, cfg, GEMMA2_FULL_EVERY), "gemma3_text": _gemma3,
            "phi3": _phi3}
