@@ -8,8 +8,10 @@ keeps them.
 
 What a GGUF file cannot say is refused here (`Unwritable`), so a test never runs on a file that
 quietly differs from its checkpoint: llama.cpp fixes some settings per architecture instead of
-reading them (Gemma 3: every 6th layer full, sliding layers on rope base 10000, attention scale
-1/sqrt(head_dim)), and a checkpoint that differs there has no faithful GGUF."""
+reading them (Gemma 2 / 3: which layers slide, the attention scale 1/sqrt(head_dim); the top-k
+renormalisation of each MoE architecture), and a checkpoint that differs there has no faithful GGUF.
+The conventions are those of llama.cpp's converter (conversion/*.py) and loader (src/models/*.cpp)
+as of llama-cpp-python 0.3.36's vendored tree."""
 
 from __future__ import annotations
 
@@ -43,7 +45,6 @@ ARCH_CASES = {
     "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
     "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
     "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
-    "qwen2_moe_norm_topk": ("qwen2_moe", dict(norm_topk_prob=True)),  # expert_weights_norm key
     "qwen3_moe": ("qwen3_moe", {}),
 }
 
@@ -142,8 +143,8 @@ def _metadata(w, cfg: dict, arch: str) -> None:
     if model_type in ("qwen2_moe", "qwen3_moe"):
         w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
         if cfg.get("norm_topk_prob") != (model_type == "qwen3_moe"):
-            # llama.cpp fixes it per architecture; newer converters write it
-            w.add_expert_weights_norm(bool(cfg["norm_topk_prob"]))
+            raise Unwritable(f"norm_topk_prob {cfg.get('norm_topk_prob')}: llama.cpp renormalises the top-k weights of "
+                             f"{arch} {'always' if model_type == 'qwen3_moe' else 'never'}")
     if model_type == "qwen2_moe":
         w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
 
@@ -154,8 +155,9 @@ def _gemma3_metadata(w, cfg: dict, head_dim: int) -> None:
     if cfg.get("layer_types") != every_sixth:
         raise Unwritable(f"layer_types {cfg.get('layer_types')}: llama.cpp lays Gemma 3 out as {every_sixth}")
     local, full = _rope(cfg, "sliding_attention"), _rope(cfg, "full_attention")
-    if local["rope_type"] != "default" or local["rope_theta"] != 10000.0:
-        raise Unwritable(f"sliding layers' rope {local}: llama.cpp fixes base 10000, no scaling")
+    if local["rope_type"] != "default":
+        raise Unwritable(f"sliding layers' rope {local}: llama.cpp scales only the full layers")
+    w.add_rope_freq_base_swa(float(local["rope_theta"]))
     if cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
         raise Unwritable(f"query_pre_attn_scalar {cfg['query_pre_attn_scalar']}: llama.cpp scales by 1/sqrt(head_dim)")
     w.add_sliding_window(cfg["sliding_window"])

@@ -116,10 +116,13 @@ def test_gemma3_gguf_norms_hold_one_plus_w(checkpoint, tmp_path):
 @pytest.mark.parametrize("kind,overrides,why", [
     ("gemma3_text", {}, r"layer_types .*llama.cpp lays Gemma 3 out as"),
     ("gemma3_text", dict(GEMMA3_AS_LLAMA_CPP, query_pre_attn_scalar=48), r"query_pre_attn_scalar 48"),
+    ("gemma2", {}, r"query_pre_attn_scalar 48"),
+    ("qwen2_moe", dict(norm_topk_prob=True), r"norm_topk_prob True: llama.cpp renormalises .* never"),
 ])
 def test_writer_refuses_what_gguf_cannot_carry(kind, overrides, why, checkpoint, tmp_path):
-    """llama.cpp fixes Gemma 3's layer pattern and attention scale instead of reading them: a
-    checkpoint that differs has no faithful GGUF, and the test writer says so instead of writing one."""
+    """llama.cpp fixes Gemma 2/3's layer pattern and attention scale and each MoE architecture's
+    top-k renormalisation instead of reading them: a checkpoint that differs has no faithful GGUF,
+    and the test writer says so instead of writing one (those settings are not tested from GGUF)."""
     from gguf_files import Unwritable
 
     with pytest.raises(Unwritable, match=why):
@@ -757,3 +760,35 @@ def test_llama31_rope_freqs_are_refused_not_ignored(checkpoint, llmos, tmp_path)
     with pytest.raises(ModelFormatError, match=r"tensor rope_freqs\.weight .* is not supported from GGUF") as e:
         llmos.load(str(bad))
     assert e.value.field == "rope_freqs.weight"
+
+
+def test_expert_weights_norm_key_overrides_the_architecture_default(checkpoint, tmp_path):
+    """llama.cpp fixes the renormalisation per architecture; a file that states
+    expert_weights_norm is taken at its word."""
+    from llmos.io.gguf import GgufFile
+
+    path = _arch_gguf(checkpoint, tmp_path, "qwen2_moe")
+    assert GgufFile(path).config()["norm_topk_prob"] is False
+    edited = _edit(path, tmp_path / "x.gguf",
+                   extra={"qwen2moe.expert_weights_norm": (True, gguf.GGUFValueType.BOOL, None)})
+    assert GgufFile(edited).config()["norm_topk_prob"] is True
+
+
+def test_gemma_defaults_and_keys_as_llama_cpp_reads_them(checkpoint, tmp_path):
+    """Gemma 2 without window / soft-capping keys takes llama.cpp's 4096 / 50 / 30; a Gemma 3
+    pattern given as a layer count; a Gemma 3 local rope base from rope.freq_base_swa."""
+    from llmos.io.gguf import GgufFile
+
+    g2 = _arch_gguf(checkpoint, tmp_path, "gemma2")
+    bare = _edit(g2, tmp_path / "bare.gguf", drop_keys=("gemma2.attention.sliding_window",
+                                                        "gemma2.attn_logit_softcapping", "gemma2.final_logit_softcapping"))
+    cfg = GgufFile(bare).config()
+    assert (cfg["sliding_window"], cfg["attn_logit_softcapping"], cfg["final_logit_softcapping"]) == (4096, 50.0, 30.0)
+    assert cfg["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    U = gguf.GGUFValueType.UINT32
+    g3 = _edit(_arch_gguf(checkpoint, tmp_path, "gemma3"), tmp_path / "g3.gguf",
+               extra={"gemma3.attention.sliding_window_pattern": (3, U, None)},
+               **{"gemma3.rope.freq_base_swa": 20000.0})
+    cfg = GgufFile(g3).config()
+    assert cfg["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    assert cfg["rope_parameters"]["sliding_attention"]["rope_theta"] == 20000.0

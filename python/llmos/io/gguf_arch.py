@@ -10,13 +10,13 @@ Per architecture, what differs from the llama layout:
 * qwen2, qwen3, mistral: the llama layout without the permutation (qwen3: q/k norms).
 * gemma, gemma2, gemma3: RMSNorm weights stored as 1 + w (the converter adds the 1 Gemma's norm
   applies; it is taken off again here). gemma2 / gemma3: pre- and post-norms around attention and
-  MLP; Gemma 2's even layers slide (llama.cpp's pattern of 2). Gemma 3's sliding-window layers
-  as llama.cpp lays them out: every 6th layer full (or `attention.sliding_window_pattern`, true =
-  sliding, when the file has it), the sliding layers on rope base 10000, the full ones on
-  `rope.freq_base` with the file's linear scaling; attention scaled by 1/sqrt(head_dim) (the 62-layer
-  27B by 1/sqrt(hidden / heads)), llama.cpp's rule, since the file carries no
-  query_pre_attn_scalar (Gemma 2 likewise, its 46-layer 27B by hidden / heads); soft-capping from
-  `final_logit_softcapping` / `attn_logit_softcapping` when present (Gemma 2 has both, 3 none).
+  MLP; which layers slide is `attention.sliding_window_pattern` (a bool per layer, or every n-th
+  layer full) or else llama.cpp's fixed pattern: Gemma 2's even layers, all but every 6th of
+  Gemma 3's. Gemma 3's sliding layers use `rope.freq_base_swa` (default 10000), its full ones
+  `rope.freq_base` with the file's linear scaling. Attention is scaled by 1/sqrt(head_dim) (the
+  27B, 46 / 62 layers, by 1/sqrt(hidden / heads)): llama.cpp's rule, as the file carries no
+  query_pre_attn_scalar. Soft-capping from `final_logit_softcapping` / `attn_logit_softcapping`
+  (Gemma 2: llama.cpp's 30 / 50 when absent; Gemma 3: final only).
 * phi3: q|k|v fused in `attn_qkv` and gate|up in `ffn_up`, as the transformers checkpoint fuses
   them (kept fused); `rope.dimension_count` gives the partial rotary factor; LongRoPE factors
   come as the `rope_factors_short` / `rope_factors_long` tensors.
@@ -186,8 +186,10 @@ def _qwen3_moe(g, cfg: dict) -> None:
 
 GEMMA2_FULL_EVERY = 2        # llama.cpp: every 2nd Gemma 2 layer is full attention (layer 0 slides)
 GEMMA3_FULL_EVERY = 6        # llama.cpp: every 6th Gemma 3 layer is full attention
-GEMMA3_LOCAL_BASE = 10000.0  # llama.cpp: the sliding layers' rope base
+GEMMA3_LOCAL_BASE = 10000.0  # llama.cpp: the sliding layers' rope base unless rope.freq_base_swa
 GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}  # llama.cpp scales the 27B's attention by hidden / heads
+# llama.cpp's Gemma 2 defaults where the file is silent: window, attention and final soft-capping
+GEMMA2_DEFAULTS = {"attention.sliding_window": 4096, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
 
 
 def _gemma(g, cfg: dict) -> None:
@@ -195,38 +197,53 @@ def _gemma(g, cfg: dict) -> None:
     cfg.pop("hidden_act", None)
 
 
-def _gemma_windows(g, cfg: dict, full_every: int) -> None:
+def _sliding_layers(g, n: int, full_every: int) -> list[bool]:
+    """Which layers slide: `attention.sliding_window_pattern` (a bool per layer, or every n-th
+    layer full), else llama.cpp's fixed pattern for the architecture."""
+    key = f"{g.arch}.attention.sliding_window_pattern"
+    pattern = g.value(key, full_every)
+    if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern >= 0:
+        # llama.cpp's set_swa_pattern: 0 = every layer slides
+        return [pattern == 0 or i % pattern < pattern - 1 for i in range(n)]
+    if isinstance(pattern, list) and len(pattern) == n:
+        return [bool(p) for p in pattern]
+    raise ModelFormatError(f"{g.path}: {key}: expected {n} entries (one per layer: block_count) or a layer count",
+                           file=g.path, field=key)
+
+
+def _gemma_windows(g, cfg: dict, full_every: int, defaults: dict) -> None:
     """layer_types, sliding_window, query_pre_attn_scalar and the soft-capping of Gemma 2 / 3 as
-    llama.cpp reads them."""
+    llama.cpp reads them (`defaults`: its values where the file says nothing)."""
     _gemma(g, cfg)
-    n, window = cfg["num_hidden_layers"], g.number("attention.sliding_window", 0)
-    pattern = g.value(f"{g.arch}.attention.sliding_window_pattern")
-    if window <= 0:
-        sliding = [False] * n
-    elif pattern is None:
-        sliding = [(i + 1) % full_every != 0 for i in range(n)]
-    elif isinstance(pattern, list) and len(pattern) == n:
-        sliding = [bool(p) for p in pattern]
-    else:
-        raise ModelFormatError(f"{g.path}: {g.arch}.attention.sliding_window_pattern: expected {n} entries "
-                               f"(one per layer: block_count)", file=g.path,
-                               field=f"{g.arch}.attention.sliding_window_pattern")
+    n = cfg["num_hidden_layers"]
+    window = g.number("attention.sliding_window", defaults.get("attention.sliding_window", 0))
+    sliding = _sliding_layers(g, n, full_every) if window > 0 else [False] * n
     cfg["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
     cfg["sliding_window"] = window if window > 0 else None
     big = n == GEMMA_27B_LAYERS[g.arch]
     cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // cfg["num_attention_heads"] if big else cfg["head_dim"]
-    cfg["final_logit_softcapping"] = g.number("final_logit_softcapping")
-    cfg["attn_logit_softcapping"] = g.number("attn_logit_softcapping")
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        cfg[key] = g.number(key, defaults.get(key))
+
+
+def _gemma2(g, cfg: dict) -> None:
+    _gemma_windows(g, cfg, GEMMA2_FULL_EVERY, GEMMA2_DEFAULTS)
+    local = g.number("rope.freq_base_swa", cfg["rope_theta"])
+    if local != cfg["rope_theta"]:
+        raise ModelFormatError(f"{g.path}: {g.arch}.rope.freq_base_swa={local} differs from rope.freq_base="
+                               f"{cfg['rope_theta']}: Gemma 2 has one rope base", file=g.path,
+                               field=f"{g.arch}.rope.freq_base_swa")
 
 
 def _gemma3(g, cfg: dict) -> None:
-    _gemma_windows(g, cfg, GEMMA3_FULL_EVERY)
+    _gemma_windows(g, cfg, GEMMA3_FULL_EVERY, {})
+    cfg["attn_logit_softcapping"] = None  # Gemma 3 has none: llama.cpp does not apply the key
     full = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
     factor = cfg.pop("_rope_linear_factor", None)
     if factor is not None:
         full.update(rope_type="linear", factor=factor)
-    cfg["rope_parameters"] = {"full_attention": full,
-                              "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_BASE}}
+    local = g.number("rope.freq_base_swa", GEMMA3_LOCAL_BASE)
+    cfg["rope_parameters"] = {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": local}}
 
 
 def _phi3(g, cfg: dict) -> None:
@@ -251,5 +268,5 @@ def _phi3(g, cfg: dict) -> None:
 
 
 _CONFIG = {"mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "qwen3_moe": _qwen3_moe, "gemma": _gemma,
-           "gemma2": lambda g, cfg: _gemma_windows(g, cfg, GEMMA2_FULL_EVERY), "gemma3_text": _gemma3,
+           "gemma2": _gemma2, "gemma3_text": _gemma3,
            "phi3": _phi3}
