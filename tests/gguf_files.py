@@ -195,7 +195,10 @@ def _phi3_metadata(w, cfg: dict, head_dim: int, rope: dict) -> None:
     w.add_rope_scaling_orig_ctx_len(original or cfg["max_position_embeddings"])
     w.add_sliding_window(cfg.get("sliding_window") or 0)
     if rope["rope_type"] == "longrope":
-        # the converter's LongRoPE: the factors as tensors, the attention factor as metadata
+        # the converter's LongRoPE: the type, the factors as tensors, the attention factor
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
         for which in ("long", "short"):
             factors = np.asarray(rope[f"{which}_factor"], np.float32)
             if factors.shape != (rope_dims // 2,):

@@ -150,7 +150,8 @@ class GgufFile:
     def config(self) -> dict:
         scaling = self.value(f"{self.arch}.rope.scaling.type", "none")
         linear = scaling == "linear" and self.spec.model_type == "gemma3_text"  # Gemma 3's full layers
-        if scaling != "none" and not linear:
+        longrope = scaling == "longrope" and self.spec.model_type == "phi3"  # the factors are tensors
+        if scaling != "none" and not (linear or longrope):
             raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.type={scaling!r} is not supported from "
                                    "GGUF (load the Hugging Face folder)", file=self.path,
                                    field=f"{self.arch}.rope.scaling.type")
