@@ -44,7 +44,7 @@ ARCH_CASES = {
     "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
     "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
     "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
-    "qwen2_moe": ("qwen2_moe", {}),                         # shared expert and its gate
+    "qwen2_moe": ("qwen2_moe", dict(tie_word_embeddings=False)),  # shared expert and its gate
     "qwen3_moe": ("qwen3_moe", {}),
 }
 
@@ -146,6 +146,8 @@ def _metadata(w, cfg: dict, arch: str) -> None:
             raise Unwritable(f"norm_topk_prob {cfg.get('norm_topk_prob')}: llama.cpp renormalises the top-k weights of "
                              f"{arch} {'always' if model_type == 'qwen3_moe' else 'never'}")
     if model_type == "qwen2_moe":
+        if cfg.get("tie_word_embeddings"):
+            raise Unwritable("tie_word_embeddings: llama.cpp's qwen2moe requires output.weight")
         w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
 
 

@@ -117,7 +117,9 @@ def test_gemma3_gguf_norms_hold_one_plus_w(checkpoint, tmp_path):
     ("gemma3_text", {}, r"layer_types .*llama.cpp lays Gemma 3 out as"),
     ("gemma3_text", dict(GEMMA3_AS_LLAMA_CPP, query_pre_attn_scalar=48), r"query_pre_attn_scalar 48"),
     ("gemma2", {}, r"query_pre_attn_scalar 48"),
-    ("qwen2_moe", dict(norm_topk_prob=True), r"norm_topk_prob True: llama.cpp renormalises .* never"),
+    ("qwen2_moe", dict(norm_topk_prob=True, tie_word_embeddings=False),
+     r"norm_topk_prob True: llama.cpp renormalises .* never"),
+    ("qwen2_moe", {}, r"tie_word_embeddings: llama.cpp's qwen2moe requires output.weight"),
 ])
 def test_writer_refuses_what_gguf_cannot_carry(kind, overrides, why, checkpoint, tmp_path):
     """llama.cpp fixes Gemma 2/3's layer pattern and attention scale and each MoE architecture's
