@@ -234,7 +234,7 @@ def _unstack(name: str, held: np.ndarray) -> dict[str, np.ndarray]:
     return {f"{base}.{e}.{matrix}.weight": held[e] for e in range(held.shape[0])}
 
 
-def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "default",
+def write_gguf(folder: str | Path, out: str | Path, qtype: str = "F32", *, pre: str = "gpt-2",
                seed: int = 0, tensor_types: dict[str, str] | None = None) -> tuple[Path, dict[str, np.ndarray]]:
     """`folder` (config.json, model.safetensors, tokenizer.json) as the GGUF file `out`; matrices
     (2-D, and the stacked experts) in `qtype` (the embedding too, as llama.cpp's --outtype does)

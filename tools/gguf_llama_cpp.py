@@ -60,9 +60,11 @@ def compare_tokenizers(tmp: Path) -> None:
 
     bpe = checkpoints.build_checkpoint("qwen3", tmp / "tok-bpe")
     spm = with_llama_style_tokenizer(checkpoints.build_checkpoint("llama", tmp / "tok-llama"), tmp / "tok-spm")
-    # the test tokenizer splits with GPT-2's regex: llama.cpp's converter names that pre "gpt-2"
-    for name, folder, pre in (("byte-level BPE", bpe, "gpt-2"), ("SentencePiece", spm, "default")):
-        path, _ = write_gguf(folder, tmp / f"{folder.name}.gguf", pre=pre)
+    # one byte-level BPE vocabulary under each pre-tokenizer llmos reads (the test tokenizer splits
+    # with GPT-2's regex, so only "gpt-2" also matches its tokenizer.json), and a SentencePiece one
+    cases = [(f"byte-level BPE, pre {pre}", bpe, pre) for pre in ("gpt-2", "default", "llama-bpe", "qwen2")]
+    for name, folder, pre in cases + [("SentencePiece", spm, "default")]:
+        path, _ = write_gguf(folder, tmp / f"{folder.name}-{pre}.gguf", pre=pre)
         ours = Tokenizer.from_str(GgufFile(path).tokenizer_json())
         theirs = Llama(model_path=str(path), vocab_only=True, verbose=False)
         same = 0

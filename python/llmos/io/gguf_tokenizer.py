@@ -2,7 +2,8 @@
 tokenize as llama.cpp does for that vocabulary type:
 
 * "gpt2": byte-level BPE; the vocabulary and merges as the file has them, the pre-tokenizer
-  regex of its tokenizer.ggml.pre (llama.cpp's llama-vocab.cpp).
+  regexes of its tokenizer.ggml.pre (llama.cpp's llama-vocab.cpp and unicode.cpp: "gpt-2",
+  "llama-bpe" / "llama3", "qwen2", and "default", llama.cpp's own chain of four).
 * "llama": SentencePiece BPE (Llama 2, Mistral, Gemma...): tokens, scores and token types, no
   merges. llama.cpp's tokenizer starts from the UTF-8 characters and repeatedly joins the
   adjacent pair whose concatenation is a token with the highest score (the leftmost on a tie),
@@ -30,7 +31,13 @@ _PRE_REGEX = {
     "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 }
 _PRE_REGEX["llama3"] = _PRE_REGEX["llama-bpe"]
-_GPT2_PRE = ("default", "gpt-2", "gpt2")
+_GPT2_PRE = ("gpt-2", "gpt2")
+# llama.cpp's "default" BPE pre-tokenizer: these regexes applied one after the other, each
+# splitting the pieces the previous one left (what a file whose tokenizer the converter did not
+# recognise gets)
+_DEFAULT_PRE = (r"[\p{P}\$\+<=>\^~\|]+",
+                r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+                r"\p{N}+", r"[0-9][0-9][0-9]")
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -86,13 +93,17 @@ def _byte_level_bpe(g, tokens: list[str]):
     pre = g.value("tokenizer.ggml.pre", "default")
     if pre in _GPT2_PRE:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif pre == "default":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _DEFAULT_PRE]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     elif pre in _PRE_REGEX:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_PRE_REGEX[pre]), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         raise ModelFormatError(f"{g.path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
-                               f"{', '.join(sorted(set(_GPT2_PRE) | set(_PRE_REGEX)))}", file=g.path,
+                               f"{', '.join(sorted({'default', *_GPT2_PRE, *_PRE_REGEX}))}", file=g.path,
                                field="tokenizer.ggml.pre")
     tok.decoder = decoders.ByteLevel()
     return tok
