@@ -794,3 +794,11 @@ def test_gemma_defaults_and_keys_as_llama_cpp_reads_them(checkpoint, tmp_path):
     cfg = GgufFile(g3).config()
     assert cfg["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"] * 2
     assert cfg["rope_parameters"]["sliding_attention"]["rope_theta"] == 20000.0
+
+
+def test_tensor_of_a_layer_past_block_count_is_refused(small_gguf, llmos, tmp_path):
+    bad = _edit(small_gguf, tmp_path / "x.gguf", add_tensors={"blk.7.attn_norm.weight": np.ones(64, np.float32)})
+    with pytest.raises(ModelFormatError, match=r"tensor blk\.7\.attn_norm\.weight: layer 7 is not below "
+                                               r"qwen3\.block_count=2") as e:
+        llmos.load(str(bad))
+    assert e.value.field == "blk.7.attn_norm.weight"

@@ -103,6 +103,11 @@ def hf_names(g, spec: GgufArch, name: str) -> list[tuple[str, int | None]]:
     expert tensor holds one per expert)."""
     stem, _, suffix = name.rpartition(".")
     parts = stem.split(".")
+    if len(parts) in (3, 4) and parts[0] == "blk" and parts[1].isdigit():
+        n_layers = g.number("block_count", required=True)
+        if int(parts[1]) >= n_layers:
+            raise ModelFormatError(f"{g.path}: tensor {name}: layer {int(parts[1])} is not below {g.arch}.block_count="
+                                   f"{n_layers}", file=g.path, field=name)
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
         layer, kind = int(parts[1]), parts[2]
         p = f"model.layers.{layer}."
