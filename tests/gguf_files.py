@@ -103,10 +103,15 @@ def _bpe_vocab(tok_json: dict, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def _rope(cfg: dict, layer_type: str | None = None) -> dict:
+    """The rope parameters (transformers 5's rope_parameters, or the older top-level rope_theta and
+    rope_scaling dict) of all layers or of one layer type."""
     params = cfg.get("rope_parameters") or {}
     if layer_type is not None and layer_type in params:
         params = params[layer_type]
-    return {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0), **params}
+    legacy = dict(cfg.get("rope_scaling") or {})
+    if legacy:
+        legacy["rope_type"] = legacy.get("rope_type", legacy.get("type"))
+    return {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0), **legacy, **params}
 
 
 def _metadata(w, cfg: dict, arch: str) -> None:
@@ -129,13 +134,23 @@ def _metadata(w, cfg: dict, arch: str) -> None:
         return
     if model_type == "gemma2":
         _gemma2_metadata(w, cfg, head_dim)
+    types = cfg.get("layer_types") or []
+    if model_type not in ("gemma2", "gemma3_text", "phi3") and ("sliding_attention" in types or cfg.get("sliding_window")):
+        raise Unwritable(f"sliding_window {cfg.get('sliding_window')}: llama.cpp's {arch} has no sliding window")
     rope = _rope(cfg)
     w.add_rope_freq_base(float(rope["rope_theta"]))
     if model_type == "phi3":
         _phi3_metadata(w, cfg, head_dim, rope)
         return
-    if rope["rope_type"] != "default":
-        raise Unwritable(f"rope_type {rope['rope_type']}: this writer writes default rope only")
+    if rope["rope_type"] == "linear":
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(rope["factor"]))
+    elif rope["rope_type"] != "default":
+        # llama3: llama.cpp's rope_freqs tensor, refused on load; dynamic, yarn: not read from GGUF
+        raise Unwritable(f"rope_type {rope['rope_type']}: llmos reads plain and linear rope from llama-layout "
+                         "GGUF files only")
     w.add_rope_dimension_count(head_dim)
     if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
         w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])

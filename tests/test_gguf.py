@@ -25,7 +25,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf extra (pip install llmos[ggu
 
 from checkpoints import CORPUS  # noqa: E402
 from child_env import child_env  # noqa: E402
-from gguf_files import ARCH_CASES, GEMMA3_AS_LLAMA_CPP, write_gguf  # noqa: E402
+from checkpoints import KINDS  # noqa: E402
+from gguf_files import ARCH_CASES, GEMMA3_AS_LLAMA_CPP, GGUF_ARCH, write_gguf  # noqa: E402
 
 from llmos.errors import LlmosError, ModelFormatError, NotAvailableError  # noqa: E402
 
@@ -111,6 +112,22 @@ def test_gemma3_gguf_norms_hold_one_plus_w(checkpoint, tmp_path):
     cfg = g.config()
     assert cfg["layer_types"] == GEMMA3_AS_LLAMA_CPP["layer_types"] and cfg["sliding_window"] == 16
     assert cfg["rope_parameters"]["full_attention"] == {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0}
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, v in KINDS.items() if v.model_type in GGUF_ARCH))
+def test_every_checkpoint_kind_a_gguf_can_carry(kind, checkpoint, reference_model, llmos, tmp_path):
+    """Every random checkpoint of a family with a GGUF architecture, as an F32 GGUF, against
+    transformers (1e-3); a kind whose settings llama.cpp cannot express is skipped saying which."""
+    from gguf_files import Unwritable
+
+    folder = checkpoint(kind)
+    try:
+        path, _ = write_gguf(folder, tmp_path / f"{kind}.gguf")
+    except Unwritable as e:
+        pytest.skip(f"{kind}: no faithful GGUF: {e}")
+    got, want = llmos.load(str(path), threads=1).logits(IDS), _torch_logits(reference_model(folder), IDS)
+    diff = np.abs(got - want).max()
+    assert diff <= 1e-3, f"{kind}: max |llmos(gguf) - transformers| = {diff:.3g}"
 
 
 @pytest.mark.parametrize("kind,overrides,why", [
@@ -802,3 +819,11 @@ def test_tensor_of_a_layer_past_block_count_is_refused(small_gguf, llmos, tmp_pa
                                                r"qwen3\.block_count=2") as e:
         llmos.load(str(bad))
     assert e.value.field == "blk.7.attn_norm.weight"
+
+
+def test_rope_scaling_llmos_does_not_read_is_refused_by_key(small_gguf, llmos, tmp_path):
+    S = gguf.GGUFValueType.STRING
+    bad = _edit(small_gguf, tmp_path / "x.gguf", extra={"qwen3.rope.scaling.type": ("yarn", S, None)})
+    with pytest.raises(ModelFormatError, match=r"qwen3\.rope\.scaling\.type='yarn' is not supported from GGUF") as e:
+        llmos.load(str(bad))
+    assert e.value.field == "qwen3.rope.scaling.type"

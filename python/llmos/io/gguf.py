@@ -149,7 +149,7 @@ class GgufFile:
     # --- config --------------------------------------------------------------------------------
     def config(self) -> dict:
         scaling = self.value(f"{self.arch}.rope.scaling.type", "none")
-        linear = scaling == "linear" and self.spec.model_type == "gemma3_text"  # Gemma 3's full layers
+        linear = scaling == "linear" and self.spec.model_type != "phi3"  # Gemma 3: its full layers only
         longrope = scaling == "longrope" and self.spec.model_type == "phi3"  # the factors are tensors
         if scaling != "none" and not (linear or longrope):
             raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.type={scaling!r} is not supported from "
@@ -177,7 +177,11 @@ class GgufFile:
             "hidden_act": "silu",
         }
         if linear:
-            cfg["_rope_linear_factor"] = self.number("rope.scaling.factor", required=True)
+            factor = self.number("rope.scaling.factor", required=True)
+            if not factor > 0:
+                raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.factor={factor} is not positive",
+                                       file=self.path, field=f"{self.arch}.rope.scaling.factor")
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
         if self.arch in ("llama", "mistral"):
             cfg["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
         for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"),

@@ -244,9 +244,9 @@ def _gemma3(g, cfg: dict) -> None:
     _gemma_windows(g, cfg, GEMMA3_FULL_EVERY, {})
     cfg["attn_logit_softcapping"] = None  # Gemma 3 has none: llama.cpp does not apply the key
     full = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
-    factor = cfg.pop("_rope_linear_factor", None)
-    if factor is not None:
-        full.update(rope_type="linear", factor=factor)
+    scaling = cfg.pop("rope_scaling", None)  # linear, read by GgufFile.config: the full layers'
+    if scaling is not None:
+        full.update(rope_type="linear", factor=scaling["factor"])
     local = g.number("rope.freq_base_swa", GEMMA3_LOCAL_BASE)
     cfg["rope_parameters"] = {"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": local}}
 
