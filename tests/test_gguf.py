@@ -1,14 +1,18 @@
 """GGUF files (llmos.io.gguf): written here from the random checkpoints by tests/gguf_files.py the way
 llama.cpp's converter writes them, then loaded by llmos and compared with transformers.
 
-* F32 GGUF: max |llmos - transformers on the original folder| <= 1e-3 over [64, vocab] (the families' bar).
+* F32 GGUF: max |llmos - transformers on the original folder| <= 1e-3 over [64, vocab] (the families' bar),
+  for every architecture llmos reads from GGUF (ARCH_CASES: gemma, gemma2, gemma3, phi3, Mixtral,
+  qwen2moe, qwen3moe...) with greedy tokens identical, and for every checkpoint kind a GGUF can carry
+  (the others skip naming what llama.cpp cannot express).
 * Q8_0 / Q4_0 / K-quants: llmos on the GGUF against transformers on the GGUF's own weights dequantized
   (what transformers' gguf_file loader computes; it needs accelerate, absent here), rel-L2 of the
   logits and top-1 agreement within the int8 / int4 bounds of tests/test_quant.py.
 * The blocks the model runs with (llmos/runtime/gguf_blocks.py), dequantized here from their documented
   layout, against gguf's dequantization of the file: Q8_0 / Q4_0 differ by exactly 0, K-quants stay
   within the error the module states; mixed files load as one checkpoint.
-* Tokenizer: the tokenizer rebuilt from the GGUF metadata encodes and decodes as the original tokenizer.json.
+* Tokenizer: the tokenizer rebuilt from the GGUF metadata encodes and decodes as the original tokenizer.json
+  (byte-level BPE, and SentencePiece-style: a Llama 2 style tokenizer.json, and SentencePiece itself).
 * Hostile files: an llmos error naming the file and field, never a crash.
 """
 
