@@ -43,6 +43,8 @@ ARCH_CASES = {
     "phi3": ("phi3", {}),                                   # fused qkv / gate_up
     "phi3_partial_rotary": ("phi3_partial_rotary", {}),     # rope.dimension_count < head size
     "phi3_longrope": ("phi3_longrope", {}),                 # rope_factors_{short,long} tensors
+    # Llama 3.1 rope as llama.cpp stores it (rope_freqs); head size 64: three smoothed frequencies
+    "llama3_rope": ("llama3_rope", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
     "mixtral": ("mixtral", {}),                             # llama + expert_count, stacked experts
     "qwen2_moe": ("qwen2_moe", dict(tie_word_embeddings=False)),  # shared expert and its gate
     "qwen3_moe": ("qwen3_moe", {}),
@@ -147,10 +149,12 @@ def _metadata(w, cfg: dict, arch: str) -> None:
 
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(rope["factor"]))
+    elif rope["rope_type"] == "llama3" and arch == "llama":
+        w.add_tensor("rope_freqs.weight", _llama3_rope_freqs(rope, head_dim))
     elif rope["rope_type"] != "default":
-        # llama3: llama.cpp's rope_freqs tensor, refused on load; dynamic, yarn: not read from GGUF
-        raise Unwritable(f"rope_type {rope['rope_type']}: llmos reads plain and linear rope from llama-layout "
-                         "GGUF files only")
+        # dynamic, yarn: not read from llama-layout GGUF files
+        raise Unwritable(f"rope_type {rope['rope_type']}: llmos reads plain, linear and llama3 rope from "
+                         "llama-layout GGUF files only")
     w.add_rope_dimension_count(head_dim)
     if model_type in ("mixtral", "qwen2_moe", "qwen3_moe"):
         w.add_expert_count(cfg.get("num_local_experts") or cfg["num_experts"])
@@ -164,6 +168,27 @@ def _metadata(w, cfg: dict, arch: str) -> None:
         if cfg.get("tie_word_embeddings"):
             raise Unwritable("tie_word_embeddings: llama.cpp's qwen2moe requires output.weight")
         w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+
+
+def _llama3_rope_freqs(rope: dict, dim: int) -> np.ndarray:
+    """The converter's rope_freqs for llama3 rope (LlamaModel.generate_extra_tensors): the divisor
+    of each rope frequency, computed in float32 as it does."""
+    import math
+
+    freqs = 1.0 / (np.float32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for freq in freqs.astype(np.float32):
+        wavelen = np.float32(2 * math.pi) / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
 
 
 def _gemma3_metadata(w, cfg: dict, head_dim: int) -> None:

@@ -775,14 +775,29 @@ def test_sentencepiece_vocabulary_adds_bos_unless_the_file_says_not(llama_spm_gg
     assert silent.encode("Hello").ids == [1] + said_no.encode("Hello").ids
 
 
-def test_llama31_rope_freqs_are_refused_not_ignored(checkpoint, llmos, tmp_path):
+def test_rope_freqs_that_are_not_llama3_are_refused_not_ignored(checkpoint, llmos, tmp_path):
     """llama.cpp stores Llama 3.1's rope scaling as a rope_freqs tensor of per-frequency divisors;
-    loading the file without them would give wrong logits, so it is refused naming the tensor."""
+    divisors that no llama3 parameters produce are refused naming the tensor (loading without them
+    would give wrong logits)."""
     path, _ = write_gguf(checkpoint("llama"), tmp_path / "l.gguf")
-    bad = _edit(path, tmp_path / "x.gguf", add_tensors={"rope_freqs.weight": np.ones(8, np.float32)})
-    with pytest.raises(ModelFormatError, match=r"tensor rope_freqs\.weight .* is not supported from GGUF") as e:
-        llmos.load(str(bad))
-    assert e.value.field == "rope_freqs.weight"
+    for values, why in ((np.ones(8), "expected values from 1 up to a factor above 1"),
+                        (np.array([1, 1, 3, 2, 8, 8, 8, 8]), "do not fall on llama3's line|do not reproduce it")):
+        bad = _edit(path, tmp_path / "x.gguf", add_tensors={"rope_freqs.weight": values.astype(np.float32)})
+        with pytest.raises(ModelFormatError, match=rf"tensor rope_freqs\.weight: .*({why})") as e:
+            llmos.load(str(bad))
+        assert e.value.field == "rope_freqs.weight"
+
+
+def test_llama3_rope_is_recovered_from_rope_freqs(checkpoint, tmp_path):
+    """The llama3 parameters read back from rope_freqs are the checkpoint's (Llama 3.1's own
+    low_freq_factor 1 makes them exact) when three frequencies are smoothed."""
+    from llmos.io.gguf import GgufFile
+
+    kind, overrides = ARCH_CASES["llama3_rope"]
+    path, _ = write_gguf(checkpoint(kind, **overrides), tmp_path / "l3.gguf")
+    assert GgufFile(path).config()["rope_scaling"] == {
+        "rope_type": "llama3", "factor": 8, "low_freq_factor": 1.0, "high_freq_factor": 4,
+        "original_max_position_embeddings": 64}
 
 
 def test_expert_weights_norm_key_overrides_the_architecture_default(checkpoint, tmp_path):

@@ -4,7 +4,8 @@ fields that come from the metadata, and the GGUF tensor names under their transf
 
 Per architecture, what differs from the llama layout:
 
-* llama: Q/K rows permuted into llama.cpp's rope layout (undone on load). With
+* llama: Q/K rows permuted into llama.cpp's rope layout (undone on load); Llama 3.1's rope
+  scaling as `rope_freqs` divisors (turned back into llama3 parameters). With
   `llama.expert_count` it is Mixtral: `ffn_gate_inp` the router, `ffn_{gate,up,down}_exps` the
   experts stacked [expert, rows, cols] (older files: one `ffn_gate.E` tensor per expert).
 * qwen2, qwen3, mistral: the llama layout without the permutation (qwen3: q/k norms).
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from llmos.errors import ModelFormatError
 
 # GGUF layer tensor -> transformers name under model.layers.N. (the llama layout)
@@ -42,11 +45,10 @@ LLAMA_LAYER = {
 GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _QWEN_EXPERTS = {"ffn_gate_exps": "mlp.experts.{e}.gate_proj", "ffn_up_exps": "mlp.experts.{e}.up_proj",
                  "ffn_down_exps": "mlp.experts.{e}.down_proj"}
-# Tensors llama.cpp writes that are not weights of the transformers model (read into the config).
-NOT_WEIGHTS = ("rope_factors_short.weight", "rope_factors_long.weight")
-# Per-frequency rope divisors (Llama 3.1's rope scaling as llama.cpp stores it): the rope_scaling
-# parameters they came from are not in the file, so such a file is refused.
+# Per-frequency rope divisors: Llama 3.1's rope scaling as llama.cpp's converter stores it.
 ROPE_FREQS = "rope_freqs.weight"
+# Tensors llama.cpp writes that are not weights of the transformers model (read into the config).
+NOT_WEIGHTS = ("rope_factors_short.weight", "rope_factors_long.weight", ROPE_FREQS)
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,92 @@ def _expert_count(g, name: str) -> int:
 
 # ---- config ---------------------------------------------------------------------------------------
 
+def llama3_rope_from_freqs(g, cfg: dict) -> dict:
+    """transformers' llama3 rope_scaling that reproduces the file's rope_freqs (llama.cpp divides
+    each rope frequency by it). The converter computes them from factor, low / high_freq_factor and
+    original_max_position_embeddings: 1 for short wavelengths, `factor` for long ones, and between
+    them 1 / rf = 1/factor + s (1 - 1/factor) with s linear in the frequency, s = (old_ctx f / 2pi - low)
+    / (high - low). Only the line s(f) and `factor` matter, so with low = 1 (Llama 3.1's) the line
+    through the smoothed frequencies gives high and old_ctx (with fewer than two of them, any line
+    that keeps the other frequencies on their sides). The result is checked by recomputing
+    rope_freqs from it; a file it cannot reproduce is refused."""
+    dims = g.number("rope.dimension_count", cfg["head_dim"])
+    if not 0 < dims <= cfg["head_dim"] or dims % 2:
+        raise ModelFormatError(f"{g.path}: {g.arch}.rope.dimension_count={dims}: expected an even count up to the "
+                               f"head size {cfg['head_dim']}", file=g.path, field=f"{g.arch}.rope.dimension_count")
+    rf = np.asarray(g.vector(ROPE_FREQS, dims // 2), np.float64)
+    base = float(cfg["rope_theta"])
+    freq = 1.0 / base ** (np.arange(0, dims, 2, dtype=np.float64) / dims)
+    factor = float(rf.max())
+    medium = (rf > 1 + 1e-6) & (rf < factor * (1 - 1e-6))
+
+    def refuse(why: str):
+        return ModelFormatError(f"{g.path}: tensor {ROPE_FREQS}: {why}; llmos reads Llama 3.1 style rope "
+                                "scaling only", file=g.path, field=ROPE_FREQS)
+
+    if not np.isfinite(rf).all() or rf.min() < 1 - 1e-6 or factor <= 1:
+        raise refuse("expected values from 1 up to a factor above 1")
+    s = (1 / rf[medium] - 1 / factor) / (1 - 1 / factor)
+    if medium.sum() >= 2:
+        slope, intercept = np.polyfit(freq[medium], s, 1)  # s = slope f + intercept = (c f - 1) / (high - 1)
+        if not (intercept < 0 and slope > 0):
+            raise refuse("the smoothed frequencies do not fall on llama3's line")
+        high = 1 - 1 / intercept
+        c = slope * (high - 1)
+    else:
+        # One smoothed frequency or none (small heads): any line through it that keeps the
+        # unsmoothed frequencies on their sides (c f < 1 for the scaled ones, c f > high for the
+        # others) gives the same frequencies; take one well inside those bounds.
+        f_scaled, f_kept = freq[rf >= factor * (1 - 1e-6)], freq[rf <= 1 + 1e-6]
+        if medium.any():
+            f_m, s_m = float(freq[medium][0]), float(s[0])
+            upper = 1 / f_scaled.max() if f_scaled.size else 4 / f_m
+            c = np.sqrt(upper / f_m)  # between 1 / f_m (s = 0 there) and the scaled frequencies' bound
+            high = 1 + (c * f_m - 1) / s_m
+        else:
+            lo = f_scaled.max() if f_scaled.size else f_kept.min() / 4
+            hi = f_kept.min() if f_kept.size else lo * 4
+            c = 1 / np.sqrt(lo * hi)
+            high = np.sqrt(c * hi)
+        if f_kept.size and not c * f_kept.min() > high:
+            raise refuse("no llama3 smoothing band fits between its frequencies")
+    old_ctx = 2 * np.pi * c
+    params = {"rope_type": "llama3", "factor": _tidy(factor), "low_freq_factor": 1.0, "high_freq_factor": _tidy(high),
+              "original_max_position_embeddings": _tidy(old_ctx)}
+    want = _llama3_freqs(freq, params)
+    if not np.allclose(want, rf, rtol=1e-4, atol=0):
+        raise refuse(f"llama3 parameters {params} do not reproduce it")
+    return params
+
+
+def _tidy(x: float) -> float | int:
+    """x rounded where it is that close to a short decimal (8192.0003 -> 8192), which the check
+    after it confirms."""
+    r = round(x, 3)
+    if abs(x - r) > 1e-5 * max(1.0, abs(x)):
+        return float(x)
+    return int(r) if r == int(r) else float(r)
+
+
+def _llama3_freqs(freq: np.ndarray, p: dict) -> np.ndarray:
+    """llama.cpp's converter's rope_freqs for llama3 parameters `p`."""
+    low, high, old, factor = p["low_freq_factor"], p["high_freq_factor"], p["original_max_position_embeddings"], p["factor"]
+    wavelen = 2 * np.pi / freq
+    smooth = (old / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, mid))
+
+
 def config(g, spec: GgufArch, cfg: dict) -> dict:
     """`cfg` (the llama-layout fields read by GgufFile.config) completed for the architecture."""
     if ROPE_FREQS in g.tensors:
-        raise ModelFormatError(f"{g.path}: tensor {ROPE_FREQS} (per-frequency rope scaling, as llama.cpp stores "
-                               "Llama 3.1's) is not supported from GGUF: load the Hugging Face folder",
-                               file=g.path, field=ROPE_FREQS)
+        if not spec.rope_permuted:  # the llama layout (llama, Mixtral) is where the converter writes it
+            raise ModelFormatError(f"{g.path}: tensor {ROPE_FREQS} is not supported in a {g.arch} file",
+                                   file=g.path, field=ROPE_FREQS)
+        if "rope_scaling" in cfg:
+            raise ModelFormatError(f"{g.path}: tensor {ROPE_FREQS} and {g.arch}.rope.scaling.type both scale the "
+                                   "rope", file=g.path, field=ROPE_FREQS)
+        cfg["rope_scaling"] = llama3_rope_from_freqs(g, cfg)
     cfg["model_type"], cfg["architectures"] = spec.model_type, [spec.hf_class]
     extra = _CONFIG.get(spec.model_type)
     if extra is not None:
