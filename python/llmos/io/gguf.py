@@ -214,14 +214,6 @@ class GgufFile:
             self._sources = out
         return self._sources
 
-    def hf_name(self, name: str) -> str:
-        """The transformers name of GGUF tensor `name` (one that holds a single tensor)."""
-        (hf, _), *more = hf_names(self, self.spec, name)
-        if more:
-            raise ModelFormatError(f"{self.path}: tensor {name} holds {len(more) + 1} tensors", file=self.path,
-                                   field=name)
-        return hf
-
     def array(self, name: str, cfg: dict, expert: int | None = None) -> np.ndarray:
         """The tensor `name` as float32, in the transformers layout; `expert`: only that expert of
         a stacked expert tensor (None or -1: all of it)."""
