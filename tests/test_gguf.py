@@ -283,7 +283,7 @@ def test_q8_0_q4_0_blocks_are_the_files_bit_for_bit(kind, qtype, quant, checkpoi
     expert's too), dequantized from llmos's blocks, equals gguf's own dequantization of the file
     (llama: with the rope row permutation undone on the blocks) with a difference of exactly 0."""
     from llmos._core import QuantType
-    from llmos.runtime.gguf_blocks import _is_matrix_role
+    from llmos.runtime.gguf_blocks import is_matrix_role
 
     # experts 64 wide: whole Q8_0 / Q4_0 blocks (48 falls back to F16, as the converter does)
     folder = _case_folder(checkpoint, kind, weight_scale=0.1, **({"moe_intermediate_size": 64} if "moe" in kind else {}))
@@ -292,7 +292,7 @@ def test_q8_0_q4_0_blocks_are_the_files_bit_for_bit(kind, qtype, quant, checkpoi
     assert model.prequantized and model.quant.name == quant
     found = _blocks_against_file(model, held)
     backend = model.backend
-    want_roles = {(r, l) for r, l, _ in backend.family.tensors(backend.arch) if _is_matrix_role(r)}
+    want_roles = {(r, l) for r, l, _ in backend.family.tensors(backend.arch) if is_matrix_role(r)}
     assert set(found) == want_roles
     assert any(r.startswith("experts.") for r, _ in want_roles) == ("moe" in kind or kind == "mixtral")
     want_type = QuantType.Q8 if qtype == "Q8_0" else QuantType.Q4

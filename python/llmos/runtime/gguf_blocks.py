@@ -202,7 +202,9 @@ def role_blocks(g, cfg: dict, parts: list[str], threads: int) -> RoleBlocks | No
     return RoleBlocks(Q8, codes, scale, None, "requantized")
 
 
-def _is_matrix_role(role: str) -> bool:
+def is_matrix_role(role: str) -> bool:
+    """Whether the role is a matrix the blocks can hold (an expert's too); norms, biases and the
+    router are not."""
     if role in MATRIX_ROLES:
         return True
     head, _, rest = role.partition(".")
@@ -238,7 +240,7 @@ def write_checkpoint(g, out_dir: str | os.PathLike, threads: int = 1) -> Path:
     quantized, report, used = [], {}, set()
     for role, layer, parts in family.tensors(family.architecture(reader)):
         names = [name for name, _ in parts]
-        if not _is_matrix_role(role) or any(n not in sources for n in names):
+        if not is_matrix_role(role) or any(n not in sources for n in names):
             continue  # left to the float tensors below (a missing one is named by the loader)
         blocks = role_blocks(g, cfg, names, threads)
         if blocks is None:
