@@ -156,10 +156,16 @@ def test_writer_refuses_what_gguf_cannot_carry(kind, overrides, why, checkpoint,
 QUANT_CASES = [("llama", "Q8_0", "int8", 0.03, 0.95), ("llama", "Q4_0", "int4", 0.15, 0.7),
                ("qwen3", "Q8_0", "int8", 0.03, 0.95), ("qwen3", "Q4_0", "int4", 0.15, 0.7),
                ("qwen3", "Q4_K", "int4", 0.15, 0.7), ("qwen3", "Q5_K", "int8", 0.03, 0.95),
-               ("qwen3", "Q6_K", "int8", 0.03, 0.95), ("gemma3", "Q8_0", "int8", 0.03, 0.95),
+               ("qwen3", "Q6_K", "int8", 0.03, 0.95), ("gemma3", "Q8_0", "int8", 0.05, 0.9),
                ("phi3", "Q4_0", "int4", 0.15, 0.7), ("mixtral", "Q8_0", "int8", 0.03, 0.95),
                ("mixtral", "Q4_0", "int4", 0.15, 0.7), ("qwen2_moe", "Q8_0", "int8", 0.03, 0.95),
                ("qwen3_moe", "Q4_0", "int4", 0.15, 0.7), ("qwen3_moe", "Q4_K", "int4", 0.15, 0.7)]
+
+
+# gemma3 has test_quant.py's bound for the Gemma-shaped kinds (their embedding scale and norm gains
+# amplify rounding), its top-1 lowered for the 6 layers llama.cpp's layout needs: with int8
+# activations (avx512_vnni, avx512_bf16, scalar kernels) measured rel-L2 0.0245 and top-1 0.922,
+# amx 0.010 / 1.0, float activations (avx2, avx512) 0.
 
 
 def _case_folder(checkpoint, case, **overrides):
