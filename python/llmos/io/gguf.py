@@ -1,6 +1,7 @@
 """GGUF files (llama.cpp, Ollama) as Hugging Face checkpoint folders: the architecture from the
-metadata onto config.json, the vocabulary and merges onto tokenizer.json (with the chat template
-in tokenizer_config.json), the tensors onto model.safetensors under the transformers names.
+metadata onto config.json, the vocabulary onto tokenizer.json (llmos/io/gguf_tokenizer.py: byte-level
+BPE or SentencePiece BPE; the chat template in tokenizer_config.json), the tensors onto
+model.safetensors under the transformers names.
 
 Weights: a file with quantized matrices is written by llmos/runtime/gguf_blocks.py
 as an llmos pre-quantized checkpoint: Q8_0 and Q4_0 blocks become llmos int8 / int4 blocks
@@ -9,8 +10,9 @@ dequantized and re-quantized to int8 (the errors are stated there), F32/F16/BF16
 float. `suggested_quant` names the checkpoint's format (int4 when the file has 4-bit matrices,
 else int8). `write_folder` writes the whole file in float32 instead (every tensor dequantized),
 for loading at another quant= or none.
-llama.cpp's converter permutes the llama Q/K rows into its rope layout; that is undone here
-exactly (on whole rows: floats and blocks alike).
+Per architecture (llmos/io/gguf_arch.py): llama.cpp's converter permutes the llama Q/K rows into
+its rope layout, undone here exactly (on whole rows: floats and blocks alike); Gemma's norms are
+stored as 1 + w; experts are stacked [expert, rows, cols] and cut per expert here.
 
 A hostile file is refused before anything large is allocated: the header's counts, each tensor's
 shape and element count and its data range are checked against llmos.limits and the file size.
@@ -28,26 +30,8 @@ import numpy as np
 from llmos import limits
 from llmos.errors import ModelFileError, ModelFormatError
 from llmos.extras import require
-
-# general.architecture -> transformers model_type, for the families llmos runs whose GGUF
-# layout is the llama one (plus per-family extras such as q/k norms and qkv biases).
-ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
-
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-# tokenizer.ggml.pre -> the pre-tokenizer regex of that family (llama.cpp's llama-vocab.cpp).
-_PRE_REGEX = {
-    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-}
-_PRE_REGEX["llama3"] = _PRE_REGEX["llama-bpe"]
-_GPT2_PRE = ("default", "gpt-2", "gpt2")
+from llmos.io import gguf_arch
+from llmos.io.gguf_arch import ARCHITECTURES, NOT_WEIGHTS, arch_for, hf_names
 
 _Q8 = "int8"
 _Q4 = "int4"
@@ -113,7 +97,8 @@ class GgufFile:
         self.arch = self.string("general.architecture")
         if self.arch not in ARCHITECTURES:
             raise ModelFormatError(f"{self.path}: GGUF architecture {self.arch!r} is not supported; supported: "
-                                   f"{', '.join(sorted(ARCHITECTURES))}", file=self.path, field="general.architecture")
+                                   f"{', '.join(sorted(ARCHITECTURES))} (llama with expert_count: Mixtral)", file=self.path,
+                                   field="general.architecture")
         self.tensors = {}
         for t in self.reader.tensors:
             shape = [int(d) for d in t.shape]
@@ -130,6 +115,8 @@ class GgufFile:
                 raise ModelFormatError(f"{self.path}: tensor {t.name} has GGML type {t.tensor_type.name}; llmos "
                                        f"reads {', '.join(_TYPES)}", file=self.path, field=f"{t.name}.type")
             self.tensors[t.name] = t
+        self.spec = arch_for(self)
+        self._sources = None
 
     # --- metadata ------------------------------------------------------------------------------
     def value(self, key: str, default=None, *, required: bool = False):
@@ -162,17 +149,19 @@ class GgufFile:
     # --- config --------------------------------------------------------------------------------
     def config(self) -> dict:
         scaling = self.value(f"{self.arch}.rope.scaling.type", "none")
-        if scaling != "none":
+        linear = scaling == "linear" and self.spec.model_type != "phi3"  # Gemma 3: its full layers only
+        longrope = scaling == "longrope" and self.spec.model_type == "phi3"  # the factors are tensors
+        if scaling != "none" and not (linear or longrope):
             raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.type={scaling!r} is not supported from "
                                    "GGUF (load the Hugging Face folder)", file=self.path,
                                    field=f"{self.arch}.rope.scaling.type")
         tokens = self.value("tokenizer.ggml.tokens", required=True)
+        limits.check("gguf_max_vocab", len(tokens), what=f"{self.path}: tokenizer.ggml.tokens")
         n_head = self.number("attention.head_count", required=True)
         hidden = self.number("embedding_length", required=True)
+        # per-layer lists are built from it before the family's own checks run
+        _limit(self.path, "max_layers", self.number("block_count", required=True), f"{self.arch}.block_count")
         cfg = {
-            "model_type": ARCHITECTURES[self.arch],
-            "architectures": [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                               "qwen3": "Qwen3ForCausalLM"}[self.arch]],
             "vocab_size": len(tokens),
             "hidden_size": hidden,
             "intermediate_size": self.number("feed_forward_length", required=True),
@@ -187,6 +176,12 @@ class GgufFile:
             "torch_dtype": "float32",
             "hidden_act": "silu",
         }
+        if linear:
+            factor = self.number("rope.scaling.factor", required=True)
+            if not factor > 0:
+                raise ModelFormatError(f"{self.path}: {self.arch}.rope.scaling.factor={factor} is not positive",
+                                       file=self.path, field=f"{self.arch}.rope.scaling.factor")
+            cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
         if self.arch in ("llama", "mistral"):
             cfg["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
         for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"),
@@ -194,7 +189,7 @@ class GgufFile:
             v = self.value(name)
             if v is not None:
                 cfg[key] = int(v)
-        return cfg
+        return gguf_arch.config(self, self.spec, cfg)
 
     # --- tensors -------------------------------------------------------------------------------
     def suggested_quant(self) -> str | None:
@@ -203,88 +198,75 @@ class GgufFile:
         kinds = {_TYPES[t.tensor_type.name] for t in self.tensors.values()} - {None}
         return _Q4 if _Q4 in kinds else (_Q8 if kinds else None)
 
-    def hf_name(self, name: str) -> str:
-        stem, _, suffix = name.rpartition(".")
-        parts = stem.split(".")
-        if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-            return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.{suffix}"
-        if stem in _GLOBAL_NAMES:
-            return f"{_GLOBAL_NAMES[stem]}.{suffix}"
-        raise ModelFormatError(f"{self.path}: tensor {name} has no place in a {self.arch} model", file=self.path,
-                               field=name)
+    def sources(self) -> dict[str, tuple[str, int | None]]:
+        """{transformers tensor name: (GGUF tensor, expert or None)} for every weight in the file
+        (a stacked expert tensor holds one per expert; -1: the tensor is one expert alone)."""
+        if self._sources is None:
+            out = {}
+            for name in self.tensors:
+                if name in NOT_WEIGHTS:
+                    continue
+                for hf, expert in hf_names(self, self.spec, name):
+                    if hf in out:
+                        raise ModelFormatError(f"{self.path}: tensors {out[hf][0]} and {name} both hold {hf}",
+                                               file=self.path, field=name)
+                    out[hf] = (name, expert)
+            self._sources = out
+        return self._sources
 
-    def array(self, name: str, cfg: dict) -> np.ndarray:
-        """The tensor `name` as float32, in the transformers layout."""
+    def array(self, name: str, cfg: dict, expert: int | None = None) -> np.ndarray:
+        """The tensor `name` as float32, in the transformers layout; `expert`: only that expert of
+        a stacked expert tensor (None or -1: all of it)."""
         gguf = _gguf()
         t = self.tensors[name]
         shape = tuple(reversed([int(d) for d in t.shape]))
+        data = t.data
+        if expert is not None and expert >= 0:
+            data, shape = data[expert], shape[1:]
         try:
             if t.tensor_type.name == "F32":
-                w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+                w = np.asarray(data, dtype=np.float32).reshape(shape)
             else:
-                w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+                w = gguf.quants.dequantize(data, t.tensor_type).astype(np.float32).reshape(shape)
         except (ValueError, NotImplementedError) as e:
             raise ModelFormatError(f"{self.path}: tensor {name} ({t.tensor_type.name}) cannot be read: {e}",
                                    file=self.path, field=name) from None
+        if self.spec.norm_shift and name.endswith("norm.weight"):
+            w = w - np.float32(self.spec.norm_shift)  # the converter stored 1 + w
         heads = self.rope_heads(name, cfg)
         return w if heads is None else unpermute(w, heads)
 
+    def hf_array(self, hf: str, cfg: dict) -> np.ndarray:
+        """The transformers tensor `hf` as float32."""
+        name, expert = self.sources()[hf]
+        w = self.array(name, cfg, expert)
+        if hf.endswith("shared_expert_gate.weight"):
+            w = w.reshape(1, -1)  # [1, hidden] in transformers; llama.cpp may hold it 1-D
+        return np.ascontiguousarray(w)
+
+    def vector(self, name: str, n: int) -> list[float]:
+        """The 1-D float tensor `name` of `n` values (rope factors) as a list."""
+        t = self.tensors[name]
+        if [int(d) for d in t.shape] != [n] or t.tensor_type.name != "F32":
+            raise ModelFormatError(f"{self.path}: tensor {name}: expected {n} float32 values, got "
+                                   f"{t.tensor_type.name} {[int(d) for d in t.shape]}", file=self.path,
+                                   field=f"{name}.shape")
+        return [float(v) for v in np.asarray(t.data, np.float32)]
+
     def rope_heads(self, name: str, cfg: dict) -> int | None:
         """The head count whose rope permutation llama.cpp applied to the rows of `name`, or None."""
-        if self.arch == "llama" and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+        if self.spec.rope_permuted and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
             return cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"]
         return None
 
     def state_dict(self, cfg: dict) -> dict[str, np.ndarray]:
-        return {self.hf_name(n): self.array(n, cfg) for n in self.tensors}
+        return {hf: self.hf_array(hf, cfg) for hf in self.sources()}
 
     # --- tokenizer -----------------------------------------------------------------------------
     def tokenizer_json(self) -> str:
-        model = self.value("tokenizer.ggml.model", required=True)
-        if model != "gpt2":
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.model={model!r} is not supported (llmos builds "
-                                   "byte-level BPE 'gpt2' tokenizers from GGUF; convert from the Hugging Face "
-                                   "folder instead)", file=self.path, field="tokenizer.ggml.model")
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+        from llmos.io.gguf_tokenizer import tokenizer_json
 
-        tokens = self.value("tokenizer.ggml.tokens", required=True)
-        limits.check("gguf_max_vocab", len(tokens), what=f"{self.path}: tokenizer.ggml.tokens")
-        merges = self.value("tokenizer.ggml.merges", [])
-        types = self.value("tokenizer.ggml.token_type", [1] * len(tokens))
-        if len(types) != len(tokens):
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.token_type has {len(types)} entries for "
-                                   f"{len(tokens)} tokens", file=self.path, field="tokenizer.ggml.token_type")
-        vocab = {t: i for i, t in enumerate(tokens)}
-        pairs = []
-        for m in merges:
-            a, sep, b = m.partition(" ")
-            if not sep:
-                raise ModelFormatError(f"{self.path}: merge {m!r} is not 'A B'", file=self.path,
-                                       field="tokenizer.ggml.merges")
-            pairs.append((a, b))
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-        pre = self.value("tokenizer.ggml.pre", "default")
-        if pre in _GPT2_PRE:
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        elif pre in _PRE_REGEX:
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(_PRE_REGEX[pre]), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        else:
-            raise ModelFormatError(f"{self.path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
-                                   f"{', '.join(sorted(set(_GPT2_PRE) | set(_PRE_REGEX)))}", file=self.path,
-                                   field="tokenizer.ggml.pre")
-        tok.decoder = decoders.ByteLevel()
-        # control (3) and user-defined (4) tokens match whole, before the BPE
-        added = [AddedToken(tokens[i], special=(ty == 3), normalized=False)
-                 for i, ty in enumerate(types) if ty in (3, 4)]
-        tok.add_tokens(added)
-        bos = self.value("tokenizer.ggml.bos_token_id")
-        if self.value("tokenizer.ggml.add_bos_token", False) and bos is not None:
-            b = tokens[int(bos)]
-            tok.post_processor = processors.TemplateProcessing(single=f"{b} $A", pair=f"{b} $A {b} $B",
-                                                               special_tokens=[(b, int(bos))])
-        return tok.to_str()
+        return tokenizer_json(self)
 
     def tokenizer_config(self) -> dict:
         tokens = self.value("tokenizer.ggml.tokens", required=True)

@@ -1,8 +1,9 @@
 """A quantized GGUF file as an llmos pre-quantized checkpoint (the format llmos.quantize writes,
 runtime/quantize.py): the blocks the model runs with are written straight from the file's.
 
-Per weight role (q|k|v and gate|up are fused along the output rows, as the core fuses them), by
-the GGML types of its parts; every llmos group is 32 inputs:
+Per weight role (q|k|v and gate|up are fused along the output rows, as the core fuses them; each
+expert's gate|up and down are roles of their own, cut from the file's stacked [expert, rows, cols]
+tensors; routers stay float), by the GGML types of its parts; every llmos group is 32 inputs:
 
   Q4_0 only             int4 (Q4): the same codes u in [0, 15], zero point 8 and float16 scale;
                         only the nibble order changes (GGUF: byte j of a 32-value block holds
@@ -57,6 +58,7 @@ Q8, Q4, Q4ASYM = QuantType.Q8, QuantType.Q4, QuantType.Q4Asym
 GROUP = 32
 CHUNK = 64  # llmos packs 4-bit codes per 64 values (cpp/quant/qformat.h)
 MATRIX_ROLES = ("embed", "lm_head", "qkv.weight", "o.weight", "up.weight", "down.weight")
+EXPERT_MATRICES = ("up.weight", "down.weight")  # experts.<e>.<these>; the router stays float
 FLOAT_TYPES = ("F32", "F16", "BF16")
 TYPE_NAMES = {Q8: "int8", Q4: "int4", Q4ASYM: "int4-asym"}
 
@@ -137,10 +139,17 @@ class RoleBlocks:
     how: str                 # "exact" | "mapped" | "requantized"
 
 
-def _matrix_shape(t) -> tuple[int, int] | None:
-    """(rows, cols) of a 2-D GGUF tensor (its shape is [cols, rows]); None otherwise."""
+def _matrix_shape(t, expert: int | None) -> tuple[int, int] | None:
+    """(rows, cols) of a 2-D GGUF tensor, or of one expert of a stacked 3-D one (GGUF shapes are
+    [cols, rows(, experts)]); None otherwise."""
     shape = [int(d) for d in t.shape]
-    return (shape[1], shape[0]) if len(shape) == 2 else None
+    want = 3 if expert is not None and expert >= 0 else 2
+    return (shape[1], shape[0]) if len(shape) == want else None
+
+
+def _raw(t, expert: int | None) -> np.ndarray:
+    """The tensor's bytes, or one expert's of a stacked tensor."""
+    return t.data if expert is None or expert < 0 else t.data[expert]
 
 
 # (GGUF type, llmos type) -> the converter of one tensor's blocks, for the block-mapped roles
@@ -159,12 +168,14 @@ def _mapped_type(types: set[str], cols: int) -> tuple[QuantType, str] | None:
     return None
 
 
-def role_blocks(g, cfg: dict, names: list[str], threads: int) -> RoleBlocks | None:
-    """The llmos blocks of the role stacked from GGUF tensors `names`, or None when the role
-    stays float (every part float, a part that is not a matrix, or a width the blocks cannot hold)."""
-    tensors = [g.tensors[n] for n in names]
+def role_blocks(g, cfg: dict, parts: list[str], threads: int) -> RoleBlocks | None:
+    """The llmos blocks of the role stacked from transformers tensors `parts` (held by the GGUF
+    file's tensors: g.sources()), or None when the role stays float (every part float, a part
+    that is not a matrix, or a width the blocks cannot hold)."""
+    held = [g.sources()[p] for p in parts]
+    tensors = [g.tensors[n] for n, _ in held]
     types = [t.tensor_type.name for t in tensors]
-    shapes = [_matrix_shape(t) for t in tensors]
+    shapes = [_matrix_shape(t, e) for t, (_, e) in zip(tensors, held)]
     if all(ty in FLOAT_TYPES for ty in types) or any(s is None for s in shapes):
         return None
     cols = shapes[0][1]
@@ -173,22 +184,32 @@ def role_blocks(g, cfg: dict, names: list[str], threads: int) -> RoleBlocks | No
     mapped = _mapped_type(set(types), cols)
     if mapped is not None:
         qtype, how = mapped
-        parts = []
-        for name, t, ty, (rows, _) in zip(names, tensors, types, shapes):
-            arrays = _CONVERT[(ty, qtype)](t.data, rows, cols)
+        blocks = []
+        for (name, expert), t, ty, (rows, _) in zip(held, tensors, types, shapes):
+            arrays = _CONVERT[(ty, qtype)](_raw(t, expert), rows, cols)
             heads = g.rope_heads(name, cfg)
             if heads is not None:  # whole rows move: the blocks follow them
                 arrays = tuple(_unpermute(a, heads) for a in arrays)
-            parts.append(arrays)
-        codes, scale, *mins = (np.ascontiguousarray(np.concatenate(a)) for a in zip(*parts))
+            blocks.append(arrays)
+        codes, scale, *mins = (np.ascontiguousarray(np.concatenate(a)) for a in zip(*blocks))
         mn = mins[0] if mins else None
         # Q4_K's products d * sc and dmin * m can leave float16 (the file's own scales are kept
         # as they are): such a role is re-quantized below instead.
         if how == "exact" or (np.isfinite(scale.view(np.float16)).all() and np.isfinite(mn.view(np.float16)).all()):
             return RoleBlocks(qtype, codes, scale, mn, how)
-    w = np.concatenate([g.array(n, cfg) for n in names])
+    w = np.concatenate([g.hf_array(p, cfg) for p in parts])
     codes, scale, _ = _core.quantize_blocks(w, Q8, GROUP, threads)
     return RoleBlocks(Q8, codes, scale, None, "requantized")
+
+
+def is_matrix_role(role: str) -> bool:
+    """Whether the role is a matrix the blocks can hold (an expert's too); norms, biases and the
+    router are not."""
+    if role in MATRIX_ROLES:
+        return True
+    head, _, rest = role.partition(".")
+    expert, _, matrix = rest.partition(".")
+    return head == "experts" and expert.isdigit() and matrix in EXPERT_MATRICES
 
 
 def _unpermute(a: np.ndarray, heads: int) -> np.ndarray:
@@ -214,12 +235,12 @@ def write_checkpoint(g, out_dir: str | os.PathLike, threads: int = 1) -> Path:
 
     reader = ConfigReader(cfg, str(out / "config.json"))
     family = family_for(reader)
-    by_hf = {g.hf_name(n): n for n in g.tensors}  # every tensor named (an unknown one is refused)
+    sources = g.sources()  # every tensor named (an unknown one is refused)
     tensors: dict[str, np.ndarray] = {}
     quantized, report, used = [], {}, set()
     for role, layer, parts in family.tensors(family.architecture(reader)):
-        names = [by_hf.get(name) for name, _ in parts]
-        if role not in MATRIX_ROLES or None in names:
+        names = [name for name, _ in parts]
+        if not is_matrix_role(role) or any(n not in sources for n in names):
             continue  # left to the float tensors below (a missing one is named by the loader)
         blocks = role_blocks(g, cfg, names, threads)
         if blocks is None:
@@ -230,12 +251,12 @@ def write_checkpoint(g, out_dir: str | os.PathLike, threads: int = 1) -> Path:
         if blocks.min is not None:
             tensors[base + ".min"] = blocks.min.view(np.float16)
         quantized.append([role, layer, int(blocks.qtype), GROUP])
-        sources = "+".join(sorted({g.tensors[n].tensor_type.name for n in names}))
-        report[base] = f"{blocks.how} {sources} -> {TYPE_NAMES[blocks.qtype]}"
+        kinds = "+".join(sorted({g.tensors[sources[n][0]].tensor_type.name for n in names}))
+        report[base] = f"{blocks.how} {kinds} -> {TYPE_NAMES[blocks.qtype]}"
         used.update(names)
-    for hf, name in by_hf.items():
-        if name not in used:
-            tensors[hf] = g.array(name, cfg)
+    for hf in sources:
+        if hf not in used:
+            tensors[hf] = g.hf_array(hf, cfg)
     metadata = {
         "format": "pt",
         "llmos_format": FORMAT_VERSION,
