@@ -55,17 +55,40 @@ def load_average() -> str:
         return "unknown"
 
 
-def timed(model, prompt, tokens, repeats, **kw):
-    """The run and its best tokens/s over `repeats` runs (the machine is shared: the best run is
-    the one least disturbed). Prefill is inside the time, as a user sees it."""
-    kw.update(EXTRA)
-    model.generate(prompt, max_new_tokens=4, do_sample=False, **kw)  # warm up
-    best, g = 0.0, None
+def run_once(model, prompt, tokens, **kw):
+    """One greedy run: (result, wall seconds, CPU seconds of this process). Prefill is inside
+    the time, as a user sees it. CPU time (all threads) is the steadier number on a shared
+    machine: a descheduled thread adds wall time, not CPU time."""
+    c, t = time.process_time(), time.perf_counter()
+    g = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **kw)
+    return g, time.perf_counter() - t, time.process_time() - c
+
+
+def forward_cost(model, repeats: int) -> None:
+    """The target's forward time for n = 1..7 new tokens after a 16-token prefix (the verify
+    forward of k = n - 1 drafts), best of `repeats`, interleaved over n."""
+    import numpy as np
+
+    from llmos import _core
+
+    core = model.backend.core
+    s = _core.Session(core)
+    ids = np.arange(3, 3 + 23, dtype=np.int64) % model.config.vocab_size
+    s.forward(core, ids[:16], False, None)
+    wall = {n: [] for n in range(1, 8)}
+    cpu = {n: [] for n in range(1, 8)}
     for _ in range(repeats):
-        t = time.perf_counter()
-        g = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **kw)
-        best = max(best, len(g.token_ids) / (time.perf_counter() - t))
-    return g, best
+        for n in wall:
+            s.truncate(16)
+            c, t = time.process_time(), time.perf_counter()
+            s.forward(core, ids[16:16 + n], n > 1, None)
+            wall[n].append(time.perf_counter() - t)
+            cpu[n].append(time.process_time() - c)
+    print("| new tokens n | wall ms (best) | x n=1 | CPU ms (best) | x n=1 |")
+    print("|---|---|---|---|---|")
+    for n in wall:
+        print(f"| {n} | {min(wall[n]) * 1e3:.1f} | {min(wall[n]) / min(wall[1]):.2f} | {min(cpu[n]) * 1e3:.1f} | "
+              f"{min(cpu[n]) / min(cpu[1]):.2f} |")
 
 
 def ints(text: str) -> list[int]:
@@ -79,7 +102,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--quant", default=None)
-    ap.add_argument("--repeats", type=int, default=1, help="runs per row; the best tokens/s is reported")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per row, interleaved with the other rows; the best (least disturbed) is reported")
+    ap.add_argument("--forward-cost", action="store_true",
+                    help="first print the target's forward time for 1..7 new tokens (what a verify round costs)")
     ap.add_argument("--draft-k", type=ints, default=[4], help="num_assistant_tokens values, e.g. 2,3,4,5,6")
     ap.add_argument("--lookup-k", type=ints, default=[3, 6], help="prompt_lookup_num_tokens values ('' for none)")
     ap.add_argument("--prompts", default=",".join(PROMPTS), help=f"comma-separated, of: {', '.join(PROMPTS)}")
@@ -97,23 +123,39 @@ def main() -> int:
     print(f"CPU: {cpu_name()}, {a.threads} threads, isa={target.isa}; target {a.target}; "
           f"draft {'the target itself' if a.draft is None else a.draft}; {a.tokens} new tokens, greedy, "
           f"best of {a.repeats}; load average {load_average()}")
-    print("| prompt | mode | tok/s | x plain | accepted/drafted | acceptance | target forwards |")
-    print("|---|---|---|---|---|---|---|")
+    if a.forward_cost:
+        forward_cost(target, max(5, 3 * a.repeats))
+    print("| prompt | mode | tok/s | x plain | x plain (CPU time) | accepted/drafted | acceptance | target forwards |")
+    print("|---|---|---|---|---|---|---|---|")
     bad = 0
     for name in names:
         prompt = PROMPTS[name]
-        plain, base = timed(target, prompt, a.tokens, a.repeats)
-        print(f"| {name} | plain | {base:.1f} | 1.00 | - | - | {len(plain.token_ids)} |", flush=True)
-        modes = [(f"draft k={k}", {"draft_model": draft, "num_assistant_tokens": k}) for k in a.draft_k]
+        modes = [("plain", {})]
+        modes += [(f"draft k={k}", {"draft_model": draft, "num_assistant_tokens": k}) for k in a.draft_k]
         modes += [(f"lookup k={k}", {"prompt_lookup_num_tokens": k}) for k in a.lookup_k]
-        for label, kw in modes:
-            g, tps = timed(target, prompt, a.tokens, a.repeats, **kw)
-            s = g.speculation
-            same = g.token_ids == plain.token_ids
+        for _, kw in modes:
+            target.generate(prompt, max_new_tokens=4, do_sample=False, **kw, **EXTRA)  # warm up
+        runs = {label: [] for label, _ in modes}
+        for _ in range(a.repeats):  # interleaved: a disturbance spreads over the modes
+            for label, kw in modes:
+                runs[label].append(run_once(target, prompt, a.tokens, **kw, **EXTRA))
+        plain = runs["plain"][0][0]
+        base_wall = min(r[1] for r in runs["plain"])
+        base_cpu = min(r[2] for r in runs["plain"])
+        for label, _ in modes:
+            g = runs[label][0][0]
+            wall = min(r[1] for r in runs[label])
+            cpu = min(r[2] for r in runs[label])
+            same = all(r[0].token_ids == plain.token_ids for r in runs[label])
             bad += not same
-            rate = f"{s['accepted'] / s['drafted']:.2f}" if s["drafted"] else "-"
-            print(f"| {name} | {label} | {tps:.1f} | {tps / base:.2f} | {s['accepted']}/{s['drafted']} | {rate} | "
-                  f"{s['forwards']} |" + ("" if same else " **MISMATCH**"), flush=True)
+            s = g.speculation
+            if s is None:
+                stats = f"- | - | {len(g.token_ids)}"
+            else:
+                rate = f"{s['accepted'] / s['drafted']:.2f}" if s["drafted"] else "-"
+                stats = f"{s['accepted']}/{s['drafted']} | {rate} | {s['forwards']}"
+            print(f"| {name} | {label} | {len(g.token_ids) / wall:.1f} | {base_wall / wall:.2f} | {base_cpu / cpu:.2f} | "
+                  f"{stats} |" + ("" if same else " **MISMATCH**"), flush=True)
     print(f"load average after: {load_average()}")
     return 1 if bad else 0
 
