@@ -66,6 +66,21 @@ def test_fast_matmul_matches_scalar(isa, n, k, rows, dtype):
     assert nmse(_core.kernel_matmul(isa, x, w, dtype), ref) < NMSE_FAST_VS_SCALAR
 
 
+@pytest.mark.parametrize("isa", level_params(scalar=False) + EMULATED)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_row_kernel_gives_each_token_its_one_token_bits(isa, dtype):
+    # Speculative decoding verifies 2..7 tokens in one forward on the row kernel and relies on
+    # each token getting the bits a 1-token decode step gives it (greedy output identical to
+    # plain decoding): how the kernel tiles the tokens must not change any token's sums.
+    rng = np.random.default_rng(11)
+    k, rows = 100, 13
+    x = rng.standard_normal((9, k)).astype(np.float32)
+    w, _ = weights(rows, k, dtype, rng)
+    one = np.concatenate([_core.kernel_matmul(isa, x[t:t + 1], w, dtype) for t in range(9)])
+    for n in range(2, 10):
+        assert np.array_equal(_core.kernel_matmul(isa, x[:n], w, dtype), one[:n]), n
+
+
 # The many-token kernel: token counts around its 14-token micro-kernel, row counts around
 # its 32-row panels (one or two halves of 16, partial), k not a multiple of 16.
 PREFILL_SHAPES = [(8, 64, 32), (14, 100, 16), (15, 33, 47), (29, 128, 70), (40, 17, 5), (1, 256, 96), (33, 96, 50)]

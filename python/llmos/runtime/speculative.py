@@ -5,7 +5,9 @@ Two drafts, with transformers' option names: another llmos model sharing the tok
 (`prompt_lookup_num_tokens=`, `max_matching_ngram_size=`), which copies what followed the last
 n-gram's earlier occurrence in the prompt and output.
 
-The target runs [last token] + draft as one k + 1 token forward on its own contiguous KV cache
+The target prefills the whole prompt in one forward and takes the first token from it, as plain
+decoding does (a long prompt then takes the same many-token kernels). Each round then runs
+[last token] + draft as one k + 1 token forward on its own contiguous KV cache
 (`_core.Session`) and gets a row of logits per position; the cache is then cut back to the
 accepted tokens (`Session.truncate`, the only thing the core adds for this). Each row goes
 through the same processors and warpers as plain decoding (`_core.process_logits`), so:
@@ -153,7 +155,7 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
     rng = np.random.default_rng(o.seed)
     seq = list(prompt)
     out: list[int] = []
-    finish = "length"
+    state = {"finish": "length"}
     stats = {"drafted": 0, "accepted": 0, "forwards": 0}
 
     def check():
@@ -161,13 +163,42 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
             from llmos.errors import CancelledError
             raise CancelledError("generation was cancelled")
 
+    def emit(tokens) -> bool:
+        """Emits one token at a time as the core's loop does; True when EOS, a stop string or
+        the length limit ends generation (at that token)."""
+        for t in tokens:
+            out.append(t)
+            seq.append(t)
+            stop = bool(on_token(index, t)) if on_token else False
+            if t in eos:
+                state["finish"] = "eos"
+            elif stop:
+                state["finish"] = "stop"
+            elif len(out) >= o.max_new_tokens:
+                state["finish"] = "length"
+            else:
+                continue
+            return True
+        return False
+
+    def choose(row, work) -> int:
+        """The token plain decoding takes from this row of logits after `work`."""
+        scores = _core.process_logits(o, work, plen, row)
+        return _draw(_softmax(scores.astype(np.float64)), rng) if sampling else int(np.argmax(scores))
+
     target = _core.Session(core)
     drafter = _Draft(spec.draft_core) if spec.draft_core is not None else None
     if o.max_new_tokens == 0:
-        return _result(index, out, finish, stats)
-    # Prefill all but the last prompt token; each round feeds [last] + draft.
-    if plen > 1:
-        target.forward(core, np.asarray(prompt[:-1], np.int64), False, cancel)
+        return _result(index, out, state["finish"], stats)
+    # Prefill the whole prompt in one forward and take the first token from it, as plain
+    # decoding does: the prompt then goes through the same kernels (a prompt of
+    # kMinPrefillTokens or more takes the many-token kernels, whose rounding differs from the
+    # row kernels'), so its cache and the first token match plain decoding's exactly.
+    first = target.forward(core, np.asarray(prompt, np.int64), False, cancel)[0]
+    stats["forwards"] += 1
+    if emit([choose(first, seq)]):
+        return _result(index, out, state["finish"], stats)
+    # From here the cache holds seq[:-1]; each round feeds [last] + draft.
     while True:
         check()
         remaining = o.max_new_tokens - len(out)
@@ -216,22 +247,8 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
             emitted.append(_draw(resid, rng))
             break
         stats["accepted"] += min(len(emitted) - 1, len(draft))  # every emitted token but the last was drafted
-        # Emit one token at a time: EOS, a stop string or the length limit ends it right there.
-        done = False
-        for t in emitted:
-            out.append(t)
-            seq.append(t)
-            stop = bool(on_token(index, t)) if on_token else False
-            if t in eos:
-                finish, done = "eos", True
-            elif stop:
-                finish, done = "stop", True
-            elif len(out) >= o.max_new_tokens:
-                finish, done = "length", True
-            if done:
-                break
-        if done:
-            return _result(index, out, finish, stats)
+        if emit(emitted):
+            return _result(index, out, state["finish"], stats)
         # The cache holds seq_before + draft; keep seq_before + the accepted drafts.
         target.truncate(min(base + len(emitted) - 1, target.n_past))
 
