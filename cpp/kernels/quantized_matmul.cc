@@ -43,25 +43,29 @@ ActView quantize_for(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, c
   return ActView{q, d, sd, qsum, n, k};
 }
 
-// Rows [row0, row1) with the row kernel on int8 activations.
+// y [n, w.rows] rows [r0, r1) for the quantized tokens [t0, t0 + n) of a (sdg their group sums)
+// with the row kernel (+ bias), walking the tokens in blocks so a block of x stays in cache
+// while the rows pass over it.
+void row_slice(const KernelTable& kt, const ActView& a, const float* sdg, const QView& w, int64_t t0, int64_t n,
+               int64_t r0, int64_t r1, const float* bias, float* y) {
+  const int64_t rows = w.rows, k = w.cols, nb = k / kActBlock, ng = k / w.group;
+  constexpr int64_t kTokenBlock = 64;
+  for (int64_t t = 0; t < n; t += kTokenBlock) {
+    const int64_t nt = std::min(kTokenBlock, n - t), tx = t0 + t;
+    const ActView xv{a.q + tx * k, a.d + tx * nb, a.sd + tx * nb, a.qsum + tx * nb, nt, k};
+    kt.qmatmul(xv, sdg + tx * ng, w, r0, r1, y + t * rows + r0, rows);
+    add_bias(bias, t, t + nt, r0, r1, y, rows);
+  }
+}
+
+// Rows [row0, row1) with the row kernel on int8 activations; threads split the output rows.
 void row_kernel(const KernelTable& kt, ThreadPool& pool, QuantScratch& s, const float* x, int64_t n, const QView& w,
                 int64_t row0, int64_t row1, const float* bias, float* y) {
-  const int64_t rows = w.rows, k = w.cols;
-  const int64_t nb = k / kActBlock, ng = k / w.group;
   const ActView a = quantize_for(kt, pool, s, x, n, w);
   const float* sdg = s.sdg.as<float>();
-  // Threads split the output rows; each walks the tokens in blocks so a block of x stays
-  // in cache while the thread's rows pass over it.
-  constexpr int64_t kTokenBlock = 64;
   const int64_t grain = std::max<int64_t>(16, (((row1 - row0) / (pool.size() * 8)) + 3) & ~int64_t(3));
   pool.parallel_for(row1 - row0, grain, [&](int64_t b, int64_t e) {
-    const int64_t r0 = row0 + b, r1 = row0 + e;
-    for (int64_t t = 0; t < n; t += kTokenBlock) {
-      const int64_t nt = std::min(kTokenBlock, n - t);
-      const ActView xv{a.q + t * k, a.d + t * nb, a.sd + t * nb, a.qsum + t * nb, nt, k};
-      kt.qmatmul(xv, sdg + t * ng, w, r0, r1, y + t * rows + r0, rows);
-      add_bias(bias, t, t + nt, r0, r1, y, rows);
-    }
+    row_slice(kt, a, sdg, w, 0, n, row0 + b, row0 + e, bias, y);
   });
 }
 
@@ -143,7 +147,7 @@ void quantized_matmul_group(const KernelTable& kt, ThreadPool& pool, QuantScratc
                             const std::vector<QuantJob>& jobs) {
   if (jobs.empty()) return;
   const QView& w0 = jobs[0].w;
-  const int64_t k = w0.cols, nb = k / kActBlock, ng = k / w0.group;
+  const int64_t k = w0.cols;
   for (const QuantJob& j : jobs)
     if (j.w.cols != k || j.w.group != w0.group || j.t0 < 0 || j.t0 + j.n > n_x)
       throw Error(Error::Kind::InvalidInput, "", "jobs", "every job needs k columns, one group and tokens of x");
@@ -157,14 +161,8 @@ void quantized_matmul_group(const KernelTable& kt, ThreadPool& pool, QuantScratc
   pool.parallel_for(int64_t(tasks.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const QuantJob& j = jobs[size_t(tasks[size_t(i)].first)];
-      const int64_t rows = j.w.rows, r0 = tasks[size_t(i)].second, r1 = std::min(rows, r0 + kRows);
-      constexpr int64_t kTokenBlock = 64;  // as row_kernel walks the tokens
-      for (int64_t t = 0; t < j.n; t += kTokenBlock) {
-        const int64_t nt = std::min(kTokenBlock, j.n - t), tx = j.t0 + t;
-        const ActView xv{a.q + tx * k, a.d + tx * nb, a.sd + tx * nb, a.qsum + tx * nb, nt, k};
-        kt.qmatmul(xv, sdg + tx * ng, j.w, r0, r1, j.y + t * rows + r0, rows);
-      }
-      add_bias(j.bias, 0, j.n, r0, r1, j.y, rows);
+      const int64_t r0 = tasks[size_t(i)].second;
+      row_slice(kt, a, sdg, j.w, j.t0, j.n, r0, std::min(j.w.rows, r0 + kRows), j.bias, j.y);
     }
   });
 }

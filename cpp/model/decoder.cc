@@ -717,14 +717,9 @@ void clamped_swiglu(const float* gate, const float* up, float* out, int64_t n, f
 }
 }  // namespace
 
-void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up_w,
-                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out,
-                      float swiglu_limit) {
-  // gated: act(gate) * up, gate and up stacked in U.
+void Model::mlp_activation(const float* up, int64_t n, int64_t F, float* act, float swiglu_limit) {
+  // act[t] = act(gate) * up (gated: gate and up stacked in each row of U = 2F) or act(up).
   const int64_t U = (spec_.gated_mlp ? 2 : 1) * F;
-  float* up = s.up.as<float>();
-  float* act = s.act.as<float>();
-  matmul(in, runs, up_w, up_b.empty() ? nullptr : up_b.data(), up);
   pool_.parallel_for(n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       if (swiglu_limit > 0) clamped_swiglu(up + t * U, up + t * U + F, act + t * F, F, swiglu_limit, spec_.swiglu_alpha);
@@ -735,6 +730,15 @@ void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_
       }
     }
   });
+}
+
+void Model::dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up_w,
+                      const Vector& up_b, const Matrix& down_w, const Vector& down_b, int64_t F, Scratch& s, float* out,
+                      float swiglu_limit) {
+  float* up = s.up.as<float>();
+  float* act = s.act.as<float>();
+  matmul(in, runs, up_w, up_b.empty() ? nullptr : up_b.data(), up);
+  mlp_activation(up, n, F, act, swiglu_limit);
   matmul(act, runs, down_w, down_b.empty() ? nullptr : down_b.data(), out);
 }
 
@@ -881,19 +885,7 @@ void Model::moe_decode(const LayerWeights& L, Scratch& s, const float* in, const
   }
   check_cancel();
   quantized_matmul_group(*kernels_, pool_, qscratch_, gathered, m, ups);
-  pool_.parallel_for(m, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      // as dense_mlp does per token
-      if (spec_.swiglu_limit > 0) {
-        clamped_swiglu(up + j * U, up + j * U + F, act + j * F, F, spec_.swiglu_limit, spec_.swiglu_alpha);
-      } else if (spec_.gated_mlp) {
-        kernels_->activate_gated(int(spec_.activation), up + j * U, up + j * U + F, act + j * F, F);
-      } else {
-        std::memcpy(act + j * F, up + j * U, size_t(F) * 4);
-        kernels_->activate(int(spec_.activation), act + j * F, F);
-      }
-    }
-  });
+  mlp_activation(up, m, F, act, spec_.swiglu_limit);
   quantized_matmul_group(*kernels_, pool_, qscratch_, act, m, downs);
   for (int64_t j = 0; j < m; ++j) {
     float* dst = sum + (slots[size_t(j)] / K) * H;

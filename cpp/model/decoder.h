@@ -196,6 +196,9 @@ class Model {
   void dense_mlp(const float* in, const std::vector<TokenRun>& runs, int64_t n, const Matrix& up, const Vector& up_b,
                  const Matrix& down, const Vector& down_b, int64_t F, Scratch& s, float* out,
                  float swiglu_limit = 0.0f);
+  // act[n, F] = act(gate) * up of up[n, U] (U = 2F gated, F plain; gpt-oss's clamped SwiGLU
+  // when swiglu_limit > 0): the MLPs' and the experts' activation.
+  void mlp_activation(const float* up, int64_t n, int64_t F, float* act, float swiglu_limit);
   // out[n, H] = the experts' weighted sum (+ the gated shared expert) for in[n, H].
   void moe_mlp(int64_t layer, const Batch& b, Scratch& s, const float* in, float* out);
   // moe_mlp's routed experts added into sum[n, H]: (token, choice) slots i = t * K + k, listed
