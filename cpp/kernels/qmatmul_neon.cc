@@ -16,21 +16,11 @@ inline int32x4_t dot16(int8x16_t w, int8x16_t x, int32x4_t acc) {
 
 #include "kernels/qmatmul_neon.inc"
 
-void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, int64_t row1, float* y, int64_t ldy) {
-  switch (w.type) {
-    case QuantType::Q8: qmatmul_rows4<QuantType::Q8>(x, sdg, w, row0, row1, y, ldy); break;
-    case QuantType::Q4: qmatmul_rows4<QuantType::Q4>(x, sdg, w, row0, row1, y, ldy); break;
-    case QuantType::Q4Asym: qmatmul_rows4<QuantType::Q4Asym>(x, sdg, w, row0, row1, y, ldy); break;
-    case QuantType::Q6: qmatmul_rows4<QuantType::Q6>(x, sdg, w, row0, row1, y, ldy); break;
-    default: break;
-  }
-}
-
 }  // namespace
 }  // namespace simd::neon
 
 void fill_qkernels_neon(KernelTable* t) {
-  t->qmatmul = simd::neon::qmatmul;
+  t->qmatmul = simd::neon::qmatmul_rows;
   t->qmatmul_name = "neon (vmull_s8 + vpadalq_s16)";
 }
 
