@@ -177,7 +177,7 @@ void bind_model(py::module_& m) {
       .def_property_readonly("device", &Model::device, "\"cpu\" or \"cuda:N\"")
       .def_property_readonly("device_weight_bytes", [](const Model& m) { return m.cuda() ? m.cuda()->weight_bytes() : 0; },
                              "Bytes of weights on the GPU (0 on the CPU)")
-      .def_static("cuda_unsupported", [](const Model& m) { return CudaDecoder::unsupported(m.spec(), m.weights()); },
+      .def_static("cuda_unsupported", [](const Model& m) { return CudaDecoder::unsupported(m.spec()); },
                   py::arg("model"), "Why this model cannot run on the GPU (\"\" when it can)")
       .def(
           "quantized_matrices",

@@ -20,7 +20,7 @@ constexpr int64_t kPiece = 256;
 
 }  // namespace
 
-std::string CudaDecoder::unsupported(const Architecture& spec, const ModelWeights& w) {
+std::string CudaDecoder::unsupported(const Architecture& spec) {
   const std::string f = spec.family + ": ";
   if (spec.num_experts) return f + "mixture-of-experts models do not run on the GPU yet";
   if (spec.attn_sinks) return f + "attention sinks (gpt-oss) do not run on the GPU yet";
@@ -31,13 +31,12 @@ std::string CudaDecoder::unsupported(const Architecture& spec, const ModelWeight
     return f + "head_dim " + std::to_string(spec.head_dim) + " exceeds the GPU attention's " +
            std::to_string(cuda::kMaxAttentionHeadDim);
   if (spec.swiglu_limit > 0) return f + "the clamped SwiGLU does not run on the GPU yet";
-  (void)w;
   return "";
 }
 
 CudaDecoder::CudaDecoder(const Architecture& spec, const ModelWeights& w, int device)
     : spec_(spec), host_(w), device_(device) {
-  const std::string why = unsupported(spec, w);
+  const std::string why = unsupported(spec);
   if (!why.empty()) refuse(why);
   cuda::set_device(device);
   const char* graphs = std::getenv("LLMOS_CUDA_GRAPHS");

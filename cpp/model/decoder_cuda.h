@@ -66,7 +66,7 @@ class CudaDecoder {
   CudaDecoder& operator=(const CudaDecoder&) = delete;
 
   // Why this model cannot run on the GPU path ("" when it can).
-  static std::string unsupported(const Architecture& spec, const ModelWeights& w);
+  static std::string unsupported(const Architecture& spec);
 
   int device() const { return device_; }
   int64_t weight_bytes() const { return weight_bytes_; }
