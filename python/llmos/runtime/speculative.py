@@ -155,7 +155,6 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
     rng = np.random.default_rng(o.seed)
     seq = list(prompt)
     out: list[int] = []
-    state = {"finish": "length"}
     stats = {"drafted": 0, "accepted": 0, "forwards": 0}
 
     def check():
@@ -163,23 +162,20 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
             from llmos.errors import CancelledError
             raise CancelledError("generation was cancelled")
 
-    def emit(tokens) -> bool:
-        """Emits one token at a time as the core's loop does; True when EOS, a stop string or
-        the length limit ends generation (at that token)."""
+    def emit(tokens) -> str | None:
+        """Emits one token at a time as the core's loop does; the finish reason when EOS, a stop
+        string or the length limit ends generation (at that token), else None."""
         for t in tokens:
             out.append(t)
             seq.append(t)
             stop = bool(on_token(index, t)) if on_token else False
             if t in eos:
-                state["finish"] = "eos"
-            elif stop:
-                state["finish"] = "stop"
-            elif len(out) >= o.max_new_tokens:
-                state["finish"] = "length"
-            else:
-                continue
-            return True
-        return False
+                return "eos"
+            if stop:
+                return "stop"
+            if len(out) >= o.max_new_tokens:
+                return "length"
+        return None
 
     def choose(row, work) -> int:
         """The token plain decoding takes from this row of logits after `work`."""
@@ -189,15 +185,16 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
     target = _core.Session(core)
     drafter = _Draft(spec.draft_core) if spec.draft_core is not None else None
     if o.max_new_tokens == 0:
-        return _result(index, out, state["finish"], stats)
+        return _result(index, out, "length", stats)
     # Prefill the whole prompt in one forward and take the first token from it, as plain
     # decoding does: the prompt then goes through the same kernels (a prompt of
     # kMinPrefillTokens or more takes the many-token kernels, whose rounding differs from the
     # row kernels'), so its cache and the first token match plain decoding's exactly.
     first = target.forward(core, np.asarray(prompt, np.int64), False, cancel)[0]
     stats["forwards"] += 1
-    if emit([choose(first, seq)]):
-        return _result(index, out, state["finish"], stats)
+    finish = emit([choose(first, seq)])
+    if finish:
+        return _result(index, out, finish, stats)
     # From here the cache holds seq[:-1]; each round feeds [last] + draft.
     while True:
         check()
@@ -247,8 +244,9 @@ def _one(core, spec: Speculation, index, prompt, o, on_token, cancel) -> dict:
             emitted.append(_draw(resid, rng))
             break
         stats["accepted"] += min(len(emitted) - 1, len(draft))  # every emitted token but the last was drafted
-        if emit(emitted):
-            return _result(index, out, state["finish"], stats)
+        finish = emit(emitted)
+        if finish:
+            return _result(index, out, finish, stats)
         # The cache holds seq_before + draft; keep seq_before + the accepted drafts.
         target.truncate(min(base + len(emitted) - 1, target.n_past))
 
