@@ -74,7 +74,6 @@ def load(path: str, dtype: str | None = None, threads: int | None = None, quant:
                 raise InvalidInputError(f"adapter: {path} is an ONNX model; an adapter merges into a safetensors "
                                         "checkpoint", field="adapter")
             return load_onnx(path, dtype=dtype, threads=threads, quant=quant, device=dev)
-        core_device(dev, path)  # refused before anything is read
         return load_checkpoint(path, dtype=dtype, threads=threads, quant=quant, adapter=adapter, device=dev)
 
 
@@ -131,7 +130,7 @@ def load_checkpoint(path: str, dtype: str | None, threads: int, quant: str | Non
     tokenizer = Tokenizer.from_dir(path)
     defaults = generation_defaults(path, cfg)
     merge = None if adapter is None else prepare_merge(path, os.fspath(adapter))
-    where = core_device(device, path)
+    where = core_device(device, path)  # an unusable GPU is refused before the weights load
     backend = CpuBackend.load(path, cfg, family, arch, dtype, threads, quant, adapter=merge)
     backend.device = place(backend.core, where, device, path)
     return Model(backend, tokenizer, arch, defaults, path)
