@@ -72,6 +72,19 @@ void attend_generic(const struct KernelTable& kt, const AttnBlock& a, float* scr
 // call on the same thread. Kernels take it once per call and do not nest.
 uint8_t* thread_scratch(size_t bytes);
 
+// The packed GEMMs read their next panel's rows (nr x row_bytes, contiguous) from memory while
+// the current panel runs: part `part` of `parts` of [p, p + bytes) is prefetched into L2 per
+// call, so packing the next panel finds its rows in cache instead of waiting on one cache
+// line of 16 rows at a time.
+inline void prefetch_slice(const void* p, int64_t bytes, int64_t part, int64_t parts) {
+  const int64_t lines = (bytes + 63) / 64, per = (lines + parts - 1) / parts;
+  const int64_t end = (part + 1) * per < lines ? (part + 1) * per : lines;
+  for (int64_t l = part * per; l < end; ++l) __builtin_prefetch(static_cast<const char*>(p) + l * 64, 0, 2);
+}
+
+// Activation codes' range for the formats in KernelTable::qgemm_acts7_types.
+constexpr int kActMaxCode7 = 63;
+
 struct KernelTable {
   Isa isa;
   MatmulRowsFn matmul_f32;   // W float32
@@ -88,17 +101,16 @@ struct KernelTable {
   // bit (1 << type) is in qgemm_types, where it measured faster than the other prefill paths.
   QMatmulRowsFn qgemm_prefill = nullptr;
   uint32_t qgemm_types = 0;
+  // The formats (bits as qgemm_types) whose qgemm_prefill takes activation codes in
+  // [-kActMaxCode7, kActMaxCode7]: int8 weights times 7-bit activations is the widest product
+  // vpmaddubsw sums without saturating (qgemm_avx2.cc), where VNNI has no such limit.
+  uint32_t qgemm_acts7_types = 0;
   PackTileActsFn pack_tile_acts = nullptr;  // AMX only
-  // Quantized prefill of the formats qgemm_prefill does not serve as dequantize-to-float32 +
-  // gemm_f32 instead of the row kernel: set where that measured faster (AVX2: SmolLM2 int8
-  // prefill 172 -> 216 tok/s). With VNNI the packed GEMM serves every format.
-  bool dequant_prefill = false;
-  // dequantize_row (quant/qformat.h) for rows [r0, r1) into dst [r1 - r0, cols].
-  void (*dequantize_rows)(const QView& w, int64_t r0, int64_t r1, float* dst);
   QMatmulTilesFn qmatmul_tiles = nullptr;   // AMX only
   MatmulTilesBf16Fn matmul_tiles_bf16 = nullptr;  // AMX only
   // quant/qformat.h's quantize_activations, vectorized where the ISA allows.
-  void (*quantize_acts)(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum);
+  void (*quantize_acts)(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum,
+                        int max_code);
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float* y, float a, const float* x, int64_t n);  // y += a * x
   // Activations (Activation from model/arch.h, passed as int) and softmax: the fast paths

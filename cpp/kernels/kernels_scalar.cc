@@ -63,10 +63,6 @@ void qmatmul_ref(const ActView& x, const float* sdg, const QView& w, int64_t row
     }
 }
 
-void dequantize_rows_ref(const QView& w, int64_t r0, int64_t r1, float* dst) {
-  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, dst + (r - r0) * w.cols);
-}
-
 float dot_ref(const float* a, const float* b, int64_t n) {
   float acc = 0.f;
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
@@ -89,10 +85,9 @@ KernelTable make(Isa isa) {
   if (isa >= Isa::Avx2) {
     fill_kernels_avx2(&t);
     fill_qkernels_avx2(&t);
-    fill_qgemm_avx2(&t);  // int4 / int6; int8 keeps dequant_prefill (qgemm_avx2.cc says why)
+    fill_qgemm_avx2(&t);  // every format (int8 on 7-bit activations, qgemm_avx2.cc)
     fill_vmath_avx2(&t);
     fill_attention_avx2(&t);
-    t.dequant_prefill = true;
   }
   if (isa >= Isa::Avx512) {
     fill_kernels_avx512(&t);
@@ -100,11 +95,10 @@ KernelTable make(Isa isa) {
     fill_attention_avx512(&t);
     fill_qgemm_avx512(&t);
   }
-  // The quantized kernels need vpdpbusd; plain AVX-512 keeps AVX2's (and its dequantizing prefill).
+  // The quantized row kernels need vpdpbusd; plain AVX-512 keeps AVX2's.
   if (isa >= Isa::Avx512Vnni) {
     fill_qkernels_avx512vnni(&t);
     fill_qgemm_avx512vnni(&t);  // every format
-    t.dequant_prefill = false;
   }
   if (isa >= Isa::Amx) fill_qkernels_amx(&t);
 #elif defined(__aarch64__)
@@ -131,7 +125,6 @@ void fill_kernels_scalar(KernelTable* t) {
   t->matmul_bf16 = matmul_ref<load_bf16>;
   t->matmul_f16 = matmul_ref<load_f16>;
   t->qmatmul = qmatmul_ref;
-  t->dequantize_rows = dequantize_rows_ref;
   t->quantize_acts = quantize_activations;
   t->dot = dot_ref;
   t->axpy = axpy_ref;

@@ -66,6 +66,7 @@ inline void block_dots(const uint8_t* pc, const int8_t* xq, int64_t k, const int
 void fill_qgemm_avx512vnni(KernelTable* t) {
   t->qgemm_prefill = simd::avx512vnni::qgemm;
   t->qgemm_types = simd::avx512vnni::kGemmTypes;
+  t->qgemm_acts7_types = 0;  // vpdpbusd sums in int32: full int8 activations
 }
 
 }  // namespace llmos

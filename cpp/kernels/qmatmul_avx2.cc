@@ -159,45 +159,42 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
 
 #include "kernels/qcodes_avx2.inc"
 
-// 32 codes (bytes) to floats d * u + m at dst.
-inline void dequant32(__m256i u, __m256 d, __m256 m, float* dst) {
-  const __m128i a = _mm256_castsi256_si128(u), b = _mm256_extracti128_si256(u, 1);
-  const __m128i parts[4] = {a, _mm_srli_si128(a, 8), b, _mm_srli_si128(b, 8)};
-  for (int i = 0; i < 4; ++i)
-    _mm256_storeu_ps(dst + 8 * i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i])), d, m));
-}
-
-// dequantize_row (quant/qformat.cc) for rows [r0, r1) into dst [r1 - r0, cols], vectorized.
-// The values are bitwise the scalar ones: d (float16) * u (<= 8 bits) is exact in float32, so
-// the FMA and the scalar multiply-then-add round the same single sum.
-template <QuantType Q>
-void dequantize_rows_q(const QView& w, int64_t r0, int64_t r1, float* dst) {
-  const int64_t k = w.cols, ng = k / w.group, row_bytes = quant_row_bytes(Q, k);
-  constexpr float kZp = Q == QuantType::Q8 ? 128.f : Q == QuantType::Q4 ? 8.f : Q == QuantType::Q6 ? 32.f : 0.f;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* codes = w.codes + r * row_bytes;
-    float* out = dst + (r - r0) * k;
-    for (int64_t c = 0; c < k / 64; ++c) {
-      __m256i lo, hi;
-      chunk_codes<Q>(codes, c, &lo, &hi);
-      for (int half = 0; half < 2; ++half) {
-        const int64_t g = (c * 64 + half * 32) / w.group;
-        const float d = h2f(w.scale[r * ng + g]);
-        const float m = Q == QuantType::Q4Asym ? h2f(w.min[r * ng + g]) : -kZp * d;
-        dequant32(half ? hi : lo, _mm256_set1_ps(d), _mm256_set1_ps(m), out + c * 64 + half * 32);
+// quantize_activations (qformat.cc) 32 values at a time, with the same float operations
+// (amax / max_code, x * (1 / s), round to nearest even) so the codes are identical.
+void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum,
+                   int max_code) {
+  const int64_t nb = k / kActBlock;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* v = x + t * k + b * kActBlock;
+      __m256 u[4], m = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        u[i] = _mm256_loadu_ps(v + 8 * i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, u[i]));
       }
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+      const float s = _mm_cvtss_f32(m4) / float(max_code);
+      const __m256 inv = _mm256_set1_ps(s != 0.f ? 1.0f / s : 0.f);
+      __m256i c[4], sum = _mm256_setzero_si256();
+      for (int i = 0; i < 4; ++i) {
+        c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(u[i], inv));
+        sum = _mm256_add_epi32(sum, c[i]);
+      }
+      // int32 -> int8 (values within +-127): two saturating packs, then undo their lane interleave
+      const __m256i w16 = _mm256_packs_epi32(c[0], c[1]), x16 = _mm256_packs_epi32(c[2], c[3]);
+      const __m256i b8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16, x16), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + t * k + b * kActBlock), b8);
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      const int32_t total = _mm_cvtsi128_si32(s4);
+      d[t * nb + b] = s;
+      sd[t * nb + b] = s * float(total);
+      qsum[t * nb + b] = total;
     }
-  }
-}
-
-void dequantize_rows(const QView& w, int64_t r0, int64_t r1, float* dst) {
-  switch (w.type) {
-    case QuantType::Q8: dequantize_rows_q<QuantType::Q8>(w, r0, r1, dst); break;
-    case QuantType::Q4: dequantize_rows_q<QuantType::Q4>(w, r0, r1, dst); break;
-    case QuantType::Q4Asym: dequantize_rows_q<QuantType::Q4Asym>(w, r0, r1, dst); break;
-    case QuantType::Q6: dequantize_rows_q<QuantType::Q6>(w, r0, r1, dst); break;
-    default: break;
-  }
 }
 
 }  // namespace
@@ -206,7 +203,7 @@ void dequantize_rows(const QView& w, int64_t r0, int64_t r1, float* dst) {
 void fill_qkernels_avx2(KernelTable* t) {
   t->qmatmul = simd::avx2::qmatmul;
   t->qmatmul_name = "avx2 (vpmaddubsw)";
-  t->dequantize_rows = simd::avx2::dequantize_rows;
+  t->quantize_acts = simd::avx2::quantize_acts;
 }
 
 }  // namespace llmos

@@ -141,8 +141,9 @@ void qmatmul(const ActView& x, const float* sdg, const QView& w, int64_t row0, i
 }
 
 // quantize_activations (qformat.cc) 32 values at a time, with the same float operations
-// (amax / 127, x * (1 / s), round to nearest even) so the codes are identical.
-void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum) {
+// (amax / max_code, x * (1 / s), round to nearest even) so the codes are identical.
+void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum,
+                  int max_code) {
   const int64_t nb = k / kActBlock;
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (int64_t t = 0; t < n; ++t)
@@ -150,7 +151,7 @@ void quantize_acts(const float* x, int64_t n, int64_t k, int8_t* q, float* d, fl
       const float* v = x + t * k + b * kActBlock;
       const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
-      const float s = amax / 127.0f;
+      const float s = amax / float(max_code);
       const __m512 inv = _mm512_set1_ps(s != 0.f ? 1.0f / s : 0.f);
       const __m512i c0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), c1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
       int8_t* out = q + t * k + b * kActBlock;

@@ -2,10 +2,10 @@
 // the one place that decides how a quantized product runs. For a `prefill` run: with AMX,
 // tiles take whole 16-row slices (bf16 activations, W dequantized to bf16 per chunk of
 // rows; the last rows % 16 go to the row kernel); without AMX, the packed int8 GEMM
-// (KernelTable::qgemm_prefill) on int8 activations for the formats it serves, else blocks of
-// W dequantized to float32 for the float prefill GEMM (int8 on avx2 / avx512). Otherwise the
-// row kernel (KernelTable::qmatmul) runs on int8 activations. Each token's result depends only on that token and the kind
-// of run, so callers choose per sequence (see kMinPrefillTokens).
+// (KernelTable::qgemm_prefill) on int8 activations for the formats it serves (7-bit codes for
+// int8 weights without VNNI, KernelTable::qgemm_acts7_types), else the row kernel. Otherwise
+// the row kernel (KernelTable::qmatmul) runs on int8 activations. Each token's result depends
+// only on that token and the kind of run, so callers choose per sequence (see kMinPrefillTokens).
 #pragma once
 
 #include <cstdint>

@@ -201,14 +201,15 @@ void dequantize_row(const QView& w, int64_t row, float* dst) {
   }
 }
 
-void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum) {
+void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum,
+                          int max_code) {
   const int64_t nb = k / kActBlock;
   for (int64_t t = 0; t < n; ++t)
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = x + t * k + b * kActBlock;
       float amax = 0.f;
       for (int64_t i = 0; i < kActBlock; ++i) amax = std::max(amax, std::fabs(v[i]));
-      const float s = amax / 127.0f;
+      const float s = amax / float(max_code);
       const float inv = s != 0.f ? 1.0f / s : 0.f;
       int sum = 0;
       int8_t* out = q + t * k + b * kActBlock;

@@ -70,7 +70,10 @@ void quantize_row(QuantType t, int64_t group, const float* src, int64_t cols, ui
 // The float32 values of one row of a quantized matrix.
 void dequantize_row(const QView& w, int64_t row, float* dst);
 
-// Quantizes x [n, k] into q / d / sd / qsum (the ActView arrays).
-void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum);
+// Quantizes x [n, k] into q / d / sd / qsum (the ActView arrays): each block's scale is its
+// largest magnitude on max_code, the codes are in [-max_code, max_code]. 127 everywhere but
+// the packed GEMMs that multiply int8 weights with vpmaddubsw (kActMaxCode7, kernels.h).
+void quantize_activations(const float* x, int64_t n, int64_t k, int8_t* q, float* d, float* sd, int32_t* qsum,
+                          int max_code = 127);
 
 }  // namespace llmos

@@ -165,8 +165,9 @@ struct QCase {
   std::vector<float> d, sd, sdg;
   std::vector<int32_t> qsum;
 
+  // max_code: the activation codes' range (127; kActMaxCode7 for the 7-bit GEMMs).
   QCase(QuantType t, int64_t n_, int64_t rows_, int64_t k_, int64_t group_, const std::vector<float>& w,
-        const std::vector<float>& x)
+        const std::vector<float>& x, int max_code = 127)
       : type(t), n(n_), rows(rows_), k(k_), group(group_) {
     const int64_t rb = quant_row_bytes(t, k), ng = k / group, nb = k / kActBlock;
     codes.resize(size_t(rows * rb));
@@ -176,7 +177,7 @@ struct QCase {
       quantize_row(t, group, w.data() + r * k, k, codes.data() + r * rb, scale.data() + r * ng,
                    min.empty() ? nullptr : min.data() + r * ng);
     q.resize(size_t(n * k)), d.resize(size_t(n * nb)), sd.resize(d.size()), qsum.resize(d.size());
-    quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data(), qsum.data());
+    quantize_activations(x.data(), n, k, q.data(), d.data(), sd.data(), qsum.data(), max_code);
     sdg.assign(size_t(n * ng), 0.f);  // as kernels/quantized_matmul.cc's quantize_for
     for (int64_t t = 0; t < n; ++t)
       for (int64_t b = 0; b < nb; ++b) sdg[size_t(t * ng + b * kActBlock / group)] += sd[size_t(t * nb + b)];
@@ -199,7 +200,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 // One case: the row kernel on rows [row0, rows) (a range that starts off 0 where there are
 // rows to spare), each token alone, the packed GEMM where it serves the format, and on
 // AArch64 levels above neon the neon kernel's bits.
-void check_qcase(const KernelTable& kt, const KernelTable& ref, const KernelTable* neon, const QCase& c) {
+void check_qcase(const KernelTable& kt, const KernelTable& ref, const KernelTable* neon, const QCase& c,
+                 const QCase& c7) {
   const int64_t row0 = c.rows > 2 ? 1 : 0, width = c.rows - row0;
   const auto yr = c.run(ref.qmatmul, 0, c.n, row0, c.rows);
   const auto y = c.run(kt.qmatmul, 0, c.n, row0, c.rows);
@@ -223,10 +225,33 @@ void check_qcase(const KernelTable& kt, const KernelTable& ref, const KernelTabl
     expect(same_bits(y, c.run(neon->qmatmul, 0, c.n, row0, c.rows)), "qmatmul neon levels agree", msg);
   }
   if (kt.qgemm_prefill && (kt.qgemm_types >> int(c.type) & 1)) {  // called from row 0, as quantized_matmul does
-    const double eg = nmse(c.run(kt.qgemm_prefill, 0, c.n, 0, c.rows), c.run(ref.qmatmul, 0, c.n, 0, c.rows));
+    // on the activations it is given (7-bit codes for some), against the reference on the same
+    const QCase& g = kt.qgemm_acts7_types >> int(c.type) & 1 ? c7 : c;
+    const double eg = nmse(g.run(kt.qgemm_prefill, 0, g.n, 0, g.rows), g.run(ref.qmatmul, 0, g.n, 0, g.rows));
     std::snprintf(tail, room, " nmse=%.3g", eg);
     expect(eg < kSameIntegersNmse, "qgemm_prefill vs scalar", msg);
   }
+}
+
+// The level's activation quantizer against the scalar one, bit for bit (codes, scales, sums),
+// for both code ranges, on values with exact ties (x.5 steps), zeros and a zero block.
+void check_quantize_acts(const KernelTable& kt) {
+  const int64_t n = 3, k = 256, nb = k / kActBlock;
+  auto x = randn(size_t(n * k));
+  for (int64_t i = 0; i < 32; ++i) x[size_t(i)] = float(i % 9) * 0.5f - 2.0f;  // ties at 127 / 2: halves
+  for (int64_t i = 32; i < 64; ++i) x[size_t(i)] = 0.f;
+  int mismatches = 0;
+  for (int max_code : {127, kActMaxCode7}) {
+    std::vector<int8_t> q0(size_t(n * k)), q1(q0.size());
+    std::vector<float> d0(size_t(n * nb)), d1(d0.size()), s0(d0.size()), s1(d0.size());
+    std::vector<int32_t> c0(d0.size()), c1(d0.size());
+    quantize_activations(x.data(), n, k, q0.data(), d0.data(), s0.data(), c0.data(), max_code);
+    kt.quantize_acts(x.data(), n, k, q1.data(), d1.data(), s1.data(), c1.data(), max_code);
+    mismatches += q0 != q1 || c0 != c1 || std::memcmp(d0.data(), d1.data(), d0.size() * 4) != 0 ||
+                  std::memcmp(s0.data(), s1.data(), s0.size() * 4) != 0;
+  }
+  expect(mismatches == 0, "quantize_acts vs scalar", "codes, scales or sums differ (max_code 127 or 63)");
+  std::printf("quantize_acts: bitwise the scalar's at 127 and %d\n", kActMaxCode7);
 }
 
 void check_quantized(const KernelTable& kt, const KernelTable& ref) {
@@ -246,7 +271,10 @@ void check_quantized(const KernelTable& kt, const KernelTable& ref) {
     for (int64_t group : {32, 64, 128}) {
       if (s[2] % group) continue;
       const auto w = randn(size_t(s[1] * s[2])), x = randn(size_t(s[0] * s[2]));
-      for (QuantType t : types) check_qcase(kt, ref, neon, QCase(t, s[0], s[1], s[2], group, w, x)), ++cases;
+      for (QuantType t : types)
+        check_qcase(kt, ref, neon, QCase(t, s[0], s[1], s[2], group, w, x),
+                    QCase(t, s[0], s[1], s[2], group, w, x, kActMaxCode7)),
+            ++cases;
     }
   // The largest sums (as test_quant.py's test_prefill_sums_hold_the_largest_codes): every code at
   // the top or bottom of its range bar the one that sets each group's scale, activations +-127
@@ -257,31 +285,39 @@ void check_quantized(const KernelTable& kt, const KernelTable& ref) {
     for (int64_t i = 0; i < k; ++i) w[size_t(r * k + i)] = (i % 32 == 0 ? -1.f : 0.97f) * (r % 2 ? -1.f : 1.f);
   for (int64_t t = 1; t < n; t += 2)
     for (int64_t i = 0; i < k; ++i) x[size_t(t * k + i)] = -1.f;
-  for (QuantType t : types) check_qcase(kt, ref, neon, QCase(t, n, rows, k, 32, w, x)), ++cases;
+  for (QuantType t : types)
+    check_qcase(kt, ref, neon, QCase(t, n, rows, k, 32, w, x), QCase(t, n, rows, k, 32, w, x, kActMaxCode7)), ++cases;
   std::printf("qmatmul%s: %d cases (4 formats), each token alone bitwise%s\n",
               kt.qgemm_prefill ? " and qgemm_prefill" : "", cases, neon ? ", bitwise the neon level's" : "");
 }
 
 // The forward pass's own dispatch (kernels/quantized_matmul.cc) on 3 threads, 70 tokens (past
-// its 64-token blocks) and 37 rows with a bias: decode runs the row kernel; prefill runs it too
-// where the level has neither AMX tiles nor a dequantizing prefill (test_quant.py checks those
-// against float math), otherwise the packed GEMM for its formats. Against the scalar table's.
+// its 64-token blocks) and 37 rows with a bias: decode runs the row kernel; prefill runs the
+// packed GEMM for its formats, the row kernel for the others (AMX tiles are skipped:
+// test_quant.py checks them against float math). Against the scalar table's.
 void check_quantized_dispatch(const KernelTable& kt, const KernelTable& ref) {
   const int64_t n = 70, rows = 37, k = 320, group = 64;
   const auto w = randn(size_t(rows * k)), x = randn(size_t(n * k)), bias = randn(size_t(rows));
   ThreadPool pool(3);
   QuantScratch scratch;
+  // For the formats whose GEMM takes 7-bit activations: the scalar row kernel behind the same
+  // dispatch, so it gets the same codes.
+  KernelTable ref7 = ref;
+  ref7.qgemm_prefill = ref.qmatmul;
+  ref7.qgemm_types = ref7.qgemm_acts7_types = kt.qgemm_acts7_types;
   int runs = 0;
   for (QuantType t : {QuantType::Q8, QuantType::Q4, QuantType::Q4Asym, QuantType::Q6}) {
     const QCase c(t, 1, rows, k, group, w, x);  // the weights (its activations go unused)
-    std::vector<float> yr(size_t(n * rows));
+    std::vector<float> yr(size_t(n * rows)), yr7(yr.size());
     quantized_matmul(ref, pool, scratch, x.data(), n, c.w(), bias.data(), yr.data(), false);
+    quantized_matmul(ref7, pool, scratch, x.data(), n, c.w(), bias.data(), yr7.data(), true);
     for (bool prefill : {false, true}) {
-      if (prefill && (kt.qmatmul_tiles || kt.dequant_prefill)) continue;
+      if (prefill && kt.qmatmul_tiles) continue;
       std::vector<float> y(yr.size());
       quantized_matmul(kt, pool, scratch, x.data(), n, c.w(), bias.data(), y.data(), prefill);
       char msg[96];
-      const double e = nmse(y, yr);
+      const bool acts7 = prefill && (kt.qgemm_acts7_types >> int(t) & 1);
+      const double e = nmse(y, acts7 ? yr7 : yr);
       std::snprintf(msg, sizeof msg, "%s %s n=%ld rows=%ld nmse=%.3g", quant_name(t), prefill ? "prefill" : "decode",
                     long(n), long(rows), e);
       expect(e < kSameIntegersNmse, "quantized_matmul vs scalar", msg);
@@ -300,6 +336,7 @@ int main() {
   check_matmuls(kt, ref);
   check_vector_math(kt, ref);
   check_attention(kt, ref);
+  check_quantize_acts(kt);
   check_quantized(kt, ref);
   check_quantized_dispatch(kt, ref);
   std::printf("%d checks, %d failures\n", checks, failures);
