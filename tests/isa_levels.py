@@ -19,3 +19,14 @@ def level_params(*, scalar=True):
     return [pytest.param(level, marks=pytest.mark.skipif(
                 level not in RUNNABLE, reason=f"kernel level {level} NOT tested: this CPU's best is {BEST}"))
             for level in LEVELS if scalar or level != "scalar"]
+
+
+# The levels whose int8 prefill GEMM takes 7-bit activation codes (KernelTable::qgemm_acts7_types,
+# cpp/kernels/qgemm_avx2.cc): int8 products there round activations twice as coarsely as
+# elsewhere, so tests that hold int8 logits to a reference take a wider bound at these levels.
+INT8_ACTS7_LEVELS = ("avx2", "avx512")
+
+
+def int8_acts7_active() -> bool:
+    """Whether this process's kernels (LLMOS_CPU_ISA or the CPU's best) are such a level."""
+    return _core.cpu_isa() in INT8_ACTS7_LEVELS

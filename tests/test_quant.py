@@ -11,7 +11,7 @@ is compared with float64 math on the dequantized weights instead: ~5e-6.
 import numpy as np
 import pytest
 
-from isa_levels import level_params
+from isa_levels import INT8_ACTS7_LEVELS, int8_acts7_active, level_params
 from llmos import _core
 from llmos.errors import InvalidInputError
 from llmos.quant.names import parse_quant
@@ -91,7 +91,7 @@ DEQUANTIZED_NMSE = 1e-10
 # int8 weights on AVX2 / AVX-512 without VNNI: the packed GEMM on 7-bit activation codes
 # (kernels/qgemm_avx2.cc). Against float math on the dequantized weights its activation
 # rounding adds ~1.1e-4 on Gaussian data (8-bit codes: ~2.9e-5, the bound of the last assert).
-ACTS7_LEVELS = ("avx2", "avx512")
+ACTS7_LEVELS = INT8_ACTS7_LEVELS
 ACTS7_NMSE = 2.5e-4
 
 
@@ -193,6 +193,13 @@ TRACKING_KINDS = ["llama", "gpt2", "qwen3", "smollm3", "granite", "mixtral", "qw
 # measured rel-L2 0.024 / 0.025 / 0.015 (avx2) and 0.029 / 0.033 / 0.018 (scalar kernels), top-1 >= 0.95.
 INT8_ONLY_KINDS = ["gemma2", "gemma3_text", "olmo2"]
 INT8_SENSITIVE_BOUND = ("int8", 0.05, 0.95)
+# At the levels whose int8 prefill GEMM takes 7-bit activations (ACTS7_LEVELS) the activations
+# round twice as coarsely, and these random models amplify it: measured at avx2 and avx512
+# rel-L2 0.012-0.027 and top-1 >= 0.953 on TRACKING_KINDS (1.3-1.6x the VNNI level's 0.008-0.016),
+# 0.044 / 0.048 / 0.026 and top-1 0.906 / 0.938 / 1.0 on gemma2 / gemma3_text / olmo2. (The
+# bundled trained model's held-out perplexity does not move: docs/performance.md.) Bounds for
+# int8 there: (rel-L2, top-1) for the tracking kinds and for the sensitive ones.
+ACTS7_INT8_BOUNDS = {"tracking": (0.045, 0.92), "sensitive": (0.075, 0.875)}
 
 
 @pytest.mark.parametrize("kind,quant,max_rel,min_top1",
@@ -202,6 +209,8 @@ def test_quantized_model_tracks_float32(kind, quant, max_rel, min_top1, checkpoi
     """Relative L2 error of the logits and top-1 agreement over 64 positions, on a
     checkpoint with transformers' default init scale (random weights with a large scale
     are chaotic and amplify any rounding)."""
+    if quant == "int8" and int8_acts7_active():
+        max_rel, min_top1 = ACTS7_INT8_BOUNDS["sensitive" if kind in INT8_ONLY_KINDS else "tracking"]
     path = checkpoint(kind, weight_scale=0.1)
     ids = np.random.default_rng(0).integers(3, 380, 64).tolist()
     ref = llmos.load(path, threads=1).logits(ids)

@@ -33,6 +33,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+from isa_levels import int8_acts7_active
 from conftest import reference_model_uncached
 from hf_quant_reference import awq_dequantize, awq_pack, gptq_dequantize, gptq_pack
 from llmos.errors import (ConfigError, InvalidInputError, QuantizationWarning, TensorError,
@@ -201,9 +202,17 @@ def _ref_logits(ref, ids):
         return ref(torch.tensor([ids])).logits[0].float().numpy()
 
 
+# int8 models at the levels whose prefill GEMM rounds activations to 7 bits (tests/isa_levels.py):
+# measured rel-L2 0.016-0.029 against transformers at avx2 / avx512 where the 8-bit levels stay
+# under 0.01, so their bound there.
+INT8_ACTS7_REL_BOUND = 0.045
+
+
 def _check_against_reference(m, ref, *, rel_bound, report):
     """Logits within rel_bound (relative L2) of the reference; top-1 and greedy tokens equal
     except where the reference itself is within that error of a tie."""
+    if m.quant is not None and m.quant.name.startswith("int8") and int8_acts7_active():
+        rel_bound = max(rel_bound, INT8_ACTS7_REL_BOUND)
     want = _ref_logits(ref, IDS)
     got = m.logits(IDS)
     diff = np.abs(got - want)
