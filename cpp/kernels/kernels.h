@@ -72,16 +72,6 @@ void attend_generic(const struct KernelTable& kt, const AttnBlock& a, float* scr
 // call on the same thread. Kernels take it once per call and do not nest.
 uint8_t* thread_scratch(size_t bytes);
 
-// The packed GEMMs read their next panel's rows (nr x row_bytes, contiguous) from memory while
-// the current panel runs: part `part` of `parts` of [p, p + bytes) is prefetched into L2 per
-// call, so packing the next panel finds its rows in cache instead of waiting on one cache
-// line of 16 rows at a time.
-inline void prefetch_slice(const void* p, int64_t bytes, int64_t part, int64_t parts) {
-  const int64_t lines = (bytes + 63) / 64, per = (lines + parts - 1) / parts;
-  const int64_t end = (part + 1) * per < lines ? (part + 1) * per : lines;
-  for (int64_t l = part * per; l < end; ++l) __builtin_prefetch(static_cast<const char*>(p) + l * 64, 0, 2);
-}
-
 // Activation codes' range for the formats in KernelTable::qgemm_acts7_types.
 constexpr int kActMaxCode7 = 63;
 

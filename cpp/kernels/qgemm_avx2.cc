@@ -18,8 +18,6 @@
 // (tests/test_quant.py); docs/performance.md has what it does to logits.
 #include <immintrin.h>
 
-#include <algorithm>
-
 #include "kernels/kernels.h"
 #include "kernels/transpose_avx2.h"
 
@@ -27,6 +25,7 @@ namespace llmos {
 namespace simd::avx2 {
 namespace {
 
+#include "kernels/panel_prefetch.inc"
 #include "kernels/qcodes_avx2.inc"
 
 constexpr int kPanelRows = 16;  // two vectors of 8 rows
@@ -262,16 +261,14 @@ void gemm_q8(const ActView& x, const QView& w, int64_t row0, int64_t row1, float
     const int nr = int(row1 - r < kPanelRows ? row1 - r : kPanelRows);
     pack_panel<QuantType::Q8>(w, r, nr, p);
     sign_q8_panel(p.codes, nb, start);
-    const uint8_t* next = w.codes + (r + kPanelRows) * k;  // Q8: k bytes a row
-    const int64_t next_bytes = std::min<int64_t>(kPanelRows, std::max<int64_t>(0, row1 - r - kPanelRows)) * k;
-    const int64_t parts = 2 * (x.n / kQ8Tokens) + 1;
+    const int64_t parts = 2 * (x.n / kQ8Tokens);  // both halves' full tiles
     for (int h = 0; h < 2; ++h) {
       const int nh = h == 0 ? (nr < 8 ? nr : 8) : nr - 8;
       if (nh <= 0) continue;
       float* yr = y + (r - row0) + h * 8;
       int64_t t = 0;
       for (; t + kQ8Tokens <= x.n; t += kQ8Tokens) {
-        prefetch_slice(next, next_bytes, h * (x.n / kQ8Tokens) + t / kQ8Tokens, parts);
+        prefetch_rows(w, r + kPanelRows, kPanelRows, row1, h * (x.n / kQ8Tokens) + t / kQ8Tokens, parts);
         micro_q8<kQ8Tokens>(xu + t * k, x.d + t * nb, k, w.group, p.codes, start, p.scale, h, yr + t * ldy, ldy, nh);
       }
       q8_tokens<kQ8Tokens - 1>(int(x.n - t), xu + t * k, x.d + t * nb, k, w.group, p.codes, start, p.scale, h,
@@ -291,11 +288,9 @@ void gemm_q(const ActView& x, const float* sdg, const QView& w, int64_t row0, in
     pack_panel<Q>(w, r, nr, p);
     const int n0 = nr < 8 ? nr : 8, n1 = nr - n0;
     float* yr = y + (r - row0);
-    const int64_t row_bytes = quant_row_bytes(Q, k);
-    const int64_t next_bytes = std::min<int64_t>(kPanelRows, std::max<int64_t>(0, row1 - r - kPanelRows)) * row_bytes;
     int64_t t = 0;
     for (; t + kTokensFor<Q> <= x.n; t += kTokensFor<Q>) {
-      prefetch_slice(w.codes + (r + kPanelRows) * row_bytes, next_bytes, t / kTokensFor<Q>, x.n / kTokensFor<Q>);
+      prefetch_rows(w, r + kPanelRows, kPanelRows, row1, t / kTokensFor<Q>, x.n / kTokensFor<Q>);
       micro<Q, kTokensFor<Q>>(x, sdg, t, w.group, p, yr + t * ldy, ldy, n0, n1);
     }
     with_tokens<Q, kTokensFor<Q> - 1>(int(x.n - t), x, sdg, t, w.group, p, yr + t * ldy, ldy, n0, n1);

@@ -157,11 +157,9 @@ void gemm_q8(const ActView& x, const QView& w, int64_t row0, int64_t row1, float
     sign_q8_panel(p.codes, nb, start);
     const __mmask16 m0 = first_n(nr), m1 = first_n(nr - 16);
     float* yr = y + (r - row0);
-    const int64_t next_rows = row1 - r - kPanelRows < kPanelRows ? row1 - r - kPanelRows : kPanelRows;
-    const int64_t next_bytes = next_rows > 0 ? next_rows * k : 0;  // Q8: k bytes a row
     int64_t t = 0;
     for (; t + kQ8Tokens <= x.n; t += kQ8Tokens) {
-      prefetch_slice(w.codes + (r + kPanelRows) * k, next_bytes, t / kQ8Tokens, x.n / kQ8Tokens);
+      prefetch_rows(w, r + kPanelRows, kPanelRows, row1, t / kQ8Tokens, x.n / kQ8Tokens);
       micro_q8<kQ8Tokens>(xu + t * k, x.d + t * nb, k, w.group, p, start, yr + t * ldy, ldy, m0, m1);
     }
     q8_tokens<kQ8Tokens - 1>(int(x.n - t), xu + t * k, x.d + t * nb, k, w.group, p, start, yr + t * ldy, ldy, m0, m1);
