@@ -91,7 +91,6 @@ DEQUANTIZED_NMSE = 1e-10
 # int8 weights on AVX2 / AVX-512 without VNNI: the packed GEMM on 7-bit activation codes
 # (kernels/qgemm_avx2.cc). Against float math on the dequantized weights its activation
 # rounding adds ~1.1e-4 on Gaussian data (8-bit codes: ~2.9e-5, the bound of the last assert).
-ACTS7_LEVELS = INT8_ACTS7_LEVELS
 ACTS7_NMSE = 2.5e-4
 
 
@@ -128,7 +127,7 @@ def test_kernels_match_the_scalar_reference(isa, qname, group, n, rows, k):
     tiled = rows // 16 * 16 if isa == "amx" else 0
     if tiled:
         assert nmse(out[:, :tiled], exact[:, :tiled]) < BF16_TILES_NMSE
-    if isa in ACTS7_LEVELS and qname == "int8":
+    if isa in INT8_ACTS7_LEVELS and qname == "int8":
         assert nmse(out, acts7_reference(x, wd)) < SAME_INTEGERS_NMSE
         assert nmse(out, exact) < ACTS7_NMSE
     elif tiled < rows:
@@ -154,7 +153,7 @@ def test_prefill_sums_hold_the_largest_codes(isa, qname):
     if isa == "amx":  # bf16 activations
         wd = _core.quantize_dequantize(w, TYPES[qname], group).astype(np.float64)
         assert nmse(out, x.astype(np.float64) @ wd.T) < BF16_TILES_NMSE
-    elif isa in ACTS7_LEVELS and qname == "int8":  # 7-bit activations: pairs up to 2 x 127 x 127
+    elif isa in INT8_ACTS7_LEVELS and qname == "int8":  # 7-bit activations: pairs up to 2 x 127 x 127
         wd = _core.quantize_dequantize(w, TYPES[qname], group)
         assert nmse(out, acts7_reference(x, wd)) < SAME_INTEGERS_NMSE
     else:
@@ -193,7 +192,7 @@ TRACKING_KINDS = ["llama", "gpt2", "qwen3", "smollm3", "granite", "mixtral", "qw
 # measured rel-L2 0.024 / 0.025 / 0.015 (avx2) and 0.029 / 0.033 / 0.018 (scalar kernels), top-1 >= 0.95.
 INT8_ONLY_KINDS = ["gemma2", "gemma3_text", "olmo2"]
 INT8_SENSITIVE_BOUND = ("int8", 0.05, 0.95)
-# At the levels whose int8 prefill GEMM takes 7-bit activations (ACTS7_LEVELS) the activations
+# At the levels whose int8 prefill GEMM takes 7-bit activations (INT8_ACTS7_LEVELS) the activations
 # round twice as coarsely, and these random models amplify it: measured at avx2 and avx512
 # rel-L2 0.012-0.027 and top-1 >= 0.953 on TRACKING_KINDS (1.3-1.6x the VNNI level's 0.008-0.016),
 # 0.044 / 0.048 / 0.026 and top-1 0.906 / 0.938 / 1.0 on gemma2 / gemma3_text / olmo2. (The
