@@ -85,9 +85,6 @@ SHAPES = [(n, rows, k, g) for (n, rows, k) in [(1, 1, 64), (1, 7, 128), (3, 9, 2
 # Prefill kernels that do the reference's integer dot products (the packed int8 GEMMs) differ
 # from it only in float summation order.
 SAME_INTEGERS_NMSE = 1e-11
-# Prefill kernels that dequantize W to float32 against float64 math on the dequantized weights:
-# float32 rounding only. (int8 on AVX2 and AVX-512 without VNNI did, until the 7-bit GEMM below.)
-DEQUANTIZED_NMSE = 1e-10
 # int8 weights on AVX2 / AVX-512 without VNNI: the packed GEMM on 7-bit activation codes
 # (kernels/qgemm_avx2.cc). Against float math on the dequantized weights its activation
 # rounding adds ~1.1e-4 on Gaussian data (8-bit codes: ~2.9e-5, the bound of the last assert).
